@@ -1,0 +1,123 @@
+//! Connecting to Postgres and applying the schema.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+
+/// The embedded migrations (`migrations/`), applied by [`migrate`].
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Arbitrary, fixed key of the advisory lock that serialises concurrent [`migrate`] calls
+/// ("faultlin" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6661_756c_746c_696e;
+
+/// Errors of [`connect`] and [`migrate`].
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The connection URL does not parse.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The database could not be reached or refused a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Pool settings for [`connect`].
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Most connections held open.
+    pub max_connections: u32,
+    /// How long a caller waits for a connection before getting an error. Short, so that while
+    /// the database is down requests fail fast (the API answers 503) instead of hanging.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A lazily connecting pool for `url`: it does not fail when the database is down at start-up,
+/// and it reconnects by itself when the database comes back (connections are checked before
+/// use).
+///
+/// # Errors
+/// [`DbError::InvalidUrl`] when `url` does not parse.
+pub fn connect(url: &str, config: &PoolConfig) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions = url.parse().map_err(DbError::InvalidUrl)?;
+    let options = options.application_name("faultline");
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .test_before_acquire(true)
+        .connect_lazy_with(options))
+}
+
+/// Apply every pending migration. Idempotent, and safe to run from several processes at once:
+/// the whole run holds a session-level advisory lock, so one process migrates while the others
+/// wait and then find nothing to do.
+///
+/// The schema lives in `faultline`, and so does sqlx's `_sqlx_migrations` bookkeeping table
+/// (the run sets `search_path` on its own connection), so that the queue needs no rights on
+/// `public` (which PostgreSQL 15 no longer grants to every role).
+///
+/// # Errors
+/// [`DbError::Database`] when the database cannot be reached; [`DbError::Migrate`] when a
+/// migration fails (it ran in a transaction, so nothing of it remains).
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    // A connection of our own, closed afterwards rather than returned to the pool, so that the
+    // session settings (search_path, the lock) never leak into other users of the pool.
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut conn)
+        .await?;
+    let result: Result<(), DbError> = async {
+        sqlx::query("create schema if not exists faultline")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("set search_path to faultline")
+            .execute(&mut conn)
+            .await?;
+        MIGRATOR.run(&mut conn).await?;
+        Ok(())
+    }
+    .await;
+    // Closing the session releases the advisory lock even if the unlock is never sent.
+    let _ = conn.close().await;
+    result
+}
+
+/// Whether the database holds every migration this build knows.
+///
+/// # Errors
+/// [`DbError::Database`] when the database cannot be reached.
+pub async fn schema_is_current(pool: &PgPool) -> Result<bool, DbError> {
+    let applied: Vec<i64> = match sqlx::query_scalar(
+        "select version from faultline._sqlx_migrations where success order by version",
+    )
+    .fetch_all(pool)
+    .await
+    {
+        Ok(versions) => versions,
+        // 42P01 undefined_table, 3F000 invalid_schema_name: never migrated.
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42P01") | Some("3F000")) =>
+        {
+            return Ok(false)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(MIGRATOR
+        .iter()
+        .all(|m| applied.binary_search(&m.version).is_ok()))
+}

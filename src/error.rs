@@ -1,0 +1,87 @@
+//! The store's typed errors. Every variant is one a caller can match on: the HTTP layer maps them
+//! to statuses, the worker counts `LeaseLost` as a stale report.
+
+use crate::job::{JobId, JobState};
+use crate::lease::LeaseLostReason;
+
+/// What a store call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A field of the request is out of bounds; nothing was written.
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        /// The offending field, as named in the API.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// No job has this id.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+
+    /// The idempotency key is taken by a job created from a different request.
+    #[error("idempotency key {key:?} is already used by job {existing} with a different request")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The job that holds it.
+        existing: JobId,
+    },
+
+    /// The job is not in a state this request can move it from; nothing changed.
+    #[error("job {id} is {state}: cannot {action} it")]
+    InvalidTransition {
+        /// The job.
+        id: JobId,
+        /// Its current state.
+        state: JobState,
+        /// What was asked (`cancel`, `retry`).
+        action: &'static str,
+    },
+
+    /// The caller's lease (id + fencing token) is no longer the job's live lease: the report was
+    /// rejected and changed nothing.
+    #[error("lease on job {id} lost: {reason}")]
+    LeaseLost {
+        /// The job.
+        id: JobId,
+        /// Why the lease no longer holds.
+        reason: LeaseLostReason,
+    },
+
+    /// The database refused or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// True when the database could not be reached (connection refused or dropped, pool timed
+    /// out): the request may succeed if retried once the database is back. The API answers 503.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => is_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+/// True when a sqlx error means "the database is not there right now" rather than "the database
+/// refused this statement".
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            // Class 08 (connection exception), 57P01..57P03 (admin/crash shutdown, cannot
+            // connect now), 53300 (too many connections).
+            db.code().is_some_and(|code| {
+                code.starts_with("08") || code.starts_with("57P") || code == "53300"
+            })
+        }
+        _ => false,
+    }
+}

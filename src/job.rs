@@ -1,0 +1,333 @@
+//! The job model: identifiers, states, what a caller submits ([`NewJob`]) and what the database
+//! holds ([`Job`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Type};
+use uuid::Uuid;
+
+/// The queue a job goes to when the caller names none.
+pub const DEFAULT_QUEUE: &str = "default";
+/// The attempt budget of a job when the caller names none.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
+/// The largest payload accepted by default (serialized JSON bytes).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Longest queue name, kind and idempotency key (also a database constraint).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// A job's identifier: a time-ordered UUID (v7), so ids sort roughly by creation time and the
+/// primary-key index serves "newest first" listings.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh time-ordered id.
+    pub fn new() -> Self {
+        JobId(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(JobId)
+    }
+}
+
+/// Where a job is in its life. See the crate docs for the transitions; the database rejects any
+/// other (trigger `jobs_state_transition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be claimed (eligible once `next_run_at` has passed).
+    Queued,
+    /// Claimed by a worker that holds a lease on it.
+    Running,
+    /// Finished successfully (terminal).
+    Succeeded,
+    /// Out of attempts, or failed with a permanent error (terminal until retried by request).
+    Failed,
+    /// Cancelled by request (terminal until retried by request).
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in life-cycle order.
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The name stored in the database and used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether no worker will touch the job again without an explicit request.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Returned when a string names no state.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown job state {0:?} (expected one of queued, running, succeeded, failed, cancelled)")]
+pub struct UnknownState(pub String);
+
+impl FromStr for JobState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+// Stored as text (with a CHECK constraint) rather than a Postgres enum, so that a later state can
+// be added by a plain constraint change.
+impl Type<Postgres> for JobState {
+    fn type_info() -> PgTypeInfo {
+        <&str as Type<Postgres>>::type_info()
+    }
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for JobState {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as Decode<Postgres>>::decode(value)?;
+        Ok(s.parse()?)
+    }
+}
+
+impl Encode<'_, Postgres> for JobState {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as Encode<Postgres>>::encode_by_ref(&self.as_str(), buf)
+    }
+}
+
+/// One failed attempt in a job's error history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// The attempt number (1-based) that failed.
+    pub attempt: i32,
+    /// The worker that held the lease.
+    pub worker: Option<String>,
+    /// When the failure was recorded (database clock).
+    pub at: DateTime<Utc>,
+    /// The error text.
+    pub error: String,
+    /// Why the attempt ended: `error` (the handler failed) or `lease_expired` (the worker stopped
+    /// heartbeating and the reaper took the job back).
+    pub reason: String,
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Job {
+    /// The job's id.
+    pub id: JobId,
+    /// The queue it is on.
+    pub queue: String,
+    /// Which handler runs it.
+    pub kind: String,
+    /// The handler's input.
+    pub payload: serde_json::Value,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// Lower runs first.
+    pub priority: i16,
+    /// Attempts started so far (a lease handed back at shutdown is not counted).
+    pub attempts: i32,
+    /// The attempt budget.
+    pub max_attempts: i32,
+    /// Not eligible before this time.
+    pub next_run_at: DateTime<Utc>,
+    /// Per-job execution timeout in milliseconds, if set.
+    pub timeout_ms: Option<i32>,
+    /// The worker holding (or that last held) the lease.
+    pub lease_owner: Option<String>,
+    /// When the current lease lapses; set exactly while `running`.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The fencing token of the current (or last) lease.
+    pub lease_token: Option<i64>,
+    /// The submitter's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// The last error text.
+    pub last_error: Option<String>,
+    /// Every failed attempt, oldest first.
+    #[sqlx(json)]
+    pub errors: Vec<AttemptError>,
+    /// When it was enqueued.
+    pub created_at: DateTime<Utc>,
+    /// When the latest attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When the row last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A job to enqueue. Build one with [`NewJob::new`] and the `with_*` methods.
+///
+/// ```
+/// use faultline::NewJob;
+/// let job = NewJob::new("email.send", serde_json::json!({"to": "a@example.com"}))
+///     .with_queue("mail")
+///     .with_max_attempts(3)
+///     .with_idempotency_key("signup-42");
+/// assert_eq!(job.queue, "mail");
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// Which handler runs it.
+    pub kind: String,
+    /// The handler's input.
+    pub payload: serde_json::Value,
+    /// The queue; `default` unless set.
+    pub queue: String,
+    /// Lower runs first; 0 unless set.
+    pub priority: i16,
+    /// Attempt budget (≥ 1); 5 unless set.
+    pub max_attempts: i32,
+    /// Not eligible before this time; now unless set.
+    pub run_at: Option<DateTime<Utc>>,
+    /// At most one job exists per key.
+    pub idempotency_key: Option<String>,
+    /// Per-job execution timeout in milliseconds.
+    pub timeout_ms: Option<i32>,
+}
+
+impl NewJob {
+    /// A job of `kind` with `payload`, and defaults for everything else.
+    pub fn new(kind: impl Into<String>, payload: serde_json::Value) -> Self {
+        NewJob {
+            kind: kind.into(),
+            payload,
+            queue: DEFAULT_QUEUE.to_owned(),
+            priority: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            run_at: None,
+            idempotency_key: None,
+            timeout_ms: None,
+        }
+    }
+
+    /// Put it on `queue`.
+    pub fn with_queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// Lower runs first.
+    pub fn with_priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Attempt budget (must be ≥ 1).
+    pub fn with_max_attempts(mut self, max_attempts: i32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Not eligible before `at`.
+    pub fn with_run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// At most one job exists per key.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Per-job execution timeout.
+    pub fn with_timeout_ms(mut self, timeout_ms: i32) -> Self {
+        self.timeout_ms = Some(timeout_ms);
+        self
+    }
+}
+
+/// Filters for [`crate::Store::list`]; `None` matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs on this queue.
+    pub queue: Option<String>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Page {
+    /// The jobs on this page.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` to get the next page; `None` on the last page.
+    pub next_cursor: Option<JobId>,
+}
+
+/// Per-queue counts, for dashboards and the depth gauges.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Jobs queued (eligible now or later).
+    pub queued: i64,
+    /// Jobs running.
+    pub running: i64,
+    /// Jobs succeeded (not yet pruned).
+    pub succeeded: i64,
+    /// Jobs failed.
+    pub failed: i64,
+    /// Jobs cancelled.
+    pub cancelled: i64,
+    /// Seconds since the oldest eligible queued job became eligible; 0 when none waits.
+    pub oldest_eligible_age_seconds: f64,
+}

@@ -1,0 +1,62 @@
+//! # Faultline
+//!
+//! A PostgreSQL-backed job queue whose selling point is correctness under failure: worker
+//! crashes, duplicate submissions and database outages never lose a job, never run a job past
+//! its attempt budget, and never let a worker that lost its lease overwrite the result of the
+//! worker that holds it. Postgres is the only source of truth.
+//!
+//! ## A tour
+//!
+//! ```text
+//!   enqueue ──► queued ──claim_batch──► running ──complete──► succeeded
+//!                 ▲  │                  │  │ │
+//!                 │  │ cancel           │  │ └─fail_attempt (spent / permanent)──► failed ─┐
+//!                 │  ▼                  │  └──────cancel───────► cancelled ──────────────┐ │
+//!                 │ cancelled           │                                              │ │
+//!                 ├──── fail_attempt (retryable, backoff) / reap_expired / release ◄───┘ │
+//!                 └──────────────────────────── retry ◄──────────────────────────────────┴┘
+//! ```
+//!
+//! - [`job`]: the model ([`Job`], [`NewJob`], [`JobState`], [`JobId`]).
+//! - [`Store`]: every transition, one method each, fenced by the lease token
+//!   ([`Lease`]); see the table in the [`store`] module.
+//! - [`retry`]: the backoff policy.
+//! - [`db`]: connecting and migrating (`faultline.jobs`, in its own schema).
+//! - [`pg`]: a private Postgres cluster (for `faultline up`, drills, the benchmark and tests).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use faultline::{db, NewJob, Store};
+//!
+//! let pool = db::connect("postgres://localhost/app", &db::PoolConfig::default())?;
+//! db::migrate(&pool).await?;
+//! let store = Store::new(pool.clone());
+//!
+//! // Enqueue inside your own transaction: the job exists only if it commits.
+//! let mut tx = pool.begin().await?;
+//! store.enqueue_in(&mut tx, NewJob::new("email.send", serde_json::json!({"to": "a@b.c"}))).await?;
+//! tx.commit().await?;
+//!
+//! // A worker claims, then reports under its lease.
+//! for claimed in store.claim_batch(&["default".into()], "worker-1", 10, Duration::from_secs(30)).await? {
+//!     store.complete(&claimed.lease).await?;
+//! }
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod db;
+pub mod error;
+mod fingerprint;
+pub mod job;
+pub mod lease;
+pub mod pg;
+pub mod retry;
+pub mod store;
+
+pub use error::StoreError;
+pub use job::{AttemptError, Job, JobFilter, JobId, JobState, NewJob, Page, QueueStats};
+pub use lease::{Lease, LeaseLostReason};
+pub use retry::{Backoff, Jitter};
+pub use store::{BatchItem, Claimed, Enqueued, FailOutcome, ReapOutcome, Store, StoreConfig};

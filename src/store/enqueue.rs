@@ -1,0 +1,346 @@
+//! (new) → queued: enqueue one job or a batch, with idempotency keys.
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+
+use super::{Store, JOB_CHANNEL};
+use crate::error::StoreError;
+use crate::fingerprint::fingerprint;
+use crate::job::{Job, JobId, NewJob, MAX_NAME_LEN};
+
+/// The result of enqueueing one job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Enqueued {
+    /// A new job was created.
+    Created(Job),
+    /// A job with the same idempotency key and the same request already existed; it is returned
+    /// unchanged and nothing was written.
+    Replayed(Job),
+}
+
+impl Enqueued {
+    /// The job, new or existing.
+    pub fn job(&self) -> &Job {
+        match self {
+            Enqueued::Created(job) | Enqueued::Replayed(job) => job,
+        }
+    }
+
+    /// The job, new or existing.
+    pub fn into_job(self) -> Job {
+        match self {
+            Enqueued::Created(job) | Enqueued::Replayed(job) => job,
+        }
+    }
+
+    /// Whether the job already existed.
+    pub fn was_replayed(&self) -> bool {
+        matches!(self, Enqueued::Replayed(_))
+    }
+}
+
+/// The result for one job of a batch, in the order the jobs were given.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchItem {
+    /// A new job was created.
+    Created(Job),
+    /// Same key and same request as an existing job: that job, unchanged.
+    Replayed(Job),
+    /// The key is taken by a job created from a different request; nothing was written for it.
+    Conflict {
+        /// The key.
+        key: String,
+        /// The job that holds it.
+        existing: JobId,
+    },
+}
+
+/// One validated job ready for the insert.
+struct Prepared {
+    id: JobId,
+    job: NewJob,
+    fingerprint: Vec<u8>,
+}
+
+// A job inserted, or found by its key, with the fingerprint of the request that created it.
+#[derive(sqlx::FromRow)]
+struct KeyedRow {
+    #[sqlx(flatten)]
+    job: Job,
+    request_fingerprint: Option<Vec<u8>>,
+}
+
+/// How often a key is looked for again when its holder vanished between our insert and our
+/// look-up (pruned or deleted concurrently): each round inserts again, so this is only a bound
+/// on a pathological race, never reached in practice.
+const MAX_ROUNDS: usize = 3;
+
+impl Store {
+    /// Enqueue `job` on the store's pool.
+    ///
+    /// With an idempotency key: if a job with that key exists and was created from the same
+    /// request, it is returned as [`Enqueued::Replayed`] and nothing is written; if it was
+    /// created from a different request, the call fails with
+    /// [`StoreError::IdempotencyConflict`]. Races between submitters are settled by the unique
+    /// index, not by a read-then-write.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming the field when the job is out of bounds (nothing written),
+    /// [`StoreError::IdempotencyConflict`], or [`StoreError::Database`].
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        self.enqueue_in(&mut conn, job).await
+    }
+
+    /// Enqueue `job` on the caller's connection, typically inside the caller's own transaction
+    /// (`store.enqueue_in(&mut tx, job)`): the job exists only if that transaction commits, and
+    /// workers are notified only then.
+    ///
+    /// # Errors
+    /// As [`Store::enqueue`].
+    pub async fn enqueue_in(
+        &self,
+        conn: &mut PgConnection,
+        job: NewJob,
+    ) -> Result<Enqueued, StoreError> {
+        let key = job.idempotency_key.clone();
+        let mut items = self.enqueue_batch_in(conn, vec![job]).await?;
+        match items.pop() {
+            Some(BatchItem::Created(job)) => Ok(Enqueued::Created(job)),
+            Some(BatchItem::Replayed(job)) => Ok(Enqueued::Replayed(job)),
+            Some(BatchItem::Conflict { existing, .. }) => Err(StoreError::IdempotencyConflict {
+                key: key.unwrap_or_default(),
+                existing,
+            }),
+            None => unreachable!("a batch of one yields one item"),
+        }
+    }
+
+    /// Enqueue many jobs in one statement on the store's pool. Jobs without a key, or with a
+    /// fresh one, are created; each key already taken yields [`BatchItem::Replayed`] or
+    /// [`BatchItem::Conflict`] for that job alone. Results are in input order.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] (naming the job's index and field) if any job is out of bounds,
+    /// in which case nothing is written; [`StoreError::Database`].
+    pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<BatchItem>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let items = self.enqueue_batch_in(&mut tx, jobs).await?;
+        tx.commit().await?;
+        Ok(items)
+    }
+
+    /// [`Store::enqueue_batch`] on the caller's connection or transaction.
+    ///
+    /// # Errors
+    /// As [`Store::enqueue_batch`].
+    pub async fn enqueue_batch_in(
+        &self,
+        conn: &mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<BatchItem>, StoreError> {
+        let single = jobs.len() == 1;
+        let prepared = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, job)| {
+                self.validate(&job).map_err(|e| match e {
+                    StoreError::Invalid { field, message } if !single => StoreError::Invalid {
+                        field,
+                        message: format!("job {i}: {message}"),
+                    },
+                    other => other,
+                })?;
+                Ok(Prepared {
+                    id: JobId::new(),
+                    fingerprint: fingerprint(&job),
+                    job,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        let mut results: Vec<Option<BatchItem>> = vec![None; prepared.len()];
+        let mut pending: Vec<usize> = (0..prepared.len()).collect();
+        for _ in 0..MAX_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            let inserted = insert(conn, pending.iter().map(|&i| &prepared[i])).await?;
+            let mut by_id: HashMap<JobId, Job> =
+                inserted.into_iter().map(|job| (job.id, job)).collect();
+            let mut keyed = Vec::new();
+            for i in pending.drain(..) {
+                match by_id.remove(&prepared[i].id) {
+                    Some(job) => results[i] = Some(BatchItem::Created(job)),
+                    None => keyed.push(i),
+                }
+            }
+            if keyed.is_empty() {
+                break;
+            }
+            // Not inserted means the key was taken. `on conflict do nothing` waited for the
+            // holder's transaction to commit, so this new statement (a fresh snapshot under READ
+            // COMMITTED) sees the holder; if it does not, the holder was deleted in between and
+            // the job goes round again.
+            let keys: Vec<String> = keyed
+                .iter()
+                .filter_map(|&i| prepared[i].job.idempotency_key.clone())
+                .collect();
+            let holders: HashMap<String, KeyedRow> = sqlx::query_as::<_, KeyedRow>(
+                "select * from faultline.jobs where idempotency_key = any($1)",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .filter_map(|row| Some((row.job.idempotency_key.clone()?, row)))
+            .collect();
+            for i in keyed {
+                let p = &prepared[i];
+                let key = p.job.idempotency_key.clone().unwrap_or_default();
+                match holders.get(&key) {
+                    Some(holder)
+                        if holder.request_fingerprint.as_deref() == Some(&p.fingerprint) =>
+                    {
+                        results[i] = Some(BatchItem::Replayed(holder.job.clone()))
+                    }
+                    Some(holder) => {
+                        results[i] = Some(BatchItem::Conflict {
+                            key,
+                            existing: holder.job.id,
+                        })
+                    }
+                    None => pending.push(i),
+                }
+            }
+        }
+        if !pending.is_empty() {
+            return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                "idempotency keys kept vanishing between insert and look-up after {MAX_ROUNDS} rounds"
+            ))));
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Check a job against the bounds the database also enforces, so the caller gets an error
+    /// naming the field rather than a constraint violation.
+    fn validate(&self, job: &NewJob) -> Result<(), StoreError> {
+        let invalid = |field: &'static str, message: String| StoreError::Invalid { field, message };
+        let name = |field: &'static str, value: &str| {
+            if value.is_empty() {
+                Err(invalid(field, "must not be empty".into()))
+            } else if value.len() > MAX_NAME_LEN {
+                Err(invalid(
+                    field,
+                    format!("is {} bytes; at most {MAX_NAME_LEN} allowed", value.len()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        name("kind", &job.kind)?;
+        name("queue", &job.queue)?;
+        if let Some(key) = &job.idempotency_key {
+            name("idempotency_key", key)?;
+        }
+        if job.max_attempts < 1 {
+            return Err(invalid(
+                "max_attempts",
+                format!("must be at least 1, got {}", job.max_attempts),
+            ));
+        }
+        if let Some(timeout) = job.timeout_ms {
+            if timeout < 1 {
+                return Err(invalid(
+                    "timeout_ms",
+                    format!("must be at least 1, got {timeout}"),
+                ));
+            }
+        }
+        let size = serde_json::to_vec(&job.payload).map_or(usize::MAX, |v| v.len());
+        if size > self.config.max_payload_bytes {
+            return Err(invalid(
+                "payload",
+                format!(
+                    "is {size} bytes; at most {} allowed",
+                    self.config.max_payload_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Insert the jobs in one statement and return the rows actually inserted; a job whose key is
+/// taken is skipped (`on conflict do nothing`), including a second job with the same key in the
+/// same batch. Notifies each queue that got an eligible job; Postgres delivers the notification
+/// at commit, so a rolled-back enqueue wakes nobody.
+async fn insert<'a>(
+    conn: &mut PgConnection,
+    jobs: impl Iterator<Item = &'a Prepared>,
+) -> Result<Vec<Job>, sqlx::Error> {
+    let mut ids = Vec::new();
+    let mut queues = Vec::new();
+    let mut kinds = Vec::new();
+    let mut payloads = Vec::new();
+    let mut priorities = Vec::new();
+    let mut max_attempts = Vec::new();
+    let mut run_ats = Vec::new();
+    let mut keys = Vec::new();
+    let mut fingerprints = Vec::new();
+    let mut timeouts = Vec::new();
+    for p in jobs {
+        ids.push(p.id);
+        queues.push(p.job.queue.as_str());
+        kinds.push(p.job.kind.as_str());
+        payloads.push(&p.job.payload);
+        priorities.push(p.job.priority);
+        max_attempts.push(p.job.max_attempts);
+        run_ats.push(p.job.run_at);
+        keys.push(p.job.idempotency_key.as_deref());
+        fingerprints.push(p.fingerprint.as_slice());
+        timeouts.push(p.job.timeout_ms);
+    }
+    sqlx::query_as::<_, Job>(INSERT)
+        .bind(ids)
+        .bind(queues)
+        .bind(kinds)
+        .bind(payloads)
+        .bind(priorities)
+        .bind(max_attempts)
+        .bind(run_ats)
+        .bind(keys)
+        .bind(fingerprints)
+        .bind(timeouts)
+        .bind(JOB_CHANNEL)
+        .fetch_all(conn)
+        .await
+}
+
+const INSERT: &str = "
+with input as (
+    select *
+    from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],
+                $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[])
+         with ordinality
+         as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
+              fingerprint, timeout_ms, ord)
+),
+inserted as (
+    insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
+                                idempotency_key, request_fingerprint, timeout_ms)
+    select id, queue, kind, payload, priority, max_attempts, coalesce(run_at, now()),
+           idempotency_key, fingerprint, timeout_ms
+    from input
+    order by ord
+    on conflict (idempotency_key) do nothing
+    returning *
+),
+-- A data-modifying CTE always runs, a plain one only when referenced: the scalar sub-select in
+-- the final WHERE is that reference. pg_notify folds repeats of one queue in a transaction.
+notified as (
+    select pg_notify($11, q.queue)
+    from (select distinct queue from inserted where next_run_at <= now()) q
+)
+select * from inserted where (select count(*) from notified) >= 0";

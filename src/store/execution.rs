@@ -1,0 +1,441 @@
+//! The worker's transitions: claim (queued → running), heartbeat (running → running), complete
+//! (→ succeeded), fail an attempt (→ queued with backoff, or → failed), release (→ queued, the
+//! attempt handed back). Every call after the claim is fenced by the lease token.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{millis, Store, JOB_CHANNEL};
+use crate::error::StoreError;
+use crate::job::{Job, JobId, JobState};
+use crate::lease::{Lease, LeaseLostReason};
+
+/// A job claimed by [`Store::claim_batch`], with the lease to report under.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claimed {
+    /// The job as it is now (`running`, `attempts` already counting this attempt).
+    pub job: Job,
+    /// The lease: every report on this job must carry it.
+    pub lease: Lease,
+    /// True when the job came back from an expired lease (a crashed or stalled worker) and this
+    /// claim is its recovery.
+    pub recovered: bool,
+}
+
+impl Claimed {
+    /// How long the job waited between becoming eligible and starting.
+    pub fn wait(&self) -> Duration {
+        let eligible = self.job.next_run_at.max(self.job.created_at);
+        let started = self.job.started_at.unwrap_or(eligible);
+        (started - eligible).to_std().unwrap_or_default()
+    }
+}
+
+/// What [`Store::fail_attempt`] did with the job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FailOutcome {
+    /// Re-queued; eligible again at `job.next_run_at`.
+    Retrying(Job),
+    /// Terminal `failed`: attempts spent, or the error was not retryable.
+    Failed(Job),
+}
+
+impl FailOutcome {
+    /// The job after the transition.
+    pub fn job(&self) -> &Job {
+        match self {
+            FailOutcome::Retrying(job) | FailOutcome::Failed(job) => job,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    job: Job,
+    recovered: bool,
+}
+
+/// Longest error text kept per attempt; a handler that fails with a megabyte of text must not
+/// bloat the row (the error history holds one entry per attempt).
+const MAX_ERROR_LEN: usize = 4096;
+
+impl Store {
+    /// Claim up to `limit` eligible jobs from `queues` for `worker`, leasing each for `ttl`.
+    ///
+    /// Eligible means `queued` with `next_run_at <= now()`, taken in (priority, next_run_at, id)
+    /// order. Safe with any number of concurrent claimers: rows are locked with
+    /// `for update skip locked`, so each job goes to exactly one claimer and no claimer waits on
+    /// another. Each claimed job gets `attempts + 1`, a fresh fencing token from
+    /// `faultline.lease_token_seq`, and `lease_expires_at = now() + ttl` on the database clock.
+    ///
+    /// Expired leases are not taken back here but by [`Store::reap_expired`]: this keeps the
+    /// claim a pure scan of the partial index of queued jobs, and leaves one place that decides
+    /// whether an expired job is retried or, its attempts spent, failed (with the expiry in its
+    /// history).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn claim_batch(
+        &self,
+        queues: &[String],
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        if limit == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The `attempts < max_attempts` test can never fail for a queued job (every transition
+        // to queued checks it, and a CHECK constraint backs it); it is here so that a row that
+        // somehow broke the invariant stays visible as queued instead of failing every claim.
+        let rows: Vec<ClaimedRow> = sqlx::query_as(
+            "with next as (
+                select id, needs_recovery
+                from faultline.jobs
+                where state = 'queued'
+                  and queue = any($1)
+                  and next_run_at <= now()
+                  and attempts < max_attempts
+                order by priority, next_run_at, id
+                limit $3
+                for update skip locked
+            )
+            update faultline.jobs j
+            set state = 'running',
+                attempts = j.attempts + 1,
+                lease_owner = $2,
+                lease_expires_at = now() + $4 * interval '1 millisecond',
+                lease_token = nextval('faultline.lease_token_seq'),
+                needs_recovery = false,
+                started_at = now(),
+                updated_at = now()
+            from next
+            where j.id = next.id
+            returning j.*, next.needs_recovery as recovered",
+        )
+        .bind(queues)
+        .bind(worker)
+        .bind(i64::from(limit))
+        .bind(millis(ttl))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed: Vec<Claimed> = rows
+            .into_iter()
+            .map(|row| {
+                let lease = Lease {
+                    job_id: row.job.id,
+                    token: row.job.lease_token.unwrap_or_default(),
+                    attempt: row.job.attempts,
+                    owner: worker.to_owned(),
+                    expires_at: row.job.lease_expires_at.unwrap_or_default(),
+                };
+                Claimed {
+                    job: row.job,
+                    lease,
+                    recovered: row.recovered,
+                }
+            })
+            .collect();
+        claimed.sort_by(|a, b| {
+            (a.job.priority, a.job.next_run_at, a.job.id).cmp(&(
+                b.job.priority,
+                b.job.next_run_at,
+                b.job.id,
+            ))
+        });
+        Ok(claimed)
+    }
+
+    /// Extend `lease` to `now() + ttl`. Returns the new expiry.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease no longer holds (the reason says whether the job
+    /// was cancelled, so the handler should stop); nothing changed. [`StoreError::Database`].
+    pub async fn heartbeat(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let mut results = self
+            .heartbeat_batch(std::slice::from_ref(lease), ttl)
+            .await?;
+        results.pop().expect("one result per lease")
+    }
+
+    /// Extend every lease in `leases` in one statement, fenced per lease. Results are in input
+    /// order: the new expiry, or [`StoreError::LeaseLost`] for that lease alone.
+    ///
+    /// # Errors
+    /// The outer error is [`StoreError::Database`]; nothing changed.
+    pub async fn heartbeat_batch(
+        &self,
+        leases: &[Lease],
+        ttl: Duration,
+    ) -> Result<Vec<Result<DateTime<Utc>, StoreError>>, StoreError> {
+        let (ids, tokens) = unzip_leases(leases);
+        // Rows are locked in id order (the `order by … for update` CTE) so that two batch
+        // statements over overlapping jobs cannot deadlock; the guard is checked again after the
+        // lock, because under READ COMMITTED a row we waited for may have changed.
+        let rows: Vec<(JobId, DateTime<Utc>)> = sqlx::query_as(
+            "with target as (
+                select j.id, j.lease_token
+                from faultline.jobs j
+                join unnest($1::uuid[], $2::int8[]) as l(id, token)
+                  on j.id = l.id and j.lease_token = l.token
+                where j.state = 'running'
+                order by j.id
+                for update of j
+            )
+            update faultline.jobs j
+            set lease_expires_at = now() + $3 * interval '1 millisecond',
+                updated_at = now()
+            from target
+            where j.id = target.id and j.lease_token = target.lease_token
+              and j.state = 'running'
+            returning j.id, j.lease_expires_at",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(millis(ttl))
+        .fetch_all(&self.pool)
+        .await?;
+        let extended: HashMap<JobId, DateTime<Utc>> = rows.into_iter().collect();
+        self.fenced_results(leases, extended).await
+    }
+
+    /// Mark the job of `lease` succeeded.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease no longer holds: the result is not recorded and
+    /// nothing changed (the caller counts a stale completion). [`StoreError::Database`].
+    pub async fn complete(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut results = self.complete_batch(std::slice::from_ref(lease)).await?;
+        results.pop().expect("one result per lease")
+    }
+
+    /// Mark the jobs of many leases succeeded in one statement, fenced per lease. Results are in
+    /// input order.
+    ///
+    /// # Errors
+    /// The outer error is [`StoreError::Database`] (nothing changed); an inner
+    /// [`StoreError::LeaseLost`] concerns that lease alone.
+    pub async fn complete_batch(
+        &self,
+        leases: &[Lease],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let (ids, tokens) = unzip_leases(leases);
+        // Same locking shape as heartbeat_batch, for the same reasons.
+        let rows: Vec<(JobId,)> = sqlx::query_as(
+            "with target as (
+                select j.id, j.lease_token
+                from faultline.jobs j
+                join unnest($1::uuid[], $2::int8[]) as l(id, token)
+                  on j.id = l.id and j.lease_token = l.token
+                where j.state = 'running'
+                order by j.id
+                for update of j
+            )
+            update faultline.jobs j
+            set state = 'succeeded',
+                lease_expires_at = null,
+                finished_at = now(),
+                updated_at = now()
+            from target
+            where j.id = target.id and j.lease_token = target.lease_token
+              and j.state = 'running'
+            returning j.id",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .fetch_all(&self.pool)
+        .await?;
+        let done: HashMap<JobId, ()> = rows.into_iter().map(|(id,)| (id, ())).collect();
+        self.fenced_results(leases, done).await
+    }
+
+    /// Record a failed attempt under `lease`. The error joins the job's history (attempt,
+    /// worker, time, text). If `retryable` and attempts remain, the job is re-queued with
+    /// `next_run_at = now() + backoff(attempt)`; otherwise it is `failed` for good.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease no longer holds (nothing changed);
+    /// [`StoreError::Database`].
+    pub async fn fail_attempt(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retryable: bool,
+    ) -> Result<FailOutcome, StoreError> {
+        let attempt = u32::try_from(lease.attempt).unwrap_or(1);
+        let delay = self.config.backoff.delay(attempt);
+        let error = truncate(error, MAX_ERROR_LEN);
+        // `attempts` was counted at claim time, so `attempts < max_attempts` means another
+        // attempt is left; the history entry takes its attempt number and worker from the row,
+        // which the token guard proves is this lease's.
+        let job: Option<Job> = sqlx::query_as(
+            "update faultline.jobs
+            set state = case when $4 and attempts < max_attempts then 'queued' else 'failed' end,
+                next_run_at = case when $4 and attempts < max_attempts
+                                   then now() + $5 * interval '1 millisecond'
+                                   else next_run_at end,
+                finished_at = case when $4 and attempts < max_attempts then null else now() end,
+                lease_expires_at = null,
+                last_error = $3,
+                errors = errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', attempts, 'worker', lease_owner, 'at', now(),
+                    'error', $3::text, 'reason', 'error')),
+                updated_at = now()
+            where id = $1 and lease_token = $2 and state = 'running'
+            returning *",
+        )
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(error)
+        .bind(retryable)
+        .bind(millis(delay))
+        .fetch_optional(&self.pool)
+        .await?;
+        match job {
+            Some(job) if job.state == JobState::Queued => Ok(FailOutcome::Retrying(job)),
+            Some(job) => Ok(FailOutcome::Failed(job)),
+            None => Err(self.lease_lost(lease).await?),
+        }
+    }
+
+    /// Hand the job of `lease` back unfinished (graceful shutdown): it becomes eligible at once
+    /// and the attempt is not counted against its budget.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease no longer holds (nothing changed);
+    /// [`StoreError::Database`].
+    pub async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        // attempts - 1 stays >= 0: a running job has been claimed, so attempts >= 1.
+        let released: Option<(JobId,)> = sqlx::query_as(
+            "with released as (
+                update faultline.jobs
+                set state = 'queued',
+                    attempts = attempts - 1,
+                    next_run_at = now(),
+                    lease_expires_at = null,
+                    updated_at = now()
+                where id = $1 and lease_token = $2 and state = 'running'
+                returning id, queue
+            )
+            select id from released, lateral (select pg_notify($3, released.queue)) n",
+        )
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(JOB_CHANNEL)
+        .fetch_optional(&self.pool)
+        .await?;
+        match released {
+            Some(_) => Ok(()),
+            None => Err(self.lease_lost(lease).await?),
+        }
+    }
+
+    /// Turn per-lease success (`done` holds the ids whose guarded update matched) into results
+    /// in input order, classifying each rejected lease with one extra query (only when some
+    /// lease was rejected, which is rare).
+    async fn fenced_results<T: Clone>(
+        &self,
+        leases: &[Lease],
+        done: HashMap<JobId, T>,
+    ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
+        let lost: Vec<&Lease> = leases
+            .iter()
+            .filter(|l| !done.contains_key(&l.job_id))
+            .collect();
+        let reasons = if lost.is_empty() {
+            HashMap::new()
+        } else {
+            self.lost_reasons(&lost).await?
+        };
+        Ok(leases
+            .iter()
+            .map(|lease| match done.get(&lease.job_id) {
+                Some(value) => Ok(value.clone()),
+                None => Err(StoreError::LeaseLost {
+                    id: lease.job_id,
+                    reason: reasons
+                        .get(&lease.job_id)
+                        .copied()
+                        .unwrap_or(LeaseLostReason::Gone),
+                }),
+            })
+            .collect())
+    }
+
+    async fn lease_lost(&self, lease: &Lease) -> Result<StoreError, StoreError> {
+        let reasons = self.lost_reasons(&[lease]).await?;
+        Ok(StoreError::LeaseLost {
+            id: lease.job_id,
+            reason: reasons
+                .get(&lease.job_id)
+                .copied()
+                .unwrap_or(LeaseLostReason::Gone),
+        })
+    }
+
+    /// Why each of `leases` was rejected: cancelled while this lease held the job (the token is
+    /// kept on cancel for exactly this), gone, or superseded by anything else.
+    async fn lost_reasons(
+        &self,
+        leases: &[&Lease],
+    ) -> Result<HashMap<JobId, LeaseLostReason>, StoreError> {
+        let ids: Vec<JobId> = leases.iter().map(|l| l.job_id).collect();
+        let rows: Vec<(JobId, JobState, Option<i64>)> =
+            sqlx::query_as("select id, state, lease_token from faultline.jobs where id = any($1)")
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
+        let current: HashMap<JobId, (JobState, Option<i64>)> = rows
+            .into_iter()
+            .map(|(id, state, token)| (id, (state, token)))
+            .collect();
+        Ok(leases
+            .iter()
+            .map(|lease| {
+                let reason = match current.get(&lease.job_id) {
+                    None => LeaseLostReason::Gone,
+                    Some((JobState::Cancelled, Some(token))) if *token == lease.token => {
+                        LeaseLostReason::Cancelled
+                    }
+                    Some(_) => LeaseLostReason::Superseded,
+                };
+                (lease.job_id, reason)
+            })
+            .collect())
+    }
+}
+
+fn unzip_leases(leases: &[Lease]) -> (Vec<JobId>, Vec<i64>) {
+    leases.iter().map(|l| (l.job_id, l.token)).unzip()
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("hello", 10), "hello");
+        assert_eq!(truncate("hello", 3), "hel");
+        assert_eq!(truncate("héllo", 2), "h");
+    }
+}

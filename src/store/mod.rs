@@ -1,0 +1,96 @@
+//! Every statement that touches `faultline.jobs`, one function per state transition, each with
+//! its SQL inline and a comment on why it is safe under concurrency.
+//!
+//! | transition | function | guard |
+//! |---|---|---|
+//! | (new) → queued | [`Store::enqueue`], [`Store::enqueue_batch`] | `on conflict (idempotency_key) do nothing` |
+//! | queued → running | [`Store::claim_batch`] | `for update skip locked` on eligible rows |
+//! | running → running | [`Store::heartbeat`] | `id`, `lease_token`, `state = 'running'` |
+//! | running → succeeded | [`Store::complete`], [`Store::complete_batch`] | same |
+//! | running → queued / failed | [`Store::fail_attempt`] | same |
+//! | running → queued | [`Store::release`] | same |
+//! | running → queued / failed | [`Store::reap_expired`] | `lease_expires_at < now()`, `skip locked` |
+//! | queued, running → cancelled | [`Store::cancel`] | `state in ('queued', 'running')` |
+//! | failed, cancelled → queued | [`Store::retry`] | `state in ('failed', 'cancelled')` |
+//!
+//! Besides these guards, the trigger `jobs_state_transition` makes the database itself refuse any
+//! transition outside the model, whoever issues it.
+
+mod control;
+mod enqueue;
+mod execution;
+mod maintenance;
+mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::job::DEFAULT_MAX_PAYLOAD_BYTES;
+use crate::retry::Backoff;
+
+pub use enqueue::{BatchItem, Enqueued};
+pub use execution::{Claimed, FailOutcome};
+pub use maintenance::ReapOutcome;
+
+/// The channel that enqueue, release, retry and the reaper `NOTIFY` when a job becomes eligible
+/// now; the payload is the queue name. One channel for every queue (workers filter on the
+/// payload) because queue names are free text and channel names are limited to 63 bytes.
+pub const JOB_CHANNEL: &str = "faultline_jobs";
+
+/// Settings of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Retry backoff applied by [`Store::fail_attempt`].
+    pub backoff: Backoff,
+    /// The largest payload accepted, in bytes of serialized JSON.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backoff: Backoff::default(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// The job store: a connection pool plus the policy the transitions apply. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+    config: Arc<StoreConfig>,
+}
+
+impl Store {
+    /// A store over `pool` with default settings.
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_config(pool, StoreConfig::default())
+    }
+
+    /// A store over `pool` with `config`.
+    pub fn with_config(pool: PgPool, config: StoreConfig) -> Self {
+        Store {
+            pool,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The pool the store runs on.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+}
+
+/// A duration as whole milliseconds for an `interval` parameter, saturating rather than
+/// wrapping (a lease or backoff of 292 million years is as good as forever).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

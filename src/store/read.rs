@@ -1,0 +1,101 @@
+//! Reads: one job, a filtered listing, per-queue statistics.
+
+use super::Store;
+use crate::error::StoreError;
+use crate::job::{Job, JobFilter, JobId, Page, QueueStats};
+
+/// The largest page [`Store::list`] returns.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+impl Store {
+    /// The job with `id`, with its error history.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`]; [`StoreError::Database`].
+    pub async fn get(&self, id: JobId) -> Result<Job, StoreError> {
+        sqlx::query_as("select * from faultline.jobs where id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound(id))
+    }
+
+    /// Jobs matching `filter`, newest first, `limit` per page (1 to 1,000). Pass the returned
+    /// `next_cursor` as `cursor` for the next page. Keyset pagination on the time-ordered id:
+    /// pages stay stable while jobs are added, and deep pages cost no more than the first.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] for a limit out of range; [`StoreError::Database`].
+    pub async fn list(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<JobId>,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+            return Err(StoreError::Invalid {
+                field: "limit",
+                message: format!("must be between 1 and {MAX_PAGE_SIZE}, got {limit}"),
+            });
+        }
+        let mut jobs: Vec<Job> = sqlx::query_as(
+            "select * from faultline.jobs
+            where ($1::text is null or state = $1)
+              and ($2::text is null or queue = $2)
+              and ($3::text is null or kind = $3)
+              and ($4::uuid is null or id < $4)
+            order by id desc
+            limit $5",
+        )
+        .bind(filter.state)
+        .bind(filter.queue.as_deref())
+        .bind(filter.kind.as_deref())
+        .bind(cursor)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let next_cursor = if jobs.len() > limit as usize {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|job| job.id)
+        } else {
+            None
+        };
+        Ok(Page { jobs, next_cursor })
+    }
+
+    /// Per queue: jobs by state, and how long the oldest eligible job has waited.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let rows: Vec<(String, i64, i64, i64, i64, i64, f64)> = sqlx::query_as(
+            "select queue,
+                    count(*) filter (where state = 'queued'),
+                    count(*) filter (where state = 'running'),
+                    count(*) filter (where state = 'succeeded'),
+                    count(*) filter (where state = 'failed'),
+                    count(*) filter (where state = 'cancelled'),
+                    coalesce(extract(epoch from now() - min(greatest(next_run_at, created_at))
+                        filter (where state = 'queued' and next_run_at <= now())), 0)::float8
+            from faultline.jobs
+            group by queue
+            order by queue",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(queue, queued, running, succeeded, failed, cancelled, oldest)| QueueStats {
+                    queue,
+                    queued,
+                    running,
+                    succeeded,
+                    failed,
+                    cancelled,
+                    oldest_eligible_age_seconds: oldest.max(0.0),
+                },
+            )
+            .collect())
+    }
+}

@@ -1,0 +1,15 @@
+//! Integration tests against a real Postgres, one module per guarantee. One test binary (rather
+//! than one per file) so the suite links once.
+
+mod harness;
+
+mod claim;
+mod cluster;
+mod fencing;
+mod idempotency;
+mod migrations;
+mod reads;
+mod reaper;
+mod retries;
+mod transactions;
+mod transitions;
