@@ -22,6 +22,9 @@
 //!   ([`Lease`]); see the table in the [`store`] module.
 //! - [`retry`]: the backoff policy.
 //! - [`db`]: connecting and migrating (`faultline.jobs`, in its own schema).
+//! - [`worker`]: the runtime that runs handlers: claims, heartbeats, fencing, shutdown.
+//! - [`maintenance`]: the reaper (expired leases) and the pruner (retention).
+//! - [`metrics`]: every Prometheus metric, by its fixed name.
 //! - [`pg`]: a private Postgres cluster (for `faultline up`, drills, the benchmark and tests).
 //!
 //! ```no_run
@@ -51,12 +54,17 @@ pub mod error;
 mod fingerprint;
 pub mod job;
 pub mod lease;
+pub mod maintenance;
+pub mod metrics;
 pub mod pg;
 pub mod retry;
 pub mod store;
+pub mod worker;
 
 pub use error::StoreError;
 pub use job::{AttemptError, Job, JobFilter, JobId, JobState, NewJob, Page, QueueStats};
 pub use lease::{Lease, LeaseLostReason};
 pub use retry::{Backoff, Jitter};
-pub use store::{BatchItem, Claimed, Enqueued, FailOutcome, ReapOutcome, Store, StoreConfig};
+pub use store::{
+    BatchItem, Claimed, Enqueued, FailOutcome, ReapOutcome, ReapedJob, Store, StoreConfig,
+};

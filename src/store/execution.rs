@@ -179,7 +179,7 @@ impl Store {
         // Rows are locked in id order (the `order by … for update` CTE) so that two batch
         // statements over overlapping jobs cannot deadlock; the guard is checked again after the
         // lock, because under READ COMMITTED a row we waited for may have changed.
-        let rows: Vec<(JobId, DateTime<Utc>)> = sqlx::query_as(
+        let rows: Vec<(JobId, i64, DateTime<Utc>)> = sqlx::query_as(
             "with target as (
                 select j.id, j.lease_token
                 from faultline.jobs j
@@ -195,14 +195,17 @@ impl Store {
             from target
             where j.id = target.id and j.lease_token = target.lease_token
               and j.state = 'running'
-            returning j.id, j.lease_expires_at",
+            returning j.id, j.lease_token, j.lease_expires_at",
         )
         .bind(&ids)
         .bind(&tokens)
         .bind(millis(ttl))
         .fetch_all(&self.pool)
         .await?;
-        let extended: HashMap<JobId, DateTime<Utc>> = rows.into_iter().collect();
+        let extended: HashMap<(JobId, i64), DateTime<Utc>> = rows
+            .into_iter()
+            .map(|(id, token, expires)| ((id, token), expires))
+            .collect();
         self.fenced_results(leases, extended).await
     }
 
@@ -228,7 +231,7 @@ impl Store {
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let (ids, tokens) = unzip_leases(leases);
         // Same locking shape as heartbeat_batch, for the same reasons.
-        let rows: Vec<(JobId,)> = sqlx::query_as(
+        let rows: Vec<(JobId, i64)> = sqlx::query_as(
             "with target as (
                 select j.id, j.lease_token
                 from faultline.jobs j
@@ -246,13 +249,13 @@ impl Store {
             from target
             where j.id = target.id and j.lease_token = target.lease_token
               and j.state = 'running'
-            returning j.id",
+            returning j.id, j.lease_token",
         )
         .bind(&ids)
         .bind(&tokens)
         .fetch_all(&self.pool)
         .await?;
-        let done: HashMap<JobId, ()> = rows.into_iter().map(|(id,)| (id, ())).collect();
+        let done: HashMap<(JobId, i64), ()> = rows.into_iter().map(|key| (key, ())).collect();
         self.fenced_results(leases, done).await
     }
 
@@ -337,17 +340,18 @@ impl Store {
         }
     }
 
-    /// Turn per-lease success (`done` holds the ids whose guarded update matched) into results
-    /// in input order, classifying each rejected lease with one extra query (only when some
-    /// lease was rejected, which is rare).
+    /// Turn per-lease success (`done` holds the (id, token) pairs whose guarded update matched)
+    /// into results in input order, classifying each rejected lease with one extra query (only
+    /// when some lease was rejected, which is rare). Keyed by token as well as id: a batch may
+    /// hold a stale lease and the live lease of the same job, and only the live one succeeded.
     async fn fenced_results<T: Clone>(
         &self,
         leases: &[Lease],
-        done: HashMap<JobId, T>,
+        done: HashMap<(JobId, i64), T>,
     ) -> Result<Vec<Result<T, StoreError>>, StoreError> {
         let lost: Vec<&Lease> = leases
             .iter()
-            .filter(|l| !done.contains_key(&l.job_id))
+            .filter(|l| !done.contains_key(&(l.job_id, l.token)))
             .collect();
         let reasons = if lost.is_empty() {
             HashMap::new()
@@ -356,12 +360,12 @@ impl Store {
         };
         Ok(leases
             .iter()
-            .map(|lease| match done.get(&lease.job_id) {
+            .map(|lease| match done.get(&(lease.job_id, lease.token)) {
                 Some(value) => Ok(value.clone()),
                 None => Err(StoreError::LeaseLost {
                     id: lease.job_id,
                     reason: reasons
-                        .get(&lease.job_id)
+                        .get(&(lease.job_id, lease.token))
                         .copied()
                         .unwrap_or(LeaseLostReason::Gone),
                 }),
@@ -374,7 +378,7 @@ impl Store {
         Ok(StoreError::LeaseLost {
             id: lease.job_id,
             reason: reasons
-                .get(&lease.job_id)
+                .get(&(lease.job_id, lease.token))
                 .copied()
                 .unwrap_or(LeaseLostReason::Gone),
         })
@@ -385,7 +389,7 @@ impl Store {
     async fn lost_reasons(
         &self,
         leases: &[&Lease],
-    ) -> Result<HashMap<JobId, LeaseLostReason>, StoreError> {
+    ) -> Result<HashMap<(JobId, i64), LeaseLostReason>, StoreError> {
         let ids: Vec<JobId> = leases.iter().map(|l| l.job_id).collect();
         let rows: Vec<(JobId, JobState, Option<i64>)> =
             sqlx::query_as("select id, state, lease_token from faultline.jobs where id = any($1)")
@@ -406,7 +410,7 @@ impl Store {
                     }
                     Some(_) => LeaseLostReason::Superseded,
                 };
-                (lease.job_id, reason)
+                ((lease.job_id, lease.token), reason)
             })
             .collect())
     }

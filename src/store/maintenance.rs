@@ -7,15 +7,25 @@ use super::{millis, Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::job::{JobId, JobState};
 
-/// What one [`Store::reap_expired`] pass did. Each list holds `(job, queue)` so that metrics can
-/// be labelled by queue.
+/// A job whose expired lease was taken back, with the labels its metrics need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReapedJob {
+    /// The job.
+    pub id: JobId,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind.
+    pub kind: String,
+}
+
+/// What one [`Store::reap_expired`] pass did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReapOutcome {
     /// Expired leases whose jobs went back to `queued` (each counts as a lease expiration; the
     /// claim that picks one up again reports a recovery).
-    pub requeued: Vec<(JobId, String)>,
+    pub requeued: Vec<ReapedJob>,
     /// Expired leases whose jobs had no attempt left and went to `failed`.
-    pub failed: Vec<(JobId, String)>,
+    pub failed: Vec<ReapedJob>,
 }
 
 impl ReapOutcome {
@@ -40,7 +50,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub async fn reap_expired(&self, limit: u32) -> Result<ReapOutcome, StoreError> {
-        let rows: Vec<(JobId, String, JobState)> = sqlx::query_as(
+        let rows: Vec<(JobId, String, String, JobState)> = sqlx::query_as(
             "with expired as (
                 select id
                 from faultline.jobs
@@ -68,23 +78,24 @@ impl Store {
                 -- Checked again after the lock: a heartbeat may have extended the lease between
                 -- the scan and the lock.
                 where j.id = expired.id and j.state = 'running' and j.lease_expires_at < now()
-                returning j.id, j.queue, j.state
+                returning j.id, j.queue, j.kind, j.state
             ),
             notified as (
                 select pg_notify($2, q.queue)
                 from (select distinct queue from reaped where state = 'queued') q
             )
-            select id, queue, state from reaped where (select count(*) from notified) >= 0",
+            select id, queue, kind, state from reaped where (select count(*) from notified) >= 0",
         )
         .bind(i64::from(limit))
         .bind(JOB_CHANNEL)
         .fetch_all(&self.pool)
         .await?;
         let mut outcome = ReapOutcome::default();
-        for (id, queue, state) in rows {
+        for (id, queue, kind, state) in rows {
+            let job = ReapedJob { id, queue, kind };
             match state {
-                JobState::Queued => outcome.requeued.push((id, queue)),
-                _ => outcome.failed.push((id, queue)),
+                JobState::Queued => outcome.requeued.push(job),
+                _ => outcome.failed.push(job),
             }
         }
         Ok(outcome)

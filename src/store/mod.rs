@@ -32,7 +32,7 @@ use crate::retry::Backoff;
 
 pub use enqueue::{BatchItem, Enqueued};
 pub use execution::{Claimed, FailOutcome};
-pub use maintenance::ReapOutcome;
+pub use maintenance::{ReapOutcome, ReapedJob};
 
 /// The channel that enqueue, release, retry and the reaper `NOTIFY` when a job becomes eligible
 /// now; the payload is the queue name. One channel for every queue (workers filter on the

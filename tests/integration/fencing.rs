@@ -53,7 +53,8 @@ async fn stale_worker_cannot_complete_or_heartbeat_after_lease_lost() {
         },
     )
     .await;
-    assert_eq!(reaped.requeued, vec![(id, "default".to_owned())]);
+    assert_eq!(reaped.requeued.len(), 1);
+    assert_eq!(reaped.requeued[0].id, id);
 
     // Worker B re-claims it: a recovery, with a larger token.
     let b = store
@@ -254,5 +255,56 @@ async fn batch_reports_are_fenced_per_lease() {
         store.get(leases[2].job_id).await.unwrap().state,
         JobState::Running,
         "a forged token must not complete the job"
+    );
+}
+
+#[tokio::test]
+async fn batch_with_a_stale_and_the_live_lease_of_one_job_succeeds_only_for_the_live_one() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let id = store
+        .enqueue(NewJob::new("k", json!({})))
+        .await
+        .unwrap()
+        .job()
+        .id;
+    let stale = store
+        .claim_batch(&default_queue(), "w", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0)
+        .lease;
+    sqlx::query("update faultline.jobs set lease_expires_at = now() - interval '1s' where id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(store.reap_expired(10).await.unwrap().requeued.len(), 1);
+    let live = store
+        .claim_batch(&default_queue(), "w", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0)
+        .lease;
+    assert_eq!(stale.job_id, live.job_id);
+
+    let heartbeats = store
+        .heartbeat_batch(&[stale.clone(), live.clone()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        lost_reason(&heartbeats[0]),
+        Some(LeaseLostReason::Superseded)
+    );
+    assert!(heartbeats[1].is_ok());
+
+    let completions = store
+        .complete_batch(&[live.clone(), stale.clone()])
+        .await
+        .unwrap();
+    assert!(completions[0].is_ok());
+    assert_eq!(
+        lost_reason(&completions[1]),
+        Some(LeaseLostReason::Superseded)
     );
 }

@@ -13,3 +13,4 @@ mod reaper;
 mod retries;
 mod transactions;
 mod transitions;
+mod worker;

@@ -48,7 +48,11 @@ async fn expired_lease_with_attempts_spent_goes_to_failed_with_the_expiry_in_err
     claim_and_let_expire(&store, 1).await;
     let outcome = store.reap_expired(100).await.unwrap();
     assert!(outcome.requeued.is_empty());
-    assert_eq!(outcome.failed, vec![(id, "default".to_owned())]);
+    assert_eq!(outcome.failed.len(), 1);
+    assert_eq!(
+        (outcome.failed[0].id, outcome.failed[0].queue.as_str()),
+        (id, "default")
+    );
 
     let job = store.get(id).await.unwrap();
     assert_eq!(job.state, JobState::Failed);
@@ -79,7 +83,11 @@ async fn expired_lease_with_attempts_left_is_requeued_and_its_next_claim_is_a_re
         .id;
     claim_and_let_expire(&store, 1).await;
     let outcome = store.reap_expired(100).await.unwrap();
-    assert_eq!(outcome.requeued, vec![(id, "default".to_owned())]);
+    assert_eq!(outcome.requeued.len(), 1);
+    assert_eq!(
+        (outcome.requeued[0].id, outcome.requeued[0].kind.as_str()),
+        (id, "k")
+    );
     let job = store.get(id).await.unwrap();
     assert_eq!(job.state, JobState::Queued);
     assert_eq!(job.errors.len(), 1);
@@ -118,7 +126,7 @@ async fn concurrent_reapers_take_back_each_expired_lease_exactly_once() {
                 if outcome.total() == 0 {
                     break mine;
                 }
-                mine.extend(outcome.requeued.into_iter().map(|(id, _)| id));
+                mine.extend(outcome.requeued.into_iter().map(|job| job.id));
             }
         });
     }

@@ -1,12 +1,12 @@
 //! Command-line interface: every flag also reads a `FAULTLINE_*` environment variable, and
 //! `DATABASE_URL` names the database.
 
-use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use faultline::db;
+use crate::migrate::MigrateArgs;
+use crate::worker::WorkerArgs;
 
 /// Faultline: a PostgreSQL-backed job queue built for correctness under failure.
 #[derive(Debug, Parser)]
@@ -23,7 +23,7 @@ pub enum Command {
     /// Serve the HTTP API.
     Serve(Pending),
     /// Run workers.
-    Worker(Pending),
+    Worker(Box<WorkerArgs>),
     /// Everything in one process, with a private Postgres unless DATABASE_URL is set.
     Up(Pending),
     /// Enqueue, inspect, retry and cancel jobs through the API.
@@ -54,12 +54,15 @@ pub struct DatabaseArgs {
     /// PostgreSQL connection URL.
     #[arg(long = "database-url", env = "DATABASE_URL", value_name = "URL")]
     pub url: String,
-}
 
-#[derive(Debug, Args)]
-pub struct MigrateArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
+    /// Most database connections this process holds.
+    #[arg(
+        long = "db-pool-size",
+        env = "FAULTLINE_DB_POOL_SIZE",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub pool_size: u32,
 }
 
 /// A subcommand that a later release fills in; it accepts any arguments and refuses to run.
@@ -69,14 +72,8 @@ pub struct Pending {
     pub rest: Vec<String>,
 }
 
-pub async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let pool = db::connect(&args.database.url, &db::PoolConfig::default())?;
-    db::migrate(&pool)
-        .await
-        .context("could not apply the schema")?;
-    let current = db::schema_is_current(&pool).await?;
-    pool.close().await;
-    anyhow::ensure!(current, "migrations ran but the schema is not current");
-    tracing::info!("schema is current");
-    Ok(ExitCode::SUCCESS)
+/// Parse a duration such as `30s`, `500ms`, `7d` or `1h 30m`.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (write a duration such as 500ms, 30s, 5m, 7d)"))
 }

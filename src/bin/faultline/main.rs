@@ -1,10 +1,17 @@
 //! The `faultline` binary: one process per subcommand, all built on the library.
 
 mod cli;
+mod metrics_server;
+mod migrate;
+mod signals;
+mod worker;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command};
 
@@ -23,19 +30,45 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Migrate(args) => cli::migrate(args).await,
+        Command::Migrate(args) => migrate::run(args).await,
+        Command::Worker(args) => worker::run(*args).await,
         Command::Serve(_)
-        | Command::Worker(_)
         | Command::Up(_)
         | Command::Jobs(_)
         | Command::Drill(_)
         | Command::Bench(_) => {
             let name = cli.command.name();
             eprintln!(
-                "faultline {name}: not yet available in this build (the foundation ships \
-                 `faultline migrate` and the library; see README.md)"
+                "faultline {name}: not yet available in this build (it ships `migrate`, `worker` \
+                 and the library so far; see README.md)"
             );
             Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Wait until the database answers and check that its schema is current. A database that is
+/// down at start-up is waited for (logged once); a schema that is behind is an error, because
+/// running against it would fail on every claim.
+pub async fn wait_for_schema(pool: &PgPool, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut logged = false;
+    loop {
+        match faultline::db::schema_is_current(pool).await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                anyhow::bail!("the database schema is not current; run `faultline migrate` first")
+            }
+            Err(faultline::db::DbError::Database(e)) if faultline::error::is_unavailable(&e) => {
+                if !logged {
+                    tracing::warn!(error = %e, "database not reachable yet; waiting for it");
+                    logged = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => anyhow::bail!("shut down before the database answered"),
+                }
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot use the database")),
         }
     }
 }

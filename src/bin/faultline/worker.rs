@@ -1,0 +1,160 @@
+//! `faultline worker`: run workers until SIGTERM/SIGINT, then shut down gracefully.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use faultline::maintenance::{PrunerConfig, ReaperConfig};
+use faultline::metrics::Metrics;
+use faultline::worker::{builtin_registry, default_worker_id, WebhookConfig, Worker, WorkerConfig};
+use faultline::{db, Backoff, Jitter, Store, StoreConfig};
+
+use crate::cli::{duration, DatabaseArgs};
+use crate::{metrics_server, signals};
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Queues to work, comma-separated.
+    #[arg(
+        long,
+        env = "FAULTLINE_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+
+    /// Most jobs run at once.
+    #[arg(long, env = "FAULTLINE_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u32,
+
+    /// Lease length: a job whose worker stops heartbeating is taken back this long after.
+    #[arg(long, env = "FAULTLINE_LEASE_TTL", default_value = "30s", value_parser = duration)]
+    pub lease_ttl: Duration,
+
+    /// Time between heartbeats (default: a third of the lease TTL).
+    #[arg(long, env = "FAULTLINE_HEARTBEAT_INTERVAL", value_parser = duration)]
+    pub heartbeat_interval: Option<Duration>,
+
+    /// Claim at least this often without a notification.
+    #[arg(long, env = "FAULTLINE_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub poll_interval: Duration,
+
+    /// On SIGTERM/SIGINT, how long running jobs may finish before being handed back.
+    #[arg(long, env = "FAULTLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "FAULTLINE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// This worker's name in leases (default: hostname-pid-random).
+    #[arg(long, env = "FAULTLINE_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Delete finished jobs older than this.
+    #[arg(long, env = "FAULTLINE_RETENTION", default_value = "7d", value_parser = duration)]
+    pub retention: Duration,
+
+    /// How often the reaper looks for expired leases.
+    #[arg(long, env = "FAULTLINE_REAPER_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub reaper_interval: Duration,
+
+    /// Retry backoff base: the delay after the first failed attempt (before jitter).
+    #[arg(long, env = "FAULTLINE_RETRY_BASE", default_value = "1s", value_parser = duration)]
+    pub retry_base: Duration,
+
+    /// Retry backoff cap: no retry waits longer.
+    #[arg(long, env = "FAULTLINE_RETRY_CAP", default_value = "1h", value_parser = duration)]
+    pub retry_cap: Duration,
+
+    /// Let the webhook kind reach loopback, private and link-local addresses.
+    #[arg(long, env = "FAULTLINE_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
+    /// Webhook request timeout (a payload's timeout_ms overrides it).
+    #[arg(long, env = "FAULTLINE_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub webhook_timeout: Duration,
+}
+
+impl WorkerArgs {
+    pub fn store_config(&self) -> anyhow::Result<StoreConfig> {
+        anyhow::ensure!(
+            self.retry_base <= self.retry_cap,
+            "--retry-base ({}) must not exceed --retry-cap ({})",
+            humantime::format_duration(self.retry_base),
+            humantime::format_duration(self.retry_cap)
+        );
+        Ok(StoreConfig {
+            backoff: Backoff {
+                base: self.retry_base,
+                cap: self.retry_cap,
+                jitter: Jitter::Equal,
+            },
+            ..StoreConfig::default()
+        })
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
+            queues: self.queues.iter().map(|q| q.trim().to_owned()).collect(),
+            concurrency: self.concurrency,
+            lease_ttl: self.lease_ttl,
+            heartbeat_interval: self.heartbeat_interval,
+            poll_interval: self.poll_interval,
+            shutdown_grace: self.shutdown_grace,
+            reaper: Some(ReaperConfig {
+                interval: self.reaper_interval,
+                ..ReaperConfig::default()
+            }),
+            pruner: Some(PrunerConfig {
+                retention: self.retention,
+                ..PrunerConfig::default()
+            }),
+        }
+    }
+
+    pub fn webhook_config(&self) -> WebhookConfig {
+        WebhookConfig {
+            allow_private: self.webhook_allow_private,
+            timeout: self.webhook_timeout,
+        }
+    }
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let pool = db::connect(
+        &args.database.url,
+        &db::PoolConfig {
+            max_connections: args.database.pool_size,
+            ..db::PoolConfig::default()
+        },
+    )?;
+    let store = Store::with_config(pool.clone(), args.store_config()?);
+    let metrics = Arc::new(Metrics::new());
+    let worker = Worker::new(
+        store,
+        builtin_registry(args.webhook_config()),
+        args.worker_config(),
+    )?
+    .with_metrics(metrics.clone());
+    let shutdown = signals::shutdown_token()?;
+
+    crate::wait_for_schema(&pool, &shutdown).await?;
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => Some(metrics_server::spawn(addr, metrics, shutdown.clone()).await?),
+        None => None,
+    };
+    worker.run(shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    pool.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,63 @@
+//! The built-in job kinds that make the binary useful without writing Rust: `noop`, `sleep`,
+//! `fail` and `webhook` (in its own module).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::handler::{HandlerRegistry, JobContext, JobError, JobResult};
+use super::webhook::{Webhook, WebhookConfig};
+
+/// `sleep` payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sleep {
+    ms: u64,
+}
+
+/// `fail` payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fail {
+    times: u32,
+}
+
+/// A registry with every built-in kind.
+pub fn builtin_registry(webhook: WebhookConfig) -> HandlerRegistry {
+    let mut registry = HandlerRegistry::new();
+    register_builtins(&mut registry, webhook);
+    registry
+}
+
+/// Add the built-in kinds to `registry`:
+/// - `noop`: succeeds at once (any payload);
+/// - `sleep {"ms": N}`: sleeps N ms, stopping early when cancelled;
+/// - `fail {"times": N}`: fails (retryably) its first N attempts, then succeeds;
+/// - `webhook {"url", "method", "headers", "body"}`: see [`super::webhook`].
+pub fn register_builtins(registry: &mut HandlerRegistry, webhook: WebhookConfig) {
+    registry.register_fn(
+        "noop",
+        |_ctx: JobContext, _payload: serde_json::Value| async { Ok(()) },
+    );
+    registry.register_fn("sleep", |ctx: JobContext, sleep: Sleep| async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(sleep.ms)) => Ok(()),
+            _ = ctx.cancelled() => Err(JobError::retryable("cancelled while sleeping")),
+        }
+    });
+    registry.register_fn("fail", |ctx: JobContext, fail: Fail| async move {
+        fail_first(&ctx, fail.times)
+    });
+    registry.register("webhook", Webhook::new(webhook));
+}
+
+fn fail_first(ctx: &JobContext, times: u32) -> JobResult {
+    if i64::from(ctx.attempt) <= i64::from(times) {
+        Err(JobError::retryable(format!(
+            "failing on purpose: attempt {} of the first {times} that fail",
+            ctx.attempt
+        )))
+    } else {
+        Ok(())
+    }
+}

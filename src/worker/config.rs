@@ -1,0 +1,120 @@
+//! Worker settings.
+
+use std::time::Duration;
+
+use crate::maintenance::{PrunerConfig, ReaperConfig};
+
+/// Settings of a [`super::Worker`]. `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// This worker's name, recorded as `lease_owner` (default: `hostname-pid-random`).
+    pub worker_id: String,
+    /// Queues to claim from.
+    pub queues: Vec<String>,
+    /// Most handlers running at once (default 16).
+    pub concurrency: u32,
+    /// Lease length; a worker that stops heartbeating loses its jobs this long after its last
+    /// heartbeat (default 30 s).
+    pub lease_ttl: Duration,
+    /// Time between heartbeats of a running job (default `lease_ttl / 3`).
+    pub heartbeat_interval: Option<Duration>,
+    /// Claim at least this often even without a notification (default 1 s): a lost `NOTIFY`
+    /// delays a job by at most this much, and scheduled or backed-off jobs are found.
+    pub poll_interval: Duration,
+    /// On shutdown, how long in-flight handlers may run on before they are cancelled and their
+    /// jobs handed back (default 30 s).
+    pub shutdown_grace: Duration,
+    /// The reaper, if this worker runs one (default: yes; safe in every worker).
+    pub reaper: Option<ReaperConfig>,
+    /// The pruner, if this worker runs one (default: yes).
+    pub pruner: Option<PrunerConfig>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            worker_id: default_worker_id(),
+            queues: vec![crate::job::DEFAULT_QUEUE.to_owned()],
+            concurrency: 16,
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: None,
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+            reaper: Some(ReaperConfig::default()),
+            pruner: Some(PrunerConfig::default()),
+        }
+    }
+}
+
+/// Returned for settings that cannot work.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid worker setting {setting}: {message}")]
+pub struct ConfigError {
+    /// The setting (as the CLI flag names it).
+    pub setting: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl WorkerConfig {
+    /// The heartbeat interval in force.
+    pub fn heartbeat_every(&self) -> Duration {
+        self.heartbeat_interval.unwrap_or(self.lease_ttl / 3)
+    }
+
+    /// After this long without a renewed lease, a job's handler is cancelled (self-fencing):
+    /// two thirds of the TTL, leaving a third for the reaper's clock and ours to disagree.
+    pub fn fence_after(&self) -> Duration {
+        self.lease_ttl * 2 / 3
+    }
+
+    /// Check that the settings can work together.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |setting, message: String| Err(ConfigError { setting, message });
+        if self.worker_id.trim().is_empty() || self.worker_id.len() > 255 {
+            return err("--worker-id", "must be 1 to 255 characters".into());
+        }
+        if self.queues.is_empty() || self.queues.iter().any(|q| q.is_empty() || q.len() > 255) {
+            return err("--queues", "needs at least one non-empty queue name".into());
+        }
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return err(
+                "--concurrency",
+                format!("must be 1 to 10000, got {}", self.concurrency),
+            );
+        }
+        if self.lease_ttl < Duration::from_millis(100) {
+            return err(
+                "--lease-ttl",
+                format!("must be at least 100ms, got {:?}", self.lease_ttl),
+            );
+        }
+        let heartbeat = self.heartbeat_every();
+        if heartbeat.is_zero() || heartbeat >= self.fence_after() {
+            return err(
+                "--heartbeat-interval",
+                format!(
+                    "must be above zero and below two thirds of the lease TTL ({:?}), got {heartbeat:?}",
+                    self.fence_after()
+                ),
+            );
+        }
+        if self.poll_interval < Duration::from_millis(1) {
+            return err("--poll-interval", "must be at least 1ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// `hostname-pid-xxxx`: unique across hosts, processes and restarts of one process id.
+pub fn default_worker_id() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "worker".to_owned());
+    let suffix: u16 = rand::random();
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}

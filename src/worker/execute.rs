@@ -1,0 +1,133 @@
+//! Running one claimed job: the handler in its own task (so a panic is caught, not fatal), under
+//! its timeout and its stop signal; then the outcome goes to the reporter.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::active::{Stop, StopReason};
+use super::handler::{JobContext, JobError};
+use super::reporter::{Report, ReportKind};
+use super::runtime::Shared;
+use crate::store::Claimed;
+
+/// After a stop, how long a handler gets to return on its own before it is aborted. Its result
+/// is discarded either way; this only lets it clean up.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+enum Outcome {
+    Succeeded,
+    Failed(JobError),
+    Stopped(StopReason),
+}
+
+pub(crate) async fn run_job(shared: Arc<Shared>, claimed: Claimed, stop: Arc<Stop>) {
+    let job = claimed.job;
+    let lease = claimed.lease;
+    let started = Instant::now();
+    let outcome = match shared.registry.get(&job.kind) {
+        None => Outcome::Failed(JobError::permanent(format!(
+            "no handler for kind {:?} on worker {} (it runs: {})",
+            job.kind,
+            shared.worker_id,
+            shared.registry.kinds().join(", ")
+        ))),
+        Some(handler) => {
+            // The handler's token is a child of the stop token: a stop cancels it, and a timeout
+            // can cancel it alone.
+            let cancel = stop.token.child_token();
+            let ctx = JobContext {
+                job_id: job.id,
+                kind: job.kind.clone(),
+                queue: job.queue.clone(),
+                attempt: lease.attempt,
+                max_attempts: job.max_attempts,
+                lease_token: lease.token,
+                worker_id: shared.worker_id.clone(),
+                cancel: cancel.clone(),
+            };
+            let timeout = job
+                .timeout_ms
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis)
+                .or_else(|| shared.registry.timeout(&job.kind));
+            let mut task = tokio::spawn(handler.call(ctx, job.payload.clone()));
+            let expired = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let outcome = tokio::select! {
+                joined = &mut task => match joined {
+                    Ok(Ok(())) => Outcome::Succeeded,
+                    Ok(Err(error)) => Outcome::Failed(error),
+                    Err(e) if e.is_panic() => Outcome::Failed(JobError::retryable(format!(
+                        "handler panicked: {}",
+                        panic_message(e.into_panic())
+                    ))),
+                    Err(_) => Outcome::Failed(JobError::retryable("handler task was aborted")),
+                },
+                _ = expired => {
+                    cancel.cancel();
+                    task.abort();
+                    Outcome::Failed(JobError::retryable(format!(
+                        "timed out after {}",
+                        humantime::format_duration(timeout.unwrap_or_default())
+                    )))
+                }
+                _ = stop.token.cancelled() => {
+                    if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+                        task.abort();
+                    }
+                    Outcome::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
+                }
+            };
+            // Once a stop has fired, a failure is taken as its consequence (the handler saw its
+            // token cancelled), whichever branch above won the race: the job is handed back or
+            // the result dropped, never charged as a failed attempt. A success still counts: it
+            // is reported under the lease and the fence decides whether it lands.
+            match (outcome, stop.reason()) {
+                (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
+                (outcome, _) => outcome,
+            }
+        }
+    };
+
+    // The slot is free once the handler is done; the lease stays held (and heartbeated) until
+    // the reporter has recorded the result.
+    shared.active.handler_finished(lease.token);
+    shared.handler_done();
+    shared
+        .metrics
+        .job_execution_seconds
+        .with_label_values(&[&job.queue, &job.kind])
+        .observe(started.elapsed().as_secs_f64());
+
+    let kind = match outcome {
+        Outcome::Succeeded => ReportKind::Complete,
+        Outcome::Failed(error) => ReportKind::Fail(error),
+        Outcome::Stopped(StopReason::Lost(reason)) => {
+            shared.active.remove(lease.token);
+            shared.lease_lost(&job.queue, job.id, reason);
+            return;
+        }
+        Outcome::Stopped(StopReason::Shutdown | StopReason::SelfFence) => ReportKind::Release,
+    };
+    shared.report(Report {
+        lease,
+        queue: job.queue,
+        kind: job.kind,
+        what: kind,
+    });
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}

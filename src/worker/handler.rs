@@ -1,0 +1,255 @@
+//! The handler API: what a job kind runs, what it is told, and how it reports failure.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::JobId;
+
+/// What a handler is told about the job it runs.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    /// The job.
+    pub job_id: JobId,
+    /// Its kind.
+    pub kind: String,
+    /// Its queue.
+    pub queue: String,
+    /// This attempt's number (1-based).
+    pub attempt: i32,
+    /// The job's attempt budget.
+    pub max_attempts: i32,
+    /// The fencing token of this attempt's lease. Tokens only grow: pass it to systems you
+    /// write to, and have them refuse a write with a smaller token than the last they saw, so
+    /// that a worker that lost its lease cannot clobber its successor's side effects.
+    pub lease_token: i64,
+    /// The worker running it.
+    pub worker_id: Arc<str>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl JobContext {
+    /// Resolves when the handler must stop: the job was cancelled, the lease was lost, or the
+    /// worker is shutting down past its grace period. Whatever the handler returns afterwards
+    /// is not recorded.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Whether the handler must stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The cancellation token itself, to hand to code that takes one.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+/// A failed attempt: retryable (re-queued with backoff while attempts remain) or permanent (the
+/// job fails at once).
+///
+/// Any `std::error::Error` converts into a retryable `JobError`, so handlers can use `?`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobError {
+    message: String,
+    retryable: bool,
+}
+
+impl JobError {
+    /// A failure worth retrying (a timeout, a 5xx, a lost connection).
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        JobError {
+            message: message.to_string(),
+            retryable: true,
+        }
+    }
+
+    /// A failure no retry can fix (bad input, a 4xx): the job fails now.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        JobError {
+            message: message.to_string(),
+            retryable: false,
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The error text recorded in the job's history.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for JobError {
+    fn from(error: E) -> Self {
+        JobError::retryable(error)
+    }
+}
+
+/// What a handler returns.
+pub type JobResult = Result<(), JobError>;
+
+/// Runs jobs of one kind, with a typed payload.
+///
+/// ```
+/// use faultline::worker::{Handler, JobContext, JobResult};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Email { to: String }
+///
+/// struct SendEmail;
+///
+/// impl Handler for SendEmail {
+///     type Payload = Email;
+///     async fn handle(&self, ctx: JobContext, email: Email) -> JobResult {
+///         tokio::select! {
+///             _ = ctx.cancelled() => {}
+///             _ = async { println!("sending to {} (token {})", email.to, ctx.lease_token) } => {}
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// The payload, deserialized from the job's JSON. A payload that does not deserialize fails
+    /// the job permanently, naming the kind and the problem.
+    type Payload: DeserializeOwned + Send + 'static;
+
+    /// Run one attempt.
+    fn handle(
+        &self,
+        ctx: JobContext,
+        payload: Self::Payload,
+    ) -> impl Future<Output = JobResult> + Send;
+}
+
+/// A handler made from an async closure; see [`HandlerRegistry::register_fn`].
+pub struct FnHandler<P, F> {
+    f: F,
+    _payload: PhantomData<fn(P)>,
+}
+
+impl<P, F, Fut> Handler for FnHandler<P, F>
+where
+    P: DeserializeOwned + Send + 'static,
+    F: Fn(JobContext, P) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = JobResult> + Send + 'static,
+{
+    type Payload = P;
+    fn handle(&self, ctx: JobContext, payload: P) -> impl Future<Output = JobResult> + Send {
+        (self.f)(ctx, payload)
+    }
+}
+
+pub(crate) type BoxedJob = Pin<Box<dyn Future<Output = JobResult> + Send>>;
+
+/// A handler with its payload type erased, so handlers of every kind live in one map.
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn call(self: Arc<Self>, ctx: JobContext, payload: serde_json::Value) -> BoxedJob;
+}
+
+impl<H: Handler> ErasedHandler for H {
+    fn call(self: Arc<Self>, ctx: JobContext, payload: serde_json::Value) -> BoxedJob {
+        Box::pin(async move {
+            let payload = serde_json::from_value::<H::Payload>(payload).map_err(|e| {
+                JobError::permanent(format!("invalid payload for kind {:?}: {e}", ctx.kind))
+            })?;
+            self.handle(ctx, payload).await
+        })
+    }
+}
+
+/// The handlers a worker runs, by job kind, with optional per-kind timeouts.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    timeouts: HashMap<String, Duration>,
+}
+
+impl fmt::Debug for HandlerRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kinds: Vec<_> = self.handlers.keys().collect();
+        kinds.sort();
+        f.debug_struct("HandlerRegistry")
+            .field("kinds", &kinds)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl HandlerRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run `handler` for jobs of `kind` (replacing any handler already registered for it).
+    pub fn register(&mut self, kind: impl Into<String>, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(kind.into(), Arc::new(handler));
+        self
+    }
+
+    /// Run an async closure for jobs of `kind`.
+    ///
+    /// ```
+    /// # use faultline::worker::{HandlerRegistry, JobContext};
+    /// let mut registry = HandlerRegistry::new();
+    /// registry.register_fn("greet", |_ctx: JobContext, name: String| async move {
+    ///     println!("hello, {name}");
+    ///     Ok(())
+    /// });
+    /// ```
+    pub fn register_fn<P, F, Fut>(&mut self, kind: impl Into<String>, f: F) -> &mut Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        F: Fn(JobContext, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = JobResult> + Send + 'static,
+    {
+        self.register(
+            kind,
+            FnHandler {
+                f,
+                _payload: PhantomData,
+            },
+        )
+    }
+
+    /// Default timeout for jobs of `kind` that set none of their own.
+    pub fn set_timeout(&mut self, kind: impl Into<String>, timeout: Duration) -> &mut Self {
+        self.timeouts.insert(kind.into(), timeout);
+        self
+    }
+
+    /// The kinds with a handler, sorted.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<Arc<dyn ErasedHandler>> {
+        self.handlers.get(kind).cloned()
+    }
+
+    pub(crate) fn timeout(&self, kind: &str) -> Option<Duration> {
+        self.timeouts.get(kind).copied()
+    }
+}

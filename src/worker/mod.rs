@@ -1,0 +1,36 @@
+//! The worker runtime: typed handlers per job kind, batched claims, LISTEN/NOTIFY wake-ups,
+//! heartbeats with self-fencing, graceful shutdown, and survival of database outages.
+//!
+//! ```no_run
+//! # async fn demo(store: faultline::Store) {
+//! use faultline::worker::{builtin_registry, JobContext, WebhookConfig, Worker, WorkerConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let mut registry = builtin_registry(WebhookConfig::default());
+//! registry.register_fn("greet", |ctx: JobContext, name: String| async move {
+//!     println!("hello {name}, attempt {}", ctx.attempt);
+//!     Ok(())
+//! });
+//! let worker = Worker::new(store, registry, WorkerConfig::default()).expect("valid config");
+//! let shutdown = CancellationToken::new();
+//! worker.run(shutdown).await; // returns after shutdown.cancel(), gracefully
+//! # }
+//! ```
+
+mod active;
+mod builtin;
+mod config;
+mod execute;
+mod handler;
+mod health;
+mod heartbeat;
+mod listener;
+mod reporter;
+mod runtime;
+pub mod webhook;
+
+pub use builtin::{builtin_registry, register_builtins};
+pub use config::{default_worker_id, ConfigError, WorkerConfig};
+pub use handler::{FnHandler, Handler, HandlerRegistry, JobContext, JobError, JobResult};
+pub use runtime::Worker;
+pub use webhook::WebhookConfig;

@@ -1,0 +1,180 @@
+//! The reporter: records handler outcomes under their leases. Completions go out in batches
+//! (`complete_batch`, fenced per lease) so a busy worker pays one round trip for many jobs.
+//! When the database is unreachable, reports wait and are retried, always through the fenced
+//! calls, until they land or the lease is known lost; nothing is ever written without the
+//! token guard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::JobError;
+use super::runtime::Shared;
+use crate::lease::Lease;
+use crate::retry::{Backoff, Jitter};
+use crate::store::FailOutcome;
+use crate::StoreError;
+
+/// Most reports written per pass.
+const MAX_BATCH: usize = 1000;
+
+/// Backoff between passes while the database is unreachable.
+pub(crate) const DB_RETRY: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+    jitter: Jitter::Equal,
+};
+
+#[derive(Debug)]
+pub(crate) enum ReportKind {
+    Complete,
+    Fail(JobError),
+    Release,
+}
+
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub lease: Lease,
+    pub queue: String,
+    pub kind: String,
+    pub what: ReportKind,
+}
+
+/// Run until `finish` is cancelled and every report has been written, or `finish` is cancelled
+/// and `give_up` fires (the database stayed away: the leases will expire and the reaper will
+/// hand the jobs to another worker, so nothing is lost).
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut reports: mpsc::UnboundedReceiver<Report>,
+    finish: CancellationToken,
+    give_up: CancellationToken,
+) {
+    let mut pending: Vec<Report> = Vec::new();
+    let mut failures = 0u32;
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                report = reports.recv() => match report {
+                    Some(report) => pending.push(report),
+                    None => return,
+                },
+                _ = finish.cancelled() => {
+                    while let Ok(report) = reports.try_recv() {
+                        pending.push(report);
+                    }
+                    if pending.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+        while pending.len() < MAX_BATCH {
+            match reports.try_recv() {
+                Ok(report) => pending.push(report),
+                Err(_) => break,
+            }
+        }
+        pending = flush(&shared, pending).await;
+        if pending.is_empty() {
+            failures = 0;
+            continue;
+        }
+        failures += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(DB_RETRY.delay(failures)) => {}
+            _ = give_up.cancelled() => {
+                tracing::warn!(
+                    unreported = pending.len(),
+                    "shutting down with results not recorded (database unreachable); their \
+                     leases will expire and the jobs will run again elsewhere"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Write what can be written; return the reports to retry.
+async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
+    let (completes, others): (Vec<Report>, Vec<Report>) = pending
+        .into_iter()
+        .partition(|r| matches!(r.what, ReportKind::Complete));
+    let mut retry = Vec::new();
+
+    if !completes.is_empty() {
+        let leases: Vec<Lease> = completes.iter().map(|r| r.lease.clone()).collect();
+        match shared.store.complete_batch(&leases).await {
+            Ok(results) => {
+                shared.health.ok();
+                for (report, result) in completes.into_iter().zip(results) {
+                    match result {
+                        Ok(()) => {
+                            shared
+                                .metrics
+                                .jobs_succeeded
+                                .with_label_values(&[&report.queue, &report.kind])
+                                .inc();
+                            shared.active.remove(report.lease.token);
+                        }
+                        Err(e) => settle_rejected(shared, &report, e),
+                    }
+                }
+            }
+            Err(e) => {
+                shared.health.failed("complete", &e);
+                retry.extend(completes);
+            }
+        }
+    }
+
+    for report in others {
+        let result = match &report.what {
+            ReportKind::Fail(error) => shared
+                .store
+                .fail_attempt(&report.lease, error.message(), error.is_retryable())
+                .await
+                .map(Some),
+            ReportKind::Release => shared.store.release(&report.lease).await.map(|()| None),
+            ReportKind::Complete => unreachable!("partitioned above"),
+        };
+        match result {
+            Ok(outcome) => {
+                shared.health.ok();
+                let labels = [report.queue.as_str(), report.kind.as_str()];
+                match outcome {
+                    Some(FailOutcome::Retrying(_)) => {
+                        shared.metrics.job_retries.with_label_values(&labels).inc()
+                    }
+                    Some(FailOutcome::Failed(_)) => {
+                        shared.metrics.jobs_failed.with_label_values(&labels).inc()
+                    }
+                    None => {}
+                }
+                shared.active.remove(report.lease.token);
+            }
+            Err(e @ StoreError::LeaseLost { .. }) => settle_rejected(shared, &report, e),
+            Err(e) => {
+                let op = match report.what {
+                    ReportKind::Release => "release",
+                    _ => "fail",
+                };
+                shared.health.failed(op, &e);
+                retry.push(report);
+            }
+        }
+    }
+    retry
+}
+
+/// A report the fence rejected: the job is not ours any more; drop the result and count it.
+fn settle_rejected(shared: &Shared, report: &Report, error: StoreError) {
+    shared.active.remove(report.lease.token);
+    match error {
+        StoreError::LeaseLost { reason, .. } => {
+            shared.lease_lost(&report.queue, report.lease.job_id, reason)
+        }
+        other => tracing::warn!(job = %report.lease.job_id, error = %other, "report rejected"),
+    }
+}

@@ -1,0 +1,356 @@
+//! The worker: a claim loop that fills free slots in one round trip, plus its helpers
+//! (listener, heartbeat, reporter, reaper, pruner), and the shutdown sequence.
+//!
+//! ```text
+//!            NOTIFY ──► listener ──wake──┐
+//!                         poll interval ─┤
+//!                                        ▼
+//!   claim_batch(free slots) ◄── claim loop ◄── slot freed
+//!        │ one task per job (handler in its own task: timeout, panic, stop)
+//!        ▼
+//!   reporter ── complete_batch / fail_attempt / release (fenced, retried through outages)
+//!   heartbeat ── heartbeat_batch every ttl/3 (fenced); lost → stop; silent 2/3 ttl → self-fence
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::active::{ActiveJob, ActiveJobs, Stop, StopReason};
+use super::config::{ConfigError, WorkerConfig};
+use super::handler::HandlerRegistry;
+use super::health::DbHealth;
+use super::reporter::{Report, DB_RETRY};
+use super::{execute, heartbeat, listener, reporter};
+use crate::job::JobId;
+use crate::lease::LeaseLostReason;
+use crate::maintenance::{Pruner, Reaper};
+use crate::metrics::Metrics;
+use crate::store::{Claimed, Store};
+
+/// State shared by the claim loop, the job tasks and the helper tasks.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub registry: Arc<HandlerRegistry>,
+    pub config: WorkerConfig,
+    pub metrics: Arc<Metrics>,
+    pub worker_id: Arc<str>,
+    pub active: ActiveJobs,
+    pub health: DbHealth,
+    /// Handlers running now; the claim loop asks for `concurrency - inflight` jobs.
+    inflight: AtomicUsize,
+    /// Signalled each time a handler finishes, so a full worker claims again at once.
+    slot_freed: Notify,
+    /// Set by self-fencing; the claim loop claims nothing until the database answers again.
+    fenced: AtomicBool,
+    reports: mpsc::UnboundedSender<Report>,
+    /// Every job task, so shutdown can wait for them all.
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    pub fn handler_done(&self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.worker_inflight.dec();
+        self.slot_freed.notify_one();
+    }
+
+    pub fn report(&self, report: Report) {
+        // The receiver lives until every job task has finished, so this cannot fail in practice;
+        // if it did, the lease would expire and the job would run again, which is safe.
+        let _ = self.reports.send(report);
+    }
+
+    pub fn fence(&self) {
+        self.fenced.store(true, Ordering::Release);
+    }
+
+    /// A result was discarded because the lease is gone.
+    pub fn lease_lost(&self, queue: &str, job: JobId, reason: LeaseLostReason) {
+        match reason {
+            LeaseLostReason::Cancelled => {
+                tracing::info!(%job, "job cancelled while running; its result is discarded")
+            }
+            LeaseLostReason::Superseded | LeaseLostReason::Gone => {
+                self.metrics
+                    .stale_completions
+                    .with_label_values(&[queue])
+                    .inc();
+                tracing::warn!(%job, %reason, "lease lost; result discarded (stale)");
+            }
+        }
+    }
+}
+
+/// Runs jobs from the store with the handlers of a registry. See the module docs.
+pub struct Worker {
+    store: Store,
+    registry: Arc<HandlerRegistry>,
+    config: WorkerConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    /// A worker over `store` running `registry`'s handlers.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the setting that cannot work.
+    pub fn new(
+        store: Store,
+        registry: HandlerRegistry,
+        config: WorkerConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Worker {
+            store,
+            registry: Arc::new(registry),
+            config,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    /// Count into `metrics` (to share one registry with other components of the process).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The worker's settings.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// Run until `shutdown` is cancelled, then shut down gracefully: stop claiming, let
+    /// in-flight handlers finish within `shutdown_grace`, cancel the rest and hand their jobs
+    /// back (eligible at once, attempt not counted), record every result, and return.
+    ///
+    /// Survives the database going away: every loop backs off (with jitter, capped at 5 s)
+    /// and carries on when it returns. Never panics because of a job: handler panics are
+    /// caught and recorded as retryable failures.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            worker_id: Arc::from(self.config.worker_id.as_str()),
+            health: DbHealth::new(self.metrics.clone()),
+            store: self.store,
+            registry: self.registry,
+            config: self.config,
+            metrics: self.metrics,
+            active: ActiveJobs::default(),
+            inflight: AtomicUsize::new(0),
+            slot_freed: Notify::new(),
+            fenced: AtomicBool::new(false),
+            reports: reports_tx,
+            tasks: TaskTracker::new(),
+        });
+        let wake = Arc::new(Notify::new());
+        let background = CancellationToken::new();
+        let heartbeat_stop = CancellationToken::new();
+        let finish_reports = CancellationToken::new();
+        let give_up_reports = CancellationToken::new();
+
+        let mut helpers = Vec::new();
+        helpers.push(tokio::spawn(listener::run(
+            shared.clone(),
+            wake.clone(),
+            background.clone(),
+        )));
+        if let Some(config) = shared.config.reaper.clone() {
+            let reaper = Reaper::new(shared.store.clone(), config, shared.metrics.clone());
+            let stop = background.clone();
+            helpers.push(tokio::spawn(async move { reaper.run(stop).await }));
+        }
+        if let Some(config) = shared.config.pruner.clone() {
+            let pruner = Pruner::new(shared.store.clone(), config, shared.metrics.clone());
+            let stop = background.clone();
+            helpers.push(tokio::spawn(async move { pruner.run(stop).await }));
+        }
+        let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), heartbeat_stop.clone()));
+        let mut reporter = tokio::spawn(reporter::run(
+            shared.clone(),
+            reports_rx,
+            finish_reports.clone(),
+            give_up_reports.clone(),
+        ));
+        tracing::info!(
+            worker_id = %shared.worker_id,
+            queues = ?shared.config.queues,
+            concurrency = shared.config.concurrency,
+            lease_ttl = %humantime::format_duration(shared.config.lease_ttl),
+            "worker started"
+        );
+
+        claim_loop(&shared, &wake, &shutdown).await;
+
+        // Shutdown: no more claims. Let running handlers finish within the grace period.
+        let grace = shared.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        let running = shared.inflight.load(Ordering::Acquire);
+        if running > 0 {
+            tracing::info!(
+                running,
+                "shutting down: waiting up to {} for in-flight jobs",
+                humantime::format_duration(grace)
+            );
+        }
+        while shared.inflight.load(Ordering::Acquire) > 0 {
+            tokio::select! {
+                _ = shared.slot_freed.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let stopped = shared.active.stop_running(StopReason::Shutdown);
+        if stopped > 0 {
+            tracing::info!(
+                jobs = stopped,
+                "grace period over: cancelled unfinished jobs and handing them back"
+            );
+        }
+        shared.tasks.close();
+        shared.tasks.wait().await;
+
+        // Record every result. Heartbeats go on meanwhile, so no lease lapses while its result
+        // is on the way. If the database stays away for a whole lease, give up: those leases
+        // expire and the jobs run again elsewhere.
+        finish_reports.cancel();
+        if tokio::time::timeout(shared.config.lease_ttl, &mut reporter)
+            .await
+            .is_err()
+        {
+            give_up_reports.cancel();
+            let _ = reporter.await;
+        }
+        heartbeat_stop.cancel();
+        background.cancel();
+        let _ = heartbeat.await;
+        for helper in helpers {
+            let _ = helper.await;
+        }
+        tracing::info!(worker_id = %shared.worker_id, "worker stopped");
+    }
+}
+
+async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &CancellationToken) {
+    let concurrency = shared.config.concurrency as usize;
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if shared.fenced.load(Ordering::Acquire) {
+            // Self-fenced: claim nothing until the database answers a probe.
+            match sqlx::query("select 1").execute(shared.store.pool()).await {
+                Ok(_) => {
+                    shared.fenced.store(false, Ordering::Release);
+                    shared.health.ok();
+                    failures = 0;
+                }
+                Err(e) => {
+                    shared.health.failed("probe", &e.into());
+                    failures += 1;
+                    if backoff(failures, shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let free = concurrency.saturating_sub(shared.inflight.load(Ordering::Acquire));
+        if free == 0 {
+            tokio::select! {
+                _ = shared.slot_freed.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let sent = Instant::now();
+        match shared
+            .store
+            .claim_batch(
+                &shared.config.queues,
+                &shared.worker_id,
+                free as u32,
+                shared.config.lease_ttl,
+            )
+            .await
+        {
+            Ok(batch) => {
+                shared.health.ok();
+                failures = 0;
+                let claimed = batch.len();
+                for job in batch {
+                    start(shared, job, sent);
+                }
+                if claimed == free {
+                    // There may be more: claim again as soon as a slot frees.
+                    continue;
+                }
+            }
+            Err(e) => {
+                shared.health.failed("claim", &e);
+                failures += 1;
+                if backoff(failures, shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        // The queue is drained for now: wait for a notification, the poll interval, or
+        // shutdown.
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Sleep for the `failures`-th backoff step; true if shutdown came first.
+async fn backoff(failures: u32, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(DB_RETRY.delay(failures)) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+fn start(shared: &Arc<Shared>, claimed: Claimed, sent: Instant) {
+    let queue = claimed.job.queue.clone();
+    shared
+        .metrics
+        .jobs_claimed
+        .with_label_values(&[&queue])
+        .inc();
+    if claimed.recovered {
+        shared
+            .metrics
+            .jobs_recovered
+            .with_label_values(&[&queue])
+            .inc();
+    }
+    shared
+        .metrics
+        .job_wait_seconds
+        .with_label_values(&[&queue])
+        .observe(claimed.wait().as_secs_f64());
+    let stop = Arc::new(Stop::default());
+    shared.active.insert(ActiveJob {
+        lease: claimed.lease.clone(),
+        renewed: sent,
+        stop: stop.clone(),
+        running: true,
+    });
+    shared.inflight.fetch_add(1, Ordering::AcqRel);
+    shared.metrics.worker_inflight.inc();
+    shared
+        .tasks
+        .spawn(execute::run_job(shared.clone(), claimed, stop));
+}

@@ -1,0 +1,291 @@
+//! The `webhook` kind: an HTTP request whose 2xx answer is success.
+//!
+//! Requests to loopback, private, link-local (cloud metadata at 169.254.169.254 included),
+//! shared, multicast and other special-purpose addresses are refused unless allowed, because a
+//! queue that accepts URLs from API clients must not become a proxy into the network it runs
+//! in. The check applies to the *resolved* address, not only the URL's host: names are resolved
+//! by a resolver that drops refused addresses, so the connection goes only to an address that
+//! passed, and a name that resolves to 127.0.0.1 is refused like the literal. Redirects are not
+//! followed (a redirect could lead to a refused address); a 3xx is a failure.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use serde::Deserialize;
+
+use super::handler::{Handler, JobContext, JobError, JobResult};
+
+/// Settings of the `webhook` kind.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// Allow loopback, private and link-local targets (tests, trusted internal hooks).
+    pub allow_private: bool,
+    /// Request timeout when the payload sets none.
+    pub timeout: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            allow_private: false,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `webhook` payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookPayload {
+    /// `http` or `https` URL.
+    pub url: String,
+    /// HTTP method; `POST` unless set.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
+    /// Body: a string is sent as is, any other JSON value as `application/json`.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// Per-request timeout in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The `webhook` handler.
+pub struct Webhook {
+    client: reqwest::Client,
+    config: WebhookConfig,
+}
+
+impl Webhook {
+    /// A handler with its own HTTP client.
+    pub fn new(config: WebhookConfig) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver {
+                allow_private: config.allow_private,
+            }))
+            .user_agent(concat!("faultline/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a TLS backend is compiled in");
+        Webhook { client, config }
+    }
+}
+
+impl Handler for Webhook {
+    type Payload = WebhookPayload;
+
+    async fn handle(&self, ctx: JobContext, hook: WebhookPayload) -> JobResult {
+        let url = reqwest::Url::parse(&hook.url)
+            .map_err(|e| JobError::permanent(format!("invalid webhook url {:?}: {e}", hook.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(JobError::permanent(format!(
+                "webhook url must be http or https, got {:?}",
+                url.scheme()
+            )));
+        }
+        // Literal addresses never reach the resolver, so they are checked here.
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => return Err(JobError::permanent("webhook url has no host")),
+        };
+        if let Some(ip) = literal {
+            if !self.config.allow_private && is_refused(ip) {
+                return Err(refused(ip));
+            }
+        }
+        let method = hook.method.as_deref().unwrap_or("POST");
+        let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| JobError::permanent(format!("invalid webhook method {method:?}")))?;
+        let timeout = hook
+            .timeout_ms
+            .map_or(self.config.timeout, Duration::from_millis);
+        let mut request = self
+            .client
+            .request(method, url)
+            .timeout(timeout)
+            .header("Faultline-Job-Id", ctx.job_id.to_string())
+            .header("Faultline-Attempt", ctx.attempt.to_string())
+            .header("Faultline-Lease-Token", ctx.lease_token.to_string());
+        for (name, value) in &hook.headers {
+            request = request.header(name, value);
+        }
+        request = match hook.body {
+            None | Some(serde_json::Value::Null) => request,
+            Some(serde_json::Value::String(text)) => request.body(text),
+            Some(json) => request.json(&json),
+        };
+        let response = tokio::select! {
+            response = request.send() => response,
+            _ = ctx.cancelled() => return Err(JobError::retryable("cancelled during delivery")),
+        };
+        let response = response.map_err(|e| describe_send_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = response.text().await.unwrap_or_default();
+        let snippet: String = body.chars().take(200).collect();
+        let message = format!("webhook answered {status}: {snippet}");
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            Err(JobError::retryable(message))
+        } else {
+            Err(JobError::permanent(message))
+        }
+    }
+}
+
+fn describe_send_error(error: &reqwest::Error) -> JobError {
+    // A refusal by the resolver is permanent: retrying resolves to the same addresses.
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = source {
+        if let Some(refusal) = e.downcast_ref::<Refused>() {
+            return JobError::permanent(refusal.to_string());
+        }
+        source = e.source();
+    }
+    if error.is_timeout() {
+        JobError::retryable(format!("webhook timed out: {error}"))
+    } else {
+        JobError::retryable(format!("webhook delivery failed: {error}"))
+    }
+}
+
+fn refused(ip: IpAddr) -> JobError {
+    JobError::permanent(Refused(ip).to_string())
+}
+
+#[derive(Debug)]
+struct Refused(IpAddr);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "webhook target address {} is loopback, private, link-local or otherwise reserved; \
+             refused (start the worker with --webhook-allow-private to allow it)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Resolves with the system resolver, then drops refused addresses; a name with nothing left
+/// fails with [`Refused`].
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|addr| allow_private || !is_refused(addr.ip()))
+                .collect();
+            match (allowed.is_empty(), resolved.first()) {
+                (false, _) => Ok(Box::new(allowed.into_iter()) as Addrs),
+                (true, Some(first)) => Err(Box::new(Refused(first.ip())) as _),
+                (true, None) => Err(format!("{host} resolved to no address").into()),
+            }
+        })
+    }
+}
+
+/// Whether `ip` is an address a webhook must not reach by default.
+pub fn is_refused(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_refused_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_refused_v4(v4);
+            }
+            is_refused_v6(v6)
+        }
+    }
+}
+
+fn is_refused_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, _, _] = ip.octets();
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local() // 169.254/16, cloud metadata included
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0 // "this network"
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240 // reserved
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+}
+
+fn is_refused_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00 // unique local (fd00:ec2::254 metadata included)
+        || (first & 0xffc0) == 0xfe80 // link-local
+        || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
+        || first == 0x0064 && ip.segments()[1] == 0xff9b // NAT64 (may map to private v4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_internal_and_special_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "10.0.0.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(is_refused(ip.parse().unwrap()), "{ip} must be refused");
+        }
+    }
+
+    #[test]
+    fn allows_public_addresses() {
+        for ip in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+        ] {
+            assert!(!is_refused(ip.parse().unwrap()), "{ip} must be allowed");
+        }
+    }
+}
