@@ -88,20 +88,34 @@ impl Store {
         if limit == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
+        let mut queues = queues.to_vec();
+        queues.sort();
+        queues.dedup();
+        // One ordered scan of the partial index per queue (LATERAL), merged by the outer
+        // ORDER BY: `queue = any($1)` would make Postgres read and sort every queued job of
+        // every queue on each claim. The lateral scan may lock up to `limit` rows in each queue
+        // and keep fewer; the extra locks go at commit, a moment later.
+        //
         // The `attempts < max_attempts` test can never fail for a queued job (every transition
         // to queued checks it, and a CHECK constraint backs it); it is here so that a row that
         // somehow broke the invariant stays visible as queued instead of failing every claim.
         let rows: Vec<ClaimedRow> = sqlx::query_as(
             "with next as (
-                select id, needs_recovery
-                from faultline.jobs
-                where state = 'queued'
-                  and queue = any($1)
-                  and next_run_at <= now()
-                  and attempts < max_attempts
-                order by priority, next_run_at, id
+                select j.id, j.needs_recovery
+                from unnest($1::text[]) as q(name)
+                cross join lateral (
+                    select id, needs_recovery, priority, next_run_at
+                    from faultline.jobs
+                    where state = 'queued'
+                      and queue = q.name
+                      and next_run_at <= now()
+                      and attempts < max_attempts
+                    order by priority, next_run_at, id
+                    limit $3
+                    for update skip locked
+                ) j
+                order by j.priority, j.next_run_at, j.id
                 limit $3
-                for update skip locked
             )
             update faultline.jobs j
             set state = 'running',
@@ -116,7 +130,7 @@ impl Store {
             where j.id = next.id
             returning j.*, next.needs_recovery as recovered",
         )
-        .bind(queues)
+        .bind(&queues)
         .bind(worker)
         .bind(i64::from(limit))
         .bind(millis(ttl))

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -270,6 +270,7 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
                 _ = shared.slot_freed.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
+            gather_slots(shared, concurrency).await;
             continue;
         }
         let sent = Instant::now();
@@ -310,6 +311,24 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
             _ = wake.notified() => {}
             _ = tokio::time::sleep(shared.config.poll_interval) => {}
             _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How long a full worker that just got a free slot waits for more before claiming: short jobs
+/// finish in bursts, and one claim for the burst costs one round trip and one commit instead of
+/// one per job.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+/// After a slot frees in a full worker, wait up to [`BATCH_WINDOW`] until half the slots are
+/// free. A worker with one slot never waits.
+async fn gather_slots(shared: &Shared, concurrency: usize) {
+    let enough = concurrency.div_ceil(2);
+    let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+    while concurrency.saturating_sub(shared.inflight.load(Ordering::Acquire)) < enough {
+        tokio::select! {
+            _ = shared.slot_freed.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => return,
         }
     }
 }

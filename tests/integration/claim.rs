@@ -175,3 +175,39 @@ async fn claim_with_no_slots_or_no_queues_claims_nothing() {
         1
     );
 }
+
+#[tokio::test]
+async fn claim_across_queues_keeps_one_priority_order() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let batch = vec![
+        NewJob::new("k", json!("a0"))
+            .with_queue("a")
+            .with_priority(0),
+        NewJob::new("k", json!("b1"))
+            .with_queue("b")
+            .with_priority(1),
+        NewJob::new("k", json!("a2"))
+            .with_queue("a")
+            .with_priority(2),
+        NewJob::new("k", json!("b-1"))
+            .with_queue("b")
+            .with_priority(-1),
+        NewJob::new("k", json!("c"))
+            .with_queue("c")
+            .with_priority(-9),
+    ];
+    store.enqueue_batch(batch).await.unwrap();
+    let queues = vec!["b".to_owned(), "a".to_owned(), "a".to_owned()];
+    let claimed = store
+        .claim_batch(&queues, "w", 3, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let payloads: Vec<_> = claimed.iter().map(|c| c.job.payload.clone()).collect();
+    assert_eq!(payloads, [json!("b-1"), json!("a0"), json!("b1")]);
+    let rest = store
+        .claim_batch(&queues, "w", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1, "queue c is not ours");
+}

@@ -14,3 +14,4 @@ mod retries;
 mod transactions;
 mod transitions;
 mod worker;
+mod worker_binary;
