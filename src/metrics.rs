@@ -133,22 +133,17 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                labels,
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            register(
+                &registry,
+                HistogramVec::new(opts, labels).expect("valid histogram"),
             )
-            .expect("valid histogram");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
         };
         let metrics = Metrics {
             jobs_enqueued: counter(
@@ -212,47 +207,34 @@ impl Metrics {
                 &["method", "route"],
                 LATENCY_BUCKETS,
             ),
-            queue_depth: {
-                let g = IntGaugeVec::new(
+            queue_depth: register(
+                &registry,
+                IntGaugeVec::new(
                     Opts::new(QUEUE_DEPTH, "Jobs per queue and state."),
                     &["queue", "state"],
                 )
-                .expect("valid gauge");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
-            queue_oldest_age_seconds: {
-                let g = GaugeVec::new(
+                .expect("valid gauge"),
+            ),
+            queue_oldest_age_seconds: register(
+                &registry,
+                GaugeVec::new(
                     Opts::new(
                         QUEUE_OLDEST_AGE_SECONDS,
                         "Seconds the oldest eligible job of a queue has waited.",
                     ),
                     &["queue"],
                 )
-                .expect("valid gauge");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
-            worker_inflight: {
-                let g = IntGauge::new(WORKER_INFLIGHT, "Handlers running in this process.")
-                    .expect("valid gauge");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
-            db_up: {
-                let g = Gauge::new(DB_UP, "1 while the database answers, else 0.")
-                    .expect("valid gauge");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
+                .expect("valid gauge"),
+            ),
+            worker_inflight: register(
+                &registry,
+                IntGauge::new(WORKER_INFLIGHT, "Handlers running in this process.")
+                    .expect("valid gauge"),
+            ),
+            db_up: register(
+                &registry,
+                Gauge::new(DB_UP, "1 while the database answers, else 0.").expect("valid gauge"),
+            ),
             registry,
         };
         metrics.db_up.set(1.0);
@@ -281,4 +263,16 @@ impl Metrics {
             self.db_up.set(0.0);
         }
     }
+}
+
+/// Register `collector` on `registry` and hand it back. The names are constants of this module,
+/// registered once per fresh registry, so a clash is a programming error.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> C {
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("metric names are unique");
+    collector
 }
