@@ -22,10 +22,22 @@ pub const MAX_NAME_LEN: usize = 255;
 /// A job's identifier: a time-ordered UUID (v7), so ids sort roughly by creation time and the
 /// primary-key index serves "newest first" listings.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 #[sqlx(transparent)]
+#[schema(value_type = String, format = Uuid, example = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")]
 pub struct JobId(pub Uuid);
 
 impl JobId {
@@ -56,7 +68,7 @@ impl FromStr for JobId {
 
 /// Where a job is in its life. See the crate docs for the transitions; the database rejects any
 /// other (trigger `jobs_state_transition`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting to be claimed (eligible once `next_run_at` has passed).
@@ -150,7 +162,7 @@ impl Encode<'_, Postgres> for JobState {
 }
 
 /// One failed attempt in a job's error history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptError {
     /// The attempt number (1-based) that failed.
     pub attempt: i32,
@@ -166,7 +178,7 @@ pub struct AttemptError {
 }
 
 /// A job as stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Job {
     /// The job's id.
     pub id: JobId,
@@ -175,6 +187,7 @@ pub struct Job {
     /// Which handler runs it.
     pub kind: String,
     /// The handler's input.
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     /// Where it is in its life.
     pub state: JobState,
@@ -305,7 +318,7 @@ pub struct JobFilter {
 }
 
 /// One page of a listing, newest first.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page {
     /// The jobs on this page.
     pub jobs: Vec<Job>,
@@ -314,7 +327,7 @@ pub struct Page {
 }
 
 /// Per-queue counts, for dashboards and the depth gauges.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// The queue.
     pub queue: String,

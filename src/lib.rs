@@ -52,6 +52,7 @@
 pub mod db;
 pub mod error;
 mod fingerprint;
+pub mod http;
 pub mod job;
 pub mod lease;
 pub mod maintenance;

@@ -68,6 +68,27 @@ pub const ALL_NAMES: [&str; 18] = [
     DB_UP,
 ];
 
+/// Every `op` label of `faultline_db_errors_total`, created at zero.
+pub const DB_OPS: [&str; 17] = [
+    "claim",
+    "heartbeat",
+    "complete",
+    "fail",
+    "release",
+    "listen",
+    "probe",
+    "reap",
+    "prune",
+    "sample",
+    "enqueue",
+    "enqueue_batch",
+    "get",
+    "list",
+    "cancel",
+    "retry",
+    "queue_stats",
+];
+
 /// Job execution buckets: from a no-op (sub-millisecond) to long jobs (10 min).
 const EXECUTION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -238,7 +259,31 @@ impl Metrics {
             registry,
         };
         metrics.db_up.set(1.0);
+        for op in DB_OPS {
+            metrics.db_errors.with_label_values(&[op]);
+        }
         metrics
+    }
+
+    /// Create every per-queue and per-kind series a worker of `queues` running `kinds` can
+    /// produce, at zero, so that "nothing happened" reads as 0 rather than as a missing series
+    /// (alerts on rates and absent series both need this).
+    pub fn init_worker_series(&self, queues: &[String], kinds: &[String]) {
+        for queue in queues {
+            let q = [queue.as_str()];
+            self.jobs_claimed.with_label_values(&q);
+            self.jobs_recovered.with_label_values(&q);
+            self.lease_expirations.with_label_values(&q);
+            self.stale_completions.with_label_values(&q);
+            self.job_wait_seconds.with_label_values(&q);
+            for kind in kinds {
+                let qk = [queue.as_str(), kind.as_str()];
+                self.jobs_succeeded.with_label_values(&qk);
+                self.jobs_failed.with_label_values(&qk);
+                self.job_retries.with_label_values(&qk);
+                self.job_execution_seconds.with_label_values(&qk);
+            }
+        }
     }
 
     /// The registry, to render or to register more collectors on.

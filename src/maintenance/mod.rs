@@ -3,9 +3,11 @@
 //! calls it on an interval and logs only when something happened. All are safe to run in every
 //! worker process at once.
 
+mod depth;
 mod pruner;
 mod reaper;
 
+pub use depth::{DepthSampler, DepthSamplerConfig};
 pub use pruner::{Pruner, PrunerConfig};
 pub use reaper::{Reaper, ReaperConfig};
 

@@ -152,6 +152,9 @@ impl Worker {
             reports: reports_tx,
             tasks: TaskTracker::new(),
         });
+        shared
+            .metrics
+            .init_worker_series(&shared.config.queues, &shared.registry.kinds());
         let wake = Arc::new(Notify::new());
         let background = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();

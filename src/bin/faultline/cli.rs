@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::jobs::JobsArgs;
 use crate::migrate::MigrateArgs;
+use crate::serve::ServeArgs;
+use crate::up::UpArgs;
 use crate::worker::WorkerArgs;
 
 /// Faultline: a PostgreSQL-backed job queue built for correctness under failure.
@@ -21,13 +24,13 @@ pub enum Command {
     /// Apply the schema (idempotent; safe to run from several processes at once).
     Migrate(MigrateArgs),
     /// Serve the HTTP API.
-    Serve(Pending),
+    Serve(Box<ServeArgs>),
     /// Run workers.
     Worker(Box<WorkerArgs>),
     /// Everything in one process, with a private Postgres unless DATABASE_URL is set.
-    Up(Pending),
+    Up(Box<UpArgs>),
     /// Enqueue, inspect, retry and cancel jobs through the API.
-    Jobs(Pending),
+    Jobs(Box<JobsArgs>),
     /// Failure drills: worker-crash, retries, lease-expiry, db-outage, duplicates, all.
     Drill(Pending),
     /// The benchmark.

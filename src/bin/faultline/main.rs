@@ -1,9 +1,12 @@
 //! The `faultline` binary: one process per subcommand, all built on the library.
 
 mod cli;
+mod jobs;
 mod metrics_server;
 mod migrate;
+mod serve;
 mod signals;
+mod up;
 mod worker;
 
 use std::process::ExitCode;
@@ -32,15 +35,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Migrate(args) => migrate::run(args).await,
         Command::Worker(args) => worker::run(*args).await,
-        Command::Serve(_)
-        | Command::Up(_)
-        | Command::Jobs(_)
-        | Command::Drill(_)
-        | Command::Bench(_) => {
+        Command::Serve(args) => serve::run(*args).await,
+        Command::Up(args) => up::run(*args).await,
+        Command::Jobs(args) => jobs::run(*args).await,
+        Command::Drill(_) | Command::Bench(_) => {
             let name = cli.command.name();
             eprintln!(
-                "faultline {name}: not yet available in this build (it ships `migrate`, `worker` \
-                 and the library so far; see README.md)"
+                "faultline {name}: not yet available in this build (it ships `up`, `serve`, \
+                 `worker`, `jobs`, `migrate` and the library so far; see README.md)"
             );
             Ok(ExitCode::from(2))
         }
@@ -78,8 +80,10 @@ fn init_tracing() {
     let filter = EnvFilter::try_from_env("FAULTLINE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

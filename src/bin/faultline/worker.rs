@@ -19,6 +19,13 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    #[command(flatten)]
+    pub options: WorkerOptions,
+}
+
+/// Worker settings shared by `worker` and `up`.
+#[derive(Debug, Args)]
+pub struct WorkerOptions {
     /// Queues to work, comma-separated.
     #[arg(
         long,
@@ -81,7 +88,7 @@ pub struct WorkerArgs {
     pub webhook_timeout: Duration,
 }
 
-impl WorkerArgs {
+impl WorkerOptions {
     pub fn store_config(&self) -> anyhow::Result<StoreConfig> {
         anyhow::ensure!(
             self.retry_base <= self.retry_cap,
@@ -135,18 +142,19 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             ..db::PoolConfig::default()
         },
     )?;
-    let store = Store::with_config(pool.clone(), args.store_config()?);
+    let options = &args.options;
+    let store = Store::with_config(pool.clone(), options.store_config()?);
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store,
-        builtin_registry(args.webhook_config()),
-        args.worker_config(),
+        builtin_registry(options.webhook_config()),
+        options.worker_config(),
     )?
     .with_metrics(metrics.clone());
     let shutdown = signals::shutdown_token()?;
 
     crate::wait_for_schema(&pool, &shutdown).await?;
-    let metrics_task = match args.metrics_listen {
+    let metrics_task = match options.metrics_listen {
         Some(addr) => Some(metrics_server::spawn(addr, metrics, shutdown.clone()).await?),
         None => None,
     };

@@ -1,0 +1,330 @@
+//! `faultline jobs`: enqueue, get, list, retry and cancel jobs through the API. Human-readable
+//! output by default, the API's JSON with `--json`; on failure, the API's error message and a
+//! non-zero exit.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use faultline::http::jobs::EnqueueRequest;
+use faultline::http::ErrorResponse;
+use faultline::{Job, Page};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The API's base URL.
+    #[arg(
+        long,
+        env = "FAULTLINE_URL",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
+    pub url: String,
+
+    /// Bearer token, when the API requires one.
+    #[arg(
+        long,
+        env = "FAULTLINE_API_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: JobsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Enqueue a job.
+    Enqueue {
+        /// Which handler runs it (noop, sleep, fail, webhook, or one of yours).
+        kind: String,
+        /// The payload, as JSON.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, allow_negative_numbers = true)]
+        priority: Option<i16>,
+        #[arg(long)]
+        max_attempts: Option<i32>,
+        /// Not before this time (RFC 3339).
+        #[arg(long)]
+        run_at: Option<String>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        timeout_ms: Option<i32>,
+    },
+    /// Show a job and its error history.
+    Get { id: String },
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Re-queue a failed or cancelled job.
+    Retry { id: String },
+    /// Cancel a queued or running job.
+    Cancel { id: String },
+}
+
+pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: args.url.trim_end_matches('/').to_owned(),
+        token: args.token.clone(),
+    };
+    let (status, body) = match &args.command {
+        JobsCommand::Enqueue {
+            kind,
+            payload,
+            queue,
+            priority,
+            max_attempts,
+            run_at,
+            idempotency_key,
+            timeout_ms,
+        } => {
+            let payload: Value = serde_json::from_str(payload)
+                .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
+            let run_at = run_at
+                .as_deref()
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .with_context(|| format!("--run-at is not an RFC 3339 time: {t}"))
+                })
+                .transpose()?;
+            let request = EnqueueRequest {
+                kind: kind.clone(),
+                payload: Some(payload),
+                queue: queue.clone(),
+                priority: *priority,
+                max_attempts: *max_attempts,
+                run_at,
+                idempotency_key: idempotency_key.clone(),
+                timeout_ms: *timeout_ms,
+            };
+            client
+                .send(
+                    Method::POST,
+                    "/v1/jobs",
+                    Some(serde_json::to_value(request_json(&request))?),
+                )
+                .await?
+        }
+        JobsCommand::Get { id } => {
+            client
+                .send(Method::GET, &format!("/v1/jobs/{id}"), None)
+                .await?
+        }
+        JobsCommand::List {
+            state,
+            queue,
+            kind,
+            limit,
+            cursor,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            for (name, value) in [
+                ("state", state),
+                ("queue", queue),
+                ("kind", kind),
+                ("cursor", cursor),
+            ] {
+                if let Some(value) = value {
+                    query.push((name, value.clone()));
+                }
+            }
+            let query = serde_urlencoded(&query);
+            client
+                .send(Method::GET, &format!("/v1/jobs?{query}"), None)
+                .await?
+        }
+        JobsCommand::Retry { id } => {
+            client
+                .send(Method::POST, &format!("/v1/jobs/{id}/retry"), None)
+                .await?
+        }
+        JobsCommand::Cancel { id } => {
+            client
+                .send(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+                .await?
+        }
+    };
+
+    if !status.is_success() {
+        let message = serde_json::from_value::<ErrorResponse>(body.clone())
+            .map(|e| format!("{} ({}): {}", status, e.error.code, e.error.message))
+            .unwrap_or_else(|_| format!("{status}: {body}"));
+        eprintln!("error: {message}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &args.command {
+        JobsCommand::List { .. } => print_page(&serde_json::from_value(body)?),
+        JobsCommand::Enqueue { .. } => {
+            let job: Job = serde_json::from_value(body)?;
+            let verb = if status == StatusCode::CREATED {
+                "created"
+            } else {
+                "replayed existing"
+            };
+            println!("{verb} job {} ({}, queue {})", job.id, job.state, job.queue);
+        }
+        _ => print_job(&serde_json::from_value(body)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The request as the API takes it (omitting unset fields).
+fn request_json(request: &EnqueueRequest) -> Value {
+    let mut map = serde_json::Map::new();
+    map.insert("kind".into(), Value::String(request.kind.clone()));
+    map.insert(
+        "payload".into(),
+        request.payload.clone().unwrap_or(Value::Null),
+    );
+    let mut put = |name: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            map.insert(name.into(), value);
+        }
+    };
+    put("queue", request.queue.clone().map(Value::from));
+    put("priority", request.priority.map(Value::from));
+    put("max_attempts", request.max_attempts.map(Value::from));
+    put(
+        "run_at",
+        request.run_at.map(|t| Value::from(t.to_rfc3339())),
+    );
+    put(
+        "idempotency_key",
+        request.idempotency_key.clone().map(Value::from),
+    );
+    put("timeout_ms", request.timeout_ms.map(Value::from));
+    Value::Object(map)
+}
+
+fn serde_urlencoded(pairs: &[(&str, String)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Faultline API at {}", self.base))?;
+        let status = response.status();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, body))
+    }
+}
+
+fn print_job(job: &Job) {
+    let time =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_owned(), |t| t.to_rfc3339());
+    println!("id            {}", job.id);
+    println!("state         {}", job.state);
+    println!("queue / kind  {} / {}", job.queue, job.kind);
+    println!("attempts      {} of {}", job.attempts, job.max_attempts);
+    println!("priority      {}", job.priority);
+    println!("payload       {}", job.payload);
+    println!("created       {}", job.created_at.to_rfc3339());
+    println!("next run      {}", job.next_run_at.to_rfc3339());
+    println!("started       {}", time(job.started_at));
+    println!("finished      {}", time(job.finished_at));
+    if let Some(owner) = &job.lease_owner {
+        println!(
+            "worker        {owner} (token {})",
+            job.lease_token.unwrap_or_default()
+        );
+    }
+    if let Some(key) = &job.idempotency_key {
+        println!("idempotency   {key}");
+    }
+    if !job.errors.is_empty() {
+        println!("errors:");
+        for e in &job.errors {
+            println!(
+                "  #{} {} {} {}: {}",
+                e.attempt,
+                e.at.to_rfc3339(),
+                e.worker.as_deref().unwrap_or("-"),
+                e.reason,
+                e.error
+            );
+        }
+    }
+}
+
+fn print_page(page: &Page) {
+    println!(
+        "{:<36}  {:<9}  {:<12}  {:<12}  {:>8}  CREATED",
+        "ID", "STATE", "QUEUE", "KIND", "ATTEMPTS"
+    );
+    for job in &page.jobs {
+        println!(
+            "{:<36}  {:<9}  {:<12}  {:<12}  {:>8}  {}",
+            job.id,
+            job.state,
+            truncate(&job.queue, 12),
+            truncate(&job.kind, 12),
+            format!("{}/{}", job.attempts, job.max_attempts),
+            job.created_at.format("%Y-%m-%d %H:%M:%S"),
+        );
+    }
+    if let Some(cursor) = page.next_cursor {
+        println!("(more: --cursor {cursor})");
+    }
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(width - 1).collect();
+        cut.push('…');
+        cut
+    }
+}

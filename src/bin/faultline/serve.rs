@@ -1,0 +1,132 @@
+//! `faultline serve`: the HTTP API.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use faultline::http::{self, ApiConfig, AppState};
+use faultline::maintenance::{DepthSampler, DepthSamplerConfig};
+use faultline::metrics::Metrics;
+use faultline::{db, Store, StoreConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{duration, DatabaseArgs};
+use crate::signals;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub api: ApiOptions,
+}
+
+/// API settings shared by `serve` and `up`.
+#[derive(Debug, Args)]
+pub struct ApiOptions {
+    /// Address to serve the API on.
+    #[arg(long, env = "FAULTLINE_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Require `Authorization: Bearer <token>` on every route but /health, /ready, /metrics.
+    #[arg(long, env = "FAULTLINE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Largest job payload in bytes.
+    #[arg(long, env = "FAULTLINE_MAX_PAYLOAD_BYTES", default_value_t = faultline::job::DEFAULT_MAX_PAYLOAD_BYTES)]
+    pub max_payload_bytes: usize,
+
+    /// Requests taking longer are answered 408.
+    #[arg(long, env = "FAULTLINE_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub request_timeout: Duration,
+
+    /// How often queue depth gauges are sampled from the database.
+    #[arg(long, env = "FAULTLINE_DEPTH_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub depth_interval: Duration,
+}
+
+impl ApiOptions {
+    pub fn api_config(&self) -> ApiConfig {
+        ApiConfig {
+            api_token: self.api_token.clone().filter(|t| !t.is_empty()),
+            max_payload_bytes: self.max_payload_bytes,
+            request_timeout: self.request_timeout,
+            ..ApiConfig::default()
+        }
+    }
+
+    /// Bind the listener now, so a taken port fails start-up with a clear error.
+    pub async fn bind(&self) -> anyhow::Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (--listen)", self.listen))
+    }
+
+    /// Serve the API and sample queue depth until `shutdown`.
+    pub fn spawn(
+        &self,
+        listener: tokio::net::TcpListener,
+        store: Store,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let sampler = DepthSampler::new(
+            store.clone(),
+            DepthSamplerConfig {
+                interval: self.depth_interval,
+            },
+            metrics.clone(),
+        );
+        let router = http::app(AppState::new(store, metrics, self.api_config()));
+        tokio::spawn(async move {
+            let sampling = tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move { sampler.run(shutdown).await }
+            });
+            if let Err(e) = http::serve(listener, router, shutdown.clone()).await {
+                tracing::error!(error = %e, "the API server failed");
+                shutdown.cancel();
+            }
+            let _ = sampling.await;
+        })
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let pool = db::connect(
+        &args.database.url,
+        &db::PoolConfig {
+            max_connections: args.database.pool_size,
+            ..db::PoolConfig::default()
+        },
+    )?;
+    let store = Store::with_config(
+        pool.clone(),
+        StoreConfig {
+            max_payload_bytes: args.api.max_payload_bytes,
+            ..StoreConfig::default()
+        },
+    );
+    let shutdown = signals::shutdown_token()?;
+    // The API starts even while the database is down (it answers 503 meanwhile); a database
+    // that answers with an old schema is worth a warning.
+    match db::schema_is_current(&pool).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("the database schema is not current; run `faultline migrate`"),
+        Err(e) => {
+            tracing::warn!(error = %e, "database not reachable yet; answering 503 until it is")
+        }
+    }
+    let listener = args.api.bind().await?;
+    tracing::info!("API on http://{}", listener.local_addr()?);
+    let api = args
+        .api
+        .spawn(listener, store, Arc::new(Metrics::new()), shutdown.clone());
+    let _ = api.await;
+    pool.close().await;
+    Ok(ExitCode::SUCCESS)
+}

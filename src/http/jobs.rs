@@ -1,0 +1,344 @@
+//! `/v1/jobs`: enqueue (one or a batch), get, list, cancel, retry.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorResponse};
+use super::extract::{JsonBody, PathJobId, QueryParams};
+use super::AppState;
+use crate::job::{
+    Job, JobFilter, JobId, JobState, NewJob, Page, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
+};
+use crate::store::{BatchItem, Enqueued};
+
+/// Header carrying the idempotency key (alternative to the body field).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Response header set on a replay.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// Most jobs in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// A job to enqueue.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnqueueRequest {
+    /// Which handler runs it (1–255 bytes).
+    pub kind: String,
+    /// The handler's input (any JSON; `{}` when omitted; at most 1 MiB by default).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub payload: Option<serde_json::Value>,
+    /// Queue (default `default`).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Lower runs first (default 0).
+    #[serde(default)]
+    pub priority: Option<i16>,
+    /// Attempt budget, at least 1 (default 5).
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    /// Not eligible before this time (RFC 3339).
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// At most one job exists per key (also as header `Idempotency-Key`).
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Execution timeout of each attempt, in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<i32>,
+}
+
+impl EnqueueRequest {
+    fn into_new_job(self) -> NewJob {
+        NewJob {
+            kind: self.kind,
+            payload: self
+                .payload
+                .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+            queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
+            priority: self.priority.unwrap_or(0),
+            max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            run_at: self.run_at,
+            idempotency_key: self.idempotency_key,
+            timeout_ms: self.timeout_ms,
+        }
+    }
+}
+
+/// Enqueue a job.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = EnqueueRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key")),
+    responses(
+        (status = 201, description = "created", body = Job),
+        (status = 200, description = "replay of an earlier request with the same key (header Idempotent-Replayed: true)", body = Job),
+        (status = 400, description = "malformed JSON, or header and body keys differ", body = ErrorResponse),
+        (status = 409, description = "the key is used by a different request", body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+        (status = 422, description = "a field is invalid", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn enqueue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(mut request): JsonBody<EnqueueRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(header_key) = headers.get(IDEMPOTENCY_KEY) {
+        let header_key = header_key.to_str().map_err(|_| {
+            ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")
+        })?;
+        match &request.idempotency_key {
+            Some(body_key) if body_key != header_key => {
+                return Err(ApiError::bad_request(
+                    "idempotency_key_mismatch",
+                    "the Idempotency-Key header and the body's idempotency_key differ",
+                ))
+            }
+            _ => request.idempotency_key = Some(header_key.to_owned()),
+        }
+    }
+    let outcome = state.db("enqueue", state.store.enqueue(request.into_new_job()).await)?;
+    Ok(match outcome {
+        Enqueued::Created(job) => {
+            state.count_created(&job);
+            let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
+                .expect("a UUID path is a valid header value");
+            (
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(job),
+            )
+                .into_response()
+        }
+        Enqueued::Replayed(job) => {
+            state.count_replayed(&job);
+            (
+                StatusCode::OK,
+                [(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"))],
+                Json(job),
+            )
+                .into_response()
+        }
+    })
+}
+
+/// Many jobs in one transaction.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 1,000 jobs.
+    pub jobs: Vec<EnqueueRequest>,
+}
+
+/// The outcome for one job of a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum BatchResult {
+    /// A new job.
+    Created {
+        /// The job.
+        job: Job,
+    },
+    /// Same key and request as an existing job: that job.
+    Replayed {
+        /// The job.
+        job: Job,
+    },
+    /// The key is used by a different request; nothing was written for this job.
+    Conflict {
+        /// The key.
+        idempotency_key: String,
+        /// The job holding it.
+        existing_job_id: JobId,
+    },
+}
+
+/// Results in the order of the request's jobs.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    /// One per job.
+    pub results: Vec<BatchResult>,
+}
+
+/// Enqueue up to 1,000 jobs in one transaction.
+#[utoipa::path(
+    post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "per-job results (created / replayed / conflict)", body = BatchResponse),
+        (status = 400, body = ErrorResponse), (status = 413, body = ErrorResponse),
+        (status = 415, body = ErrorResponse),
+        (status = 422, description = "a job is invalid (nothing written)", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn enqueue_batch(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<BatchRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    if request.jobs.is_empty() || request.jobs.len() > MAX_BATCH {
+        return Err(ApiError::Invalid {
+            field: "jobs".into(),
+            message: format!(
+                "jobs must hold 1 to {MAX_BATCH} jobs, got {}",
+                request.jobs.len()
+            ),
+        });
+    }
+    let jobs = request
+        .jobs
+        .into_iter()
+        .map(EnqueueRequest::into_new_job)
+        .collect();
+    let items = state.db("enqueue_batch", state.store.enqueue_batch(jobs).await)?;
+    let results = items
+        .into_iter()
+        .map(|item| match item {
+            BatchItem::Created(job) => {
+                state.count_created(&job);
+                BatchResult::Created { job }
+            }
+            BatchItem::Replayed(job) => {
+                state.count_replayed(&job);
+                BatchResult::Replayed { job }
+            }
+            BatchItem::Conflict { key, existing } => BatchResult::Conflict {
+                idempotency_key: key,
+                existing_job_id: existing,
+            },
+        })
+        .collect();
+    Ok(Json(BatchResponse { results }))
+}
+
+/// A job with its error history.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id (UUID)")),
+    responses(
+        (status = 200, body = Job),
+        (status = 400, description = "not a UUID", body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<Json<Job>, ApiError> {
+    state.db("get", state.store.get(id).await).map(Json)
+}
+
+/// Listing filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// queued, running, succeeded, failed or cancelled.
+    pub state: Option<String>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Page size, 1 to 1,000 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Jobs, newest first, cursor-paginated.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, body = Page),
+        (status = 400, description = "bad filter, limit or cursor", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<ListParams>,
+) -> Result<Json<Page>, ApiError> {
+    let job_state = params
+        .state
+        .as_deref()
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_query", format!("state: {e}")))?;
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<JobId>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("cursor {c:?} is not a valid cursor"),
+                )
+            })
+        })
+        .transpose()?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and 1000, got {limit}"),
+        ));
+    }
+    let filter = JobFilter {
+        state: job_state,
+        queue: params.queue,
+        kind: params.kind,
+    };
+    state
+        .db("list", state.store.list(&filter, cursor, limit).await)
+        .map(Json)
+}
+
+/// Cancel a queued or running job (a running one stops at its next heartbeat).
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "job id (UUID)")),
+    responses(
+        (status = 200, body = Job),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "already finished", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<Json<Job>, ApiError> {
+    state.db("cancel", state.store.cancel(id).await).map(Json)
+}
+
+/// Re-queue a failed or cancelled job with a fresh attempt budget.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path, description = "job id (UUID)")),
+    responses(
+        (status = 200, body = Job),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "not failed or cancelled", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<Json<Job>, ApiError> {
+    state.db("retry", state.store.retry(id).await).map(Json)
+}

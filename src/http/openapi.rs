@@ -1,0 +1,59 @@
+//! `GET /openapi.json`: the OpenAPI 3 document, generated from the handlers' annotations and the
+//! request and response types themselves, so it cannot drift from the code.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::error::{ErrorDetail, ErrorResponse};
+use super::jobs::{BatchRequest, BatchResponse, BatchResult, EnqueueRequest};
+use super::queues::QueuesResponse;
+use super::{health, jobs, queues};
+use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats};
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Faultline",
+        description = "A PostgreSQL-backed job queue built for correctness under failure. \
+                       When FAULTLINE_API_TOKEN is set, every route but /health, /ready and \
+                       /metrics needs `Authorization: Bearer <token>`."
+    ),
+    paths(
+        health::health, health::ready, health::metrics,
+        jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry,
+        queues::list, document,
+    ),
+    components(schemas(
+        Job, JobId, JobState, AttemptError, Page, QueueStats, QueuesResponse,
+        EnqueueRequest, BatchRequest, BatchResponse, BatchResult, ErrorResponse, ErrorDetail,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"),
+        (name = "queues", description = "Queue statistics"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3 document")),
+    security((), ("bearer" = [])))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
