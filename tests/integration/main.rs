@@ -2,6 +2,8 @@
 //! than one per file) so the suite links once.
 
 mod harness;
+mod http_api;
+mod http_live;
 
 mod claim;
 mod cluster;
