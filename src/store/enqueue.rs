@@ -90,7 +90,13 @@ impl Store {
     /// [`StoreError::IdempotencyConflict`], or [`StoreError::Database`].
     pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        self.enqueue_in(&mut conn, job).await
+        let key = job.idempotency_key.clone();
+        // One autocommit statement (two on a key look-up): committed when this returns.
+        let items = self
+            .enqueue_rows(&mut conn, vec![job], Notify::AfterCommit)
+            .await?;
+        self.notify_created(&items);
+        single(items, key)
     }
 
     /// Enqueue `job` on the caller's connection, typically inside the caller's own transaction
@@ -105,16 +111,10 @@ impl Store {
         job: NewJob,
     ) -> Result<Enqueued, StoreError> {
         let key = job.idempotency_key.clone();
-        let mut items = self.enqueue_batch_in(conn, vec![job]).await?;
-        match items.pop() {
-            Some(BatchItem::Created(job)) => Ok(Enqueued::Created(job)),
-            Some(BatchItem::Replayed(job)) => Ok(Enqueued::Replayed(job)),
-            Some(BatchItem::Conflict { existing, .. }) => Err(StoreError::IdempotencyConflict {
-                key: key.unwrap_or_default(),
-                existing,
-            }),
-            None => unreachable!("a batch of one yields one item"),
-        }
+        let items = self
+            .enqueue_rows(conn, vec![job], Notify::InTransaction)
+            .await?;
+        single(items, key)
     }
 
     /// Enqueue many jobs in one statement on the store's pool. Jobs without a key, or with a
@@ -126,9 +126,23 @@ impl Store {
     /// in which case nothing is written; [`StoreError::Database`].
     pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<BatchItem>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let items = self.enqueue_batch_in(&mut tx, jobs).await?;
+        let items = self
+            .enqueue_rows(&mut tx, jobs, Notify::AfterCommit)
+            .await?;
         tx.commit().await?;
+        self.notify_created(&items);
         Ok(items)
+    }
+
+    /// Wake workers for the created jobs that are eligible now (after their commit).
+    fn notify_created(&self, items: &[BatchItem]) {
+        let queues = items.iter().filter_map(|item| match item {
+            BatchItem::Created(job) if job.next_run_at <= job.created_at => {
+                Some(job.queue.as_str())
+            }
+            _ => None,
+        });
+        self.notifier.notify(&self.pool, queues);
     }
 
     /// [`Store::enqueue_batch`] on the caller's connection or transaction.
@@ -139,6 +153,15 @@ impl Store {
         &self,
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
+    ) -> Result<Vec<BatchItem>, StoreError> {
+        self.enqueue_rows(conn, jobs, Notify::InTransaction).await
+    }
+
+    async fn enqueue_rows(
+        &self,
+        conn: &mut PgConnection,
+        jobs: Vec<NewJob>,
+        notify: Notify,
     ) -> Result<Vec<BatchItem>, StoreError> {
         let single = jobs.len() == 1;
         let prepared = jobs
@@ -166,7 +189,7 @@ impl Store {
             if pending.is_empty() {
                 break;
             }
-            let inserted = insert(conn, pending.iter().map(|&i| &prepared[i])).await?;
+            let inserted = insert(conn, pending.iter().map(|&i| &prepared[i]), notify).await?;
             let mut by_id: HashMap<JobId, Job> =
                 inserted.into_iter().map(|job| (job.id, job)).collect();
             let mut keyed = Vec::new();
@@ -272,13 +295,35 @@ impl Store {
     }
 }
 
+/// Where the wake-up for new jobs is sent from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Notify {
+    /// `NOTIFY` inside the statement: delivered when (and if) the caller's transaction commits.
+    InTransaction,
+    /// By the store's notifier once the enqueue has committed (see `notifier.rs`).
+    AfterCommit,
+}
+
+fn single(mut items: Vec<BatchItem>, key: Option<String>) -> Result<Enqueued, StoreError> {
+    match items.pop() {
+        Some(BatchItem::Created(job)) => Ok(Enqueued::Created(job)),
+        Some(BatchItem::Replayed(job)) => Ok(Enqueued::Replayed(job)),
+        Some(BatchItem::Conflict { existing, .. }) => Err(StoreError::IdempotencyConflict {
+            key: key.unwrap_or_default(),
+            existing,
+        }),
+        None => unreachable!("a batch of one yields one item"),
+    }
+}
+
 /// Insert the jobs in one statement and return the rows actually inserted; a job whose key is
 /// taken is skipped (`on conflict do nothing`), including a second job with the same key in the
-/// same batch. Notifies each queue that got an eligible job; Postgres delivers the notification
-/// at commit, so a rolled-back enqueue wakes nobody.
+/// same batch. With [`Notify::InTransaction`], notifies each queue that got an eligible job;
+/// Postgres delivers the notification at commit, so a rolled-back enqueue wakes nobody.
 async fn insert<'a>(
     conn: &mut PgConnection,
     jobs: impl Iterator<Item = &'a Prepared>,
+    notify: Notify,
 ) -> Result<Vec<Job>, sqlx::Error> {
     let mut ids = Vec::new();
     let mut queues = Vec::new();
@@ -302,7 +347,11 @@ async fn insert<'a>(
         fingerprints.push(p.fingerprint.as_slice());
         timeouts.push(p.job.timeout_ms);
     }
-    sqlx::query_as::<_, Job>(INSERT)
+    let sql = match notify {
+        Notify::InTransaction => INSERT_AND_NOTIFY,
+        Notify::AfterCommit => INSERT,
+    };
+    let query = sqlx::query_as::<_, Job>(sql)
         .bind(ids)
         .bind(queues)
         .bind(kinds)
@@ -312,13 +361,35 @@ async fn insert<'a>(
         .bind(run_ats)
         .bind(keys)
         .bind(fingerprints)
-        .bind(timeouts)
-        .bind(JOB_CHANNEL)
-        .fetch_all(conn)
-        .await
+        .bind(timeouts);
+    let query = match notify {
+        Notify::InTransaction => query.bind(JOB_CHANNEL),
+        Notify::AfterCommit => query,
+    };
+    query.fetch_all(conn).await
 }
 
+/// The insert alone.
 const INSERT: &str = "
+with input as (
+    select *
+    from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],
+                $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[])
+         with ordinality
+         as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
+              fingerprint, timeout_ms, ord)
+)
+insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
+                            idempotency_key, request_fingerprint, timeout_ms)
+select id, queue, kind, payload, priority, max_attempts, coalesce(run_at, now()),
+       idempotency_key, fingerprint, timeout_ms
+from input
+order by ord
+on conflict (idempotency_key) do nothing
+returning *";
+
+/// The insert with an in-transaction `NOTIFY` per queue that got an eligible job.
+const INSERT_AND_NOTIFY: &str = "
 with input as (
     select *
     from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],

@@ -20,6 +20,7 @@ mod control;
 mod enqueue;
 mod execution;
 mod maintenance;
+mod notifier;
 mod read;
 
 use std::sync::Arc;
@@ -35,7 +36,8 @@ pub use execution::{Claimed, FailOutcome};
 pub use maintenance::{ReapOutcome, ReapedJob};
 
 /// The channel that enqueue, release, retry and the reaper `NOTIFY` when a job becomes eligible
-/// now; the payload is the queue name. One channel for every queue (workers filter on the
+/// now; the payload is the queue name. (Enqueues on the store's pool notify right after their
+/// commit rather than inside it; see `notifier.rs` for why.) One channel for every queue (workers filter on the
 /// payload) because queue names are free text and channel names are limited to 63 bytes.
 pub const JOB_CHANNEL: &str = "faultline_jobs";
 
@@ -62,6 +64,7 @@ impl Default for StoreConfig {
 pub struct Store {
     pool: PgPool,
     config: Arc<StoreConfig>,
+    notifier: Arc<notifier::Notifier>,
 }
 
 impl Store {
@@ -75,6 +78,7 @@ impl Store {
         Store {
             pool,
             config: Arc::new(config),
+            notifier: Arc::default(),
         }
     }
 
