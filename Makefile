@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: up test migrate lint
+.PHONY: up test migrate lint drill
 
 ## Run Faultline: API, workers and a private Postgres (unless DATABASE_URL is set).
 up:
@@ -17,6 +17,11 @@ test:
 ## Apply the schema to $DATABASE_URL.
 migrate:
 	$(CARGO) run --release -- migrate
+
+## Every failure drill (chaos for 60 s), each with its own private Postgres.
+drill:
+	./scripts/ensure-postgres
+	$(CARGO) run --release -- drill all
 
 ## Formatting and lints, as CI runs them.
 lint:

@@ -175,6 +175,9 @@ pub struct AttemptError {
     /// Why the attempt ended: `error` (the handler failed) or `lease_expired` (the worker stopped
     /// heartbeating and the reaper took the job back).
     pub reason: String,
+    /// When the next attempt was scheduled (backoff), if the failure was retried.
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// A job as stored.

@@ -415,7 +415,7 @@ impl Cluster {
             .stdout(log)
             .stderr(log_err)
             .process_group(0);
-        spawn_tied(command).map_err(PgError::io(format!(
+        spawn_tied(command, Signal::SIGQUIT).map_err(PgError::io(format!(
             "start {}",
             self.binaries.postgres().display()
         )))

@@ -18,15 +18,19 @@ type Request = (Command, SyncSender<io::Result<Child>>);
 
 static KEEPER: OnceLock<Mutex<Sender<Request>>> = OnceLock::new();
 
-/// Spawn `command` from the keeper thread, with `PR_SET_PDEATHSIG = SIGQUIT` set in the child.
-/// The parent-death signal is set in `pre_exec`, which std runs after it has switched uid/gid
-/// (a credential change would clear the setting).
-pub(crate) fn spawn_tied(mut command: Command) -> io::Result<Child> {
+/// Spawn `command` so that it receives `signal` when this process dies, however it dies (for
+/// Postgres, SIGQUIT: immediate shutdown; for other children, SIGKILL or SIGTERM). It is forked
+/// from a keeper thread that lives as long as the process, with `PR_SET_PDEATHSIG` set in
+/// `pre_exec`, which std runs after switching uid/gid (a credential change would clear it).
+///
+/// # Errors
+/// The spawn's own I/O error.
+pub fn spawn_tied(mut command: Command, signal: Signal) -> io::Result<Child> {
     let parent = std::process::id();
     // SAFETY: the closure only makes async-signal-safe system calls (prctl, getppid, _exit).
     unsafe {
         command.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGQUIT).map_err(io::Error::from)?;
+            nix::sys::prctl::set_pdeathsig(signal).map_err(io::Error::from)?;
             // The parent may have died between fork and prctl; then nobody would signal us.
             if nix::unistd::getppid().as_raw() as u32 != parent {
                 nix::libc::_exit(1);

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 
 pub use binaries::PgBinaries;
 pub use cluster::{Cluster, ClusterOptions, StopMode};
+pub use keeper::spawn_tied;
 
 /// What can go wrong running a private cluster. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]

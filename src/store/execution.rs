@@ -303,7 +303,9 @@ impl Store {
                 last_error = $3,
                 errors = errors || jsonb_build_array(jsonb_build_object(
                     'attempt', attempts, 'worker', lease_owner, 'at', now(),
-                    'error', $3::text, 'reason', 'error')),
+                    'error', $3::text, 'reason', 'error',
+                    'retry_at', case when $4 and attempts < max_attempts
+                                     then now() + $5 * interval '1 millisecond' end)),
                 updated_at = now()
             where id = $1 and lease_token = $2 and state = 'running'
             returning *",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::active::{Stop, StopReason};
 use super::handler::{JobContext, JobError};
+use super::hook::RunEnd;
 use super::reporter::{Report, ReportKind};
 use super::runtime::Shared;
 use crate::store::Claimed;
@@ -51,6 +52,10 @@ pub(crate) async fn run_job(shared: Arc<Shared>, claimed: Claimed, stop: Arc<Sto
                 .and_then(|ms| u64::try_from(ms).ok())
                 .map(Duration::from_millis)
                 .or_else(|| shared.registry.timeout(&job.kind));
+            if let Some(hook) = &shared.hook {
+                hook.started(&ctx).await;
+            }
+            let hook_ctx = ctx.clone();
             let mut task = tokio::spawn(handler.call(ctx, job.payload.clone()));
             let expired = async {
                 match timeout {
@@ -87,10 +92,19 @@ pub(crate) async fn run_job(shared: Arc<Shared>, claimed: Claimed, stop: Arc<Sto
             // token cancelled), whichever branch above won the race: the job is handed back or
             // the result dropped, never charged as a failed attempt. A success still counts: it
             // is reported under the lease and the fence decides whether it lands.
-            match (outcome, stop.reason()) {
+            let outcome = match (outcome, stop.reason()) {
                 (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
                 (outcome, _) => outcome,
+            };
+            if let Some(hook) = &shared.hook {
+                let end = match &outcome {
+                    Outcome::Succeeded => RunEnd::Succeeded,
+                    Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
+                    Outcome::Stopped(_) => RunEnd::Stopped,
+                };
+                hook.finished(&hook_ctx, &end).await;
             }
+            outcome
         }
     };
 

@@ -144,8 +144,13 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
                 shared.health.ok();
                 let labels = [report.queue.as_str(), report.kind.as_str()];
                 match outcome {
-                    Some(FailOutcome::Retrying(_)) => {
-                        shared.metrics.job_retries.with_label_values(&labels).inc()
+                    Some(FailOutcome::Retrying(job)) => {
+                        shared.metrics.job_retries.with_label_values(&labels).inc();
+                        // Both times come from one now(): the delay is clock-independent.
+                        let delay = (job.next_run_at - job.updated_at)
+                            .to_std()
+                            .unwrap_or_default();
+                        shared.wake_after(delay);
                     }
                     Some(FailOutcome::Failed(_)) => {
                         shared.metrics.jobs_failed.with_label_values(&labels).inc()

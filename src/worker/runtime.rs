@@ -24,6 +24,7 @@ use super::active::{ActiveJob, ActiveJobs, Stop, StopReason};
 use super::config::{ConfigError, WorkerConfig};
 use super::handler::HandlerRegistry;
 use super::health::DbHealth;
+use super::hook::ExecutionHook;
 use super::reporter::{Report, DB_RETRY};
 use super::{execute, heartbeat, listener, reporter};
 use crate::job::JobId;
@@ -34,6 +35,7 @@ use crate::store::{Claimed, Store};
 
 /// State shared by the claim loop, the job tasks and the helper tasks.
 pub(crate) struct Shared {
+    pub hook: Option<Arc<dyn ExecutionHook>>,
     pub store: Store,
     pub registry: Arc<HandlerRegistry>,
     pub config: WorkerConfig,
@@ -47,6 +49,9 @@ pub(crate) struct Shared {
     slot_freed: Notify,
     /// Set by self-fencing; the claim loop claims nothing until the database answers again.
     fenced: AtomicBool,
+    /// Wakes the claim loop: a notification arrived, or a job this worker re-queued with backoff
+    /// became eligible.
+    pub wake: Arc<Notify>,
     reports: mpsc::UnboundedSender<Report>,
     /// Every job task, so shutdown can wait for them all.
     tasks: TaskTracker,
@@ -67,6 +72,16 @@ impl Shared {
 
     pub fn fence(&self) {
         self.fenced.store(true, Ordering::Release);
+    }
+
+    /// Wake the claim loop after `delay`: when a job this worker re-queued with backoff becomes
+    /// eligible, claim it then instead of at the next poll.
+    pub fn wake_after(&self, delay: std::time::Duration) {
+        let wake = self.wake.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            wake.notify_one();
+        });
     }
 
     /// A result was discarded because the lease is gone.
@@ -92,6 +107,7 @@ pub struct Worker {
     registry: Arc<HandlerRegistry>,
     config: WorkerConfig,
     metrics: Arc<Metrics>,
+    hook: Option<Arc<dyn ExecutionHook>>,
 }
 
 impl Worker {
@@ -110,7 +126,14 @@ impl Worker {
             registry: Arc::new(registry),
             config,
             metrics: Arc::new(Metrics::new()),
+            hook: None,
         })
+    }
+
+    /// Await `hook` around every handler run (see [`ExecutionHook`]).
+    pub fn with_hook(mut self, hook: Arc<dyn ExecutionHook>) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// Count into `metrics` (to share one registry with other components of the process).
@@ -139,6 +162,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            hook: self.hook,
             worker_id: Arc::from(self.config.worker_id.as_str()),
             health: DbHealth::new(self.metrics.clone()),
             store: self.store,
@@ -149,13 +173,14 @@ impl Worker {
             inflight: AtomicUsize::new(0),
             slot_freed: Notify::new(),
             fenced: AtomicBool::new(false),
+            wake: Arc::new(Notify::new()),
             reports: reports_tx,
             tasks: TaskTracker::new(),
         });
         shared
             .metrics
             .init_worker_series(&shared.config.queues, &shared.registry.kinds());
-        let wake = Arc::new(Notify::new());
+        let wake = shared.wake.clone();
         let background = CancellationToken::new();
         let heartbeat_stop = CancellationToken::new();
         let finish_reports = CancellationToken::new();

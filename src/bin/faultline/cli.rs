@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::drill::DrillArgs;
 use crate::jobs::JobsArgs;
 use crate::migrate::MigrateArgs;
 use crate::serve::ServeArgs;
@@ -31,8 +32,8 @@ pub enum Command {
     Up(Box<UpArgs>),
     /// Enqueue, inspect, retry and cancel jobs through the API.
     Jobs(Box<JobsArgs>),
-    /// Failure drills: worker-crash, retries, lease-expiry, db-outage, duplicates, all.
-    Drill(Pending),
+    /// Failure drills: worker-crash, retries, lease-expiry, db-outage, duplicates, chaos, all.
+    Drill(Box<DrillArgs>),
     /// The benchmark.
     Bench(Pending),
 }

@@ -1,6 +1,7 @@
 //! The `faultline` binary: one process per subcommand, all built on the library.
 
 mod cli;
+mod drill;
 mod jobs;
 mod metrics_server;
 mod migrate;
@@ -21,7 +22,13 @@ use cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // A drill's report is its output; its own database connections' warnings (the drill stops
+    // Postgres on purpose) would only clutter it. The processes it starts log to their files.
+    let default_level = match cli.command {
+        Command::Drill(_) | Command::Jobs(_) => "error",
+        _ => "info",
+    };
+    init_tracing(default_level);
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
@@ -38,7 +45,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(*args).await,
         Command::Up(args) => up::run(*args).await,
         Command::Jobs(args) => jobs::run(*args).await,
-        Command::Drill(_) | Command::Bench(_) => {
+        Command::Drill(args) => drill::run(*args).await,
+        Command::Bench(_) => {
             let name = cli.command.name();
             eprintln!(
                 "faultline {name}: not yet available in this build (it ships `up`, `serve`, \
@@ -75,11 +83,11 @@ pub async fn wait_for_schema(pool: &PgPool, shutdown: &CancellationToken) -> any
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FAULTLINE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -83,6 +83,10 @@ pub struct WorkerOptions {
     #[arg(long, env = "FAULTLINE_WEBHOOK_ALLOW_PRIVATE")]
     pub webhook_allow_private: bool,
 
+    /// Record every handler run in faultline_drill.executions (used by `faultline drill chaos`).
+    #[arg(long, hide = true)]
+    pub drill_journal: bool,
+
     /// Webhook request timeout (a payload's timeout_ms overrides it).
     #[arg(long, env = "FAULTLINE_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub webhook_timeout: Duration,
@@ -151,6 +155,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         options.worker_config(),
     )?
     .with_metrics(metrics.clone());
+    let worker = if options.drill_journal {
+        worker.with_hook(Arc::new(crate::drill::Journal::new(pool.clone())))
+    } else {
+        worker
+    };
     let shutdown = signals::shutdown_token()?;
 
     crate::wait_for_schema(&pool, &shutdown).await?;

@@ -1,0 +1,159 @@
+//! `faultline drill NAME`: failure drills (SPEC §7) with real processes and real faults. Each
+//! drill starts its own Postgres, a `faultline serve` and several `faultline worker` processes,
+//! injects its fault, checks the outcome from the database and from every process's `/metrics`,
+//! prints one line per event and a summary table, and exits non-zero if a check failed.
+
+mod chaos;
+mod env;
+mod journal;
+mod report;
+mod scenarios;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+pub use journal::Journal;
+use report::Report;
+
+use crate::cli::duration;
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Which drill.
+    #[arg(value_enum)]
+    pub name: DrillName,
+
+    /// Print the report as JSON (events go to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// How long the chaos drill injects faults.
+    #[arg(long, env = "FAULTLINE_DRILL_DURATION", default_value = "60s", value_parser = duration)]
+    pub duration: Duration,
+
+    /// Seed of the chaos drill's fault schedule (random, and printed, when unset).
+    #[arg(long, env = "FAULTLINE_DRILL_SEED")]
+    pub seed: Option<u64>,
+
+    /// Use this server (a fresh database is created on it) instead of a private cluster. The
+    /// db-outage drill, which must stop the server, is then skipped.
+    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DrillName {
+    WorkerCrash,
+    Retries,
+    LeaseExpiry,
+    DbOutage,
+    Duplicates,
+    Chaos,
+    All,
+}
+
+impl DrillName {
+    const EACH: [DrillName; 6] = [
+        DrillName::WorkerCrash,
+        DrillName::Retries,
+        DrillName::LeaseExpiry,
+        DrillName::DbOutage,
+        DrillName::Duplicates,
+        DrillName::Chaos,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DrillName::WorkerCrash => "worker-crash",
+            DrillName::Retries => "retries",
+            DrillName::LeaseExpiry => "lease-expiry",
+            DrillName::DbOutage => "db-outage",
+            DrillName::Duplicates => "duplicates",
+            DrillName::Chaos => "chaos",
+            DrillName::All => "all",
+        }
+    }
+}
+
+pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = crate::signals::shutdown_token()?;
+    let drills: Vec<DrillName> = match args.name {
+        DrillName::All => DrillName::EACH.to_vec(),
+        one => vec![one],
+    };
+    let mut reports = Vec::new();
+    for drill in drills {
+        let mut report = Report::new(drill.label(), args.json);
+        // Dropping the drill's future on Ctrl-C drops its environment, which kills every child.
+        let outcome = tokio::select! {
+            outcome = run_one(drill, &mut report, &args) => outcome,
+            _ = shutdown.cancelled() => {
+                report.finish(Some(anyhow::anyhow!("interrupted")));
+                eprintln!("interrupted; every process the drill started has been stopped");
+                return Ok(ExitCode::from(130));
+            }
+        };
+        report.finish(outcome.err());
+        if !args.json {
+            print!("{}", report.table());
+        }
+        reports.push(report);
+    }
+    let passed = reports.iter().all(|r| r.passed);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "passed": passed, "drills": reports })
+            )?
+        );
+    } else if reports.len() > 1 {
+        println!("\nsummary");
+        for r in &reports {
+            let verdict = if r.skipped.is_some() {
+                "SKIPPED"
+            } else if r.passed {
+                "PASSED"
+            } else {
+                "FAILED"
+            };
+            let checks = r.checks.iter().filter(|c| c.passed).count();
+            println!(
+                "  {:<14} {:<8} {:>3}/{:<3} checks  {:>6.1}s",
+                r.drill,
+                verdict,
+                checks,
+                r.checks.len(),
+                r.seconds
+            );
+        }
+        println!(
+            "{}",
+            if passed {
+                "all drills passed"
+            } else {
+                "SOME DRILLS FAILED"
+            }
+        );
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_one(drill: DrillName, report: &mut Report, args: &DrillArgs) -> anyhow::Result<()> {
+    let db = args.database_url.as_deref();
+    match drill {
+        DrillName::WorkerCrash => scenarios::worker_crash(report, db).await,
+        DrillName::Retries => scenarios::retries(report, db).await,
+        DrillName::LeaseExpiry => scenarios::lease_expiry(report, db).await,
+        DrillName::DbOutage => scenarios::db_outage(report, db).await,
+        DrillName::Duplicates => scenarios::duplicates(report, db).await,
+        DrillName::Chaos => chaos::run(report, db, args.duration, args.seed).await,
+        DrillName::All => unreachable!("expanded above"),
+    }
+}
