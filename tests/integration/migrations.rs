@@ -79,7 +79,7 @@ async fn migrate_names_the_problem_when_the_database_is_unreachable() {
 
 #[tokio::test]
 async fn subcommands_of_later_releases_refuse_to_pretend() {
-    for sub in ["drill", "bench"] {
+    for sub in ["bench"] {
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
             .arg(sub)
             .output()
