@@ -125,3 +125,28 @@ pub async fn schema_is_current(pool: &PgPool) -> Result<bool, DbError> {
         .iter()
         .all(|m| applied.binary_search(&m.version).is_ok()))
 }
+
+/// `url` with its database name replaced by `database` (query parameters kept).
+///
+/// ```
+/// assert_eq!(
+///     faultline::db::with_database("postgres://u@h:5432/old?sslmode=disable", "new"),
+///     "postgres://u@h:5432/new?sslmode=disable"
+/// );
+/// ```
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let path = base[authority..]
+        .find('/')
+        .map_or(base.len(), |i| authority + i);
+    let mut out = format!("{}/{}", &base[..path], database);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}

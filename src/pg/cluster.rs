@@ -137,6 +137,15 @@ impl Cluster {
     /// # Errors
     /// As [`Cluster::create`] and [`Cluster::start`].
     pub fn temporary() -> Result<Cluster, PgError> {
+        Self::temporary_with(ClusterOptions::ephemeral())
+    }
+
+    /// [`Cluster::temporary`] with other settings (the benchmark wants fsync on). The directory
+    /// is removed on drop whatever `options.remove_on_drop` says.
+    ///
+    /// # Errors
+    /// As [`Cluster::create`] and [`Cluster::start`].
+    pub fn temporary_with(options: ClusterOptions) -> Result<Cluster, PgError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let base = std::env::temp_dir().join("faultline-clusters");
         fs::DirBuilder::new()
@@ -154,7 +163,11 @@ impl Cluster {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let cluster = Cluster::create(&root, ClusterOptions::ephemeral())?;
+        let options = ClusterOptions {
+            remove_on_drop: true,
+            ..options
+        };
+        let cluster = Cluster::create(&root, options)?;
         cluster.start()?;
         Ok(cluster)
     }

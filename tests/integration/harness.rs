@@ -39,23 +39,7 @@ pub fn admin_url() -> String {
     }
 }
 
-/// `url` with its database name replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_end..]
-        .find('/')
-        .map_or(base.len(), |i| authority_end + i);
-    let mut out = format!("{}/{}", &base[..path_start], database);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
+pub use faultline::db::with_database;
 
 /// One test's own database.
 pub struct TestDb {
@@ -177,14 +161,4 @@ pub async fn snapshot(pool: &PgPool, id: faultline::JobId) -> serde_json::Value 
 
 pub fn default_queue() -> Vec<String> {
     vec!["default".to_owned()]
-}
-
-#[test]
-fn with_database_replaces_only_the_path() {
-    assert_eq!(
-        with_database("postgres://u:p@h:5/old?sslmode=disable", "new"),
-        "postgres://u:p@h:5/new?sslmode=disable"
-    );
-    assert_eq!(with_database("postgres://h:5", "new"), "postgres://h:5/new");
-    assert_eq!(with_database("postgres:///old", "new"), "postgres:///new");
 }

@@ -76,17 +76,3 @@ async fn migrate_names_the_problem_when_the_database_is_unreachable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid database URL"), "{stderr}");
 }
-
-#[tokio::test]
-async fn subcommands_of_later_releases_refuse_to_pretend() {
-    for sub in ["bench"] {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
-            .arg(sub)
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{sub}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("not yet available"), "{sub}: {stderr}");
-    }
-}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::BenchArgs;
 use crate::drill::DrillArgs;
 use crate::jobs::JobsArgs;
 use crate::migrate::MigrateArgs;
@@ -34,22 +35,8 @@ pub enum Command {
     Jobs(Box<JobsArgs>),
     /// Failure drills: worker-crash, retries, lease-expiry, db-outage, duplicates, chaos, all.
     Drill(Box<DrillArgs>),
-    /// The benchmark.
-    Bench(Pending),
-}
-
-impl Command {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Migrate(_) => "migrate",
-            Command::Serve(_) => "serve",
-            Command::Worker(_) => "worker",
-            Command::Up(_) => "up",
-            Command::Jobs(_) => "jobs",
-            Command::Drill(_) => "drill",
-            Command::Bench(_) => "bench",
-        }
-    }
+    /// The benchmark: enqueue, drain, latency, recovery, beside the raw-Postgres ceiling.
+    Bench(Box<BenchArgs>),
 }
 
 /// The database to use.
@@ -67,13 +54,6 @@ pub struct DatabaseArgs {
         value_parser = clap::value_parser!(u32).range(1..=1000)
     )]
     pub pool_size: u32,
-}
-
-/// A subcommand that a later release fills in; it accepts any arguments and refuses to run.
-#[derive(Debug, Args)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub rest: Vec<String>,
 }
 
 /// Parse a duration such as `30s`, `500ms`, `7d` or `1h 30m`.

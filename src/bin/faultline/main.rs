@@ -1,5 +1,6 @@
 //! The `faultline` binary: one process per subcommand, all built on the library.
 
+mod bench;
 mod cli;
 mod drill;
 mod jobs;
@@ -25,7 +26,7 @@ async fn main() -> ExitCode {
     // A drill's report is its output; its own database connections' warnings (the drill stops
     // Postgres on purpose) would only clutter it. The processes it starts log to their files.
     let default_level = match cli.command {
-        Command::Drill(_) | Command::Jobs(_) => "error",
+        Command::Drill(_) | Command::Jobs(_) | Command::Bench(_) => "error",
         _ => "info",
     };
     init_tracing(default_level);
@@ -46,14 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(*args).await,
         Command::Jobs(args) => jobs::run(*args).await,
         Command::Drill(args) => drill::run(*args).await,
-        Command::Bench(_) => {
-            let name = cli.command.name();
-            eprintln!(
-                "faultline {name}: not yet available in this build (it ships `up`, `serve`, \
-                 `worker`, `jobs`, `migrate` and the library so far; see README.md)"
-            );
-            Ok(ExitCode::from(2))
-        }
+        Command::Bench(args) => bench::run(*args).await,
     }
 }
 

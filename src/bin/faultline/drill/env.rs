@@ -129,7 +129,7 @@ impl Env {
                     .execute(&mut conn)
                     .await?;
                 let _ = conn.close().await;
-                let url = with_database(admin, &name);
+                let url = faultline::db::with_database(admin, &name);
                 report.event(format!("using database {name} on DATABASE_URL"));
                 (None, url.clone(), Some((admin.to_owned(), name)))
             }
@@ -430,20 +430,4 @@ pub fn metric_sum(text: &str, metric: &str) -> f64 {
         .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let start = base.find("://").map_or(0, |i| i + 3);
-    let path = base[start..].find('/').map_or(base.len(), |i| start + i);
-    let mut out = format!("{}/{}", &base[..path], database);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }

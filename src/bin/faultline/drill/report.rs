@@ -74,6 +74,10 @@ impl Report {
     fn say(&self, line: &str) {
         if self.quiet {
             eprintln!("{line}");
+        } else if self.spinner.is_hidden() {
+            // Not a terminal (CI, a log file): the spinner draws nothing, and neither would its
+            // println, so print the line ourselves.
+            println!("{line}");
         } else {
             self.spinner.println(line);
         }

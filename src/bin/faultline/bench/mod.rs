@@ -1,0 +1,250 @@
+//! `faultline bench`: enqueue, drain, latency and recovery, each beside the raw-Postgres
+//! ceiling of the same SQL shape measured in the same run. Before each phase the job table is
+//! truncated and vacuumed; each figure is the median of `--runs`, with min and max.
+
+mod phases;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use phases::Bench;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A short run for CI (10,000 jobs per drain, 2 s phases, one run).
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Print the results as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Runs per figure (median reported); default 3, 1 with --quick.
+    #[arg(long)]
+    pub runs: Option<usize>,
+
+    /// Offered rate of the latency phase, jobs/s.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+
+    /// Jobs per drain; default 100,000, 10,000 with --quick.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+
+    /// Benchmark this server (a fresh database is created) instead of a private cluster.
+    #[arg(long = "database-url", env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Figure {
+    name: String,
+    unit: &'static str,
+    median: f64,
+    min: f64,
+    max: f64,
+    samples: Vec<f64>,
+    /// The ceiling this figure is compared with, and the percentage reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ceiling: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    percent_of_ceiling: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    server: String,
+    cores: usize,
+    runs: usize,
+    jobs_per_drain: usize,
+    figures: Vec<Figure>,
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let jobs = args
+        .jobs
+        .unwrap_or(if args.quick { 10_000 } else { 100_000 });
+    let period = Duration::from_secs(if args.quick { 2 } else { 5 });
+    let samples = if args.quick { 200 } else { 1000 };
+    let recovery_ttl = Duration::from_secs(if args.quick { 2 } else { 5 });
+    let sweep: Vec<(usize, u32)> = if args.quick {
+        vec![(1, 16), (2, 32)]
+    } else {
+        vec![(1, 8), (1, 32), (1, 128), (2, 8), (2, 32), (2, 128)]
+    };
+    let progress = if args.json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new((runs * (9 + sweep.len())) as u64);
+        bar.set_style(ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} ({elapsed})",
+        )?);
+        bar
+    };
+    let bench = Bench::start(args.database_url.as_deref()).await?;
+
+    let mut raw: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
+    let mut record = |name: String, unit: &'static str, value: f64| match raw
+        .iter_mut()
+        .find(|(n, _, _)| *n == name)
+    {
+        Some((_, _, values)) => values.push(value),
+        None => raw.push((name, unit, vec![value])),
+    };
+    for run in 1..=runs {
+        let step = |what: &str| {
+            progress.set_message(format!("run {run}/{runs}: {what}"));
+            progress.inc(1);
+        };
+        step("raw insert ceiling");
+        bench.reset().await?;
+        record(
+            "ceiling: raw single-row INSERT, 8 connections".into(),
+            "rows/s",
+            phases::ceiling_insert(&bench, 8, period).await?,
+        );
+        step("raw claim-100 + complete ceiling");
+        bench.reset().await?;
+        record(
+            "ceiling: raw claim 100 + complete, 4 connections".into(),
+            "jobs/s",
+            phases::ceiling_claim_complete(&bench, 4, jobs).await?,
+        );
+        step("enqueue via the Rust API");
+        bench.reset().await?;
+        record(
+            "enqueue: Store::enqueue, 8 producers".into(),
+            "jobs/s",
+            phases::enqueue_rust(&bench, 8, period).await?,
+        );
+        step("enqueue via HTTP");
+        bench.reset().await?;
+        record(
+            "enqueue: POST /v1/jobs, 8 clients".into(),
+            "jobs/s",
+            phases::enqueue_http(&bench, 8, period).await?,
+        );
+        step("bulk enqueue via the Rust API");
+        bench.reset().await?;
+        record(
+            "bulk: Store::enqueue_batch ×1000, 2 producers".into(),
+            "jobs/s",
+            phases::bulk_rust(&bench, 2, period).await?,
+        );
+        step("bulk enqueue via HTTP");
+        bench.reset().await?;
+        record(
+            "bulk: POST /v1/jobs/batch ×1000, 2 clients".into(),
+            "jobs/s",
+            phases::bulk_http(&bench, 2, period).await?,
+        );
+        for &(workers, concurrency) in &sweep {
+            step(&format!(
+                "drain {jobs} jobs, {workers} worker(s) × {concurrency}"
+            ));
+            bench.reset().await?;
+            record(
+                format!("drain: {workers} worker process(es) × concurrency {concurrency}"),
+                "jobs/s",
+                phases::drain(&bench, jobs, workers, concurrency).await?,
+            );
+        }
+        step("latency");
+        bench.reset().await?;
+        let [p50, p95, p99, max] = phases::latency(&bench, args.rate, samples).await?;
+        record(format!("latency p50 at {}/s offered", args.rate), "ms", p50);
+        record(format!("latency p95 at {}/s offered", args.rate), "ms", p95);
+        record(format!("latency p99 at {}/s offered", args.rate), "ms", p99);
+        record(format!("latency max at {}/s offered", args.rate), "ms", max);
+        step("recovery of a crashed worker's job");
+        bench.reset().await?;
+        let recovered = phases::recovery(&bench, recovery_ttl).await?;
+        record(
+            format!(
+                "recovery: kill → restarted elsewhere, lease TTL {}s",
+                recovery_ttl.as_secs()
+            ),
+            "s",
+            recovered,
+        );
+        record(
+            "recovery: overhead beyond the lease TTL".into(),
+            "s",
+            recovered - recovery_ttl.as_secs_f64(),
+        );
+        step("done");
+    }
+    progress.finish_and_clear();
+
+    let insert_ceiling = median(&raw[0].2);
+    let claim_ceiling = median(&raw[1].2);
+    let figures: Vec<Figure> = raw
+        .into_iter()
+        .map(|(name, unit, samples)| {
+            let m = median(&samples);
+            let ceiling = if name.starts_with("enqueue:") {
+                Some(("raw single-row INSERT", insert_ceiling))
+            } else if name.starts_with("drain:") {
+                Some(("raw claim 100 + complete", claim_ceiling))
+            } else {
+                None
+            };
+            Figure {
+                min: samples.iter().copied().fold(f64::INFINITY, f64::min),
+                max: samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                median: m,
+                samples,
+                ceiling: ceiling.map(|(c, _)| c.to_owned()),
+                percent_of_ceiling: ceiling.map(|(_, v)| 100.0 * m / v),
+                name,
+                unit,
+            }
+        })
+        .collect();
+    let results = Results {
+        server: bench.server.clone(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        runs,
+        jobs_per_drain: jobs,
+        figures,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!(
+            "faultline bench: {} cores, {}",
+            results.cores, results.server
+        );
+        println!("{runs} run(s); median (min … max); drains of {jobs} noop jobs\n");
+        println!(
+            "{:<58} {:>12} {:>25}  of ceiling",
+            "figure", "median", "min … max"
+        );
+        for f in &results.figures {
+            let pct = f
+                .percent_of_ceiling
+                .map_or(String::new(), |p| format!("{p:.0} %"));
+            println!(
+                "{:<58} {:>9.1} {:<6} {:>10.1} … {:<10.1}  {pct}",
+                f.name, f.median, f.unit, f.min, f.max
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

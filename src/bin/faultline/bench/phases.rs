@@ -1,0 +1,468 @@
+//! The benchmark's phases. Each returns one figure; the caller resets the job table (truncate +
+//! vacuum, River's method) before each.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use faultline::http::{app, ApiConfig, AppState};
+use faultline::metrics::Metrics;
+use faultline::pg::{spawn_tied, Cluster, ClusterOptions};
+use faultline::{db, JobId, NewJob, Store};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// The benchmark's database and the binary it starts workers from.
+pub struct Bench {
+    pub pool: PgPool,
+    pub store: Store,
+    pub url: String,
+    pub server: String,
+    _cluster: Option<Cluster>,
+    exe: std::path::PathBuf,
+}
+
+impl Bench {
+    pub async fn start(database_url: Option<&str>) -> anyhow::Result<Bench> {
+        let (cluster, admin) = match database_url {
+            Some(url) => (None, url.to_owned()),
+            None => {
+                // Durable (fsync on), as a production server would run.
+                let options = ClusterOptions {
+                    durable: true,
+                    ..ClusterOptions::default()
+                };
+                let cluster =
+                    tokio::task::spawn_blocking(move || Cluster::temporary_with(options)).await??;
+                let admin = cluster.url("postgres");
+                (Some(cluster), admin)
+            }
+        };
+        let name = format!("faultline_bench_{}", std::process::id());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .context("connect to the benchmark server")?;
+        sqlx::query(&format!("drop database if exists {name} with (force)"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut conn)
+            .await?;
+        let server: String = sqlx::query_scalar("select version()")
+            .fetch_one(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        let url = faultline::db::with_database(&admin, &name);
+        let pool = db::connect(
+            &url,
+            &db::PoolConfig {
+                max_connections: 40,
+                ..db::PoolConfig::default()
+            },
+        )?;
+        db::migrate(&pool).await?;
+        Ok(Bench {
+            store: Store::new(pool.clone()),
+            pool,
+            url,
+            server,
+            _cluster: cluster,
+            exe: std::env::current_exe()?,
+        })
+    }
+
+    /// Empty the job table and vacuum it, so every phase starts from the same state.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        sqlx::query("truncate faultline.jobs")
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("vacuum analyze faultline.jobs")
+            .execute(&self.pool)
+            .await?;
+        let _ = sqlx::query("checkpoint").execute(&self.pool).await;
+        Ok(())
+    }
+
+    /// Insert `n` queued noop jobs directly (set-up, not measured).
+    pub async fn prefill(&self, n: usize) -> anyhow::Result<()> {
+        sqlx::query(
+            "insert into faultline.jobs (id, kind)
+             select gen_random_uuid(), 'noop' from generate_series(1, $1)",
+        )
+        .bind(n as i64)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("vacuum analyze faultline.jobs")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn worker(&self, id: &str, args: &[&str]) -> anyhow::Result<Child> {
+        let mut command = Command::new(&self.exe);
+        command
+            .args([
+                "worker",
+                "--worker-id",
+                id,
+                "--poll-interval",
+                "1s",
+                "--reaper-interval",
+                "250ms",
+            ])
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .env("FAULTLINE_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Ok(spawn_tied(command, Signal::SIGKILL)?)
+    }
+
+    async fn count(&self, state: &str) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("select count(*) from faultline.jobs where state = $1")
+                .bind(state)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn wait_for_count(&self, state: &str, n: i64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.count(state).await? < n {
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {n} {state} jobs");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+fn stop(children: Vec<Child>) {
+    for mut child in children {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
+/// Run `clients` loops of `op` for `period`; operations per second (each op counts `per_op`).
+async fn closed_loop<F, Fut>(
+    clients: usize,
+    period: Duration,
+    per_op: u64,
+    op: F,
+) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + period;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (op, done) = (op.clone(), done.clone());
+        tasks.spawn(async move {
+            while Instant::now() < deadline {
+                op().await?;
+                done.fetch_add(per_op, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn enqueue_rust(bench: &Bench, clients: usize, period: Duration) -> anyhow::Result<f64> {
+    let store = bench.store.clone();
+    closed_loop(clients, period, 1, move || {
+        let store = store.clone();
+        async move {
+            store.enqueue(NewJob::new("noop", json!({"n": 1}))).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+pub async fn bulk_rust(bench: &Bench, clients: usize, period: Duration) -> anyhow::Result<f64> {
+    let store = bench.store.clone();
+    closed_loop(clients, period, 1000, move || {
+        let store = store.clone();
+        async move {
+            let jobs = (0..1000)
+                .map(|i| NewJob::new("noop", json!({"n": i})))
+                .collect();
+            store.enqueue_batch(jobs).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Serve the API in-process on a real socket; the base URL.
+async fn api(bench: &Bench) -> anyhow::Result<(String, tokio_util::sync::CancellationToken)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let router = app(AppState::new(
+        bench.store.clone(),
+        Arc::new(Metrics::new()),
+        ApiConfig::default(),
+    ));
+    tokio::spawn(faultline::http::serve(listener, router, shutdown.clone()));
+    Ok((base, shutdown))
+}
+
+pub async fn enqueue_http(bench: &Bench, clients: usize, period: Duration) -> anyhow::Result<f64> {
+    let (base, shutdown) = api(bench).await?;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/jobs");
+    let rate = closed_loop(clients, period, 1, move || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let status = http
+                .post(&url)
+                .json(&json!({"kind": "noop", "payload": {"n": 1}}))
+                .send()
+                .await?
+                .status();
+            if status.as_u16() != 201 {
+                bail!("POST /v1/jobs answered {status}");
+            }
+            Ok(())
+        }
+    })
+    .await;
+    shutdown.cancel();
+    rate
+}
+
+pub async fn bulk_http(bench: &Bench, clients: usize, period: Duration) -> anyhow::Result<f64> {
+    let (base, shutdown) = api(bench).await?;
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/jobs/batch");
+    let body = serde_json::to_vec(
+        &json!({"jobs": (0..1000).map(|i| json!({"kind": "noop", "payload": {"n": i}})).collect::<Vec<_>>()}),
+    )?;
+    let rate = closed_loop(clients, period, 1000, move || {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            let status = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await?
+                .status();
+            if status.as_u16() != 200 {
+                bail!("POST /v1/jobs/batch answered {status}");
+            }
+            Ok(())
+        }
+    })
+    .await;
+    shutdown.cancel();
+    rate
+}
+
+/// Drain `jobs` pre-inserted noop jobs with `workers` processes × `concurrency`: jobs/s from
+/// the first start to the last finish (database timestamps, so process start-up is excluded).
+pub async fn drain(
+    bench: &Bench,
+    jobs: usize,
+    workers: usize,
+    concurrency: u32,
+) -> anyhow::Result<f64> {
+    bench.prefill(jobs).await?;
+    let concurrency = concurrency.to_string();
+    let children = (1..=workers)
+        .map(|w| bench.worker(&format!("bench-{w}"), &["--concurrency", &concurrency]))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let waited = bench
+        .wait_for_count("succeeded", jobs as i64, Duration::from_secs(600))
+        .await;
+    stop(children);
+    waited?;
+    let seconds: f64 = sqlx::query_scalar(
+        "select extract(epoch from max(finished_at) - min(started_at))::float8 from faultline.jobs",
+    )
+    .fetch_one(&bench.pool)
+    .await?;
+    Ok(jobs as f64 / seconds)
+}
+
+/// Enqueue → start latency at a fixed offered rate with one worker at concurrency 1:
+/// (p50, p95, p99, max) in ms, from database timestamps (one clock).
+pub async fn latency(bench: &Bench, rate: u32, samples: usize) -> anyhow::Result<[f64; 4]> {
+    let child = bench.worker("bench-latency", &["--concurrency", "1"])?;
+    let result = async {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut measured: Vec<JobId> = Vec::new();
+        for i in 0..(100 + samples) {
+            tick.tick().await;
+            let job = bench
+                .store
+                .enqueue(NewJob::new("noop", json!({"i": i})))
+                .await?
+                .into_job();
+            if i >= 100 {
+                measured.push(job.id);
+            }
+        }
+        bench
+            .wait_for_count(
+                "succeeded",
+                (100 + samples) as i64,
+                Duration::from_secs(120),
+            )
+            .await?;
+        let mut ms: Vec<f64> = sqlx::query_scalar(
+            "select (extract(epoch from started_at - created_at) * 1000)::float8
+             from faultline.jobs where id = any($1)",
+        )
+        .bind(&measured)
+        .fetch_all(&bench.pool)
+        .await?;
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+        anyhow::Ok([pct(0.50), pct(0.95), pct(0.99), ms[ms.len() - 1]])
+    }
+    .await;
+    stop(vec![child]);
+    result
+}
+
+/// SIGKILL the worker holding a job with lease TTL `ttl`; seconds until another worker starts it.
+pub async fn recovery(bench: &Bench, ttl: Duration) -> anyhow::Result<f64> {
+    let ttl_arg = format!("{}ms", ttl.as_millis());
+    let mut children = vec![
+        bench.worker("bench-a", &["--lease-ttl", &ttl_arg])?,
+        bench.worker("bench-b", &["--lease-ttl", &ttl_arg])?,
+    ];
+    let result = async {
+        let id = bench
+            .store
+            .enqueue(NewJob::new("sleep", json!({"ms": 600_000})))
+            .await?
+            .job()
+            .id;
+        let owner = loop {
+            let job = bench.store.get(id).await?;
+            if let Some(owner) = job
+                .lease_owner
+                .filter(|_| job.state == faultline::JobState::Running)
+            {
+                break owner;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let victim = if owner == "bench-a" { 0 } else { 1 };
+        let _ = kill(Pid::from_raw(children[victim].id() as i32), Signal::SIGKILL);
+        let killed = Instant::now();
+        let deadline = killed + ttl + Duration::from_secs(30);
+        loop {
+            let job = bench.store.get(id).await?;
+            if job.state == faultline::JobState::Running
+                && job.lease_owner.as_deref() != Some(owner.as_str())
+            {
+                return anyhow::Ok(killed.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                bail!("the job was not recovered");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    .await;
+    stop(std::mem::take(&mut children));
+    result
+}
+
+/// Raw Postgres: single-row INSERTs into the job table from `clients` connections.
+pub async fn ceiling_insert(
+    bench: &Bench,
+    clients: usize,
+    period: Duration,
+) -> anyhow::Result<f64> {
+    let url = bench.url.clone();
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        conns.push(Arc::new(tokio::sync::Mutex::new(
+            PgConnection::connect(&url).await?,
+        )));
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let conns = Arc::new(conns);
+    closed_loop(clients, period, 1, move || {
+        let (conns, next) = (conns.clone(), next.clone());
+        async move {
+            let i = next.fetch_add(1, Ordering::Relaxed) as usize % conns.len();
+            let mut conn = conns[i].lock().await;
+            sqlx::query(
+                "insert into faultline.jobs (id, kind, payload) values ($1, 'noop', '{\"n\": 1}')",
+            )
+            .bind(uuid::Uuid::now_v7())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Raw Postgres: claim 100 with `for update skip locked`, then mark them succeeded, from
+/// `clients` connections, over `jobs` pre-inserted rows.
+pub async fn ceiling_claim_complete(
+    bench: &Bench,
+    clients: usize,
+    jobs: usize,
+) -> anyhow::Result<f64> {
+    bench.prefill(jobs).await?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let url = bench.url.clone();
+        tasks.spawn(async move {
+            let mut conn = PgConnection::connect(&url).await?;
+            loop {
+                let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+                    "with c as (
+                        select id from faultline.jobs
+                        where state = 'queued' and queue = 'default' and next_run_at <= now()
+                        order by priority, next_run_at, id limit 100 for update skip locked)
+                     update faultline.jobs j set state = 'running', attempts = j.attempts + 1,
+                        lease_owner = 'ceiling', lease_expires_at = now() + interval '30 seconds',
+                        lease_token = nextval('faultline.lease_token_seq'), started_at = now()
+                     from c where j.id = c.id returning j.id",
+                )
+                .fetch_all(&mut conn)
+                .await?;
+                if ids.is_empty() {
+                    return anyhow::Ok(());
+                }
+                sqlx::query(
+                    "update faultline.jobs set state = 'succeeded', finished_at = now(),
+                        lease_expires_at = null where id = any($1)",
+                )
+                .bind(&ids)
+                .execute(&mut conn)
+                .await?;
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(jobs as f64 / started.elapsed().as_secs_f64())
+}
