@@ -369,16 +369,25 @@ async fn insert<'a>(
     query.fetch_all(conn).await
 }
 
-/// The insert alone.
-const INSERT: &str = "
-with input as (
+/// The rows to insert, from one array per column (one round trip for any batch size), in
+/// input order. Shared by both statements below.
+macro_rules! input_cte {
+    () => {
+        "with input as (
     select *
     from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],
                 $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[])
          with ordinality
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
               fingerprint, timeout_ms, ord)
-)
+)"
+    };
+}
+
+/// The insert alone.
+const INSERT: &str = concat!(
+    input_cte!(),
+    "
 insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
                             idempotency_key, request_fingerprint, timeout_ms)
 select id, queue, kind, payload, priority, max_attempts, coalesce(run_at, now()),
@@ -386,18 +395,13 @@ select id, queue, kind, payload, priority, max_attempts, coalesce(run_at, now())
 from input
 order by ord
 on conflict (idempotency_key) do nothing
-returning *";
+returning *"
+);
 
 /// The insert with an in-transaction `NOTIFY` per queue that got an eligible job.
-const INSERT_AND_NOTIFY: &str = "
-with input as (
-    select *
-    from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],
-                $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[])
-         with ordinality
-         as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-              fingerprint, timeout_ms, ord)
-),
+const INSERT_AND_NOTIFY: &str = concat!(
+    input_cte!(),
+    ",
 inserted as (
     insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
                                 idempotency_key, request_fingerprint, timeout_ms)
@@ -414,4 +418,5 @@ notified as (
     select pg_notify($11, q.queue)
     from (select distinct queue from inserted where next_run_at <= now()) q
 )
-select * from inserted where (select count(*) from notified) >= 0";
+select * from inserted where (select count(*) from notified) >= 0"
+);

@@ -191,8 +191,12 @@ impl Store {
     ) -> Result<Vec<Result<DateTime<Utc>, StoreError>>, StoreError> {
         let (ids, tokens) = unzip_leases(leases);
         // Rows are locked in id order (the `order by … for update` CTE) so that two batch
-        // statements over overlapping jobs cannot deadlock; the guard is checked again after the
-        // lock, because under READ COMMITTED a row we waited for may have changed.
+        // statements over overlapping jobs cannot deadlock. The fence (token and state) is
+        // checked in the CTE, and checked again by Postgres on the newest row version when the
+        // lock had to wait (READ COMMITTED re-evaluation); once locked, nobody can change the row
+        // before we commit, so the outer UPDATE joins on id alone. (Repeating the fence there
+        // made the planner compare every running job with every target row: 3.3 s instead of
+        // 77 ms for 5,000 leases.)
         let rows: Vec<(JobId, i64, DateTime<Utc>)> = sqlx::query_as(
             "with target as (
                 select j.id, j.lease_token
@@ -207,8 +211,7 @@ impl Store {
             set lease_expires_at = now() + $3 * interval '1 millisecond',
                 updated_at = now()
             from target
-            where j.id = target.id and j.lease_token = target.lease_token
-              and j.state = 'running'
+            where j.id = target.id
             returning j.id, j.lease_token, j.lease_expires_at",
         )
         .bind(&ids)
@@ -244,7 +247,7 @@ impl Store {
         leases: &[Lease],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let (ids, tokens) = unzip_leases(leases);
-        // Same locking shape as heartbeat_batch, for the same reasons.
+        // Same locking and planning shape as heartbeat_batch, for the same reasons.
         let rows: Vec<(JobId, i64)> = sqlx::query_as(
             "with target as (
                 select j.id, j.lease_token
@@ -261,8 +264,7 @@ impl Store {
                 finished_at = now(),
                 updated_at = now()
             from target
-            where j.id = target.id and j.lease_token = target.lease_token
-              and j.state = 'running'
+            where j.id = target.id
             returning j.id, j.lease_token",
         )
         .bind(&ids)

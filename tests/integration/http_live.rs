@@ -234,6 +234,22 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_spec_name() {
         )
         .await;
     }
+    // Counters move just after the rows commit: wait for the last ones rather than race them.
+    wait_for(
+        "the worker's counters to catch up",
+        Duration::from_secs(10),
+        || async {
+            let text = metrics.render();
+            let settled = text
+                .contains("faultline_jobs_failed_total{kind=\"fail\",queue=\"default\"} 1")
+                && text
+                    .contains("faultline_jobs_succeeded_total{kind=\"fail\",queue=\"default\"} 1")
+                && text
+                    .contains("faultline_jobs_succeeded_total{kind=\"noop\",queue=\"default\"} 1");
+            settled.then_some(())
+        },
+    )
+    .await;
     DepthSampler::new(
         store.clone(),
         DepthSamplerConfig::default(),

@@ -183,9 +183,21 @@ async fn failing_jobs_retry_with_backoff_then_succeed_or_fail_after_max_attempts
         .unwrap()
         .contains("invalid payload for kind \"sleep\""));
 
-    assert_eq!(worker.count("faultline_job_retries_total"), 4.0);
-    assert_eq!(worker.count("faultline_jobs_failed_total"), 3.0);
-    assert_eq!(worker.count("faultline_jobs_succeeded_total"), 1.0);
+    // Counters move just after the rows commit: wait for them rather than race them.
+    let counts = || {
+        (
+            worker.count("faultline_job_retries_total"),
+            worker.count("faultline_jobs_failed_total"),
+            worker.count("faultline_jobs_succeeded_total"),
+        )
+    };
+    let settled = wait_for(
+        "the counters to catch up",
+        Duration::from_secs(10),
+        || async { (counts() == (4.0, 3.0, 1.0)).then_some(()) },
+    )
+    .await;
+    assert_eq!(settled, ());
     worker.stop().await;
 }
 

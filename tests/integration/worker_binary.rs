@@ -52,17 +52,20 @@ async fn worker_binary_runs_jobs_serves_metrics_and_exits_cleanly_on_sigterm() {
     .await;
     assert_eq!(job.lease_owner.as_deref(), Some("binary-worker"));
 
-    let body = wait_for("the metrics endpoint", Duration::from_secs(10), || async {
-        let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .ok()?;
-        response.text().await.ok()
-    })
+    // The counter moves just after the row commits: wait for it rather than race it.
+    let expected = "faultline_jobs_succeeded_total{kind=\"fail\",queue=\"default\"} 1";
+    let body = wait_for(
+        "the success to show in /metrics",
+        Duration::from_secs(10),
+        || async {
+            let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+                .await
+                .ok()?;
+            let body = response.text().await.ok()?;
+            body.contains(expected).then_some(body)
+        },
+    )
     .await;
-    assert!(
-        body.contains("faultline_jobs_succeeded_total{kind=\"fail\",queue=\"default\"} 1"),
-        "{body}"
-    );
     assert!(body.contains("faultline_db_up 1"), "{body}");
 
     kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();

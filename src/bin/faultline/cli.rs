@@ -56,6 +56,19 @@ pub struct DatabaseArgs {
     pub pool_size: u32,
 }
 
+impl DatabaseArgs {
+    /// A lazily connecting pool of `--db-pool-size` connections.
+    pub fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(faultline::db::connect(
+            &self.url,
+            &faultline::db::PoolConfig {
+                max_connections: self.pool_size,
+                ..faultline::db::PoolConfig::default()
+            },
+        )?)
+    }
+}
+
 /// Parse a duration such as `30s`, `500ms`, `7d` or `1h 30m`.
 pub fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)

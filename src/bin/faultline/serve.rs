@@ -97,13 +97,7 @@ impl ApiOptions {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let pool = db::connect(
-        &args.database.url,
-        &db::PoolConfig {
-            max_connections: args.database.pool_size,
-            ..db::PoolConfig::default()
-        },
-    )?;
+    let pool = args.database.pool()?;
     let store = Store::with_config(
         pool.clone(),
         StoreConfig {

@@ -9,7 +9,7 @@ use clap::Args;
 use faultline::maintenance::{PrunerConfig, ReaperConfig};
 use faultline::metrics::Metrics;
 use faultline::worker::{builtin_registry, default_worker_id, WebhookConfig, Worker, WorkerConfig};
-use faultline::{db, Backoff, Jitter, Store, StoreConfig};
+use faultline::{Backoff, Jitter, Store, StoreConfig};
 
 use crate::cli::{duration, DatabaseArgs};
 use crate::{metrics_server, signals};
@@ -139,13 +139,7 @@ impl WorkerOptions {
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let pool = db::connect(
-        &args.database.url,
-        &db::PoolConfig {
-            max_connections: args.database.pool_size,
-            ..db::PoolConfig::default()
-        },
-    )?;
+    let pool = args.database.pool()?;
     let options = &args.options;
     let store = Store::with_config(pool.clone(), options.store_config()?);
     let metrics = Arc::new(Metrics::new());
