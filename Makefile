@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: up test migrate lint drill
+.PHONY: up test migrate lint drill bench check-deploy
 
 ## Run Faultline: API, workers and a private Postgres (unless DATABASE_URL is set).
 up:
@@ -14,9 +14,19 @@ test:
 	./scripts/ensure-postgres
 	$(CARGO) test --locked
 
-## Apply the schema to $DATABASE_URL.
+## Apply the schema: to $$DATABASE_URL when set, else to the compose stack's Postgres.
 migrate:
-	$(CARGO) run --release -- migrate
+	@if [ -n "$$DATABASE_URL" ]; then $(CARGO) run --release -- migrate; \
+	else docker compose run --rm migrate; fi
+
+## The benchmark (method and figures in BENCHMARKS.md).
+bench:
+	./scripts/ensure-postgres
+	$(CARGO) run --release -- bench
+
+## Check the Prometheus config and alert rules (promtool) and, when possible, compose.yaml.
+check-deploy:
+	./scripts/check-deploy
 
 ## Every failure drill (chaos for 60 s), each with its own private Postgres.
 drill:
