@@ -86,3 +86,56 @@ fn alert_rules_query_only_exported_metrics() {
         );
     }
 }
+
+/// Every flag of every subcommand (from clap's own `--help`) is documented in README.md.
+#[test]
+fn readme_documents_every_flag_of_every_command() {
+    let readme = read("README.md");
+    let commands: [&[&str]; 11] = [
+        &["migrate"],
+        &["serve"],
+        &["worker"],
+        &["up"],
+        &["jobs", "enqueue"],
+        &["jobs", "get"],
+        &["jobs", "list"],
+        &["jobs", "retry"],
+        &["jobs", "cancel"],
+        &["drill"],
+        &["bench"],
+    ];
+    let mut missing = Vec::new();
+    let mut checked = 0;
+    for command in commands {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+            .args(command)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        for word in help.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']') {
+            let Some(flag) = word.strip_prefix("--") else {
+                continue;
+            };
+            let flag: String = flag
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect();
+            if flag.is_empty() || flag == "help" || flag == "version" {
+                continue;
+            }
+            checked += 1;
+            if !readme.contains(&format!("--{flag}")) {
+                missing.push(format!("{} --{flag}", command.join(" ")));
+            }
+        }
+    }
+    assert!(
+        checked >= 50,
+        "only {checked} flags found in the help texts: is the parsing broken?"
+    );
+    assert!(
+        missing.is_empty(),
+        "README.md does not document: {missing:?}"
+    );
+}
