@@ -384,11 +384,10 @@ macro_rules! input_cte {
     };
 }
 
-/// The insert alone.
-const INSERT: &str = concat!(
-    input_cte!(),
-    "
-insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
+/// The insert itself, shared by both statements: rows whose key is taken are skipped.
+macro_rules! insert_rows {
+    () => {
+        "insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
                             idempotency_key, request_fingerprint, timeout_ms)
 select id, queue, kind, payload, priority, max_attempts, coalesce(run_at, now()),
        idempotency_key, fingerprint, timeout_ms
@@ -396,21 +395,20 @@ from input
 order by ord
 on conflict (idempotency_key) do nothing
 returning *"
-);
+    };
+}
+
+/// The insert alone.
+const INSERT: &str = concat!(input_cte!(), "\n", insert_rows!());
 
 /// The insert with an in-transaction `NOTIFY` per queue that got an eligible job.
 const INSERT_AND_NOTIFY: &str = concat!(
     input_cte!(),
     ",
 inserted as (
-    insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
-                                idempotency_key, request_fingerprint, timeout_ms)
-    select id, queue, kind, payload, priority, max_attempts, coalesce(run_at, now()),
-           idempotency_key, fingerprint, timeout_ms
-    from input
-    order by ord
-    on conflict (idempotency_key) do nothing
-    returning *
+",
+    insert_rows!(),
+    "
 ),
 -- A data-modifying CTE always runs, a plain one only when referenced: the scalar sub-select in
 -- the final WHERE is that reference. pg_notify folds repeats of one queue in a transaction.

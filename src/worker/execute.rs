@@ -55,7 +55,8 @@ pub(crate) async fn run_job(shared: Arc<Shared>, claimed: Claimed, stop: Arc<Sto
             if let Some(hook) = &shared.hook {
                 hook.started(&ctx).await;
             }
-            let hook_ctx = ctx.clone();
+            // Only with a hook: the context is not cloned on the hot path otherwise.
+            let hook_ctx = shared.hook.as_ref().map(|_| ctx.clone());
             let mut task = tokio::spawn(handler.call(ctx, job.payload.clone()));
             let expired = async {
                 match timeout {
@@ -96,13 +97,13 @@ pub(crate) async fn run_job(shared: Arc<Shared>, claimed: Claimed, stop: Arc<Sto
                 (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
                 (outcome, _) => outcome,
             };
-            if let Some(hook) = &shared.hook {
+            if let (Some(hook), Some(hook_ctx)) = (&shared.hook, &hook_ctx) {
                 let end = match &outcome {
                     Outcome::Succeeded => RunEnd::Succeeded,
                     Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
                     Outcome::Stopped(_) => RunEnd::Stopped,
                 };
-                hook.finished(&hook_ctx, &end).await;
+                hook.finished(hook_ctx, &end).await;
             }
             outcome
         }
