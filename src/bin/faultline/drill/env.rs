@@ -88,8 +88,19 @@ pub struct Env {
     exe: PathBuf,
 }
 
+/// A port that was free a moment ago and that this process has not handed out before. The
+/// children bind their ports a little later; without the memory, the OS may offer a port just
+/// released here (and not yet bound by the child it went to) a second time.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no fresh free port on 127.0.0.1 after 100 tries")
 }
 
 impl Env {
@@ -215,6 +226,22 @@ impl Env {
                 },
             )
             .await?;
+        }
+        // A child that could not start (a port taken after all, a bad flag) must fail the drill
+        // here, with its own words, not as a timeout later.
+        let dead: Vec<String> = std::iter::once(&mut env.api)
+            .chain(env.workers.iter_mut())
+            .filter_map(|p| (!p.is_alive()).then(|| p.name.clone()))
+            .collect();
+        if let Some(name) = dead.first() {
+            let proc = std::iter::once(&env.api)
+                .chain(env.workers.iter())
+                .find(|p| &p.name == name)
+                .expect("a named child");
+            bail!(
+                "{name} exited during start-up; its log:\n{}",
+                env.log_tail(proc, 20)
+            );
         }
         Ok(env)
     }
