@@ -13,18 +13,31 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// ("faultlin" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x6661_756c_746c_696e;
 
-/// Errors of [`connect`] and [`migrate`].
+/// Errors of [`connect`] and [`migrate`]. Each message carries its cause (none is a `source`,
+/// so an error chain prints the cause once, not three times).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The connection URL does not parse.
+    /// The connection URL does not parse, or is not a Postgres URL.
     #[error("invalid database URL: {0}")]
-    InvalidUrl(#[source] sqlx::Error),
+    InvalidUrl(String),
     /// The database could not be reached or refused a statement.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// A migration failed.
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(error: sqlx::Error) -> Self {
+        DbError::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for DbError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        DbError::Migrate(error)
+    }
 }
 
 /// Pool settings for [`connect`].
@@ -55,9 +68,22 @@ impl Default for PoolConfig {
 /// retry; nothing is half-written) and is then discarded.
 ///
 /// # Errors
-/// [`DbError::InvalidUrl`] when `url` does not parse.
+/// [`DbError::InvalidUrl`] when `url` does not parse or is not a `postgres://` or
+/// `postgresql://` URL (sqlx would otherwise take `http://…` or `mysql://…` for one).
 pub fn connect(url: &str, config: &PoolConfig) -> Result<PgPool, DbError> {
-    let options: PgConnectOptions = url.parse().map_err(DbError::InvalidUrl)?;
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    if !matches!(scheme, Some("postgres") | Some("postgresql")) {
+        return Err(DbError::InvalidUrl(format!(
+            "expected postgres://user:password@host:port/database, got a URL starting {:?}",
+            scheme.map_or_else(
+                || crate::text::truncate(url, 12).to_owned(),
+                |s| format!("{s}://")
+            )
+        )));
+    }
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e: sqlx::Error| DbError::InvalidUrl(e.to_string()))?;
     let options = options.application_name("faultline");
     Ok(PgPoolOptions::new()
         .max_connections(config.max_connections)
@@ -78,6 +104,11 @@ pub fn connect(url: &str, config: &PoolConfig) -> Result<PgPool, DbError> {
 /// [`DbError::Database`] when the database cannot be reached; [`DbError::Migrate`] when a
 /// migration fails (it ran in a transaction, so nothing of it remains).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    // Nothing to do is found without any right beyond reading: a role that may use the queue
+    // but not create schemas can run `migrate` against a current database.
+    if schema_is_current(pool).await? {
+        return Ok(());
+    }
     // A connection of our own, closed afterwards rather than returned to the pool, so that the
     // session settings (search_path, the lock) never leak into other users of the pool.
     let mut conn = pool.acquire().await?.detach();

@@ -10,8 +10,8 @@ pub enum StoreError {
     /// A field of the request is out of bounds; nothing was written.
     #[error("invalid {field}: {message}")]
     Invalid {
-        /// The offending field, as named in the API.
-        field: &'static str,
+        /// The offending field, as named in the API (`jobs[3].queue` for a job of a batch).
+        field: String,
         /// What is wrong with it.
         message: String,
     },
@@ -50,9 +50,16 @@ pub enum StoreError {
         reason: LeaseLostReason,
     },
 
-    /// The database refused or could not be reached.
+    /// The database refused or could not be reached. (Not a `source`: the message already
+    /// carries the cause, so an error chain prints it once.)
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(error)
+    }
 }
 
 impl StoreError {
@@ -63,6 +70,41 @@ impl StoreError {
             StoreError::Database(e) => is_unavailable(e),
             _ => false,
         }
+    }
+
+    /// True when the database refused this statement for good (a data exception, a constraint,
+    /// a value it cannot store): retrying the same statement fails the same way, so a caller
+    /// must not loop on it as if the database were away. See [`is_transient`].
+    pub fn is_permanent_database_error(&self) -> bool {
+        match self {
+            StoreError::Database(e) => !is_transient(e),
+            _ => false,
+        }
+    }
+
+    /// A field error.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        StoreError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// True when retrying the same statement later may succeed: the database is unreachable
+/// ([`is_unavailable`]), or it aborted the statement for a reason of the moment — a
+/// serialization failure (40001), a deadlock (40P01), a lock or statement timeout (55P03,
+/// 57014), insufficient resources (class 53). Anything else (data exceptions in class 22,
+/// constraint violations in class 23, a value that cannot be encoded or decoded) is permanent.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    if is_unavailable(error) {
+        return true;
+    }
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "57014") || code.starts_with("53")
+        }),
+        _ => false,
     }
 }
 

@@ -168,16 +168,37 @@ pub struct AttemptError {
     pub attempt: i32,
     /// The worker that held the lease.
     pub worker: Option<String>,
-    /// When the failure was recorded (database clock).
+    /// When the failure was recorded (database clock). An entry whose time cannot be read
+    /// (written by hand, or by an old release with an overflowing backoff) reads as the Unix
+    /// epoch rather than making the whole job unreadable.
+    #[serde(deserialize_with = "lenient_time")]
     pub at: DateTime<Utc>,
     /// The error text.
     pub error: String,
     /// Why the attempt ended: `error` (the handler failed) or `lease_expired` (the worker stopped
     /// heartbeating and the reaper took the job back).
     pub reason: String,
-    /// When the next attempt was scheduled (backoff), if the failure was retried.
-    #[serde(default)]
+    /// When the next attempt was scheduled (backoff), if the failure was retried; `None` also
+    /// when the stored time cannot be read.
+    #[serde(default, deserialize_with = "lenient_optional_time")]
     pub retry_at: Option<DateTime<Utc>>,
+}
+
+/// A time from the error history, or the epoch when it does not parse: one odd entry must never
+/// make a job, or a listing holding it, fail to load.
+fn lenient_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    Ok(lenient_optional_time(d)?.unwrap_or(DateTime::UNIX_EPOCH))
+}
+
+fn lenient_optional_time<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map(|t| t.with_timezone(&Utc)))
 }
 
 /// A job as stored.

@@ -57,9 +57,12 @@ pub mod job;
 pub mod lease;
 pub mod maintenance;
 pub mod metrics;
+pub mod names;
 pub mod pg;
 pub mod retry;
 pub mod store;
+pub mod text;
+pub mod time_range;
 pub mod worker;
 
 pub use error::StoreError;

@@ -4,6 +4,7 @@
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -17,21 +18,31 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
+    if authorized(&state, request.headers()) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// Whether `headers` carry the configured token (always true when none is configured).
+pub fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(expected) = &state.token_digest else {
-        return next.run(request).await;
+        return true;
     };
-    let presented = request
-        .headers()
+    let presented = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    match presented {
-        Some(token) if bool::from(digest(token).ct_eq(expected)) => next.run(request).await,
-        _ => ApiError::Unauthorized.into_response(),
-    }
+    presented.is_some_and(|token| bool::from(digest(token).ct_eq(expected)))
+}
+
+/// The routes that need no token.
+pub fn is_open(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics")
 }
 
 pub fn digest(token: &str) -> [u8; 32] {

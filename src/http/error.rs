@@ -50,6 +50,17 @@ pub enum ApiError {
     /// 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A refusal at the transport level with its own status: 405 (method), 408 (request took
+    /// too long), 414, 431, or any other non-JSON error a layer produced.
+    #[error("{message}")]
+    Refused {
+        /// The status.
+        status: StatusCode,
+        /// Machine-readable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// 503: the database cannot be reached; retry later.
     #[error("the database is unavailable; retry shortly")]
     Unavailable,
@@ -101,6 +112,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Refused { status, .. } => *status,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -109,7 +121,9 @@ impl ApiError {
     /// The machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::BadRequest { code, .. } | ApiError::Conflict { code, .. } => code,
+            ApiError::BadRequest { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::Refused { code, .. } => code,
             ApiError::Invalid { .. } => "invalid_field",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not_found",
@@ -125,8 +139,8 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Invalid { field, message } => ApiError::Invalid {
-                field: field.to_owned(),
                 message: format!("{field} {message}"),
+                field,
             },
             StoreError::NotFound(id) => ApiError::NotFound(format!("job {id} not found")),
             StoreError::IdempotencyConflict { key, existing } => ApiError::Conflict {

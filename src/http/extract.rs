@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::object::ObjectOnly;
 use crate::job::JobId;
 
 /// A JSON request body of type `T`.
@@ -42,10 +43,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Deserialize `bytes`, naming the field path on a type error.
+/// Deserialize `bytes`, naming the field path on a type error. A struct is read from a JSON
+/// object only (see [`super::object`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    // Deeply nested input is refused by serde_json's recursion limit (128) as malformed.
+    let value = serde_path_to_error::deserialize(ObjectOnly(&mut deserializer)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {

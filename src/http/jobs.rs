@@ -14,6 +14,7 @@ use super::AppState;
 use crate::job::{
     Job, JobFilter, JobId, JobState, NewJob, Page, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
 };
+use crate::names::name_problem;
 use crate::store::{BatchItem, Enqueued};
 
 /// Header carrying the idempotency key (alternative to the body field).
@@ -29,10 +30,11 @@ pub const MAX_BATCH: usize = 1000;
 pub struct EnqueueRequest {
     /// Which handler runs it (1–255 bytes).
     pub kind: String,
-    /// The handler's input (any JSON; `{}` when omitted; at most 1 MiB by default).
-    #[serde(default)]
+    /// The handler's input (any JSON, kept exactly as sent; `{}` when omitted, `null` when
+    /// `null`; at most 1 MiB by default).
+    #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
-    pub payload: Option<serde_json::Value>,
+    pub payload: serde_json::Value,
     /// Queue (default `default`).
     #[serde(default)]
     pub queue: Option<String>,
@@ -53,13 +55,15 @@ pub struct EnqueueRequest {
     pub timeout_ms: Option<i32>,
 }
 
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
 impl EnqueueRequest {
     fn into_new_job(self) -> NewJob {
         NewJob {
             kind: self.kind,
-            payload: self
-                .payload
-                .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
+            payload: self.payload,
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
             priority: self.priority.unwrap_or(0),
             max_attempts: self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
@@ -135,6 +139,7 @@ pub async fn enqueue(
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// 1 to 1,000 jobs.
+    #[serde(deserialize_with = "super::object::objects")]
     pub jobs: Vec<EnqueueRequest>,
 }
 
@@ -174,17 +179,27 @@ pub struct BatchResponse {
     request_body = BatchRequest,
     responses(
         (status = 200, description = "per-job results (created / replayed / conflict)", body = BatchResponse),
-        (status = 400, body = ErrorResponse), (status = 413, body = ErrorResponse),
-        (status = 415, body = ErrorResponse),
-        (status = 422, description = "a job is invalid (nothing written)", body = ErrorResponse),
+        (status = 400, description = "malformed JSON, or an Idempotency-Key header (give each job its own key)", body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+        (status = 422, description = "a job is invalid, named as jobs[i].field (nothing written)", body = ErrorResponse),
         (status = 503, body = ErrorResponse),
     ),
     security((), ("bearer" = []))
 )]
 pub async fn enqueue_batch(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
+    // One key cannot name many jobs, and storing a batch's response to replay it is not what a
+    // key means here; refusing beats silently ignoring it.
+    if headers.contains_key(IDEMPOTENCY_KEY) {
+        return Err(ApiError::bad_request(
+            "idempotency_key_on_batch",
+            "Idempotency-Key is not accepted on /v1/jobs/batch; give each job its own \
+             idempotency_key in the body",
+        ));
+    }
     if request.jobs.is_empty() || request.jobs.len() > MAX_BATCH {
         return Err(ApiError::Invalid {
             field: "jobs".into(),
@@ -294,6 +309,14 @@ pub async fn list(
             "invalid_query",
             format!("limit must be between 1 and 1000, got {limit}"),
         ));
+    }
+    for (name, value) in [("queue", &params.queue), ("kind", &params.kind)] {
+        if let Some(problem) = value.as_deref().and_then(name_problem) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("{name}: {problem}"),
+            ));
+        }
     }
     let filter = JobFilter {
         state: job_state,

@@ -10,22 +10,26 @@ mod error;
 mod extract;
 mod health;
 pub mod jobs;
+mod json_errors;
+mod object;
 mod observe;
 pub mod openapi;
 pub mod queues;
+mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorDetail, ErrorResponse};
+pub use server::{serve, serve_with, ServerConfig};
 
 use crate::job::{Job, DEFAULT_MAX_PAYLOAD_BYTES};
 use crate::metrics::Metrics;
@@ -139,7 +143,6 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics));
-    let timeout = state.config.request_timeout;
     open.merge(protected)
         // After routing, so the matched route template is known; wraps auth, so 401s count.
         .route_layer(middleware::from_fn_with_state(
@@ -149,37 +152,44 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(single_body))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            json_errors::within_timeout,
         ))
+        // Outermost of ours: whatever a layer below answered, an error leaves as JSON.
+        .layer(middleware::from_fn(json_errors::as_json))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
-async fn not_found(method: Method, uri: Uri) -> ApiError {
+// With a token configured, a request without it learns nothing, not even which routes exist:
+// the fallbacks answer 401 before 404 or 405 (the open routes excepted).
+async fn not_found(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> ApiError {
+    if !auth::is_open(uri.path()) && !auth::authorized(&state, &headers) {
+        return ApiError::Unauthorized;
+    }
     ApiError::NotFound(format!("no route for {method} {}", uri.path()))
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> (StatusCode, ApiError) {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        ApiError::bad_request(
-            "method_not_allowed",
-            format!("{method} is not allowed on {}", uri.path()),
-        ),
-    )
-}
-
-/// Serve `router` on `listener` until `shutdown`, finishing requests in flight.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+async fn method_not_allowed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> ApiError {
+    if !auth::is_open(uri.path()) && !auth::authorized(&state, &headers) {
+        return ApiError::Unauthorized;
+    }
+    ApiError::Refused {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!("{method} is not allowed on {}", uri.path()),
+    }
 }

@@ -3,7 +3,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +23,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often readiness and exit are polled.
 const POLL: Duration = Duration::from_millis(20);
+/// The superuser's password, in the data directory.
+const PASSWORD_FILE: &str = "faultline.password";
 /// Start attempts when a randomly chosen free port is taken before the server binds it.
 const PORT_ATTEMPTS: usize = 5;
 
@@ -126,6 +128,11 @@ impl Cluster {
         cluster.prepare_dirs()?;
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.initdb()?;
+        }
+        // New clusters, and clusters made by an earlier release (which trusted every local
+        // connection), get a password before they ever serve.
+        if cluster.password().is_none() {
+            cluster.set_password()?;
         }
         Ok(cluster)
     }
@@ -286,14 +293,27 @@ impl Cluster {
         self.lock().port
     }
 
-    /// A connection URL for `database` as the superuser `postgres` (trust authentication, TCP
-    /// on 127.0.0.1).
+    /// A connection URL for `database` as the superuser `postgres` (TCP on 127.0.0.1, with the
+    /// cluster's password).
     ///
     /// # Panics
     /// If the cluster was never started (there is no port yet).
     pub fn url(&self, database: &str) -> String {
         let port = self.port().expect("cluster started");
-        format!("postgres://postgres@127.0.0.1:{port}/{database}")
+        let password = self.password().unwrap_or_default();
+        format!("postgres://postgres:{password}@127.0.0.1:{port}/{database}")
+    }
+
+    /// The superuser's password, kept in the data directory (mode 0600, readable only by the
+    /// server's OS user and root).
+    pub fn password(&self) -> Option<String> {
+        let text = fs::read_to_string(self.password_path()).ok()?;
+        let text = text.trim();
+        (!text.is_empty()).then(|| text.to_owned())
+    }
+
+    fn password_path(&self) -> PathBuf {
+        self.data_dir.join(PASSWORD_FILE)
     }
 
     /// The cluster directory.
@@ -387,6 +407,80 @@ impl Cluster {
                     String::from_utf8_lossy(&output.stderr)
                 ),
             });
+        }
+        Ok(())
+    }
+
+    /// Give the superuser a fresh random password and require it (scram-sha-256) of every
+    /// connection, local socket and TCP alike: initdb's `trust` would let any user on the host
+    /// connect as superuser. The password is set in single-user mode, before the server first
+    /// listens, and kept in the data directory with mode 0600.
+    fn set_password(&self) -> Result<(), PgError> {
+        use rand::distributions::{Alphanumeric, DistString};
+        let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
+        let mut command = self.command(self.binaries.postgres());
+        command
+            .arg("--single")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-c")
+            .arg("password_encryption=scram-sha-256")
+            .arg("postgres")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(PgError::io(format!(
+            "run {} --single",
+            self.binaries.postgres().display()
+        )))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            // Alphanumeric: nothing to escape.
+            writeln!(stdin, "alter role postgres password '{password}'")
+                .map_err(PgError::io("write to postgres --single"))?;
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(PgError::io("wait for postgres --single"))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() || stderr.contains("ERROR") {
+            return Err(PgError::CommandFailed {
+                command: format!("postgres --single -D {}", self.data_dir.display()),
+                detail: format!("{}\n{stderr}", output.status),
+            });
+        }
+        let hba = "# Written by Faultline: every connection needs the superuser's password.\n\
+                   local all all scram-sha-256\n\
+                   host all all 127.0.0.1/32 scram-sha-256\n\
+                   host all all ::1/128 scram-sha-256\n\
+                   local replication all scram-sha-256\n\
+                   host replication all 127.0.0.1/32 scram-sha-256\n";
+        self.write_private(&self.data_dir.join("pg_hba.conf"), hba)?;
+        self.write_private(&self.password_path(), &format!("{password}\n"))
+    }
+
+    /// Write `contents` to `path` with mode 0600, owned by the server's user.
+    fn write_private(&self, path: &Path, contents: &str) -> Result<(), PgError> {
+        let context = || format!("write {}", path.display());
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| PgError::Io {
+                context: context(),
+                source: e,
+            })?;
+        use std::io::Write;
+        file.write_all(contents.as_bytes())
+            .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o600)))
+            .map_err(|e| PgError::Io {
+                context: context(),
+                source: e,
+            })?;
+        if let Some(user) = &self.user {
+            user.give(path)?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@
 mod binaries;
 mod cluster;
 mod keeper;
+mod supervisor;
 mod user;
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use std::path::PathBuf;
 pub use binaries::PgBinaries;
 pub use cluster::{Cluster, ClusterOptions, StopMode};
 pub use keeper::spawn_tied;
+pub use supervisor::{SuperviseOutcome, Supervisor, SupervisorConfig};
 
 /// What can go wrong running a private cluster. Each message says what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,9 @@ use sqlx::PgConnection;
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::fingerprint::fingerprint;
-use crate::job::{Job, JobId, NewJob, MAX_NAME_LEN};
+use crate::job::{Job, JobId, NewJob};
+use crate::names::{label_problem, name_problem};
+use crate::time_range::time_problem;
 
 /// The result of enqueueing one job.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +62,8 @@ pub enum BatchItem {
 struct Prepared {
     id: JobId,
     job: NewJob,
+    /// The payload's JSON text, as stored.
+    payload: String,
     fingerprint: Vec<u8>,
 }
 
@@ -168,16 +172,18 @@ impl Store {
             .into_iter()
             .enumerate()
             .map(|(i, job)| {
-                self.validate(&job).map_err(|e| match e {
+                let checked = self.validate(&job).and_then(|()| self.payload_text(&job));
+                let payload = checked.map_err(|e| match e {
                     StoreError::Invalid { field, message } if !single => StoreError::Invalid {
-                        field,
-                        message: format!("job {i}: {message}"),
+                        field: format!("jobs[{i}].{field}"),
+                        message,
                     },
                     other => other,
                 })?;
                 Ok(Prepared {
                     id: JobId::new(),
                     fingerprint: fingerprint(&job),
+                    payload,
                     job,
                 })
             })
@@ -246,52 +252,59 @@ impl Store {
         Ok(results.into_iter().flatten().collect())
     }
 
-    /// Check a job against the bounds the database also enforces, so the caller gets an error
-    /// naming the field rather than a constraint violation.
+    /// Check a job against the bounds the database also enforces, and against what a worker
+    /// can serve, so the caller gets an error naming the field rather than a constraint
+    /// violation (or a job that no worker could ever take).
     fn validate(&self, job: &NewJob) -> Result<(), StoreError> {
-        let invalid = |field: &'static str, message: String| StoreError::Invalid { field, message };
-        let name = |field: &'static str, value: &str| {
-            if value.is_empty() {
-                Err(invalid(field, "must not be empty".into()))
-            } else if value.len() > MAX_NAME_LEN {
-                Err(invalid(
-                    field,
-                    format!("is {} bytes; at most {MAX_NAME_LEN} allowed", value.len()),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        name("kind", &job.kind)?;
-        name("queue", &job.queue)?;
+        if let Some(problem) = name_problem(&job.kind) {
+            return Err(StoreError::invalid("kind", problem));
+        }
+        if let Some(problem) = name_problem(&job.queue) {
+            return Err(StoreError::invalid("queue", problem));
+        }
         if let Some(key) = &job.idempotency_key {
-            name("idempotency_key", key)?;
+            if let Some(problem) = label_problem(key) {
+                return Err(StoreError::invalid("idempotency_key", problem));
+            }
         }
         if job.max_attempts < 1 {
-            return Err(invalid(
+            return Err(StoreError::invalid(
                 "max_attempts",
                 format!("must be at least 1, got {}", job.max_attempts),
             ));
         }
         if let Some(timeout) = job.timeout_ms {
             if timeout < 1 {
-                return Err(invalid(
+                return Err(StoreError::invalid(
                     "timeout_ms",
                     format!("must be at least 1, got {timeout}"),
                 ));
             }
         }
-        let size = serde_json::to_vec(&job.payload).map_or(usize::MAX, |v| v.len());
-        if size > self.config.max_payload_bytes {
-            return Err(invalid(
+        if let Some(problem) = job.run_at.and_then(time_problem) {
+            return Err(StoreError::invalid("run_at", problem));
+        }
+        Ok(())
+    }
+
+    /// The payload as the JSON text stored (`json`, not `jsonb`, so that it comes back exactly
+    /// as sent: numbers digit for digit, keys in their order, `\u0000` kept), within the size
+    /// limit.
+    fn payload_text(&self, job: &NewJob) -> Result<String, StoreError> {
+        let text = serde_json::to_string(&job.payload).map_err(|e| {
+            StoreError::invalid("payload", format!("cannot be written as JSON: {e}"))
+        })?;
+        if text.len() > self.config.max_payload_bytes {
+            return Err(StoreError::invalid(
                 "payload",
                 format!(
-                    "is {size} bytes; at most {} allowed",
+                    "is {} bytes; at most {} allowed",
+                    text.len(),
                     self.config.max_payload_bytes
                 ),
             ));
         }
-        Ok(())
+        Ok(text)
     }
 }
 
@@ -339,7 +352,7 @@ async fn insert<'a>(
         ids.push(p.id);
         queues.push(p.job.queue.as_str());
         kinds.push(p.job.kind.as_str());
-        payloads.push(&p.job.payload);
+        payloads.push(p.payload.as_str());
         priorities.push(p.job.priority);
         max_attempts.push(p.job.max_attempts);
         run_ats.push(p.job.run_at);
@@ -375,7 +388,7 @@ macro_rules! input_cte {
     () => {
         "with input as (
     select *
-    from unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int2[], $6::int4[],
+    from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
                 $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[])
          with ordinality
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
@@ -389,7 +402,7 @@ macro_rules! insert_rows {
     () => {
         "insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
                             idempotency_key, request_fingerprint, timeout_ms)
-select id, queue, kind, payload, priority, max_attempts, coalesce(run_at, now()),
+select id, queue, kind, payload::json, priority, max_attempts, coalesce(run_at, now()),
        idempotency_key, fingerprint, timeout_ms
 from input
 order by ord

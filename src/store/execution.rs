@@ -290,7 +290,9 @@ impl Store {
     ) -> Result<FailOutcome, StoreError> {
         let attempt = u32::try_from(lease.attempt).unwrap_or(1);
         let delay = self.config.backoff.delay(attempt);
-        let error = truncate(error, MAX_ERROR_LEN);
+        // Handler errors are outside text: NUL would make Postgres refuse the whole report.
+        let error = crate::text::storable(error);
+        let error = crate::text::truncate(&error, MAX_ERROR_LEN);
         // `attempts` was counted at claim time, so `attempts < max_attempts` means another
         // attempt is left; the history entry takes its attempt number and worker from the row,
         // which the token guard proves is this lease's.
@@ -436,28 +438,4 @@ impl Store {
 
 fn unzip_leases(leases: &[Lease]) -> (Vec<JobId>, Vec<i64>) {
     leases.iter().map(|l| (l.job_id, l.token)).unzip()
-}
-
-/// At most `max` bytes of `text`, cut on a character boundary.
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("hello", 10), "hello");
-        assert_eq!(truncate("hello", 3), "hel");
-        assert_eq!(truncate("héllo", 2), "h");
-    }
 }

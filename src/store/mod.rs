@@ -93,8 +93,11 @@ impl Store {
     }
 }
 
-/// A duration as whole milliseconds for an `interval` parameter, saturating rather than
-/// wrapping (a lease or backoff of 292 million years is as good as forever).
+/// A duration as whole milliseconds for an `interval` parameter, at most 100 years
+/// ([`crate::time_range::MAX_DURATION`]): `now()` plus anything longer could leave the range of
+/// times Postgres and chrono share, and a lease or backoff of a century is as good as forever.
+/// The flags refuse longer durations; this is the backstop for library callers.
 fn millis(d: Duration) -> i64 {
+    let d = d.min(crate::time_range::MAX_DURATION);
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

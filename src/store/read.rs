@@ -33,10 +33,10 @@ impl Store {
         limit: u32,
     ) -> Result<Page, StoreError> {
         if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-            return Err(StoreError::Invalid {
-                field: "limit",
-                message: format!("must be between 1 and {MAX_PAGE_SIZE}, got {limit}"),
-            });
+            return Err(StoreError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_PAGE_SIZE}, got {limit}"),
+            ));
         }
         let mut jobs: Vec<Job> = sqlx::query_as(
             "select * from faultline.jobs

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::handler::{HandlerRegistry, JobContext, JobError, JobResult};
-use super::webhook::{Webhook, WebhookConfig};
+use super::webhook::{ProxyError, Webhook, WebhookConfig};
 
 /// `sleep` payload.
 #[derive(Debug, Deserialize)]
@@ -23,10 +23,13 @@ struct Fail {
 }
 
 /// A registry with every built-in kind.
-pub fn builtin_registry(webhook: WebhookConfig) -> HandlerRegistry {
+///
+/// # Errors
+/// [`ProxyError`] when the webhook settings name a proxy that cannot be used.
+pub fn builtin_registry(webhook: WebhookConfig) -> Result<HandlerRegistry, ProxyError> {
     let mut registry = HandlerRegistry::new();
-    register_builtins(&mut registry, webhook);
-    registry
+    register_builtins(&mut registry, webhook)?;
+    Ok(registry)
 }
 
 /// Add the built-in kinds to `registry`:
@@ -34,7 +37,13 @@ pub fn builtin_registry(webhook: WebhookConfig) -> HandlerRegistry {
 /// - `sleep {"ms": N}`: sleeps N ms, stopping early when cancelled;
 /// - `fail {"times": N}`: fails (retryably) its first N attempts, then succeeds;
 /// - `webhook {"url", "method", "headers", "body"}`: see [`super::webhook`].
-pub fn register_builtins(registry: &mut HandlerRegistry, webhook: WebhookConfig) {
+///
+/// # Errors
+/// [`ProxyError`] when the webhook settings name a proxy that cannot be used.
+pub fn register_builtins(
+    registry: &mut HandlerRegistry,
+    webhook: WebhookConfig,
+) -> Result<(), ProxyError> {
     registry.register_fn(
         "noop",
         |_ctx: JobContext, _payload: serde_json::Value| async { Ok(()) },
@@ -48,7 +57,8 @@ pub fn register_builtins(registry: &mut HandlerRegistry, webhook: WebhookConfig)
     registry.register_fn("fail", |ctx: JobContext, fail: Fail| async move {
         fail_first(&ctx, fail.times)
     });
-    registry.register("webhook", Webhook::new(webhook));
+    registry.register("webhook", Webhook::new(webhook)?);
+    Ok(())
 }
 
 fn fail_first(ctx: &JobContext, times: u32) -> JobResult {

@@ -74,11 +74,16 @@ impl WorkerConfig {
     /// A [`ConfigError`] naming the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |setting, message: String| Err(ConfigError { setting, message });
-        if self.worker_id.trim().is_empty() || self.worker_id.len() > 255 {
-            return err("--worker-id", "must be 1 to 255 characters".into());
+        if let Some(problem) = crate::names::label_problem(&self.worker_id) {
+            return err("--worker-id", problem);
         }
-        if self.queues.is_empty() || self.queues.iter().any(|q| q.is_empty() || q.len() > 255) {
-            return err("--queues", "needs at least one non-empty queue name".into());
+        if self.queues.is_empty() {
+            return err("--queues", "needs at least one queue name".into());
+        }
+        for queue in &self.queues {
+            if let Some(problem) = crate::names::name_problem(queue) {
+                return err("--queues", format!("queue {queue:?} {problem}"));
+            }
         }
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return err(
@@ -104,6 +109,16 @@ impl WorkerConfig {
         }
         if self.poll_interval < Duration::from_millis(1) {
             return err("--poll-interval", "must be at least 1ms".into());
+        }
+        // Durations added to the database's now() must keep the sum a representable time.
+        for (setting, duration) in [
+            ("--lease-ttl", self.lease_ttl),
+            ("--poll-interval", self.poll_interval),
+            ("--shutdown-grace", self.shutdown_grace),
+        ] {
+            if let Some(problem) = crate::time_range::duration_problem(duration) {
+                return err(setting, problem);
+            }
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! use faultline::worker::{builtin_registry, JobContext, WebhookConfig, Worker, WorkerConfig};
 //! use tokio_util::sync::CancellationToken;
 //!
-//! let mut registry = builtin_registry(WebhookConfig::default());
+//! let mut registry = builtin_registry(WebhookConfig::default()).expect("no proxy configured");
 //! registry.register_fn("greet", |ctx: JobContext, name: String| async move {
 //!     println!("hello {name}, attempt {}", ctx.attempt);
 //!     Ok(())
@@ -35,4 +35,4 @@ pub use config::{default_worker_id, ConfigError, WorkerConfig};
 pub use handler::{FnHandler, Handler, HandlerRegistry, JobContext, JobError, JobResult};
 pub use hook::{ExecutionHook, HookFuture, RunEnd};
 pub use runtime::Worker;
-pub use webhook::WebhookConfig;
+pub use webhook::{ProxyError, WebhookConfig};

@@ -34,6 +34,17 @@ pub(crate) enum ReportKind {
     Release,
 }
 
+impl ReportKind {
+    /// The operation's name in `faultline_db_errors_total{op}`.
+    fn op(&self) -> &'static str {
+        match self {
+            ReportKind::Complete => "complete",
+            ReportKind::Fail(_) => "fail",
+            ReportKind::Release => "release",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Report {
     pub lease: Lease,
@@ -98,7 +109,7 @@ pub(crate) async fn run(
 
 /// Write what can be written; return the reports to retry.
 async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
-    let (completes, others): (Vec<Report>, Vec<Report>) = pending
+    let (completes, mut others): (Vec<Report>, Vec<Report>) = pending
         .into_iter()
         .partition(|r| matches!(r.what, ReportKind::Complete));
     let mut retry = Vec::new();
@@ -122,6 +133,14 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
                     }
                 }
             }
+            Err(e) if e.is_permanent_database_error() => {
+                // The database refused the batch itself (not our connection): report each alone
+                // below, so one refused row cannot hold back the others.
+                shared.health.failed("complete", &e);
+                for report in completes {
+                    others.push(report);
+                }
+            }
             Err(e) => {
                 shared.health.failed("complete", &e);
                 retry.extend(completes);
@@ -137,7 +156,7 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
                 .await
                 .map(Some),
             ReportKind::Release => shared.store.release(&report.lease).await.map(|()| None),
-            ReportKind::Complete => unreachable!("partitioned above"),
+            ReportKind::Complete => shared.store.complete(&report.lease).await.map(|()| None),
         };
         match result {
             Ok(outcome) => {
@@ -161,17 +180,66 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
             }
             Err(e @ StoreError::LeaseLost { .. }) => settle_rejected(shared, &report, e),
             Err(e) => {
-                let op = match report.what {
-                    ReportKind::Release => "release",
-                    _ => "fail",
-                };
-                shared.health.failed(op, &e);
-                retry.push(report);
+                shared.health.failed(report.what.op(), &e);
+                if e.is_permanent_database_error() {
+                    if let Some(report) = refused(shared, report, &e) {
+                        retry.push(report);
+                    }
+                } else {
+                    retry.push(report);
+                }
             }
         }
     }
     retry
 }
+
+/// A report the database refused for good (not one it could not receive). Retrying it as it is
+/// would fail the same way forever while heartbeats keep the lease alive: the job would be
+/// wedged in `running`. So a refused success or failure becomes a failed attempt whose text is
+/// our own (always storable), and if even that is refused, the report is dropped and the job
+/// left to its lease: heartbeats stop, the lease expires and the reaper takes the job back,
+/// recording the expiry. Returns the report to try next, if any.
+fn refused(shared: &Shared, report: Report, error: &StoreError) -> Option<Report> {
+    let code = match error {
+        StoreError::Database(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+    .unwrap_or_else(|| "none".to_owned());
+    let fallback = match &report.what {
+        ReportKind::Complete => Some(format!(
+            "the database refused to record this attempt's success (SQLSTATE {code}); the \
+             attempt is counted as failed"
+        )),
+        ReportKind::Fail(original) if !original.message().starts_with(REFUSED_PREFIX) => {
+            Some(format!(
+                "{REFUSED_PREFIX} (SQLSTATE {code}); its first 200 characters: {}",
+                crate::text::truncate(&crate::text::storable(original.message()), 200)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .collect::<String>()
+            ))
+        }
+        _ => None,
+    };
+    match fallback {
+        Some(message) => {
+            tracing::warn!(job = %report.lease.job_id, %error, "database refused a report; recording a failed attempt instead");
+            Some(Report {
+                what: ReportKind::Fail(JobError::retryable(message)),
+                ..report
+            })
+        }
+        None => {
+            tracing::error!(job = %report.lease.job_id, %error, "database refused a report twice; leaving the job to its lease (the reaper will take it back)");
+            shared.active.remove(report.lease.token);
+            None
+        }
+    }
+}
+
+/// How the text of a failure that replaced a refused one begins (so it is replaced only once).
+const REFUSED_PREFIX: &str = "the database refused to record the handler's error";
 
 /// A report the fence rejected: the job is not ours any more; drop the result and count it.
 fn settle_rejected(shared: &Shared, report: &Report, error: StoreError) {

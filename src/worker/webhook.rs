@@ -7,6 +7,16 @@
 //! by a resolver that drops refused addresses, so the connection goes only to an address that
 //! passed, and a name that resolves to 127.0.0.1 is refused like the literal. Redirects are not
 //! followed (a redirect could lead to a refused address); a 3xx is a failure.
+//!
+//! Proxy variables in the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are ignored:
+//! through a proxy, host names would be resolved by the proxy, past the guard. A proxy is used
+//! only when configured explicitly (`--webhook-proxy`), and then the target's name is resolved
+//! and checked here before the request is handed to the proxy.
+//!
+//! The receiver's answer is outside input: at most [`MAX_ANSWER_BYTES`] of it are read (a
+//! receiver that answers with a gigabyte costs a kilobyte), and what is kept is made storable
+//! (invalid UTF-8 and NUL replaced), so a hostile answer can neither exhaust the worker nor make
+//! the database refuse the report.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -23,8 +33,11 @@ use super::handler::{Handler, JobContext, JobError, JobResult};
 pub struct WebhookConfig {
     /// Allow loopback, private and link-local targets (tests, trusted internal hooks).
     pub allow_private: bool,
-    /// Request timeout when the payload sets none.
+    /// Request timeout when the payload sets none (it bounds reading the answer too).
     pub timeout: Duration,
+    /// Send every webhook through this proxy (`http://host:port`); none unless set, whatever
+    /// the environment says.
+    pub proxy: Option<String>,
 }
 
 impl Default for WebhookConfig {
@@ -32,9 +45,15 @@ impl Default for WebhookConfig {
         WebhookConfig {
             allow_private: false,
             timeout: Duration::from_secs(10),
+            proxy: None,
         }
     }
 }
+
+/// Most characters of a receiver's error answer kept in the job's error.
+pub const MAX_ANSWER_CHARS: usize = 200;
+/// Most bytes of a receiver's answer ever read (four per kept character, UTF-8's widest).
+pub const MAX_ANSWER_BYTES: usize = MAX_ANSWER_CHARS * 4;
 
 /// `webhook` payload.
 #[derive(Debug, Deserialize)]
@@ -62,18 +81,67 @@ pub struct Webhook {
     config: WebhookConfig,
 }
 
+/// Returned by [`Webhook::new`] for a proxy URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid webhook proxy {url:?}: {reason}")]
+pub struct ProxyError {
+    /// The URL given.
+    pub url: String,
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
 impl Webhook {
     /// A handler with its own HTTP client.
-    pub fn new(config: WebhookConfig) -> Self {
-        let client = reqwest::Client::builder()
+    ///
+    /// # Errors
+    /// [`ProxyError`] when `config.proxy` is not a usable proxy URL.
+    pub fn new(config: WebhookConfig) -> Result<Self, ProxyError> {
+        // `no_proxy` first: reqwest reads the proxy variables from the environment otherwise.
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver {
                 allow_private: config.allow_private,
             }))
-            .user_agent(concat!("faultline/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a TLS backend is compiled in");
-        Webhook { client, config }
+            .user_agent(concat!("faultline/", env!("CARGO_PKG_VERSION")));
+        if let Some(url) = &config.proxy {
+            let invalid = |reason: String| ProxyError {
+                url: url.clone(),
+                reason,
+            };
+            let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(invalid(
+                    "expected http://host:port or https://host:port".into(),
+                ));
+            }
+            let proxy = reqwest::Proxy::all(url).map_err(|e| invalid(error_chain(&e)))?;
+            builder = builder.proxy(proxy);
+        }
+        let client = builder.build().map_err(|e| ProxyError {
+            url: config.proxy.clone().unwrap_or_default(),
+            reason: error_chain(&e),
+        })?;
+        Ok(Webhook { client, config })
+    }
+
+    /// Through a proxy our resolver never sees the target's name, so resolve and check it here.
+    async fn check_before_proxy(&self, host: &str, port: u16) -> Result<(), JobError> {
+        if self.config.proxy.is_none() || self.config.allow_private {
+            return Ok(());
+        }
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| JobError::retryable(format!("cannot resolve webhook host {host:?}: {e}")))?
+            .collect();
+        match resolved.iter().find(|a| is_refused(a.ip())) {
+            Some(addr) => Err(refused(addr.ip())),
+            None if resolved.is_empty() => Err(JobError::retryable(format!(
+                "webhook host {host:?} resolved to no address"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -101,6 +169,26 @@ impl Handler for Webhook {
                 return Err(refused(ip));
             }
         }
+        if let Some(url::Host::Domain(host)) = url.host() {
+            self.check_before_proxy(host, url.port_or_known_default().unwrap_or(80))
+                .await?;
+        }
+        // Headers from the payload are checked here, each named: a bad one is the payload's
+        // fault, permanent, not a "builder error" retried four times.
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &hook.headers {
+            let header =
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    JobError::permanent(format!("invalid webhook header name {name:?}"))
+                })?;
+            let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                JobError::permanent(format!(
+                    "invalid value for webhook header {name:?}: header values are visible \
+                     ASCII, spaces and tabs"
+                ))
+            })?;
+            headers.append(header, value);
+        }
         let method = hook.method.as_deref().unwrap_or("POST");
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| JobError::permanent(format!("invalid webhook method {method:?}")))?;
@@ -113,10 +201,8 @@ impl Handler for Webhook {
             .timeout(timeout)
             .header("Faultline-Job-Id", ctx.job_id.to_string())
             .header("Faultline-Attempt", ctx.attempt.to_string())
-            .header("Faultline-Lease-Token", ctx.lease_token.to_string());
-        for (name, value) in &hook.headers {
-            request = request.header(name, value);
-        }
+            .header("Faultline-Lease-Token", ctx.lease_token.to_string())
+            .headers(headers);
         request = match hook.body {
             None | Some(serde_json::Value::Null) => request,
             Some(serde_json::Value::String(text)) => request.body(text),
@@ -131,8 +217,8 @@ impl Handler for Webhook {
         if status.is_success() {
             return Ok(());
         }
-        let body = response.text().await.unwrap_or_default();
-        let snippet: String = body.chars().take(200).collect();
+        let answer = read_answer(response, &ctx).await;
+        let snippet: String = answer.chars().take(MAX_ANSWER_CHARS).collect();
         let message = format!("webhook answered {status}: {snippet}");
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             Err(JobError::retryable(message))
@@ -140,6 +226,42 @@ impl Handler for Webhook {
             Err(JobError::permanent(message))
         }
     }
+}
+
+/// At most [`MAX_ANSWER_BYTES`] of the answer's body, as storable text; whatever comes after is
+/// never read (the connection is dropped). A body that stalls is bounded by the request timeout.
+async fn read_answer(mut response: reqwest::Response, ctx: &JobContext) -> String {
+    let mut bytes: Vec<u8> = Vec::new();
+    while bytes.len() < MAX_ANSWER_BYTES {
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk,
+            _ = ctx.cancelled() => break,
+        };
+        match chunk {
+            Ok(Some(chunk)) => {
+                let room = MAX_ANSWER_BYTES - bytes.len();
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            // The end, or a body cut off or timed out: keep what arrived.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    crate::text::from_remote(&bytes, MAX_ANSWER_BYTES)
+}
+
+/// `error` and every cause below it, joined by ": " (reqwest's own message names none).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn describe_send_error(error: &reqwest::Error) -> JobError {
@@ -151,10 +273,13 @@ fn describe_send_error(error: &reqwest::Error) -> JobError {
         }
         source = e.source();
     }
-    if error.is_timeout() {
-        JobError::retryable(format!("webhook timed out: {error}"))
+    let detail = error_chain(error);
+    if error.is_builder() {
+        JobError::permanent(format!("webhook request cannot be built: {detail}"))
+    } else if error.is_timeout() {
+        JobError::retryable(format!("webhook timed out: {detail}"))
     } else {
-        JobError::retryable(format!("webhook delivery failed: {error}"))
+        JobError::retryable(format!("webhook delivery failed: {detail}"))
     }
 }
 

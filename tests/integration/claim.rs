@@ -106,7 +106,7 @@ async fn claim_takes_priority_then_run_at_order_and_only_eligible_jobs() {
         .unwrap();
     assert_eq!(other.len(), 1);
     let future_job: (JobState,) =
-        sqlx::query_as("select state from faultline.jobs where payload = '\"future\"'")
+        sqlx::query_as("select state from faultline.jobs where payload::jsonb = '\"future\"'")
             .fetch_one(&db.pool)
             .await
             .unwrap();

@@ -181,7 +181,7 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_spec_name() {
     let (base, shutdown) = serve(store.clone(), metrics.clone()).await;
     let worker = Worker::new(
         store.clone(),
-        builtin_registry(WebhookConfig::default()),
+        builtin_registry(WebhookConfig::default()).unwrap(),
         WorkerConfig {
             worker_id: "metrics".into(),
             poll_interval: Duration::from_millis(100),

@@ -72,7 +72,7 @@ async fn list_pages_newest_first_with_filters_and_a_stable_cursor() {
     for limit in [0, 1001] {
         assert!(matches!(
             store.list(&JobFilter::default(), None, limit).await,
-            Err(StoreError::Invalid { field: "limit", .. })
+            Err(StoreError::Invalid { ref field, .. }) if field == "limit"
         ));
     }
 }
@@ -95,7 +95,7 @@ async fn queue_stats_count_by_state_and_age_the_oldest_eligible_job() {
     sqlx::query(
         "update faultline.jobs set created_at = created_at - interval '60 seconds',
                 next_run_at = next_run_at - interval '60 seconds'
-         where payload = '0'",
+         where payload::jsonb = '0'",
     )
     .execute(&db.pool)
     .await

@@ -163,10 +163,7 @@ async fn the_database_refuses_attempts_beyond_max_attempts() {
     assert!(
         matches!(
             err,
-            StoreError::Invalid {
-                field: "max_attempts",
-                ..
-            }
+            StoreError::Invalid { ref field, .. } if field == "max_attempts"
         ),
         "{err:?}"
     );

@@ -74,7 +74,7 @@ fn metric_sum(text: &str, metric: &str) -> f64 {
 }
 
 fn builtins() -> HandlerRegistry {
-    builtin_registry(WebhookConfig::default())
+    builtin_registry(WebhookConfig::default()).unwrap()
 }
 
 async fn wait_for_state(store: &Store, id: JobId, state: JobState, timeout: Duration) -> Job {
@@ -619,7 +619,8 @@ mod webhook {
         let registry = builtin_registry(WebhookConfig {
             allow_private: true,
             ..WebhookConfig::default()
-        });
+        })
+        .unwrap();
         let worker = Running::start(&store, registry, config("hooks"));
         let ok = enqueue(
             &store,

@@ -69,8 +69,24 @@ impl DatabaseArgs {
     }
 }
 
-/// Parse a duration such as `30s`, `500ms`, `7d` or `1h 30m`.
+/// Parse a duration such as `30s`, `500ms`, `7d` or `1h 30m`, at most 100 years (a longer one
+/// would overflow the times Postgres and the API can represent once added to now).
 pub fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{e} (write a duration such as 500ms, 30s, 5m, 7d)"))
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (write a duration such as 500ms, 30s, 5m, 7d)"))?;
+    match faultline::time_range::duration_problem(duration) {
+        Some(problem) => Err(problem),
+        None => Ok(duration),
+    }
+}
+
+/// A bearer token: visible ASCII only, since it travels in an HTTP header (a newline pasted
+/// with it would otherwise surface as a confusing transport error).
+pub fn token(text: &str) -> Result<String, String> {
+    match text.chars().find(|c| !c.is_ascii_graphic()) {
+        Some(c) => Err(format!(
+            "a token is visible ASCII without spaces; this one contains {c:?}"
+        )),
+        None => Ok(text.to_owned()),
+    }
 }

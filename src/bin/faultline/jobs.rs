@@ -28,7 +28,8 @@ pub struct JobsArgs {
         long,
         env = "FAULTLINE_API_TOKEN",
         hide_env_values = true,
-        global = true
+        global = true,
+        value_parser = crate::cli::token
     )]
     pub token: Option<String>,
 
@@ -113,7 +114,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
                 .transpose()?;
             let request = EnqueueRequest {
                 kind: kind.clone(),
-                payload: Some(payload),
+                payload,
                 queue: queue.clone(),
                 priority: *priority,
                 max_attempts: *max_attempts,
@@ -200,10 +201,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
 fn request_json(request: &EnqueueRequest) -> Value {
     let mut map = serde_json::Map::new();
     map.insert("kind".into(), Value::String(request.kind.clone()));
-    map.insert(
-        "payload".into(),
-        request.payload.clone().unwrap_or(Value::Null),
-    );
+    map.insert("payload".into(), request.payload.clone());
     let mut put = |name: &str, value: Option<Value>| {
         if let Some(value) = value {
             map.insert(name.into(), value);

@@ -13,7 +13,7 @@ use faultline::metrics::Metrics;
 use faultline::{db, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{duration, DatabaseArgs};
+use crate::cli::{duration, token, DatabaseArgs};
 use crate::signals;
 
 #[derive(Debug, Args)]
@@ -33,7 +33,7 @@ pub struct ApiOptions {
     pub listen: SocketAddr,
 
     /// Require `Authorization: Bearer <token>` on every route but /health, /ready, /metrics.
-    #[arg(long, env = "FAULTLINE_API_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "FAULTLINE_API_TOKEN", hide_env_values = true, value_parser = token)]
     pub api_token: Option<String>,
 
     /// Largest job payload in bytes.
@@ -43,6 +43,15 @@ pub struct ApiOptions {
     /// Requests taking longer are answered 408.
     #[arg(long, env = "FAULTLINE_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub request_timeout: Duration,
+
+    /// Most HTTP connections served at once; one more is answered 503 and closed.
+    #[arg(long, env = "FAULTLINE_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// How long a client may take to send a request's headers (also the idle keep-alive time).
+    #[arg(long, env = "FAULTLINE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
 
     /// How often queue depth gauges are sampled from the database.
     #[arg(long, env = "FAULTLINE_DEPTH_INTERVAL", default_value = "5s", value_parser = duration)]
@@ -57,6 +66,18 @@ impl ApiOptions {
             request_timeout: self.request_timeout,
             ..ApiConfig::default()
         }
+    }
+
+    pub fn server_config(&self) -> anyhow::Result<http::ServerConfig> {
+        anyhow::ensure!(
+            self.header_read_timeout >= Duration::from_millis(10),
+            "--header-read-timeout must be at least 10ms"
+        );
+        Ok(http::ServerConfig {
+            max_connections: self.max_connections as usize,
+            header_read_timeout: self.header_read_timeout,
+            ..http::ServerConfig::default()
+        })
     }
 
     /// Bind the listener now, so a taken port fails start-up with a clear error.
@@ -82,12 +103,13 @@ impl ApiOptions {
             metrics.clone(),
         );
         let router = http::app(AppState::new(store, metrics, self.api_config()));
+        let server = self.server_config().unwrap_or_default();
         tokio::spawn(async move {
             let sampling = tokio::spawn({
                 let shutdown = shutdown.clone();
                 async move { sampler.run(shutdown).await }
             });
-            if let Err(e) = http::serve(listener, router, shutdown.clone()).await {
+            if let Err(e) = http::serve_with(listener, router, server, shutdown.clone()).await {
                 tracing::error!(error = %e, "the API server failed");
                 shutdown.cancel();
             }
@@ -115,6 +137,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(error = %e, "database not reachable yet; answering 503 until it is")
         }
     }
+    args.api.server_config()?;
     let listener = args.api.bind().await?;
     tracing::info!("API on http://{}", listener.local_addr()?);
     let api = args

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use faultline::metrics::Metrics;
-use faultline::pg::{Cluster, ClusterOptions, StopMode};
+use faultline::pg::{Cluster, ClusterOptions, StopMode, Supervisor, SupervisorConfig};
 use faultline::worker::{builtin_registry, Worker};
 use faultline::{db, Store};
 use sqlx::{Connection, PgConnection};
@@ -66,7 +66,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             (cluster.url(DATABASE), Some(Arc::new(cluster)))
         }
     };
-    let result = run_with(&args, &url, listener, shutdown).await;
+    // Supervised: if the private Postgres dies, it is started again while the API and the
+    // workers ride the outage out.
+    let supervisor = cluster.clone().map(|cluster| {
+        let supervisor = Supervisor::new(cluster, SupervisorConfig::default());
+        tokio::spawn(supervisor.run(shutdown.clone()))
+    });
+    let result = run_with(&args, &url, listener, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
     if let Some(cluster) = cluster {
         tracing::info!("stopping the private Postgres");
         tokio::task::spawn_blocking(move || cluster.stop(StopMode::Fast)).await??;
@@ -96,7 +106,7 @@ async fn run_with(
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store.clone(),
-        builtin_registry(args.worker.webhook_config()),
+        builtin_registry(args.worker.webhook_config())?,
         args.worker.worker_config(),
     )?
     .with_metrics(metrics.clone());
@@ -120,7 +130,21 @@ fn print_banner(addr: std::net::SocketAddr, url: &str, args: &UpArgs) {
     let base = format!("http://{addr}");
     let database = match &args.database_url {
         Some(_) => "DATABASE_URL".to_owned(),
-        None => format!("{url}  (data in {})", args.data_dir.join("pg").display()),
+        None => {
+            // The password stays in its 0600 file, not on the terminal or in scrollback.
+            let masked = match url.split_once('@') {
+                Some((head, tail)) => match head.rsplit_once(':') {
+                    Some((user, _)) => format!("{user}:****@{tail}"),
+                    None => url.to_owned(),
+                },
+                None => url.to_owned(),
+            };
+            format!(
+                "{masked}  (data in {}; password in {})",
+                args.data_dir.join("pg").display(),
+                args.data_dir.join("pg/data/faultline.password").display()
+            )
+        }
     };
     println!(
         "\nFaultline is up.\n\

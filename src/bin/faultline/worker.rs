@@ -87,6 +87,11 @@ pub struct WorkerOptions {
     #[arg(long, hide = true)]
     pub drill_journal: bool,
 
+    /// Send webhooks through this HTTP proxy (http://host:port). Proxy variables in the
+    /// environment (HTTP_PROXY, HTTPS_PROXY) are ignored: they would bypass the address guard.
+    #[arg(long, env = "FAULTLINE_WEBHOOK_PROXY", value_name = "URL")]
+    pub webhook_proxy: Option<String>,
+
     /// Webhook request timeout (a payload's timeout_ms overrides it).
     #[arg(long, env = "FAULTLINE_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub webhook_timeout: Duration,
@@ -134,6 +139,7 @@ impl WorkerOptions {
         WebhookConfig {
             allow_private: self.webhook_allow_private,
             timeout: self.webhook_timeout,
+            proxy: self.webhook_proxy.clone(),
         }
     }
 }
@@ -145,7 +151,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store,
-        builtin_registry(options.webhook_config()),
+        builtin_registry(options.webhook_config())?,
         options.worker_config(),
     )?
     .with_metrics(metrics.clone());
