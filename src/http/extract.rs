@@ -52,14 +52,36 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data => ApiError::Invalid {
-                message: if path == "." {
-                    format!("invalid request: {inner}")
-                } else {
-                    format!("invalid field `{path}`: {inner}")
-                },
-                field: path,
-            },
+            serde_json::error::Category::Data => {
+                // A missing or unknown field is reported at its parent's path: name the field.
+                let text = inner.to_string();
+                let named = ["missing field `", "unknown field `"].iter().find_map(|prefix| {
+                    let rest = text.strip_prefix(prefix)?;
+                    rest.split('`').next().map(str::to_owned)
+                });
+                let field = match (named, path.as_str()) {
+                    (Some(name), ".") => name,
+                    (Some(name), parent) if !parent.ends_with(&name) => format!("{parent}.{name}"),
+                    _ => path.clone(),
+                };
+                ApiError::Invalid {
+                    message: if field == "." {
+                        format!("invalid request: {inner}")
+                    } else {
+                        format!("invalid field `{field}`: {inner}")
+                    },
+                    field,
+                }
+            }
+            // A number too large for its field reads, but does not fit: the field is wrong.
+            serde_json::error::Category::Syntax
+                if path != "." && inner.to_string().starts_with("number out of range") =>
+            {
+                ApiError::Invalid {
+                    message: format!("invalid field `{path}`: {inner}"),
+                    field: path,
+                }
+            }
             _ => ApiError::bad_request("malformed_json", format!("malformed JSON: {inner}")),
         }
     })?;

@@ -97,7 +97,7 @@ impl Store {
         let key = job.idempotency_key.clone();
         // One autocommit statement (two on a key look-up): committed when this returns.
         let items = self
-            .enqueue_rows(&mut conn, vec![job], Notify::AfterCommit)
+            .enqueue_rows(&mut conn, vec![job], Notify::AfterCommit, Shape::Single)
             .await?;
         self.notify_created(&items);
         single(items, key)
@@ -116,7 +116,7 @@ impl Store {
     ) -> Result<Enqueued, StoreError> {
         let key = job.idempotency_key.clone();
         let items = self
-            .enqueue_rows(conn, vec![job], Notify::InTransaction)
+            .enqueue_rows(conn, vec![job], Notify::InTransaction, Shape::Single)
             .await?;
         single(items, key)
     }
@@ -131,7 +131,7 @@ impl Store {
     pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<BatchItem>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let items = self
-            .enqueue_rows(&mut tx, jobs, Notify::AfterCommit)
+            .enqueue_rows(&mut tx, jobs, Notify::AfterCommit, Shape::Batch)
             .await?;
         tx.commit().await?;
         self.notify_created(&items);
@@ -158,7 +158,8 @@ impl Store {
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<BatchItem>, StoreError> {
-        self.enqueue_rows(conn, jobs, Notify::InTransaction).await
+        self.enqueue_rows(conn, jobs, Notify::InTransaction, Shape::Batch)
+            .await
     }
 
     async fn enqueue_rows(
@@ -166,15 +167,15 @@ impl Store {
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
         notify: Notify,
+        shape: Shape,
     ) -> Result<Vec<BatchItem>, StoreError> {
-        let single = jobs.len() == 1;
         let prepared = jobs
             .into_iter()
             .enumerate()
             .map(|(i, job)| {
                 let checked = self.validate(&job).and_then(|()| self.payload_text(&job));
                 let payload = checked.map_err(|e| match e {
-                    StoreError::Invalid { field, message } if !single => StoreError::Invalid {
+                    StoreError::Invalid { field, message } if shape == Shape::Batch => StoreError::Invalid {
                         field: format!("jobs[{i}].{field}"),
                         message,
                     },
@@ -306,6 +307,13 @@ impl Store {
         }
         Ok(text)
     }
+}
+
+/// Whether the caller asked for one job or a batch: a batch's errors name the job by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Single,
+    Batch,
 }
 
 /// Where the wake-up for new jobs is sent from.

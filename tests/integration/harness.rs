@@ -162,3 +162,10 @@ pub async fn snapshot(pool: &PgPool, id: faultline::JobId) -> serde_json::Value 
 pub fn default_queue() -> Vec<String> {
     vec!["default".to_owned()]
 }
+
+/// At most 80 characters of `text`, escaped, for a failure message about a huge input.
+pub fn text_preview(text: &str) -> String {
+    let short: String = text.chars().take(80).collect();
+    let more = if text.chars().count() > 80 { "…" } else { "" };
+    format!("{short:?}{more}")
+}

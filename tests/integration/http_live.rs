@@ -339,7 +339,7 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_spec_name() {
 }
 
 #[tokio::test]
-async fn faultline_up_runs_for_a_newcomer_and_leaves_nothing_behind() {
+async fn faultline_up_runs_for_a_newcomer_guards_and_restarts_its_postgres_and_leaves_nothing_behind() {
     // A fresh directory the server user can enter, as a checkout would be.
     let dir = std::env::temp_dir().join(format!("faultline-up-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -412,6 +412,66 @@ async fn faultline_up_runs_for_a_newcomer_and_leaves_nothing_behind() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not_found"));
+
+    // Another user on the host cannot walk in: the cluster wants its password (kept 0600), on
+    // TCP and on the socket alike.
+    let data = dir.join(".faultline").join("pg").join("data");
+    let password_file = data.join("faultline.password");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&password_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "password file mode {mode:o}");
+    let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).unwrap();
+    let lines: Vec<&str> = pid_file.lines().collect();
+    let (pg_pid, pg_port, socket_dir) = (lines[0], lines[3], lines[4]);
+    for url in [
+        format!("postgres://postgres@127.0.0.1:{pg_port}/postgres"),
+        format!("postgres://postgres:wrong@127.0.0.1:{pg_port}/postgres"),
+        format!("postgres://postgres@localhost/postgres?host={socket_dir}&port={pg_port}"),
+    ] {
+        use sqlx::Connection;
+        let error = sqlx::PgConnection::connect(&url).await.unwrap_err();
+        assert!(
+            error.to_string().contains("password"),
+            "{url} should need the password: {error}"
+        );
+    }
+
+    // Its Postgres dies (as with `pg_ctl stop -m immediate`): `up` starts it again and goes on
+    // serving, without a restart of its own.
+    kill(Pid::from_raw(pg_pid.trim().parse().unwrap()), Signal::SIGQUIT).unwrap();
+    wait_for(
+        "up to restart its Postgres (a new postmaster pid)",
+        Duration::from_secs(60),
+        || async {
+            let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+            let pid = text.lines().next()?.trim().to_owned();
+            (pid != pg_pid.trim() && text.contains("ready")).then_some(())
+        },
+    )
+    .await;
+    let output = wait_for(
+        "a job to be accepted after the restart",
+        Duration::from_secs(30),
+        || async {
+            let output = jobs(&["enqueue", "noop"]).output().ok()?;
+            output.status.success().then_some(output)
+        },
+    )
+    .await;
+    let job: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for(
+        "the job after the restart to succeed",
+        Duration::from_secs(30),
+        || async {
+            let output = jobs(&["get", &id]).output().ok()?;
+            let job: Value = serde_json::from_slice(&output.stdout).ok()?;
+            (job["state"] == "succeeded").then_some(())
+        },
+    )
+    .await;
+    assert!(child.id().is_some(), "up must still be the same process");
 
     kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
     let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())

@@ -5,6 +5,8 @@ mod harness;
 mod http_api;
 mod http_live;
 
+mod bad_input;
+
 mod claim;
 mod cluster;
 mod fencing;

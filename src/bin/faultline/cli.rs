@@ -59,13 +59,15 @@ pub struct DatabaseArgs {
 impl DatabaseArgs {
     /// A lazily connecting pool of `--db-pool-size` connections.
     pub fn pool(&self) -> anyhow::Result<sqlx::PgPool> {
-        Ok(faultline::db::connect(
+        use anyhow::Context;
+        faultline::db::connect(
             &self.url,
             &faultline::db::PoolConfig {
                 max_connections: self.pool_size,
                 ..faultline::db::PoolConfig::default()
             },
-        )?)
+        )
+        .context("--database-url (DATABASE_URL)")
     }
 }
 
@@ -77,6 +79,20 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     match faultline::time_range::duration_problem(duration) {
         Some(problem) => Err(problem),
         None => Ok(duration),
+    }
+}
+
+/// An `http://` or `https://` base URL.
+pub fn http_url(text: &str) -> Result<String, String> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(text.to_owned())
+        }
+        Ok(url) => Err(format!(
+            "expected an http:// or https:// URL, got scheme {:?}",
+            url.scheme()
+        )),
+        Err(e) => Err(format!("not a URL: {e}")),
     }
 }
 

@@ -19,7 +19,8 @@ pub struct JobsArgs {
         long,
         env = "FAULTLINE_URL",
         default_value = "http://127.0.0.1:8000",
-        global = true
+        global = true,
+        value_parser = crate::cli::http_url
     )]
     pub url: String,
 

@@ -15,7 +15,7 @@ pub struct MigrateArgs {
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let pool = db::connect(&args.database.url, &db::PoolConfig::default())?;
+    let pool = args.database.pool()?;
     db::migrate(&pool)
         .await
         .context("could not apply the schema")?;

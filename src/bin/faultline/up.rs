@@ -106,7 +106,7 @@ async fn run_with(
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store.clone(),
-        builtin_registry(args.worker.webhook_config())?,
+        builtin_registry(args.worker.webhook_config()).context("--webhook-proxy")?,
         args.worker.worker_config(),
     )?
     .with_metrics(metrics.clone());

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use faultline::maintenance::{PrunerConfig, ReaperConfig};
 use faultline::metrics::Metrics;
@@ -151,7 +152,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store,
-        builtin_registry(options.webhook_config())?,
+        builtin_registry(options.webhook_config()).context("--webhook-proxy")?,
         options.worker_config(),
     )?
     .with_metrics(metrics.clone());

@@ -1,0 +1,468 @@
+//! The bad-input corpus: every field of every route, and every flag, with the edge values of its
+//! type and of Postgres (NUL, lone surrogates, invalid UTF-8, the smallest and largest dates,
+//! overflowing numbers and durations, huge and deeply nested bodies, empty strings, whitespace,
+//! commas). Each must answer a 4xx with the JSON error body naming what is wrong — never a 5xx,
+//! never a panic — and write nothing.
+//!
+//! One place, so that a new route or flag adds its rows here: `http_cases` for the API,
+//! `flag_cases` for the binary.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use faultline::http::ApiConfig;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::harness::TestDb;
+use crate::http_api::router;
+
+/// What a case must answer.
+#[derive(Clone, Debug)]
+enum Expect {
+    /// This status.
+    Status(u16),
+    /// 422 naming this field.
+    Field(&'static str),
+}
+
+struct Case {
+    method: Method,
+    uri: String,
+    body: Option<Vec<u8>>,
+    content_type: Option<&'static str>,
+    headers: Vec<(&'static str, String)>,
+    expect: Expect,
+}
+
+fn post(uri: &str, body: impl Into<Vec<u8>>, expect: Expect) -> Case {
+    Case {
+        method: Method::POST,
+        uri: uri.to_owned(),
+        body: Some(body.into()),
+        content_type: Some("application/json"),
+        headers: Vec::new(),
+        expect,
+    }
+}
+
+fn get(uri: &str, expect: Expect) -> Case {
+    Case {
+        method: Method::GET,
+        uri: uri.to_owned(),
+        body: None,
+        content_type: None,
+        headers: Vec::new(),
+        expect,
+    }
+}
+
+/// An enqueue body: `{"kind": "noop", <field>: <raw JSON value>}`.
+fn job_with(field: &str, raw: &str) -> Vec<u8> {
+    format!(r#"{{"kind": "noop", "{field}": {raw}}}"#).into_bytes()
+}
+
+fn batch_of(raw_jobs: &[&str]) -> Vec<u8> {
+    format!(r#"{{"jobs": [{}]}}"#, raw_jobs.join(",")).into_bytes()
+}
+
+const LONG: usize = 256;
+
+/// Edge values of a name field (queue, kind): each must be refused with 422 naming the field.
+fn bad_names() -> Vec<String> {
+    let long = format!("\"{}\"", "x".repeat(LONG));
+    [
+        r#""""#,
+        r#"" ""#,
+        r#"" padded ""#,
+        r#""a,b""#,
+        r#""a b""#,
+        r#""tab\t""#,
+        r#""nul\u0000""#,
+        r#""new\nline""#,
+        r#""é""#,
+        "12",
+        "null",
+        "[]",
+        "{}",
+        "true",
+        &long,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn http_cases() -> Vec<Case> {
+    use Expect::*;
+    let mut cases = Vec::new();
+
+    // POST /v1/jobs: every field.
+    for raw in bad_names() {
+        cases.push(post("/v1/jobs", format!(r#"{{"kind": {raw}}}"#), Field("kind")));
+        // null is "not given" for the optional queue.
+        if raw != "null" {
+            cases.push(post("/v1/jobs", job_with("queue", &raw), Field("queue")));
+        }
+    }
+    for raw in ["40000", "-40000", "1.5", "\"1\"", "1e400", "null", "[]"] {
+        // null is "not given" for optional fields: only the type errors are bad.
+        if raw != "null" {
+            cases.push(post("/v1/jobs", job_with("priority", raw), Field("priority")));
+        }
+    }
+    for raw in ["0", "-1", "2147483648", "1e10", "\"5\"", "99999999999999999999999"] {
+        cases.push(post(
+            "/v1/jobs",
+            job_with("max_attempts", raw),
+            Field("max_attempts"),
+        ));
+    }
+    for raw in ["0", "-1", "2147483648", "\"x\"", "1.5"] {
+        cases.push(post("/v1/jobs", job_with("timeout_ms", raw), Field("timeout_ms")));
+    }
+    for raw in [
+        r#""-5000-01-01T00:00:00Z""#,
+        r#""-4714-11-24T00:00:00Z""#,
+        r#""0000-12-31T23:59:59Z""#,
+        r#""+10000-01-01T00:00:00Z""#,
+        r#""+300000-01-01T00:00:00Z""#,
+        r#""not a time""#,
+        r#""""#,
+        r#""2026-13-45T99:99:99Z""#,
+        "0",
+        "[]",
+    ] {
+        cases.push(post("/v1/jobs", job_with("run_at", raw), Field("run_at")));
+    }
+    let long_key = format!("\"{}\"", "k".repeat(LONG));
+    for raw in [
+        r#""""#,
+        r#""   ""#,
+        r#""a\u0000b""#,
+        r#""x\ny""#,
+        r#""\u001b[31m""#,
+        "5",
+        long_key.as_str(),
+    ] {
+        cases.push(post(
+            "/v1/jobs",
+            job_with("idempotency_key", raw),
+            Field("idempotency_key"),
+        ));
+    }
+    let big = format!(
+        r#"{{"kind": "noop", "payload": {{"s": "{}"}}}}"#,
+        "x".repeat(1024 * 1024)
+    );
+    cases.push(post("/v1/jobs", big, Field("payload")));
+    let huge = format!(
+        r#"{{"kind": "noop", "payload": "{}"}}"#,
+        "x".repeat(3 * 1024 * 1024)
+    );
+    cases.push(post("/v1/jobs", huge, Status(413)));
+    cases.push(post(
+        "/v1/jobs",
+        r#"{"kind": "noop", "colour": "red"}"#,
+        Field("colour"),
+    ));
+    cases.push(post("/v1/jobs", r#"{"payload": {}}"#, Field("kind")));
+    // Not an object where one is expected (serde would take a struct from an array).
+    for raw in [r#"["noop"]"#, r#"["noop", {}, "default"]"#, r#""noop""#, "42", "null", "[]"] {
+        cases.push(post("/v1/jobs", raw, Status(422)));
+    }
+    // Unreadable bodies.
+    let deep = format!(
+        r#"{{"kind": "noop", "payload": {}{}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    for raw in [
+        "".as_bytes().to_vec(),
+        b"{".to_vec(),
+        b"{\"kind\": \"noop\"} trailing".to_vec(),
+        b"{\"kind\": \"\xff\xfe\"}".to_vec(),
+        br#"{"kind": "\ud800"}"#.to_vec(),
+        br#"{"kind": "noop", "payload": "\udc00x"}"#.to_vec(),
+        deep.into_bytes(),
+        b"\xef\xbb\xbf{\"kind\": \"noop\"}\x00".to_vec(),
+    ] {
+        cases.push(post("/v1/jobs", raw, Status(400)));
+    }
+    // Content types.
+    let mut plain = post("/v1/jobs", r#"{"kind": "noop"}"#, Status(415));
+    plain.content_type = Some("text/plain");
+    cases.push(plain);
+    let mut none = post("/v1/jobs", r#"{"kind": "noop"}"#, Status(415));
+    none.content_type = None;
+    cases.push(none);
+    // Idempotency-Key header.
+    let mut tab = post("/v1/jobs", r#"{"kind": "noop"}"#, Field("idempotency_key"));
+    tab.headers.push(("idempotency-key", "a\tb".into()));
+    cases.push(tab);
+    let mut blank = post("/v1/jobs", r#"{"kind": "noop"}"#, Field("idempotency_key"));
+    blank.headers.push(("idempotency-key", " ".into()));
+    cases.push(blank);
+    let mut mismatch = post(
+        "/v1/jobs",
+        r#"{"kind": "noop", "idempotency_key": "a"}"#,
+        Status(400),
+    );
+    mismatch.headers.push(("idempotency-key", "b".into()));
+    cases.push(mismatch);
+
+    // POST /v1/jobs/batch: the list and each element, named by index.
+    let ok = r#"{"kind": "noop"}"#;
+    cases.push(post("/v1/jobs/batch", batch_of(&[]), Field("jobs")));
+    let many: Vec<&str> = std::iter::repeat_n(ok, 1001).collect();
+    cases.push(post("/v1/jobs/batch", batch_of(&many), Field("jobs")));
+    cases.push(post("/v1/jobs/batch", r#"{"jobs": {}}"#, Field("jobs")));
+    cases.push(post("/v1/jobs/batch", r#"{"jobs": null}"#, Field("jobs")));
+    cases.push(post("/v1/jobs/batch", "{}", Field("jobs")));
+    cases.push(post("/v1/jobs/batch", r#"[[{"kind": "noop"}]]"#, Status(422)));
+    cases.push(post(
+        "/v1/jobs/batch",
+        batch_of(&[ok, r#"["noop"]"#]),
+        Field("jobs[1]"),
+    ));
+    cases.push(post(
+        "/v1/jobs/batch",
+        batch_of(&[ok, r#"{"kind": "noop", "max_attempts": 0}"#]),
+        Field("jobs[1].max_attempts"),
+    ));
+    cases.push(post(
+        "/v1/jobs/batch",
+        batch_of(&[r#"{"kind": "noop", "run_at": "-5000-01-01T00:00:00Z"}"#]),
+        Field("jobs[0].run_at"),
+    ));
+    cases.push(post(
+        "/v1/jobs/batch",
+        batch_of(&[ok, ok, r#"{"kind": "noop", "queue": "a,b"}"#]),
+        Field("jobs[2].queue"),
+    ));
+    cases.push(post(
+        "/v1/jobs/batch",
+        batch_of(&[ok, r#"{"kind": "noop", "priority": 99999}"#]),
+        Field("jobs[1].priority"),
+    ));
+    cases.push(post(
+        "/v1/jobs/batch",
+        batch_of(&[r#"{"kind": "noop", "surprise": 1}"#]),
+        Field("jobs[0].surprise"),
+    ));
+    let mut keyed = post("/v1/jobs/batch", batch_of(&[ok]), Status(400));
+    keyed.headers.push(("idempotency-key", "batch-1".into()));
+    cases.push(keyed);
+
+    // GET /v1/jobs: every query parameter.
+    for query in [
+        "state=bogus",
+        "state=%00",
+        "state=",
+        "queue=%00",
+        "queue=a%2Cb",
+        "queue=%20padded",
+        "kind=%00",
+        "kind=",
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=abc",
+        "limit=99999999999999999999",
+        "cursor=xyz",
+        "cursor=%00",
+        "unknown=1",
+        "queue=%FF",
+    ] {
+        cases.push(get(&format!("/v1/jobs?{query}"), Status(400)));
+    }
+    // Job ids in paths.
+    let long_id = "a".repeat(10_000);
+    for id in ["not-a-uuid", "%00", "%FF", long_id.as_str(), "00000000-0000-0000-0000"] {
+        cases.push(get(&format!("/v1/jobs/{id}"), Status(400)));
+        for action in ["cancel", "retry"] {
+            let mut case = get(&format!("/v1/jobs/{id}/{action}"), Status(400));
+            case.method = Method::POST;
+            cases.push(case);
+        }
+    }
+    let unknown = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+    cases.push(get(&format!("/v1/jobs/{unknown}"), Status(404)));
+    let mut cancel = get(&format!("/v1/jobs/{unknown}/cancel"), Status(404));
+    cancel.method = Method::POST;
+    cases.push(cancel);
+    // Routes and methods that do not exist.
+    cases.push(get("/v1/nothing", Status(404)));
+    let mut delete = get("/v1/jobs", Status(405));
+    delete.method = Method::DELETE;
+    cases.push(delete);
+    cases
+}
+
+#[tokio::test]
+async fn every_bad_request_answers_4xx_json_naming_the_problem_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let (router, _) = router(&db, ApiConfig::default());
+    let cases = http_cases();
+    assert!(cases.len() >= 130, "the corpus shrank: {}", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let mut request = Request::builder()
+            .method(case.method.clone())
+            .uri(case.uri.as_str());
+        if let (Some(ct), Some(_)) = (case.content_type, &case.body) {
+            request = request.header("content-type", ct);
+        }
+        for (name, value) in &case.headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request = request
+            .body(case.body.clone().map_or_else(Body::empty, Body::from))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let is_json = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("application/json"));
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let label = format!(
+            "{} {} {}",
+            case.method,
+            crate::harness::text_preview(&case.uri),
+            crate::harness::text_preview(&String::from_utf8_lossy(case.body.as_deref().unwrap_or(b"")))
+        );
+        let expected_status = match case.expect {
+            Expect::Status(code) => code,
+            Expect::Field(_) => 422,
+        };
+        let problems: Vec<String> = [
+            (status.as_u16() != expected_status)
+                .then(|| format!("status {status}, expected {expected_status}")),
+            (!is_json).then(|| "not a JSON error body".to_owned()),
+            (!body["error"]["code"].is_string() || !body["error"]["message"].is_string())
+                .then(|| format!("no error code/message: {body}")),
+            match case.expect {
+                Expect::Field(field) if body["error"]["field"] != json!(field) => Some(format!(
+                    "field {}, expected {field:?}",
+                    body["error"]["field"]
+                )),
+                _ => None,
+            },
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !problems.is_empty() {
+            failures.push(format!("{label}: {}", problems.join("; ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    let written: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 0, "a refused request wrote a job");
+
+    // The same router still takes a good request.
+    let (status, _, _) = crate::http_api::call(
+        &router,
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "noop"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+/// (arguments, the flag the error must name). None of these may start the command.
+fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
+    let worker = |flag: &'static str, value: &'static str| (vec!["worker", flag, value], flag);
+    let serve = |flag: &'static str, value: &'static str| (vec!["serve", flag, value], flag);
+    vec![
+        worker("--lease-ttl", "300000years"),
+        worker("--lease-ttl", "0s"),
+        worker("--lease-ttl", "abc"),
+        worker("--lease-ttl", ""),
+        worker("--retry-base", "290000years"),
+        worker("--retry-cap", "290000years"),
+        worker("--retention", "300000years"),
+        worker("--shutdown-grace", "300000years"),
+        worker("--webhook-timeout", "300000years"),
+        worker("--poll-interval", "0s"),
+        worker("--heartbeat-interval", "1y"),
+        worker("--concurrency", "0"),
+        (vec!["worker", "--concurrency=-1"], "--concurrency"),
+        worker("--concurrency", "99999999999"),
+        worker("--queues", "a b"),
+        worker("--queues", ""),
+        worker("--queues", "ok,,x"),
+        worker("--queues", "nul\u{1}"),
+        worker("--worker-id", ""),
+        worker("--worker-id", "a\u{7}b"),
+        worker("--metrics-listen", "nonsense"),
+        worker("--webhook-proxy", "ftp://proxy:21"),
+        worker("--webhook-proxy", "not a url"),
+        worker("--db-pool-size", "0"),
+        worker("--database-url", "http://127.0.0.1:1/x"),
+        worker("--database-url", "mysql://127.0.0.1:1/x"),
+        serve("--listen", "nonsense"),
+        serve("--api-token", "with space"),
+        serve("--api-token", "new\nline"),
+        (vec!["serve", "--max-payload-bytes=-1"], "--max-payload-bytes"),
+        serve("--request-timeout", "300000years"),
+        serve("--max-connections", "0"),
+        serve("--header-read-timeout", "0s"),
+        serve("--database-url", "mysql://127.0.0.1:1/x"),
+        (vec!["migrate", "--database-url", "http://127.0.0.1:1/x"], "--database-url"),
+        (vec!["jobs", "list", "--token", "a\nb"], "--token"),
+        (vec!["jobs", "list", "--url", "not a url"], "--url"),
+        (vec!["jobs", "list", "--url", "ftp://x"], "--url"),
+        (vec!["jobs", "list", "--limit=-5"], "--limit"),
+    ]
+}
+
+#[tokio::test]
+async fn every_bad_flag_is_refused_at_start_naming_the_flag() {
+    let exe = env!("CARGO_BIN_EXE_faultline");
+    let mut failures = Vec::new();
+    for (args, flag) in flag_cases() {
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .args(&args)
+            .env_remove("FAULTLINE_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // A database that is never reached: the flags must be refused before any connection.
+        if !args.iter().any(|a| *a == "--database-url") {
+            command.env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none");
+        }
+        let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} did not exit: it started despite a bad flag"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let code = output.status.code();
+        if code == Some(0) || code == Some(101) || code.is_none() || !stderr.contains(flag) {
+            failures.push(format!("{args:?}: exit {code:?}, stderr {stderr:?}"));
+        }
+        if stderr.contains("panicked") {
+            failures.push(format!("{args:?} panicked: {stderr}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
