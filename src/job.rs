@@ -162,21 +162,30 @@ impl Encode<'_, Postgres> for JobState {
 }
 
 /// One failed attempt in a job's error history.
+///
+/// Read leniently: the history is JSON that other writers (an earlier release, an operator's
+/// hand-made fix) may have shaped differently, and one odd entry must never make the job, or a
+/// listing holding it, fail to load. A field of the wrong type reads as its default (a number as
+/// text where text is expected).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptError {
     /// The attempt number (1-based) that failed.
+    #[serde(default, deserialize_with = "lenient_i32")]
     pub attempt: i32,
     /// The worker that held the lease.
+    #[serde(default, deserialize_with = "lenient_optional_text")]
     pub worker: Option<String>,
     /// When the failure was recorded (database clock). An entry whose time cannot be read
     /// (written by hand, or by an old release with an overflowing backoff) reads as the Unix
     /// epoch rather than making the whole job unreadable.
-    #[serde(deserialize_with = "lenient_time")]
+    #[serde(default = "epoch", deserialize_with = "lenient_time")]
     pub at: DateTime<Utc>,
     /// The error text.
+    #[serde(default, deserialize_with = "lenient_text")]
     pub error: String,
     /// Why the attempt ended: `error` (the handler failed) or `lease_expired` (the worker stopped
     /// heartbeating and the reaper took the job back).
+    #[serde(default, deserialize_with = "lenient_text")]
     pub reason: String,
     /// When the next attempt was scheduled (backoff), if the failure was retried; `None` also
     /// when the stored time cannot be read.
@@ -184,8 +193,33 @@ pub struct AttemptError {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
-/// A time from the error history, or the epoch when it does not parse: one odd entry must never
-/// make a job, or a listing holding it, fail to load.
+fn epoch() -> DateTime<Utc> {
+    DateTime::UNIX_EPOCH
+}
+
+fn lenient_i32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(value
+        .as_i64()
+        .and_then(|n| i32::try_from(n).ok())
+        .unwrap_or_default())
+}
+
+fn lenient_optional_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(text) => Some(text),
+        other => Some(other.to_string()),
+    })
+}
+
+fn lenient_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(lenient_optional_text(d)?.unwrap_or_default())
+}
+
+/// A time from the error history, or the epoch when it does not parse.
 fn lenient_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     Ok(lenient_optional_time(d)?.unwrap_or(DateTime::UNIX_EPOCH))
 }

@@ -55,10 +55,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             serde_json::error::Category::Data => {
                 // A missing or unknown field is reported at its parent's path: name the field.
                 let text = inner.to_string();
-                let named = ["missing field `", "unknown field `"].iter().find_map(|prefix| {
-                    let rest = text.strip_prefix(prefix)?;
-                    rest.split('`').next().map(str::to_owned)
-                });
+                let named = ["missing field `", "unknown field `"]
+                    .iter()
+                    .find_map(|prefix| {
+                        let rest = text.strip_prefix(prefix)?;
+                        rest.split('`').next().map(str::to_owned)
+                    });
                 let field = match (named, path.as_str()) {
                     (Some(name), ".") => name,
                     (Some(name), parent) if !parent.ends_with(&name) => format!("{parent}.{name}"),

@@ -175,10 +175,12 @@ impl Store {
             .map(|(i, job)| {
                 let checked = self.validate(&job).and_then(|()| self.payload_text(&job));
                 let payload = checked.map_err(|e| match e {
-                    StoreError::Invalid { field, message } if shape == Shape::Batch => StoreError::Invalid {
-                        field: format!("jobs[{i}].{field}"),
-                        message,
-                    },
+                    StoreError::Invalid { field, message } if shape == Shape::Batch => {
+                        StoreError::Invalid {
+                            field: format!("jobs[{i}].{field}"),
+                            message,
+                        }
+                    }
                     other => other,
                 })?;
                 Ok(Prepared {

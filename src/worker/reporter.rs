@@ -148,7 +148,10 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
         }
     }
 
-    for report in others {
+    // A queue rather than a loop over `others`: a refused report's replacement is written in
+    // this same pass (at most two replacements per report, see `refused`).
+    let mut queue: std::collections::VecDeque<Report> = others.into();
+    while let Some(report) = queue.pop_front() {
         let result = match &report.what {
             ReportKind::Fail(error) => shared
                 .store
@@ -182,8 +185,8 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
             Err(e) => {
                 shared.health.failed(report.what.op(), &e);
                 if e.is_permanent_database_error() {
-                    if let Some(report) = refused(shared, report, &e) {
-                        retry.push(report);
+                    if let Some(replacement) = refused(shared, report, &e) {
+                        queue.push_back(replacement);
                     }
                 } else {
                     retry.push(report);

@@ -101,7 +101,11 @@ fn http_cases() -> Vec<Case> {
 
     // POST /v1/jobs: every field.
     for raw in bad_names() {
-        cases.push(post("/v1/jobs", format!(r#"{{"kind": {raw}}}"#), Field("kind")));
+        cases.push(post(
+            "/v1/jobs",
+            format!(r#"{{"kind": {raw}}}"#),
+            Field("kind"),
+        ));
         // null is "not given" for the optional queue.
         if raw != "null" {
             cases.push(post("/v1/jobs", job_with("queue", &raw), Field("queue")));
@@ -110,10 +114,21 @@ fn http_cases() -> Vec<Case> {
     for raw in ["40000", "-40000", "1.5", "\"1\"", "1e400", "null", "[]"] {
         // null is "not given" for optional fields: only the type errors are bad.
         if raw != "null" {
-            cases.push(post("/v1/jobs", job_with("priority", raw), Field("priority")));
+            cases.push(post(
+                "/v1/jobs",
+                job_with("priority", raw),
+                Field("priority"),
+            ));
         }
     }
-    for raw in ["0", "-1", "2147483648", "1e10", "\"5\"", "99999999999999999999999"] {
+    for raw in [
+        "0",
+        "-1",
+        "2147483648",
+        "1e10",
+        "\"5\"",
+        "99999999999999999999999",
+    ] {
         cases.push(post(
             "/v1/jobs",
             job_with("max_attempts", raw),
@@ -121,7 +136,11 @@ fn http_cases() -> Vec<Case> {
         ));
     }
     for raw in ["0", "-1", "2147483648", "\"x\"", "1.5"] {
-        cases.push(post("/v1/jobs", job_with("timeout_ms", raw), Field("timeout_ms")));
+        cases.push(post(
+            "/v1/jobs",
+            job_with("timeout_ms", raw),
+            Field("timeout_ms"),
+        ));
     }
     for raw in [
         r#""-5000-01-01T00:00:00Z""#,
@@ -170,7 +189,14 @@ fn http_cases() -> Vec<Case> {
     ));
     cases.push(post("/v1/jobs", r#"{"payload": {}}"#, Field("kind")));
     // Not an object where one is expected (serde would take a struct from an array).
-    for raw in [r#"["noop"]"#, r#"["noop", {}, "default"]"#, r#""noop""#, "42", "null", "[]"] {
+    for raw in [
+        r#"["noop"]"#,
+        r#"["noop", {}, "default"]"#,
+        r#""noop""#,
+        "42",
+        "null",
+        "[]",
+    ] {
         cases.push(post("/v1/jobs", raw, Status(422)));
     }
     // Unreadable bodies.
@@ -221,7 +247,11 @@ fn http_cases() -> Vec<Case> {
     cases.push(post("/v1/jobs/batch", r#"{"jobs": {}}"#, Field("jobs")));
     cases.push(post("/v1/jobs/batch", r#"{"jobs": null}"#, Field("jobs")));
     cases.push(post("/v1/jobs/batch", "{}", Field("jobs")));
-    cases.push(post("/v1/jobs/batch", r#"[[{"kind": "noop"}]]"#, Status(422)));
+    cases.push(post(
+        "/v1/jobs/batch",
+        r#"[[{"kind": "noop"}]]"#,
+        Status(422),
+    ));
     cases.push(post(
         "/v1/jobs/batch",
         batch_of(&[ok, r#"["noop"]"#]),
@@ -280,7 +310,13 @@ fn http_cases() -> Vec<Case> {
     }
     // Job ids in paths.
     let long_id = "a".repeat(10_000);
-    for id in ["not-a-uuid", "%00", "%FF", long_id.as_str(), "00000000-0000-0000-0000"] {
+    for id in [
+        "not-a-uuid",
+        "%00",
+        "%FF",
+        long_id.as_str(),
+        "00000000-0000-0000-0000",
+    ] {
         cases.push(get(&format!("/v1/jobs/{id}"), Status(400)));
         for action in ["cancel", "retry"] {
             let mut case = get(&format!("/v1/jobs/{id}/{action}"), Status(400));
@@ -335,7 +371,9 @@ async fn every_bad_request_answers_4xx_json_naming_the_problem_and_writes_nothin
             "{} {} {}",
             case.method,
             crate::harness::text_preview(&case.uri),
-            crate::harness::text_preview(&String::from_utf8_lossy(case.body.as_deref().unwrap_or(b"")))
+            crate::harness::text_preview(&String::from_utf8_lossy(
+                case.body.as_deref().unwrap_or(b"")
+            ))
         );
         let expected_status = match case.expect {
             Expect::Status(code) => code,
@@ -421,12 +459,18 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
         serve("--listen", "nonsense"),
         serve("--api-token", "with space"),
         serve("--api-token", "new\nline"),
-        (vec!["serve", "--max-payload-bytes=-1"], "--max-payload-bytes"),
+        (
+            vec!["serve", "--max-payload-bytes=-1"],
+            "--max-payload-bytes",
+        ),
         serve("--request-timeout", "300000years"),
         serve("--max-connections", "0"),
         serve("--header-read-timeout", "0s"),
         serve("--database-url", "mysql://127.0.0.1:1/x"),
-        (vec!["migrate", "--database-url", "http://127.0.0.1:1/x"], "--database-url"),
+        (
+            vec!["migrate", "--database-url", "http://127.0.0.1:1/x"],
+            "--database-url",
+        ),
         (vec!["jobs", "list", "--token", "a\nb"], "--token"),
         (vec!["jobs", "list", "--url", "not a url"], "--url"),
         (vec!["jobs", "list", "--url", "ftp://x"], "--url"),

@@ -339,7 +339,8 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_spec_name() {
 }
 
 #[tokio::test]
-async fn faultline_up_runs_for_a_newcomer_guards_and_restarts_its_postgres_and_leaves_nothing_behind() {
+async fn faultline_up_runs_for_a_newcomer_guards_and_restarts_its_postgres_and_leaves_nothing_behind(
+) {
     // A fresh directory the server user can enter, as a checkout would be.
     let dir = std::env::temp_dir().join(format!("faultline-up-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -439,7 +440,11 @@ async fn faultline_up_runs_for_a_newcomer_guards_and_restarts_its_postgres_and_l
 
     // Its Postgres dies (as with `pg_ctl stop -m immediate`): `up` starts it again and goes on
     // serving, without a restart of its own.
-    kill(Pid::from_raw(pg_pid.trim().parse().unwrap()), Signal::SIGQUIT).unwrap();
+    kill(
+        Pid::from_raw(pg_pid.trim().parse().unwrap()),
+        Signal::SIGQUIT,
+    )
+    .unwrap();
     wait_for(
         "up to restart its Postgres (a new postmaster pid)",
         Duration::from_secs(60),

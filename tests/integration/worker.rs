@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::{fast_config, wait_for, TestDb};
 
-fn config(id: &str) -> WorkerConfig {
+pub fn config(id: &str) -> WorkerConfig {
     WorkerConfig {
         worker_id: id.to_owned(),
         concurrency: 8,
@@ -35,14 +35,14 @@ fn config(id: &str) -> WorkerConfig {
 }
 
 /// A worker running in the background of the test.
-struct Running {
+pub struct Running {
     shutdown: CancellationToken,
     handle: JoinHandle<()>,
     metrics: Arc<Metrics>,
 }
 
 impl Running {
-    fn start(store: &Store, registry: HandlerRegistry, config: WorkerConfig) -> Running {
+    pub fn start(store: &Store, registry: HandlerRegistry, config: WorkerConfig) -> Running {
         let worker = Worker::new(store.clone(), registry, config).expect("valid worker config");
         let metrics = worker.metrics().clone();
         let shutdown = CancellationToken::new();
@@ -55,12 +55,12 @@ impl Running {
     }
 
     /// Graceful shutdown; panics if the worker panicked.
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.shutdown.cancel();
         self.handle.await.expect("the worker must not panic");
     }
 
-    fn count(&self, metric: &str) -> f64 {
+    pub fn count(&self, metric: &str) -> f64 {
         metric_sum(&self.metrics.render(), metric)
     }
 }
@@ -73,11 +73,11 @@ fn metric_sum(text: &str, metric: &str) -> f64 {
         .sum()
 }
 
-fn builtins() -> HandlerRegistry {
+pub fn builtins() -> HandlerRegistry {
     builtin_registry(WebhookConfig::default()).unwrap()
 }
 
-async fn wait_for_state(store: &Store, id: JobId, state: JobState, timeout: Duration) -> Job {
+pub async fn wait_for_state(store: &Store, id: JobId, state: JobState, timeout: Duration) -> Job {
     wait_for(&format!("job {id} to be {state}"), timeout, || async {
         let job = store.get(id).await.ok()?;
         (job.state == state).then_some(job)
@@ -85,7 +85,7 @@ async fn wait_for_state(store: &Store, id: JobId, state: JobState, timeout: Dura
     .await
 }
 
-async fn enqueue(store: &Store, job: NewJob) -> JobId {
+pub async fn enqueue(store: &Store, job: NewJob) -> JobId {
     store.enqueue(job).await.unwrap().job().id
 }
 
