@@ -104,32 +104,35 @@ pub fn connect(url: &str, config: &PoolConfig) -> Result<PgPool, DbError> {
 /// [`DbError::Database`] when the database cannot be reached; [`DbError::Migrate`] when a
 /// migration fails (it ran in a transaction, so nothing of it remains).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    // Nothing to do is found without any right beyond reading: a role that may use the queue
-    // but not create schemas can run `migrate` against a current database.
-    if schema_is_current(pool).await? {
-        return Ok(());
-    }
-    // A connection of our own, closed afterwards rather than returned to the pool, so that the
-    // session settings (search_path, the lock) never leak into other users of the pool.
-    let mut conn = pool.acquire().await?.detach();
-    sqlx::query("select pg_advisory_lock($1)")
-        .bind(MIGRATION_LOCK_KEY)
-        .execute(&mut conn)
-        .await?;
-    let result: Result<(), DbError> = async {
-        sqlx::query("create schema if not exists faultline")
-            .execute(&mut conn)
-            .await?;
-        sqlx::query("set search_path to faultline")
-            .execute(&mut conn)
-            .await?;
-        MIGRATOR.run(&mut conn).await?;
-        Ok(())
-    }
-    .await;
+    // A connection of our own, opened directly rather than taken from the pool: its error is
+    // the real cause ("connection refused", "password authentication failed") rather than the
+    // pool's "timed out", and it is closed afterwards so that the session settings
+    // (search_path, the lock) never leak into other users of the pool.
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+    let result = migrate_on(&mut conn).await;
     // Closing the session releases the advisory lock even if the unlock is never sent.
     let _ = conn.close().await;
     result
+}
+
+async fn migrate_on(conn: &mut sqlx::PgConnection) -> Result<(), DbError> {
+    // Nothing to do is found without any right beyond reading: a role that may use the queue
+    // but not create schemas can run `migrate` against a current database.
+    if applied_all(&mut *conn).await? {
+        return Ok(());
+    }
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("create schema if not exists faultline")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("set search_path to faultline")
+        .execute(&mut *conn)
+        .await?;
+    MIGRATOR.run(&mut *conn).await?;
+    Ok(())
 }
 
 /// Whether the database holds every migration this build knows.
@@ -137,10 +140,15 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 /// # Errors
 /// [`DbError::Database`] when the database cannot be reached.
 pub async fn schema_is_current(pool: &PgPool) -> Result<bool, DbError> {
+    let mut conn = pool.acquire().await?;
+    applied_all(&mut conn).await
+}
+
+async fn applied_all(conn: &mut sqlx::PgConnection) -> Result<bool, DbError> {
     let applied: Vec<i64> = match sqlx::query_scalar(
         "select version from faultline._sqlx_migrations where success order by version",
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
     {
         Ok(versions) => versions,

@@ -242,7 +242,7 @@ fn http_cases() -> Vec<Case> {
     // POST /v1/jobs/batch: the list and each element, named by index.
     let ok = r#"{"kind": "noop"}"#;
     cases.push(post("/v1/jobs/batch", batch_of(&[]), Field("jobs")));
-    let many: Vec<&str> = std::iter::repeat_n(ok, 1001).collect();
+    let many: Vec<&str> = vec![ok; 1001];
     cases.push(post("/v1/jobs/batch", batch_of(&many), Field("jobs")));
     cases.push(post("/v1/jobs/batch", r#"{"jobs": {}}"#, Field("jobs")));
     cases.push(post("/v1/jobs/batch", r#"{"jobs": null}"#, Field("jobs")));
@@ -492,7 +492,7 @@ async fn every_bad_flag_is_refused_at_start_naming_the_flag() {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         // A database that is never reached: the flags must be refused before any connection.
-        if !args.iter().any(|a| *a == "--database-url") {
+        if !args.contains(&"--database-url") {
             command.env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none");
         }
         let output = tokio::time::timeout(Duration::from_secs(20), command.output())

@@ -116,3 +116,63 @@ async fn pool_retrying(url: &str) -> sqlx::PgPool {
     )
     .await
 }
+
+/// A cluster made by an earlier release trusted every local connection; reopening it sets a
+/// password before it serves again, and a connection without it is refused.
+#[tokio::test]
+async fn a_cluster_that_trusted_everyone_gets_a_password_before_it_serves_again() {
+    use faultline::pg::ClusterOptions;
+    use sqlx::Connection;
+    let first = tokio::task::spawn_blocking(Cluster::temporary)
+        .await
+        .unwrap()
+        .unwrap();
+    let root = first.root().to_path_buf();
+    let data = root.join("data");
+    tokio::task::spawn_blocking({
+        let first = first;
+        move || {
+            first.stop(StopMode::Fast).unwrap();
+            // Forget the handle without removing the directory: it is the "old" cluster.
+            std::mem::forget(first);
+        }
+    })
+    .await
+    .unwrap();
+    // As the earlier release left it: trust, and no password file.
+    std::fs::remove_file(data.join("faultline.password")).unwrap();
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhost all all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    let reopened = tokio::task::spawn_blocking({
+        let root = root.clone();
+        move || {
+            let cluster = Cluster::create(
+                &root,
+                ClusterOptions {
+                    remove_on_drop: true,
+                    ..ClusterOptions::ephemeral()
+                },
+            )?;
+            cluster.start()?;
+            Ok::<_, faultline::pg::PgError>(cluster)
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let port = reopened.port().unwrap();
+    let error =
+        sqlx::PgConnection::connect(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+            .await
+            .unwrap_err();
+    assert!(error.to_string().contains("password"), "{error}");
+    let conn = sqlx::PgConnection::connect(&reopened.url("postgres"))
+        .await
+        .expect("the URL carries the new password");
+    let _ = conn.close().await;
+    let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
+    assert!(!hba.contains("trust"), "{hba}");
+}

@@ -169,3 +169,10 @@ pub fn text_preview(text: &str) -> String {
     let more = if text.chars().count() > 80 { "…" } else { "" };
     format!("{short:?}{more}")
 }
+
+/// `url` with its user and password replaced.
+pub fn with_role(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
+}

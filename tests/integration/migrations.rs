@@ -76,3 +76,74 @@ async fn migrate_names_the_problem_when_the_database_is_unreachable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid database URL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn migrate_by_a_role_without_create_succeeds_when_the_schema_is_current() {
+    let db = TestDb::new().await;
+    let role = format!("app_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!(
+        "create role {role} login password 'pw';
+         revoke create on database {database} from public;
+         grant connect on database {database} to {role};
+         grant usage on schema faultline to {role};
+         grant select on faultline._sqlx_migrations to {role};",
+        database = db
+            .url
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap(),
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let url = crate::harness::with_role(&db.url, &role, "pw");
+    let pool = db::connect(&url, &db::PoolConfig::default()).unwrap();
+    db::migrate(&pool)
+        .await
+        .expect("a current schema needs no CREATE right");
+    assert!(db::schema_is_current(&pool).await.unwrap());
+    pool.close().await;
+    sqlx::raw_sql(&format!("drop owned by {role}; drop role {role};"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn urls_that_are_not_postgres_are_refused_with_a_clear_message() {
+    for url in [
+        "http://127.0.0.1:5432/db",
+        "mysql://root@127.0.0.1/db",
+        "127.0.0.1:5432",
+        "",
+    ] {
+        let error = db::connect(url, &db::PoolConfig::default()).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("expected postgres://"), "{url}: {text}");
+    }
+    db::connect("postgresql://u@h/db", &db::PoolConfig::default()).unwrap();
+}
+
+#[tokio::test]
+async fn a_failure_prints_its_cause_once() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://u:p@127.0.0.1:1/none",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("Connection refused").count(),
+        1,
+        "the cause once: {stderr}"
+    );
+}
