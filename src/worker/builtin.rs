@@ -20,6 +20,9 @@ struct Sleep {
 #[serde(deny_unknown_fields)]
 struct Fail {
     times: u32,
+    /// The error text of the failing attempts (default: says it fails on purpose).
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// A registry with every built-in kind.
@@ -35,7 +38,8 @@ pub fn builtin_registry(webhook: WebhookConfig) -> Result<HandlerRegistry, Proxy
 /// Add the built-in kinds to `registry`:
 /// - `noop`: succeeds at once (any payload);
 /// - `sleep {"ms": N}`: sleeps N ms, stopping early when cancelled;
-/// - `fail {"times": N}`: fails (retryably) its first N attempts, then succeeds;
+/// - `fail {"times": N, "message"?: text}`: fails (retryably, with `message` as the error when
+///   given) its first N attempts, then succeeds;
 /// - `webhook {"url", "method", "headers", "body"}`: see [`super::webhook`].
 ///
 /// # Errors
@@ -55,18 +59,21 @@ pub fn register_builtins(
         }
     });
     registry.register_fn("fail", |ctx: JobContext, fail: Fail| async move {
-        fail_first(&ctx, fail.times)
+        fail_first(&ctx, fail.times, fail.message.as_deref())
     });
     registry.register("webhook", Webhook::new(webhook)?);
     Ok(())
 }
 
-fn fail_first(ctx: &JobContext, times: u32) -> JobResult {
+fn fail_first(ctx: &JobContext, times: u32, message: Option<&str>) -> JobResult {
     if i64::from(ctx.attempt) <= i64::from(times) {
-        Err(JobError::retryable(format!(
-            "failing on purpose: attempt {} of the first {times} that fail",
-            ctx.attempt
-        )))
+        Err(JobError::retryable(match message {
+            Some(message) => message.to_owned(),
+            None => format!(
+                "failing on purpose: attempt {} of the first {times} that fail",
+                ctx.attempt
+            ),
+        }))
     } else {
         Ok(())
     }

@@ -238,3 +238,30 @@ async fn with_a_token_set_unknown_routes_and_methods_answer_401_before_404_or_40
         assert_eq!(status.as_u16(), with, "{method} {uri} with the token");
     }
 }
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    let db = TestDb::new().await;
+    let config = ServerConfig {
+        header_read_timeout: Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
+    let (addr, shutdown) = serve_with(&db, config).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an idle connection is not kept for ever")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "kept for its idle time"
+    );
+    shutdown.cancel();
+}

@@ -14,21 +14,26 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use super::env::{Env, EnvOptions};
+use super::poison;
 use super::report::{seconds, Report};
 
 #[derive(Default)]
 struct Flow {
     acked: Vec<JobId>,
+    /// Jobs whose stored payload text must equal the text sent.
+    exact: Vec<(JobId, String)>,
     attempts: u64,
     unavailable: u64,
     server_errors: u64,
 }
 
-/// A job of the mix: mostly no-ops, some sleeps that outlive a stall, some that fail first.
-fn job(rng: &mut StdRng) -> Value {
-    match rng.gen_range(0..10) {
+/// A job of the mix: mostly no-ops, some sleeps that outlive a stall, some that fail first, and
+/// poison (hostile error texts, misbehaving webhook receivers, payloads that must stay exact).
+fn job(rng: &mut StdRng, receiver: &str) -> Value {
+    match rng.gen_range(0..12) {
         0..=4 => json!({"kind": "noop"}),
         5..=7 => json!({"kind": "sleep", "payload": {"ms": rng.gen_range(50..1500)}}),
+        10 | 11 => poison::job(rng, receiver),
         _ => {
             let max = rng.gen_range(2..=5);
             json!({"kind": "fail", "payload": {"times": rng.gen_range(0..=max)}, "max_attempts": max})
@@ -52,9 +57,12 @@ pub async fn run(
         workers: 3,
         lease_ttl: ttl,
         journal: true,
+        allow_private_webhooks: true,
         ..EnvOptions::default()
     };
     let mut env = Env::start(report, options, db).await?;
+    let receiver = poison::hostile_receiver().await?;
+    report.event(format!("hostile webhook receiver on {receiver}"));
     let restart_db = env.cluster.is_some();
 
     // The flow: enqueue through the API with idempotency keys; a 503 or a dropped connection
@@ -70,7 +78,7 @@ pub async fn run(
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let (key, body) = (format!("chaos-{seed}-{n}"), job(&mut rng));
+                let (key, body) = (format!("chaos-{seed}-{n}"), job(&mut rng, &receiver));
                 loop {
                     flow.lock().unwrap().attempts += 1;
                     let sent = http
@@ -83,7 +91,11 @@ pub async fn run(
                     if status == 200 || status == 201 {
                         let reply: Value = sent.unwrap().json().await.unwrap_or(Value::Null);
                         if let Some(id) = reply["id"].as_str().and_then(|s| s.parse().ok()) {
-                            flow.lock().unwrap().acked.push(id);
+                            let mut flow = flow.lock().unwrap();
+                            flow.acked.push(id);
+                            if poison::is_exact(&body) {
+                                flow.exact.push((id, body["payload"].to_string()));
+                            }
                         }
                         break;
                     }
@@ -233,6 +245,19 @@ pub async fn run(
            having count(distinct token) > 1) x",
     )
     .await;
+    let exact = flow.lock().unwrap().exact.clone();
+    let mut changed_payloads = 0i64;
+    for (id, sent) in &exact {
+        let stored: Option<String> =
+            sqlx::query_scalar("select payload::text from faultline.jobs where id = $1")
+                .bind(id)
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap_or(None);
+        if stored.as_deref() != Some(sent.as_str()) {
+            changed_payloads += 1;
+        }
+    }
     let by_state: Vec<(String, i64)> = sqlx::query_as(
         "select state, count(*) from faultline.jobs where id = any($1) group by 1 order by 1",
     )
@@ -274,6 +299,11 @@ pub async fn run(
         format!("{bad_failures} violations"),
     );
     report.check(
+        "every payload stored exactly as sent (big numbers, \\u0000, key order)",
+        changed_payloads == 0,
+        format!("{changed_payloads} of {} changed", exact.len()),
+    );
+    report.check(
         "no 5xx but 503 from the API",
         f.server_errors == 0,
         format!("{} other errors", f.server_errors),
@@ -285,6 +315,7 @@ pub async fn run(
         after_success,
         accepted_twice,
         bad_failures,
+        changed_payloads,
     ]
     .iter()
     .filter(|v| **v != 0)

@@ -59,6 +59,8 @@ pub struct EnvOptions {
     pub concurrency: u32,
     /// Journal every handler run in `faultline_drill.executions`.
     pub journal: bool,
+    /// Let webhooks reach loopback (the drill's own hostile receiver).
+    pub allow_private_webhooks: bool,
 }
 
 impl Default for EnvOptions {
@@ -69,6 +71,7 @@ impl Default for EnvOptions {
             retry_base: Duration::from_millis(200),
             concurrency: 8,
             journal: false,
+            allow_private_webhooks: false,
         }
     }
 }
@@ -274,6 +277,9 @@ impl Env {
         ];
         if o.journal {
             args.push("--drill-journal".to_owned());
+        }
+        if o.allow_private_webhooks {
+            args.push("--webhook-allow-private".to_owned());
         }
         spawn(&self.exe, &self.dir, &name, args, &self.url, port)
     }

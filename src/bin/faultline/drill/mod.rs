@@ -6,6 +6,7 @@
 mod chaos;
 mod env;
 mod journal;
+mod poison;
 mod report;
 mod scenarios;
 
