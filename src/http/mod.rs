@@ -172,10 +172,8 @@ async fn not_found(
     method: Method,
     uri: Uri,
 ) -> ApiError {
-    if !auth::is_open(uri.path()) && !auth::authorized(&state, &headers) {
-        return ApiError::Unauthorized;
-    }
-    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+    unauthorized(&state, &headers, &uri)
+        .unwrap_or_else(|| ApiError::NotFound(format!("no route for {method} {}", uri.path())))
 }
 
 async fn method_not_allowed(
@@ -184,12 +182,15 @@ async fn method_not_allowed(
     method: Method,
     uri: Uri,
 ) -> ApiError {
-    if !auth::is_open(uri.path()) && !auth::authorized(&state, &headers) {
-        return ApiError::Unauthorized;
-    }
-    ApiError::Refused {
+    unauthorized(&state, &headers, &uri).unwrap_or_else(|| ApiError::Refused {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
         message: format!("{method} is not allowed on {}", uri.path()),
-    }
+    })
+}
+
+/// 401 for a protected path without the token.
+fn unauthorized(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Option<ApiError> {
+    (!auth::is_open(uri.path()) && !auth::authorized(state, headers))
+        .then_some(ApiError::Unauthorized)
 }

@@ -416,7 +416,7 @@ select id, queue, kind, payload::json, priority, max_attempts, coalesce(run_at, 
        idempotency_key, fingerprint, timeout_ms
 from input
 order by ord
-on conflict (idempotency_key) do nothing
+on conflict (idempotency_key) where idempotency_key is not null do nothing
 returning *"
     };
 }

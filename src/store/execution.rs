@@ -15,7 +15,8 @@ use crate::lease::{Lease, LeaseLostReason};
 /// A job claimed by [`Store::claim_batch`], with the lease to report under.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Claimed {
-    /// The job as it is now (`running`, `attempts` already counting this attempt).
+    /// The job as it is now (`running`, `attempts` already counting this attempt), without its
+    /// error history (`errors` is empty; [`Store::get`] reads it).
     pub job: Job,
     /// The lease: every report on this job must carry it.
     pub lease: Lease,
@@ -128,7 +129,13 @@ impl Store {
                 updated_at = now()
             from next
             where j.id = next.id
-            returning j.*, next.needs_recovery as recovered",
+            -- What a handler needs, not the error history (which grows with every attempt and
+            -- which no handler reads): `errors` comes back empty.
+            returning j.id, j.queue, j.kind, j.payload, j.state, j.priority, j.attempts,
+                      j.max_attempts, j.next_run_at, j.timeout_ms, j.lease_owner,
+                      j.lease_expires_at, j.lease_token, j.idempotency_key, j.last_error,
+                      '[]'::jsonb as errors, j.created_at, j.started_at, j.finished_at,
+                      j.updated_at, next.needs_recovery as recovered",
         )
         .bind(&queues)
         .bind(worker)
@@ -190,35 +197,14 @@ impl Store {
         ttl: Duration,
     ) -> Result<Vec<Result<DateTime<Utc>, StoreError>>, StoreError> {
         let (ids, tokens) = unzip_leases(leases);
-        // Rows are locked in id order (the `order by … for update` CTE) so that two batch
-        // statements over overlapping jobs cannot deadlock. The fence (token and state) is
-        // checked in the CTE, and checked again by Postgres on the newest row version when the
-        // lock had to wait (READ COMMITTED re-evaluation); once locked, nobody can change the row
-        // before we commit, so the outer UPDATE joins on id alone. (Repeating the fence there
-        // made the planner compare every running job with every target row: 3.3 s instead of
-        // 77 ms for 5,000 leases.)
-        let rows: Vec<(JobId, i64, DateTime<Utc>)> = sqlx::query_as(
-            "with target as (
-                select j.id, j.lease_token
-                from faultline.jobs j
-                join unnest($1::uuid[], $2::int8[]) as l(id, token)
-                  on j.id = l.id and j.lease_token = l.token
-                where j.state = 'running'
-                order by j.id
-                for update of j
-            )
-            update faultline.jobs j
-            set lease_expires_at = now() + $3 * interval '1 millisecond',
-                updated_at = now()
-            from target
-            where j.id = target.id
-            returning j.id, j.lease_token, j.lease_expires_at",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(millis(ttl))
-        .fetch_all(&self.pool)
-        .await?;
+        // See `FENCED_BATCH` for why the rows are found by `id = any(…)` and fenced by
+        // `lease_token = any(…)`.
+        let rows: Vec<(JobId, i64, DateTime<Utc>)> = sqlx::query_as(HEARTBEAT_BATCH)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(millis(ttl))
+            .fetch_all(&self.pool)
+            .await?;
         let extended: HashMap<(JobId, i64), DateTime<Utc>> = rows
             .into_iter()
             .map(|(id, token, expires)| ((id, token), expires))
@@ -247,30 +233,12 @@ impl Store {
         leases: &[Lease],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let (ids, tokens) = unzip_leases(leases);
-        // Same locking and planning shape as heartbeat_batch, for the same reasons.
-        let rows: Vec<(JobId, i64)> = sqlx::query_as(
-            "with target as (
-                select j.id, j.lease_token
-                from faultline.jobs j
-                join unnest($1::uuid[], $2::int8[]) as l(id, token)
-                  on j.id = l.id and j.lease_token = l.token
-                where j.state = 'running'
-                order by j.id
-                for update of j
-            )
-            update faultline.jobs j
-            set state = 'succeeded',
-                lease_expires_at = null,
-                finished_at = now(),
-                updated_at = now()
-            from target
-            where j.id = target.id
-            returning j.id, j.lease_token",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .fetch_all(&self.pool)
-        .await?;
+        // See `FENCED_BATCH`.
+        let rows: Vec<(JobId, i64)> = sqlx::query_as(COMPLETE_BATCH)
+            .bind(&ids)
+            .bind(&tokens)
+            .fetch_all(&self.pool)
+            .await?;
         let done: HashMap<(JobId, i64), ()> = rows.into_iter().map(|key| (key, ())).collect();
         self.fenced_results(leases, done).await
     }
@@ -311,7 +279,7 @@ impl Store {
                     'retry_at', case when $4 and attempts < max_attempts
                                      then now() + $5 * interval '1 millisecond' end)),
                 updated_at = now()
-            where id = $1 and lease_token = $2 and state = 'running'
+            where id = $1 and lease_token = $2 and lease_expires_at is not null
             returning *",
         )
         .bind(lease.job_id)
@@ -344,7 +312,7 @@ impl Store {
                     next_run_at = now(),
                     lease_expires_at = null,
                     updated_at = now()
-                where id = $1 and lease_token = $2 and state = 'running'
+                where id = $1 and lease_token = $2 and lease_expires_at is not null
                 returning id, queue
             )
             select id from released, lateral (select pg_notify($3, released.queue)) n",
@@ -436,6 +404,52 @@ impl Store {
     }
 }
 
+/// How the batch reports (heartbeat, complete) reach and fence their rows.
+///
+/// - **Through the primary key, whatever the statistics say.** `id = any($ids)` is an index
+///   condition on the primary key: each row is found by a direct probe. An earlier form joined
+///   the batch with the table, and with statistics gathered while `running` was rare the planner
+///   hash-joined the batch with every running row: O(running) per report. At a 10M backlog that
+///   made reports take seconds, leases expire and the worker spiral (see BENCHMARKS.md).
+/// - **`running` as `lease_expires_at is not null`.** The CHECK `jobs_lease_check` makes the
+///   two equivalent, but only `state = 'running'` matches the partial indexes of running jobs,
+///   and a planner that believes running jobs rare (statistics from a quiet hour) picks such an
+///   index and filters every running row by id. Written as the lease's presence, the guard
+///   leaves the primary key as the only index that fits. The single-lease reports
+///   (`fail_attempt`, `release`) use the same guard for the same reason.
+/// - **Fenced exactly, per lease.** `lease_token = any($tokens)`: tokens come from one sequence,
+///   so a token names exactly one claim of one job; a row whose current token is in the list
+///   holds exactly the lease that carried it. A batch with a stale and the live lease of one
+///   job matches the live one only.
+/// - **Locked in id order.** The ids are sorted before binding and the index scan visits them in
+///   order, so two overlapping batches (a worker's heartbeat and its completions) cannot
+///   deadlock. A stale lease matches no row, so it locks nothing.
+#[allow(dead_code)]
+const FENCED_BATCH: () = ();
+
+/// Extend many leases: `$1` ids, `$2` tokens, `$3` the TTL in milliseconds. See
+/// [`FENCED_BATCH`].
+pub const HEARTBEAT_BATCH: &str = "update faultline.jobs j
+            set lease_expires_at = now() + $3 * interval '1 millisecond',
+                updated_at = now()
+            where j.id = any($1::uuid[]) and j.lease_token = any($2::int8[])
+              and j.lease_expires_at is not null
+            returning j.id, j.lease_token, j.lease_expires_at";
+
+/// Complete many leases: `$1` ids, `$2` tokens. See [`FENCED_BATCH`].
+pub const COMPLETE_BATCH: &str = "update faultline.jobs j
+            set state = 'succeeded',
+                lease_expires_at = null,
+                finished_at = now(),
+                updated_at = now()
+            where j.id = any($1::uuid[]) and j.lease_token = any($2::int8[])
+              and j.lease_expires_at is not null
+            returning j.id, j.lease_token";
+
+/// The leases' ids (sorted, see [`FENCED_BATCH`]) and tokens.
 fn unzip_leases(leases: &[Lease]) -> (Vec<JobId>, Vec<i64>) {
-    leases.iter().map(|l| (l.job_id, l.token)).unzip()
+    let mut ids: Vec<JobId> = leases.iter().map(|l| l.job_id).collect();
+    ids.sort();
+    ids.dedup();
+    (ids, leases.iter().map(|l| l.token).collect())
 }

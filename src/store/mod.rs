@@ -3,9 +3,9 @@
 //!
 //! | transition | function | guard |
 //! |---|---|---|
-//! | (new) → queued | [`Store::enqueue`], [`Store::enqueue_batch`] | `on conflict (idempotency_key) do nothing` |
+//! | (new) → queued | [`Store::enqueue`], [`Store::enqueue_batch`] | `on conflict (idempotency_key) … do nothing` (partial unique index) |
 //! | queued → running | [`Store::claim_batch`] | `for update skip locked` on eligible rows |
-//! | running → running | [`Store::heartbeat`] | `id`, `lease_token`, `state = 'running'` |
+//! | running → running | [`Store::heartbeat`] | `id = any(ids)`, `lease_token = any(tokens)`, `lease_expires_at is not null` (= running; see `FENCED_BATCH` in `execution.rs`) |
 //! | running → succeeded | [`Store::complete`], [`Store::complete_batch`] | same |
 //! | running → queued / failed | [`Store::fail_attempt`] | same |
 //! | running → queued | [`Store::release`] | same |
@@ -32,6 +32,12 @@ use crate::job::DEFAULT_MAX_PAYLOAD_BYTES;
 use crate::retry::Backoff;
 
 pub use enqueue::{BatchItem, Enqueued};
+
+/// The hot path's batch statements, for tests that check their plans.
+#[doc(hidden)]
+pub mod sql {
+    pub use super::execution::{COMPLETE_BATCH, HEARTBEAT_BATCH};
+}
 pub use execution::{Claimed, FailOutcome};
 pub use maintenance::{ReapOutcome, ReapedJob};
 

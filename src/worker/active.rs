@@ -77,6 +77,11 @@ impl ActiveJobs {
         self.lock().remove(&token);
     }
 
+    /// Leases held: running handlers plus results not yet written.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn handler_finished(&self, token: i64) {
         if let Some(job) = self.lock().get_mut(&token) {
             job.running = false;

@@ -194,6 +194,7 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
             }
         }
     }
+    shared.reports_landed();
     retry
 }
 

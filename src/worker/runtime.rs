@@ -64,6 +64,12 @@ impl Shared {
         self.slot_freed.notify_one();
     }
 
+    /// Reports were written and their leases let go: a worker held back by backpressure may
+    /// claim again.
+    pub fn reports_landed(&self) {
+        self.slot_freed.notify_one();
+    }
+
     pub fn report(&self, report: Report) {
         // The receiver lives until every job task has finished, so this cannot fail in practice;
         // if it did, the lease would expire and the job would run again, which is safe.
@@ -292,7 +298,7 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
                 }
             }
         }
-        let free = concurrency.saturating_sub(shared.inflight.load(Ordering::Acquire));
+        let free = free_slots(shared, concurrency);
         if free == 0 {
             tokio::select! {
                 _ = shared.slot_freed.notified() => {}
@@ -343,6 +349,20 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
     }
 }
 
+/// How many jobs to claim now: the free handler slots, but never so many that this worker would
+/// hold more than [`MAX_HELD_PER_SLOT`] × concurrency leases. Leases are held from the claim
+/// until the result is written; when results cannot be written as fast as handlers finish (a
+/// slow or overloaded database), every further claim would only become an expired lease and a
+/// wasted attempt, so the worker stops claiming until its reports catch up (backpressure).
+fn free_slots(shared: &Shared, concurrency: usize) -> usize {
+    let handler_slots = concurrency.saturating_sub(shared.inflight.load(Ordering::Acquire));
+    let lease_room = (concurrency * MAX_HELD_PER_SLOT).saturating_sub(shared.active.len());
+    handler_slots.min(lease_room)
+}
+
+/// See [`free_slots`].
+const MAX_HELD_PER_SLOT: usize = 2;
+
 /// How long a full worker that just got a free slot waits for more before claiming: short jobs
 /// finish in bursts, and one claim for the burst costs one round trip and one commit instead of
 /// one per job.
@@ -353,7 +373,7 @@ const BATCH_WINDOW: Duration = Duration::from_millis(2);
 async fn gather_slots(shared: &Shared, concurrency: usize) {
     let enough = concurrency.div_ceil(2);
     let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-    while concurrency.saturating_sub(shared.inflight.load(Ordering::Acquire)) < enough {
+    while free_slots(shared, concurrency) < enough {
         tokio::select! {
             _ = shared.slot_freed.notified() => {}
             _ = tokio::time::sleep_until(deadline) => return,

@@ -390,16 +390,11 @@ async fn faultline_up_runs_for_a_newcomer_guards_and_restarts_its_postgres_and_l
     );
     let job: Value = serde_json::from_slice(&output.stdout).unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
-    wait_for(
-        "the noop job to succeed",
-        Duration::from_secs(30),
-        || async {
-            let output = jobs(&["get", &id]).output().ok()?;
-            let job: Value = serde_json::from_slice(&output.stdout).ok()?;
-            (job["state"] == "succeeded").then_some(())
-        },
-    )
-    .await;
+    let succeeded = |id: String| {
+        let get = jobs(&["get", &id]);
+        wait_for_command_state(get, "succeeded")
+    };
+    succeeded(id).await;
     // A human-readable error and a non-zero exit for a missing job.
     let output = std::process::Command::new(binary)
         .args([
@@ -465,17 +460,7 @@ async fn faultline_up_runs_for_a_newcomer_guards_and_restarts_its_postgres_and_l
     )
     .await;
     let job: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_for(
-        "the job after the restart to succeed",
-        Duration::from_secs(30),
-        || async {
-            let output = jobs(&["get", &id]).output().ok()?;
-            let job: Value = serde_json::from_slice(&output.stdout).ok()?;
-            (job["state"] == "succeeded").then_some(())
-        },
-    )
-    .await;
+    succeeded(job["id"].as_str().unwrap().to_owned()).await;
     assert!(child.id().is_some(), "up must still be the same process");
 
     kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
@@ -508,4 +493,20 @@ async fn faultline_up_runs_for_a_newcomer_guards_and_restarts_its_postgres_and_l
         .collect();
     assert!(survivors.is_empty(), "{survivors:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Run `command` (a `jobs get … --json`) until the job it prints is in `state`.
+async fn wait_for_command_state(mut command: std::process::Command, state: &str) {
+    wait_for(
+        &format!("the job to be {state}"),
+        Duration::from_secs(30),
+        || {
+            let output = command.output().ok();
+            async move {
+                let job: Value = serde_json::from_slice(&output?.stdout).ok()?;
+                (job["state"] == state).then_some(())
+            }
+        },
+    )
+    .await;
 }

@@ -466,3 +466,131 @@ pub async fn ceiling_claim_complete(
     }
     Ok(jobs as f64 / started.elapsed().as_secs_f64())
 }
+
+/// Raw Postgres on a minimal job table (id, queue, state, run_at, timestamps; one partial
+/// index), the same claim-100 + complete shape from `clients` connections: the physical limit
+/// of a SKIP LOCKED queue on this server, whatever any queue's own table costs. The same shape
+/// as the peers' pgbench ceiling, so the figures compare.
+pub async fn ceiling_minimal_table(
+    bench: &Bench,
+    clients: usize,
+    jobs: usize,
+) -> anyhow::Result<f64> {
+    sqlx::raw_sql(
+        "drop table if exists public.bench_minimal_jobs;
+         create table public.bench_minimal_jobs (
+             id bigserial primary key,
+             queue text not null default 'default',
+             payload jsonb not null default '{}',
+             state text not null default 'pending',
+             run_at timestamptz not null default now(),
+             locked_at timestamptz,
+             finished_at timestamptz,
+             created_at timestamptz not null default now());
+         create index bench_minimal_pending on public.bench_minimal_jobs (run_at, id)
+             where state = 'pending';",
+    )
+    .execute(&bench.pool)
+    .await?;
+    sqlx::query(
+        "insert into public.bench_minimal_jobs (payload) select '{}' from generate_series(1, $1)",
+    )
+    .bind(jobs as i64)
+    .execute(&bench.pool)
+    .await?;
+    // One statement each: several in one simple query run as one transaction, and VACUUM
+    // refuses to run inside one.
+    sqlx::query("vacuum analyze public.bench_minimal_jobs")
+        .execute(&bench.pool)
+        .await?;
+    let _ = sqlx::query("checkpoint").execute(&bench.pool).await;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let url = bench.url.clone();
+        tasks.spawn(async move {
+            let mut conn = PgConnection::connect(&url).await?;
+            loop {
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "with c as (
+                        select id from public.bench_minimal_jobs
+                        where state = 'pending' and run_at <= now()
+                        order by run_at, id limit 100 for update skip locked)
+                     update public.bench_minimal_jobs j set state = 'running', locked_at = now()
+                     from c where j.id = c.id returning j.id",
+                )
+                .fetch_all(&mut conn)
+                .await?;
+                if ids.is_empty() {
+                    return anyhow::Ok(());
+                }
+                sqlx::query(
+                    "update public.bench_minimal_jobs set state = 'succeeded', finished_at = now()
+                     where id = any($1)",
+                )
+                .bind(&ids)
+                .execute(&mut conn)
+                .await?;
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    sqlx::query("drop table public.bench_minimal_jobs")
+        .execute(&bench.pool)
+        .await?;
+    Ok(rate)
+}
+
+/// Drain rate with a `backlog`-job backlog: one worker × 128 drains the first `window` jobs;
+/// jobs/s from the first start to the `window`-th finish (database timestamps). The backlog is
+/// inserted in chunks of a million with time-ordered ids, as real enqueues would make them.
+pub async fn backlog(
+    bench: &Bench,
+    backlog: u64,
+    window: u64,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<f64> {
+    let chunk = 1_000_000u64;
+    let mut done = 0u64;
+    while done < backlog {
+        let n = chunk.min(backlog - done);
+        progress.set_message(format!("backlog: inserted {done} of {backlog} jobs"));
+        sqlx::query(
+            "insert into faultline.jobs (id, kind, payload)
+             select lpad(to_hex($1 + g), 32, '0')::uuid, 'noop', '{}'
+             from generate_series(1, $2) g",
+        )
+        .bind(done as i64)
+        .bind(n as i64)
+        .execute(&bench.pool)
+        .await?;
+        done += n;
+    }
+    progress.set_message(format!("backlog: vacuum analyze of {backlog} jobs"));
+    sqlx::query("vacuum analyze faultline.jobs")
+        .execute(&bench.pool)
+        .await?;
+    let _ = sqlx::query("checkpoint").execute(&bench.pool).await;
+    progress.set_message(format!("backlog: draining {window} of {backlog} jobs"));
+    let child = bench.worker("bench-backlog", &["--concurrency", "128"])?;
+    let waited = bench
+        .wait_for_count("succeeded", window as i64, Duration::from_secs(900))
+        .await;
+    stop(vec![child]);
+    waited?;
+    let seconds: f64 = sqlx::query_scalar(
+        "with first as (
+            select finished_at from faultline.jobs where state = 'succeeded'
+            order by finished_at limit $1)
+         select extract(epoch from (select max(finished_at) from first)
+                                 - (select min(started_at) from faultline.jobs
+                                    where started_at is not null))::float8",
+    )
+    .bind(window as i64)
+    .fetch_one(&bench.pool)
+    .await?;
+    Ok(window as f64 / seconds)
+}
