@@ -70,5 +70,6 @@ pub use job::{AttemptError, Job, JobFilter, JobId, JobState, NewJob, Page, Queue
 pub use lease::{Lease, LeaseLostReason};
 pub use retry::{Backoff, Jitter};
 pub use store::{
-    BatchItem, Claimed, Enqueued, FailOutcome, ReapOutcome, ReapedJob, Store, StoreConfig,
+    BatchItem, Claimed, Enqueued, FailOutcome, HistoryOutcome, ReapOutcome, ReapedJob, Store,
+    StoreConfig,
 };

@@ -1,5 +1,6 @@
-//! The pruner: deletes finished jobs older than the retention period, in small batches, so the
-//! job table does not grow without bound.
+//! The pruner: retires history past the retention period a partition at a time (and makes the
+//! partitions the next finished jobs go to), so history does not grow without bound and leaves
+//! no dead tuples behind. See `Store::maintain_history`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::jittered;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{HistoryOutcome, Store};
 use crate::StoreError;
 
 /// Pruner settings.
@@ -55,36 +56,37 @@ impl Pruner {
         }
     }
 
-    /// One pass: delete, batch by batch, every finished job past retention. Returns how many.
+    /// One pass: make the coming partitions, drop those past retention. Returns what it did.
     ///
     /// # Errors
-    /// [`StoreError::Database`]; batches deleted before the error stay deleted.
-    pub async fn run_once(&self) -> Result<u64, StoreError> {
-        let mut total = 0;
-        loop {
-            let deleted = self
-                .store
-                .prune_finished(self.config.retention, self.config.batch_size)
-                .await?;
-            total += deleted;
-            if deleted < u64::from(self.config.batch_size) {
-                return Ok(total);
-            }
-        }
+    /// [`StoreError::Database`]; what was done before the error stays done.
+    pub async fn run_once(&self) -> Result<HistoryOutcome, StoreError> {
+        self.store
+            .maintain_history(self.config.retention, self.config.batch_size)
+            .await
     }
 
-    /// Run passes every `interval` until `shutdown`.
+    /// Run a pass at once (so that partitions exist before the first job finishes), then every
+    /// `interval` until `shutdown`.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let mut first = true;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(jittered(self.config.interval)) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            match self.run_once().await {
-                Ok(0) => {}
-                Ok(deleted) => {
-                    tracing::info!(deleted, "pruner deleted finished jobs past retention")
+            if !first {
+                tokio::select! {
+                    _ = tokio::time::sleep(jittered(self.config.interval)) => {}
+                    _ = shutdown.cancelled() => return,
                 }
+            }
+            first = false;
+            match self.run_once().await {
+                Ok(outcome) if outcome.is_empty() => {}
+                Ok(outcome) => tracing::info!(
+                    created = outcome.created,
+                    dropped = outcome.dropped,
+                    dropped_jobs = outcome.dropped_jobs,
+                    deleted = outcome.deleted,
+                    "history retention pass"
+                ),
                 Err(e) => self.metrics.db_error("prune", &e),
             }
         }

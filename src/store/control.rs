@@ -1,6 +1,7 @@
 //! Transitions on request: cancel (queued | running → cancelled) and retry
 //! (failed | cancelled → queued).
 
+use super::history::{archive_moved, shard};
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::job::{Job, JobId, JobState};
@@ -14,19 +15,21 @@ impl Store {
     /// [`StoreError::NotFound`]; [`StoreError::InvalidTransition`] when the job is already
     /// finished (nothing changed); [`StoreError::Database`].
     pub async fn cancel(&self, id: JobId) -> Result<Job, StoreError> {
-        // The state guard in WHERE makes this a compare-and-set: a job that finished a moment
-        // earlier is left alone and reported as an invalid transition. The lease token is kept
-        // so that the holder can be told "cancelled" rather than "superseded".
-        let job: Option<Job> = sqlx::query_as(
-            "update faultline.jobs
-            set state = 'cancelled',
-                lease_expires_at = null,
-                finished_at = now(),
-                updated_at = now()
-            where id = $1 and state in ('queued', 'running')
-            returning *",
-        )
+        // Only live jobs (queued or running) are in `faultline.jobs`, so the delete by id is
+        // the compare-and-set: a job that finished a moment earlier has left the table and is
+        // reported as an invalid transition. The lease token is kept so that the holder can be
+        // told "cancelled" rather than "superseded".
+        let job: Option<Job> = sqlx::query_as(concat!(
+            "with moved as (
+                delete from faultline.jobs where id = $1 returning *
+            ),
+            ",
+            archive_moved!("cancelled", "last_error", "errors", "$2"),
+            "
+            select * from archived"
+        ))
         .bind(id)
+        .bind(shard())
         .fetch_optional(&self.pool)
         .await?;
         match job {
@@ -42,22 +45,35 @@ impl Store {
     /// [`StoreError::NotFound`]; [`StoreError::InvalidTransition`] when the job is queued,
     /// running or succeeded (nothing changed); [`StoreError::Database`].
     pub async fn retry(&self, id: JobId) -> Result<Job, StoreError> {
+        // Out of history and back into the live table in one statement; its finished count
+        // goes down with it.
         let job: Option<Job> = sqlx::query_as(
-            "with retried as (
-                update faultline.jobs
-                set state = 'queued',
-                    attempts = 0,
-                    next_run_at = now(),
-                    needs_recovery = false,
-                    finished_at = null,
-                    updated_at = now()
+            "with moved as (
+                delete from faultline.job_history
                 where id = $1 and state in ('failed', 'cancelled')
                 returning *
+            ),
+            retried as (
+                insert into faultline.jobs (id, queue, kind, payload, state, priority, attempts,
+                    max_attempts, next_run_at, timeout_ms, lease_owner, lease_expires_at,
+                    lease_token, needs_recovery, idempotency_key, request_fingerprint, last_error,
+                    errors, created_at, started_at, finished_at, updated_at)
+                select id, queue, kind, payload, 'queued', priority, 0, max_attempts, now(),
+                    timeout_ms, lease_owner, null, lease_token, false, idempotency_key,
+                    request_fingerprint, last_error, errors, created_at, started_at, null, now()
+                from moved
+                returning *
+            ),
+            uncounted as (
+                insert into faultline.queue_finished_counts as c (queue, state, shard, n)
+                select queue, state, $3::int2, -count(*) from moved group by queue, state
+                on conflict (queue, state, shard) do update set n = c.n + excluded.n
             )
             select retried.* from retried, lateral (select pg_notify($2, retried.queue)) n",
         )
         .bind(id)
         .bind(JOB_CHANNEL)
+        .bind(shard())
         .fetch_optional(&self.pool)
         .await?;
         match job {
@@ -69,7 +85,7 @@ impl Store {
     /// The error for a request whose guarded update matched nothing.
     async fn refusal(&self, id: JobId, action: &'static str) -> Result<StoreError, StoreError> {
         let state: Option<JobState> =
-            sqlx::query_scalar("select state from faultline.jobs where id = $1")
+            sqlx::query_scalar("select state from faultline.all_jobs where id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;

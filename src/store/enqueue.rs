@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
@@ -192,69 +192,93 @@ impl Store {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
 
-        let mut results: Vec<Option<BatchItem>> = vec![None; prepared.len()];
-        let mut pending: Vec<usize> = (0..prepared.len()).collect();
-        for _ in 0..MAX_ROUNDS {
-            if pending.is_empty() {
-                break;
-            }
-            let inserted = insert(conn, pending.iter().map(|&i| &prepared[i]), notify).await?;
-            let mut by_id: HashMap<JobId, Job> =
-                inserted.into_iter().map(|job| (job.id, job)).collect();
-            let mut keyed = Vec::new();
-            for i in pending.drain(..) {
-                match by_id.remove(&prepared[i].id) {
-                    Some(job) => results[i] = Some(BatchItem::Created(job)),
-                    None => keyed.push(i),
-                }
-            }
-            if keyed.is_empty() {
-                break;
-            }
-            // Not inserted means the key was taken. `on conflict do nothing` waited for the
-            // holder's transaction to commit, so this new statement (a fresh snapshot under READ
-            // COMMITTED) sees the holder; if it does not, the holder was deleted in between and
-            // the job goes round again.
-            let keys: Vec<String> = keyed
-                .iter()
-                .filter_map(|&i| prepared[i].job.idempotency_key.clone())
-                .collect();
-            let holders: HashMap<String, KeyedRow> = sqlx::query_as::<_, KeyedRow>(
-                "select * from faultline.jobs where idempotency_key = any($1)",
-            )
-            .bind(&keys)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .filter_map(|row| Some((row.job.idempotency_key.clone()?, row)))
-            .collect();
-            for i in keyed {
-                let p = &prepared[i];
-                let key = p.job.idempotency_key.clone().unwrap_or_default();
-                match holders.get(&key) {
-                    Some(holder)
-                        if holder.request_fingerprint.as_deref() == Some(&p.fingerprint) =>
-                    {
-                        results[i] = Some(BatchItem::Replayed(holder.job.clone()))
-                    }
-                    Some(holder) => {
-                        results[i] = Some(BatchItem::Conflict {
-                            key,
-                            existing: holder.job.id,
-                        })
-                    }
-                    None => pending.push(i),
-                }
-            }
+        // Keyed jobs are enqueued in a transaction of their own (a savepoint inside the
+        // caller's): a key won in the live table must be checked against history before anyone
+        // can see the new job (see `shadowed_by_history`).
+        if prepared.iter().any(|p| p.job.idempotency_key.is_some()) {
+            let mut tx = conn.begin().await?;
+            let items = enqueue_rounds(&mut tx, &prepared, notify).await?;
+            tx.commit().await?;
+            Ok(items)
+        } else {
+            enqueue_rounds(conn, &prepared, notify).await
         }
-        if !pending.is_empty() {
-            return Err(StoreError::Database(sqlx::Error::Protocol(format!(
-                "idempotency keys kept vanishing between insert and look-up after {MAX_ROUNDS} rounds"
-            ))));
-        }
-        Ok(results.into_iter().flatten().collect())
     }
+}
 
+/// Insert `prepared`, settling each taken key as a replay or a conflict (see
+/// [`Store::enqueue`]).
+async fn enqueue_rounds(
+    conn: &mut PgConnection,
+    prepared: &[Prepared],
+    notify: Notify,
+) -> Result<Vec<BatchItem>, StoreError> {
+    let mut results: Vec<Option<BatchItem>> = vec![None; prepared.len()];
+    let mut pending: Vec<usize> = (0..prepared.len()).collect();
+    for _ in 0..MAX_ROUNDS {
+        if pending.is_empty() {
+            break;
+        }
+        let inserted = insert(conn, pending.iter().map(|&i| &prepared[i]), notify).await?;
+        let shadowed = shadowed_by_history(conn, &inserted).await?;
+        let mut by_id: HashMap<JobId, Job> = inserted
+            .into_iter()
+            .filter(|job| !shadowed.contains(&job.id))
+            .map(|job| (job.id, job))
+            .collect();
+        let mut keyed = Vec::new();
+        for i in pending.drain(..) {
+            match by_id.remove(&prepared[i].id) {
+                Some(job) => results[i] = Some(BatchItem::Created(job)),
+                None => keyed.push(i),
+            }
+        }
+        if keyed.is_empty() {
+            break;
+        }
+        // Not inserted (or undone) means the key was taken. `on conflict do nothing` waited
+        // for the holder's transaction to commit, so this new statement (a fresh snapshot
+        // under READ COMMITTED) sees the holder, live or in history; if it does not, the
+        // holder was deleted in between and the job goes round again.
+        let keys: Vec<String> = keyed
+            .iter()
+            .filter_map(|&i| prepared[i].job.idempotency_key.clone())
+            .collect();
+        let holders: HashMap<String, KeyedRow> = sqlx::query_as::<_, KeyedRow>(
+            "select * from faultline.all_jobs where idempotency_key = any($1)",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .filter_map(|row| Some((row.job.idempotency_key.clone()?, row)))
+        .collect();
+        for i in keyed {
+            let p = &prepared[i];
+            let key = p.job.idempotency_key.clone().unwrap_or_default();
+            match holders.get(&key) {
+                Some(holder) if holder.request_fingerprint.as_deref() == Some(&p.fingerprint) => {
+                    results[i] = Some(BatchItem::Replayed(holder.job.clone()))
+                }
+                Some(holder) => {
+                    results[i] = Some(BatchItem::Conflict {
+                        key,
+                        existing: holder.job.id,
+                    })
+                }
+                None => pending.push(i),
+            }
+        }
+    }
+    if !pending.is_empty() {
+        return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+            "idempotency keys kept vanishing between insert and look-up after {MAX_ROUNDS} rounds"
+        ))));
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+impl Store {
     /// Check a job against the bounds the database also enforces, and against what a worker
     /// can serve, so the caller gets an error naming the field rather than a constraint
     /// violation (or a job that no worker could ever take).
@@ -316,6 +340,49 @@ impl Store {
 enum Shape {
     Single,
     Batch,
+}
+
+/// The just-inserted keyed jobs whose key a job in history holds; those rows are deleted again
+/// (inside the caller's transaction, so nobody ever saw them) and the caller treats their key as
+/// taken.
+///
+/// Why after the insert and not before: the live table's unique index settles races between
+/// enqueues, but a job can leave the live table for history while an enqueue of its key runs.
+/// Checked before the insert, the finishing job could still be live (and not yet in history) at
+/// the check, then gone from the live table at the insert: two jobs with one key. Checked after,
+/// in a new statement: if the finishing job was still live when the insert ran, the insert
+/// waited for its transaction (the unique index) and this later statement sees it in history;
+/// if it was already in history, so much the better.
+async fn shadowed_by_history(
+    conn: &mut PgConnection,
+    inserted: &[Job],
+) -> Result<Vec<JobId>, sqlx::Error> {
+    let keyed: Vec<(JobId, &str)> = inserted
+        .iter()
+        .filter_map(|job| Some((job.id, job.idempotency_key.as_deref()?)))
+        .collect();
+    if keyed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys: Vec<&str> = keyed.iter().map(|(_, key)| *key).collect();
+    let taken: Vec<String> = sqlx::query_scalar(
+        "select idempotency_key from faultline.job_history where idempotency_key = any($1)",
+    )
+    .bind(&keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    let shadowed: Vec<JobId> = keyed
+        .iter()
+        .filter(|(_, key)| taken.iter().any(|t| t == key))
+        .map(|(id, _)| *id)
+        .collect();
+    if !shadowed.is_empty() {
+        sqlx::query("delete from faultline.jobs where id = any($1)")
+            .bind(&shadowed)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(shadowed)
 }
 
 /// Where the wake-up for new jobs is sent from.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::history::{archive_moved, shard};
 use super::{millis, Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::job::{Job, JobId, JobState};
@@ -237,6 +238,7 @@ impl Store {
         let rows: Vec<(JobId, i64)> = sqlx::query_as(COMPLETE_BATCH)
             .bind(&ids)
             .bind(&tokens)
+            .bind(shard())
             .fetch_all(&self.pool)
             .await?;
         let done: HashMap<(JobId, i64), ()> = rows.into_iter().map(|key| (key, ())).collect();
@@ -264,29 +266,61 @@ impl Store {
         // `attempts` was counted at claim time, so `attempts < max_attempts` means another
         // attempt is left; the history entry takes its attempt number and worker from the row,
         // which the token guard proves is this lease's.
-        let job: Option<Job> = sqlx::query_as(
-            "update faultline.jobs
-            set state = case when $4 and attempts < max_attempts then 'queued' else 'failed' end,
-                next_run_at = case when $4 and attempts < max_attempts
-                                   then now() + $5 * interval '1 millisecond'
-                                   else next_run_at end,
-                finished_at = case when $4 and attempts < max_attempts then null else now() end,
-                lease_expires_at = null,
-                last_error = $3,
-                errors = errors || jsonb_build_array(jsonb_build_object(
-                    'attempt', attempts, 'worker', lease_owner, 'at', now(),
-                    'error', $3::text, 'reason', 'error',
-                    'retry_at', case when $4 and attempts < max_attempts
-                                     then now() + $5 * interval '1 millisecond' end)),
-                updated_at = now()
-            where id = $1 and lease_token = $2 and lease_expires_at is not null
-            returning *",
-        )
+        // One statement, two exclusive outcomes on the locked row: re-queued in place when
+        // retryable with attempts left, else moved to history as `failed`.
+        let job: Option<Job> = sqlx::query_as(concat!(
+            "with target as (
+                select id, ($4 and attempts < max_attempts) as again
+                from faultline.jobs
+                where id = $1 and lease_token = $2 and lease_expires_at is not null
+                for update
+            ),
+            retried as (
+                update faultline.jobs j
+                set state = 'queued',
+                    next_run_at = now() + $5 * interval '1 millisecond',
+                    lease_expires_at = null,
+                    last_error = $3,
+                    errors = j.errors || jsonb_build_array(jsonb_build_object(
+                        'attempt', j.attempts, 'worker', j.lease_owner, 'at', now(),
+                        'error', $3::text, 'reason', 'error',
+                        'retry_at', now() + $5 * interval '1 millisecond')),
+                    updated_at = now()
+                from target t
+                where j.id = t.id and t.again
+                returning j.*
+            ),
+            moved as (
+                delete from faultline.jobs j using target t
+                where j.id = t.id and not t.again
+                returning j.*
+            ),
+            ",
+            archive_moved!(
+                "failed",
+                "$3",
+                "errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'worker', lease_owner, 'at', now(), 'error', $3::text, 'reason', 'error', 'retry_at', null))",
+                "$6"
+            ),
+            "
+            select id, queue, kind, payload, state, priority, attempts, max_attempts,
+                   next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
+                   idempotency_key, last_error, errors, created_at, started_at, finished_at,
+                   updated_at
+            from retried
+            union all
+            select id, queue, kind, payload, state, priority, attempts, max_attempts,
+                   next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
+                   idempotency_key, last_error, errors, created_at, started_at, finished_at,
+                   updated_at
+            from archived"
+        ))
         .bind(lease.job_id)
         .bind(lease.token)
         .bind(error)
         .bind(retryable)
         .bind(millis(delay))
+        .bind(shard())
         .fetch_optional(&self.pool)
         .await?;
         match job {
@@ -379,11 +413,12 @@ impl Store {
         leases: &[&Lease],
     ) -> Result<HashMap<(JobId, i64), LeaseLostReason>, StoreError> {
         let ids: Vec<JobId> = leases.iter().map(|l| l.job_id).collect();
-        let rows: Vec<(JobId, JobState, Option<i64>)> =
-            sqlx::query_as("select id, state, lease_token from faultline.jobs where id = any($1)")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(JobId, JobState, Option<i64>)> = sqlx::query_as(
+            "select id, state, lease_token from faultline.all_jobs where id = any($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
         let current: HashMap<JobId, (JobState, Option<i64>)> = rows
             .into_iter()
             .map(|(id, state, token)| (id, (state, token)))
@@ -436,15 +471,20 @@ pub const HEARTBEAT_BATCH: &str = "update faultline.jobs j
               and j.lease_expires_at is not null
             returning j.id, j.lease_token, j.lease_expires_at";
 
-/// Complete many leases: `$1` ids, `$2` tokens. See [`FENCED_BATCH`].
-pub const COMPLETE_BATCH: &str = "update faultline.jobs j
-            set state = 'succeeded',
-                lease_expires_at = null,
-                finished_at = now(),
-                updated_at = now()
-            where j.id = any($1::uuid[]) and j.lease_token = any($2::int8[])
-              and j.lease_expires_at is not null
-            returning j.id, j.lease_token";
+/// Complete many leases: `$1` ids, `$2` tokens, `$3` the counter shard. The jobs move to
+/// history as `succeeded` (see `history.rs`). See [`FENCED_BATCH`].
+pub const COMPLETE_BATCH: &str = concat!(
+    "with moved as (
+    delete from faultline.jobs j
+    where j.id = any($1::uuid[]) and j.lease_token = any($2::int8[])
+      and j.lease_expires_at is not null
+    returning j.*
+),
+",
+    archive_moved!("succeeded", "last_error", "errors", "$3"),
+    "
+select id, lease_token from archived"
+);
 
 /// The leases' ids (sorted, see [`FENCED_BATCH`]) and tokens.
 fn unzip_leases(leases: &[Lease]) -> (Vec<JobId>, Vec<i64>) {

@@ -1,9 +1,10 @@
-//! Maintenance transitions: take back expired leases (the reaper) and delete old finished jobs
-//! (the pruner).
+//! Maintenance transitions: take back expired leases (the reaper) and retire history past
+//! retention (the pruner; the partition work is in `partitions.rs`).
 
 use std::time::Duration;
 
-use super::{millis, Store, JOB_CHANNEL};
+use super::history::{archive_moved, shard};
+use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::job::{JobId, JobState};
 
@@ -50,21 +51,20 @@ impl Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub async fn reap_expired(&self, limit: u32) -> Result<ReapOutcome, StoreError> {
-        let rows: Vec<(JobId, String, String, JobState)> = sqlx::query_as(
+        let rows: Vec<(JobId, String, String, JobState)> = sqlx::query_as(concat!(
             "with expired as (
-                select id
+                select id, attempts < max_attempts as again
                 from faultline.jobs
                 where state = 'running' and lease_expires_at < now()
                 order by lease_expires_at
                 limit $1
                 for update skip locked
             ),
-            reaped as (
+            requeued as (
                 update faultline.jobs j
-                set state = case when j.attempts < j.max_attempts then 'queued' else 'failed' end,
-                    needs_recovery = j.attempts < j.max_attempts,
+                set state = 'queued',
+                    needs_recovery = true,
                     next_run_at = now(),
-                    finished_at = case when j.attempts < j.max_attempts then null else now() end,
                     lease_expires_at = null,
                     last_error = format('lease expired: worker %s stopped heartbeating during attempt %s',
                                         j.lease_owner, j.attempts),
@@ -77,17 +77,33 @@ impl Store {
                 from expired
                 -- Checked again after the lock: a heartbeat may have extended the lease between
                 -- the scan and the lock.
-                where j.id = expired.id and j.state = 'running' and j.lease_expires_at < now()
+                where j.id = expired.id and expired.again and j.lease_expires_at < now()
                 returning j.id, j.queue, j.kind, j.state
             ),
+            moved as (
+                delete from faultline.jobs j using expired
+                where j.id = expired.id and not expired.again and j.lease_expires_at < now()
+                returning j.*
+            ),
+            ",
+            archive_moved!(
+                "failed",
+                "format('lease expired: worker %s stopped heartbeating during attempt %s', lease_owner, attempts)",
+                "errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'worker', lease_owner, 'at', now(), 'error', format('lease expired: worker %s stopped heartbeating during attempt %s', lease_owner, attempts), 'reason', 'lease_expired'))",
+                "$3"
+            ),
+            ",
             notified as (
                 select pg_notify($2, q.queue)
-                from (select distinct queue from reaped where state = 'queued') q
+                from (select distinct queue from requeued) q
             )
-            select id, queue, kind, state from reaped where (select count(*) from notified) >= 0",
-        )
+            select id, queue, kind, state from requeued where (select count(*) from notified) >= 0
+            union all
+            select id, queue, kind, state from archived"
+        ))
         .bind(i64::from(limit))
         .bind(JOB_CHANNEL)
+        .bind(shard())
         .fetch_all(&self.pool)
         .await?;
         let mut outcome = ReapOutcome::default();
@@ -101,34 +117,43 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Delete up to `limit` finished jobs (succeeded, failed, cancelled) that finished more than
-    /// `older_than` ago. Returns how many were deleted. Small batches with `skip locked` keep
-    /// each delete short and never block the claim path. Once a job is pruned its idempotency
-    /// key is free again.
+    /// Retention of history: make the partitions the next finished jobs go to, drop the
+    /// partitions whose every job finished more than `retention` ago (their counts leave
+    /// `queue_finished_counts` in the same transaction), and delete, in batches of `limit`,
+    /// expired jobs from the default partition (jobs that finished while no partition covered
+    /// their time, and jobs moved by the upgrade). Returns what it did.
+    ///
+    /// Safe in every process at once: partition changes run under a transaction-level advisory
+    /// lock (no session lock, so it works behind PgBouncer), and the first process fixes the
+    /// partition width for everyone (`history_layout`).
     ///
     /// # Errors
-    /// [`StoreError::Database`].
-    pub async fn prune_finished(
+    /// [`StoreError::Database`]; a partition made or dropped before the error stays so.
+    pub async fn maintain_history(
         &self,
-        older_than: Duration,
+        retention: Duration,
         limit: u32,
-    ) -> Result<u64, StoreError> {
-        let result = sqlx::query(
-            "with doomed as (
-                select id
-                from faultline.jobs
-                where state in ('succeeded', 'failed', 'cancelled')
-                  and finished_at < now() - $1 * interval '1 millisecond'
-                order by finished_at
-                limit $2
-                for update skip locked
-            )
-            delete from faultline.jobs j using doomed where j.id = doomed.id",
-        )
-        .bind(millis(older_than))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
+    ) -> Result<HistoryOutcome, StoreError> {
+        super::partitions::maintain(self, retention, limit).await
+    }
+}
+
+/// What one [`Store::maintain_history`] pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryOutcome {
+    /// Partitions made ahead of time.
+    pub created: u32,
+    /// Partitions dropped past retention.
+    pub dropped: u32,
+    /// Jobs in those partitions.
+    pub dropped_jobs: u64,
+    /// Jobs deleted from the default partition past retention.
+    pub deleted: u64,
+}
+
+impl HistoryOutcome {
+    /// Whether anything changed.
+    pub fn is_empty(&self) -> bool {
+        self == &HistoryOutcome::default()
     }
 }

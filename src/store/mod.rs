@@ -19,8 +19,10 @@
 mod control;
 mod enqueue;
 mod execution;
+mod history;
 mod maintenance;
 mod notifier;
+mod partitions;
 mod read;
 
 use std::sync::Arc;
@@ -39,7 +41,7 @@ pub mod sql {
     pub use super::execution::{COMPLETE_BATCH, HEARTBEAT_BATCH};
 }
 pub use execution::{Claimed, FailOutcome};
-pub use maintenance::{ReapOutcome, ReapedJob};
+pub use maintenance::{HistoryOutcome, ReapOutcome, ReapedJob};
 
 /// The channel that enqueue, release, retry and the reaper `NOTIFY` when a job becomes eligible
 /// now; the payload is the queue name. (Enqueues on the store's pool notify right after their

@@ -13,7 +13,9 @@ impl Store {
     /// # Errors
     /// [`StoreError::NotFound`]; [`StoreError::Database`].
     pub async fn get(&self, id: JobId) -> Result<Job, StoreError> {
-        sqlx::query_as("select * from faultline.jobs where id = $1")
+        // One statement, one snapshot: a job moving to history at this moment is seen in
+        // exactly one of the two tables.
+        sqlx::query_as("select * from faultline.all_jobs where id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -39,7 +41,7 @@ impl Store {
             ));
         }
         let mut jobs: Vec<Job> = sqlx::query_as(
-            "select * from faultline.jobs
+            "select * from faultline.all_jobs
             where ($1::text is null or state = $1)
               and ($2::text is null or queue = $2)
               and ($3::text is null or kind = $3)
@@ -68,18 +70,35 @@ impl Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        // Live jobs are counted (their number follows the backlog); finished ones come from
+        // the counters that the moves to and from history keep: O(live jobs + queues), however
+        // much history is retained.
         let rows: Vec<(String, i64, i64, i64, i64, i64, f64)> = sqlx::query_as(
-            "select queue,
-                    count(*) filter (where state = 'queued'),
-                    count(*) filter (where state = 'running'),
-                    count(*) filter (where state = 'succeeded'),
-                    count(*) filter (where state = 'failed'),
-                    count(*) filter (where state = 'cancelled'),
-                    coalesce(extract(epoch from now() - min(greatest(next_run_at, created_at))
-                        filter (where state = 'queued' and next_run_at <= now())), 0)::float8
-            from faultline.jobs
-            group by queue
-            order by queue",
+            "with live as (
+                select queue,
+                       count(*) filter (where state = 'queued') as queued,
+                       count(*) filter (where state = 'running') as running,
+                       coalesce(extract(epoch from now() - min(greatest(next_run_at, created_at))
+                           filter (where state = 'queued' and next_run_at <= now())), 0)::float8
+                           as oldest
+                from faultline.jobs
+                group by queue
+            ),
+            finished as (
+                select queue,
+                       coalesce(sum(n) filter (where state = 'succeeded'), 0)::int8 as succeeded,
+                       coalesce(sum(n) filter (where state = 'failed'), 0)::int8 as failed,
+                       coalesce(sum(n) filter (where state = 'cancelled'), 0)::int8 as cancelled
+                from faultline.queue_finished_counts
+                group by queue
+            )
+            select coalesce(l.queue, f.queue), coalesce(l.queued, 0), coalesce(l.running, 0),
+                   coalesce(f.succeeded, 0), coalesce(f.failed, 0), coalesce(f.cancelled, 0),
+                   coalesce(l.oldest, 0)
+            from live l full join finished f on f.queue = l.queue
+            where coalesce(l.queued, 0) + coalesce(l.running, 0) + coalesce(f.succeeded, 0)
+                  + coalesce(f.failed, 0) + coalesce(f.cancelled, 0) > 0
+            order by 1",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -407,7 +407,7 @@ async fn every_bad_request_answers_4xx_json_naming_the_problem_and_writes_nothin
         cases.len(),
         failures.join("\n")
     );
-    let written: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+    let written: i64 = sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap();

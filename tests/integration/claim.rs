@@ -56,7 +56,7 @@ async fn every_job_is_claimed_exactly_once_by_8_concurrent_claimers() {
     assert_eq!(unique.len(), 2000, "no job claimed twice");
 
     let (queued, max_attempts): (i64, i32) = sqlx::query_as(
-        "select count(*) filter (where state = 'queued'), max(attempts) from faultline.jobs",
+        "select count(*) filter (where state = 'queued'), max(attempts) from faultline.all_jobs",
     )
     .fetch_one(&db.pool)
     .await
@@ -106,7 +106,7 @@ async fn claim_takes_priority_then_run_at_order_and_only_eligible_jobs() {
         .unwrap();
     assert_eq!(other.len(), 1);
     let future_job: (JobState,) =
-        sqlx::query_as("select state from faultline.jobs where payload::jsonb = '\"future\"'")
+        sqlx::query_as("select state from faultline.all_jobs where payload::jsonb = '\"future\"'")
             .fetch_one(&db.pool)
             .await
             .unwrap();

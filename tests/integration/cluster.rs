@@ -63,7 +63,7 @@ async fn private_cluster_runs_unprivileged_and_keeps_committed_jobs_across_resta
         pool.close().await;
     }
     let pool = pool_retrying(&url).await;
-    let count: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+    let count: i64 = sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&pool)
         .await
         .unwrap();

@@ -152,7 +152,7 @@ where
 
 /// The whole row of a job as JSON, to prove that a refused call changed nothing.
 pub async fn snapshot(pool: &PgPool, id: faultline::JobId) -> serde_json::Value {
-    sqlx::query_scalar("select to_jsonb(j) from faultline.jobs j where id = $1")
+    sqlx::query_scalar("select to_jsonb(j) from faultline.all_jobs j where id = $1")
         .bind(id)
         .fetch_one(pool)
         .await

@@ -356,6 +356,8 @@ async fn refuse_some_reports(db: &TestDb) {
            return new;
          end $$;
          create trigger refuse_reports before update on faultline.jobs
+           for each row execute function faultline.refuse_reports();
+         create trigger refuse_reports before insert on faultline.job_history
            for each row execute function faultline.refuse_reports();",
     )
     .execute(&db.pool)

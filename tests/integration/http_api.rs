@@ -71,7 +71,7 @@ pub async fn send_raw(
 }
 
 async fn job_count(db: &TestDb) -> i64 {
-    sqlx::query_scalar("select count(*) from faultline.jobs")
+    sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap()

@@ -81,7 +81,7 @@ async fn thirty_concurrent_posts_with_one_key_make_one_job_one_201_and_29_replay
         .await
         .unwrap();
     assert_eq!(conflict.status().as_u16(), 409);
-    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap();

@@ -31,7 +31,7 @@ async fn fifty_concurrent_enqueues_with_one_key_make_one_job() {
     }
     assert_eq!((created, replayed), (1, 49));
     assert_eq!(ids.len(), 1, "every caller sees the same job");
-    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -118,7 +118,7 @@ async fn batch_settles_each_key_once_and_reports_per_job() {
     assert!(matches!(&again[0], BatchItem::Replayed(j) if j.id == first.id));
     assert!(matches!(&again[1], BatchItem::Replayed(_)));
     assert!(matches!(&again[2], BatchItem::Created(_)));
-    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -185,7 +185,7 @@ async fn invalid_jobs_are_refused_naming_the_field_and_nothing_is_written() {
             other => panic!("expected Invalid, got {other:?}"),
         }
     }
-    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap();

@@ -6,6 +6,7 @@ mod http_api;
 mod http_live;
 
 mod bad_input;
+mod history;
 mod hostile;
 mod hot_path;
 mod http_transport;

@@ -138,7 +138,7 @@ async fn concurrent_reapers_take_back_each_expired_lease_exactly_once() {
     assert_eq!(all.len(), 300);
     assert_eq!(unique.len(), 300);
     let histories: Vec<i32> =
-        sqlx::query_scalar("select jsonb_array_length(errors) from faultline.jobs")
+        sqlx::query_scalar("select jsonb_array_length(errors) from faultline.all_jobs")
             .fetch_all(&db.pool)
             .await
             .unwrap();
@@ -149,7 +149,7 @@ async fn concurrent_reapers_take_back_each_expired_lease_exactly_once() {
 }
 
 #[tokio::test]
-async fn pruner_deletes_only_finished_jobs_older_than_retention() {
+async fn retention_deletes_only_finished_jobs_older_than_it_and_never_live_ones() {
     let db = TestDb::new().await;
     let store = db.store();
     let jobs = (0..5).map(|i| NewJob::new("k", json!(i))).collect();
@@ -163,39 +163,119 @@ async fn pruner_deletes_only_finished_jobs_older_than_retention() {
         .fail_attempt(&claimed[1].lease, "x", false)
         .await
         .unwrap();
-    // Age the two finished jobs by a day.
-    sqlx::query(
-        "update faultline.jobs set finished_at = finished_at - interval '1 day'
-         where finished_at is not null",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        store
-            .prune_finished(Duration::from_secs(2 * 86_400), 100)
-            .await
-            .unwrap(),
-        0
+    // Age the two finished jobs by a day (they move to the default partition: none covers
+    // yesterday).
+    sqlx::query("update faultline.job_history set finished_at = finished_at - interval '1 day'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let kept = store
+        .maintain_history(Duration::from_secs(2 * 86_400), 100)
+        .await
+        .unwrap();
+    assert_eq!((kept.deleted, kept.dropped), (0, 0));
+    assert!(
+        kept.created >= 1,
+        "the coming partitions are made: {kept:?}"
     );
-    assert_eq!(
-        store
-            .prune_finished(Duration::from_secs(3600), 1)
-            .await
-            .unwrap(),
-        1,
-        "batches are bounded"
-    );
-    assert_eq!(
-        store
-            .prune_finished(Duration::from_secs(3600), 100)
-            .await
-            .unwrap(),
-        1
-    );
-    let left: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+    let pruned = store
+        .maintain_history(Duration::from_secs(3600), 1)
+        .await
+        .unwrap();
+    assert_eq!(pruned.deleted, 2, "batch by batch, all of them: {pruned:?}");
+    let left: i64 = sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap();
     assert_eq!(left, 3, "running and queued jobs are never pruned");
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(
+        (
+            stats[0].succeeded,
+            stats[0].failed,
+            stats[0].queued,
+            stats[0].running
+        ),
+        (0, 0, 2, 1),
+        "the counts follow"
+    );
+}
+
+#[tokio::test]
+async fn retention_drops_whole_partitions_and_their_counts() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    // Minute-wide partitions, and one for a period two hours ago.
+    store
+        .maintain_history(Duration::from_secs(300), 100)
+        .await
+        .unwrap();
+    let now: i64 = sqlx::query_scalar("select floor(extract(epoch from now()))::int8")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let old = (now - 7200) - (now - 7200).rem_euclid(60);
+    sqlx::raw_sql(&format!(
+        "create table faultline.job_history_p{old} partition of faultline.job_history
+         for values from (to_timestamp({old})) to (to_timestamp({}))",
+        old + 60
+    ))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let ids: Vec<_> = store
+        .enqueue_batch((0..3).map(|i| NewJob::new("k", json!(i))).collect())
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    let claimed = store
+        .claim_batch(&default_queue(), "w", 3, Duration::from_secs(60))
+        .await
+        .unwrap();
+    for c in &claimed {
+        store.complete(&c.lease).await.unwrap();
+    }
+    let in_current: i64 = sqlx::query_scalar(
+        "select count(*) from faultline.job_history h
+         where tableoid <> 'faultline.job_history_default'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        in_current, 3,
+        "finished jobs land in a real partition, not the default"
+    );
+    // Two of them finished two hours ago (moved into the old partition).
+    sqlx::query(&format!(
+        "update faultline.job_history set finished_at = to_timestamp({old} + 30)
+         where id = any($1)"
+    ))
+    .bind(vec![claimed[0].job.id, claimed[1].job.id])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let outcome = store
+        .maintain_history(Duration::from_secs(3600), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.dropped, outcome.dropped_jobs),
+        (1, 2),
+        "{outcome:?}"
+    );
+    assert!(store.get(claimed[0].job.id).await.is_err());
+    assert_eq!(
+        store.get(claimed[2].job.id).await.unwrap().state,
+        faultline::JobState::Succeeded
+    );
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats[0].succeeded, 1, "{stats:?}");
+    let partition_left: bool = sqlx::query_scalar(&format!(
+        "select exists (select 1 from pg_class where relname = 'job_history_p{old}')"
+    ))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(!partition_left, "dropped, not emptied");
 }

@@ -50,7 +50,7 @@ async fn job_enqueued_in_a_rolled_back_transaction_does_not_exist() {
     tx.commit().await.unwrap();
     assert_eq!(store.get(committed.id).await.unwrap().id, committed.id);
 
-    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.jobs")
+    let rows: i64 = sqlx::query_scalar("select count(*) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap();

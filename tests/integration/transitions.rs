@@ -196,15 +196,18 @@ async fn the_database_rejects_transitions_outside_the_state_machine() {
         async move { sqlx::query(sql).bind(id).execute(&pool).await }
     };
     let cases = [
-        ("update faultline.jobs set state = 'running', lease_expires_at = now() + interval '1 minute', lease_owner = 'x', lease_token = 1 where id = $1", f.succeeded.job.id, "jobs_state_transition"),
-        ("update faultline.jobs set state = 'queued', finished_at = null where id = $1", f.succeeded.job.id, "jobs_state_transition"),
+        // Finished jobs live in history, which refuses any change of state.
+        ("update faultline.job_history set state = 'running', lease_expires_at = now() + interval '1 minute', lease_owner = 'x', lease_token = 1 where id = $1", f.succeeded.job.id, "jobs_state_transition"),
+        ("update faultline.job_history set state = 'queued', finished_at = null where id = $1", f.succeeded.job.id, "jobs_state_transition"),
         ("update faultline.jobs set state = 'succeeded', finished_at = now() where id = $1", f.queued, "jobs_state_transition"),
         ("update faultline.jobs set state = 'failed', finished_at = now() where id = $1", f.queued, "jobs_state_transition"),
-        ("update faultline.jobs set state = 'cancelled' where id = $1", f.failed.job.id, "jobs_state_transition"),
+        ("update faultline.job_history set state = 'cancelled' where id = $1", f.failed.job.id, "jobs_state_transition"),
         // The trigger refuses an unknown target state before the CHECK does.
         ("update faultline.jobs set state = 'bogus' where id = $1", f.queued, "jobs_state_transition"),
         ("update faultline.jobs set state = 'running' where id = $1", f.queued, "jobs_lease_check"),
-        ("update faultline.jobs set state = 'succeeded', lease_expires_at = null where id = $1", f.running.job.id, "jobs_finished_check"),
+        // Finishing is a move to history, never an update of a live row.
+        ("update faultline.jobs set state = 'succeeded', lease_expires_at = null where id = $1", f.running.job.id, "jobs_state_transition"),
+        ("update faultline.jobs set finished_at = now() where id = $1", f.queued, "jobs_finished_check"),
         ("update faultline.jobs set max_attempts = 0 where id = $1", f.queued, "jobs_max_attempts_check"),
     ];
     for (sql, id, expected) in cases {

@@ -90,7 +90,7 @@ pub async fn enqueue(store: &Store, job: NewJob) -> JobId {
 }
 
 async fn count_in_state(pool: &sqlx::PgPool, state: &str) -> i64 {
-    sqlx::query_scalar("select count(*) from faultline.jobs where state = $1")
+    sqlx::query_scalar("select count(*) from faultline.all_jobs where state = $1")
         .bind(state)
         .fetch_one(pool)
         .await
@@ -135,7 +135,7 @@ async fn three_workers_drain_3000_jobs_and_run_each_exactly_once() {
         assert!(runs.values().all(|&n| n == 1), "a job ran more than once");
     }
     assert_eq!(claimed, 3000.0);
-    let max_attempts: i32 = sqlx::query_scalar("select max(attempts) from faultline.jobs")
+    let max_attempts: i32 = sqlx::query_scalar("select max(attempts) from faultline.all_jobs")
         .fetch_one(&db.pool)
         .await
         .unwrap();

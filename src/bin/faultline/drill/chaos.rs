@@ -182,7 +182,7 @@ pub async fn run(
             Duration::from_secs(180),
             || async {
                 let open: i64 = sqlx::query_scalar(
-                    "select count(*) from faultline.jobs where id = any($1)
+                    "select count(*) from faultline.all_jobs where id = any($1)
                  and state not in ('succeeded', 'failed', 'cancelled')",
                 )
                 .bind(&acked)
@@ -211,31 +211,32 @@ pub async fn run(
                 .unwrap_or(-1)
         }
     };
-    let lost = count("select count(*) from unnest($1::uuid[]) a(id) where not exists (select 1 from faultline.jobs j where j.id = a.id)").await;
-    let stuck = count("select count(*) from faultline.jobs where id = any($1) and state not in ('succeeded', 'failed', 'cancelled')").await;
-    let over =
-        count("select count(*) from faultline.jobs where id = any($1) and attempts > max_attempts")
-            .await;
+    let lost = count("select count(*) from unnest($1::uuid[]) a(id) where not exists (select 1 from faultline.all_jobs j where j.id = a.id)").await;
+    let stuck = count("select count(*) from faultline.all_jobs where id = any($1) and state not in ('succeeded', 'failed', 'cancelled')").await;
+    let over = count(
+        "select count(*) from faultline.all_jobs where id = any($1) and attempts > max_attempts",
+    )
+    .await;
     let bad_failures = count(
-        "select count(*) from faultline.jobs where id = any($1) and state = 'failed'
+        "select count(*) from faultline.all_jobs where id = any($1) and state = 'failed'
          and (jsonb_array_length(errors) <> max_attempts or attempts <> max_attempts)",
     )
     .await;
     // A claim after the job succeeded would carry a larger token than the accepted one.
     let after_success = count(
-        "select count(*) from faultline_drill.executions e join faultline.jobs j on j.id = e.job_id
+        "select count(*) from faultline_drill.executions e join faultline.all_jobs j on j.id = e.job_id
          where j.id = any($1) and j.state = 'succeeded' and e.token > j.lease_token",
     )
     .await;
     let accepted_twice = count(
-        "select count(*) from (select j.id from faultline.jobs j
+        "select count(*) from (select j.id from faultline.all_jobs j
            join faultline_drill.executions e on e.job_id = j.id and e.event = 'succeeded'
            where j.id = any($1) and j.state = 'succeeded' and e.token = j.lease_token
            group by j.id having count(*) > 1) x",
     )
     .await;
     let fenced_successes = count(
-        "select count(*) from faultline_drill.executions e join faultline.jobs j on j.id = e.job_id
+        "select count(*) from faultline_drill.executions e join faultline.all_jobs j on j.id = e.job_id
          where j.id = any($1) and e.event = 'succeeded' and e.token <> j.lease_token",
     )
     .await;
@@ -249,7 +250,7 @@ pub async fn run(
     let mut changed_payloads = 0i64;
     for (id, sent) in &exact {
         let stored: Option<String> =
-            sqlx::query_scalar("select payload::text from faultline.jobs where id = $1")
+            sqlx::query_scalar("select payload::text from faultline.all_jobs where id = $1")
                 .bind(id)
                 .fetch_optional(&env.pool)
                 .await
@@ -259,7 +260,7 @@ pub async fn run(
         }
     }
     let by_state: Vec<(String, i64)> = sqlx::query_as(
-        "select state, count(*) from faultline.jobs where id = any($1) group by 1 order by 1",
+        "select state, count(*) from faultline.all_jobs where id = any($1) group by 1 order by 1",
     )
     .bind(&acked)
     .fetch_all(&env.pool)

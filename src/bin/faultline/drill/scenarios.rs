@@ -459,7 +459,7 @@ pub async fn db_outage(report: &mut Report, db: Option<&str>) -> anyhow::Result<
             Duration::from_secs(90),
             || async {
                 let done: i64 = sqlx::query_scalar(
-                    "select count(*) from faultline.jobs where id = any($1)
+                    "select count(*) from faultline.all_jobs where id = any($1)
                  and state in ('succeeded', 'failed', 'cancelled')",
                 )
                 .bind(&acked)
@@ -473,7 +473,7 @@ pub async fn db_outage(report: &mut Report, db: Option<&str>) -> anyhow::Result<
         .is_ok();
     let recovered = up.elapsed();
     let succeeded: i64 = sqlx::query_scalar(
-        "select count(*) from faultline.jobs where id = any($1) and state = 'succeeded'",
+        "select count(*) from faultline.all_jobs where id = any($1) and state = 'succeeded'",
     )
     .bind(&acked)
     .fetch_one(&env.pool)
@@ -580,10 +580,11 @@ pub async fn duplicates(report: &mut Report, db: Option<&str>) -> anyhow::Result
     report.event(format!(
         "100 concurrent submissions with one key: {statuses:?}"
     ));
-    let rows: i64 =
-        sqlx::query_scalar("select count(*) from faultline.jobs where idempotency_key = 'dup-one'")
-            .fetch_one(&env.pool)
-            .await?;
+    let rows: i64 = sqlx::query_scalar(
+        "select count(*) from faultline.all_jobs where idempotency_key = 'dup-one'",
+    )
+    .fetch_one(&env.pool)
+    .await?;
     report.check(
         "one key → exactly one job",
         rows == 1,
@@ -608,7 +609,7 @@ pub async fn duplicates(report: &mut Report, db: Option<&str>) -> anyhow::Result
     let statuses = post_all(many).await;
     report.event(format!("10 keys × 20 concurrent submissions: {statuses:?}"));
     let per_key: Vec<(String, i64)> = sqlx::query_as(
-        "select idempotency_key, count(*) from faultline.jobs
+        "select idempotency_key, count(*) from faultline.all_jobs
          where idempotency_key like 'dup-_' group by 1 order by 1",
     )
     .fetch_all(&env.pool)

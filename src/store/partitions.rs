@@ -1,0 +1,187 @@
+//! History's partitions: made ahead of time, dropped whole past retention.
+//!
+//! History is range-partitioned by `finished_at` into partitions of one fixed width (chosen
+//! from the retention by the first process that makes one, then kept in `history_layout` for
+//! every process). Each pass makes the partition of the current period and the next two, so a
+//! finishing job always has one to land in, and drops every partition that ended more than the
+//! retention ago: a `DROP TABLE` of a whole period instead of row-by-row deletes, so retention
+//! leaves no dead tuples behind. A partition is named for the Unix second it starts at
+//! (`job_history_p1764612000`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection};
+
+use super::maintenance::HistoryOutcome;
+use super::Store;
+use crate::error::StoreError;
+
+/// Arbitrary, fixed key of the transaction-level advisory lock around partition changes
+/// ("fl-parts").
+const PARTITION_LOCK_KEY: i64 = 0x666c_2d70_6172_7473;
+
+/// Partitions made ahead of the current one.
+const AHEAD: i64 = 2;
+
+/// The width a retention asks for: about a seventh of it, between a minute and a day, so that
+/// history spans some eight partitions (few enough that a look-up by id probes few indexes).
+fn width_for(retention: Duration) -> i64 {
+    (retention.as_secs() as i64 / 7).clamp(60, 86_400)
+}
+
+fn at(second: i64) -> String {
+    DateTime::<Utc>::from_timestamp(second, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// See [`Store::maintain_history`].
+pub(crate) async fn maintain(
+    store: &Store,
+    retention: Duration,
+    limit: u32,
+) -> Result<HistoryOutcome, StoreError> {
+    let mut conn = store.pool().acquire().await?;
+    let mut outcome = HistoryOutcome::default();
+    let width = layout_width(&mut conn, retention).await?;
+    let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+
+    let mut tx = conn.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(PARTITION_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    // A drop waits for the parent's lock; never for long (completions insert into the parent).
+    sqlx::query("set local lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    let now: i64 = sqlx::query_scalar("select floor(extract(epoch from now()))::int8")
+        .fetch_one(&mut *tx)
+        .await?;
+    let existing: Vec<String> = sqlx::query_scalar(
+        "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = 'faultline.job_history'::regclass",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let current = now - now.rem_euclid(width);
+    for k in 0..=AHEAD {
+        let start = current + k * width;
+        let name = format!("job_history_p{start}");
+        if existing.contains(&name) {
+            continue;
+        }
+        // Integers formatted by us: nothing from outside reaches this DDL.
+        let ddl = format!(
+            "create table faultline.{name} partition of faultline.job_history
+             for values from ('{}') to ('{}')",
+            at(start),
+            at(start + width)
+        );
+        let mut savepoint = tx.begin().await?;
+        match sqlx::query(&ddl).execute(&mut *savepoint).await {
+            Ok(_) => {
+                savepoint.commit().await?;
+                outcome.created += 1;
+            }
+            // 23514: the default partition already holds jobs of that period (they finished
+            // while no partition covered it); they stay there and retention deletes them.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23514") => {
+                savepoint.rollback().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for name in &existing {
+        let Some(start) = name
+            .strip_prefix("job_history_p")
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        if start.saturating_add(width) > now.saturating_sub(retention_secs) {
+            continue;
+        }
+        let jobs: i64 = sqlx::query_scalar(&format!(
+            "with gone as (select queue, state, count(*) n from faultline.{name} group by 1, 2),
+             uncounted as (
+                 insert into faultline.queue_finished_counts as c (queue, state, shard, n)
+                 select queue, state, 0, -n from gone
+                 on conflict (queue, state, shard) do update set n = c.n + excluded.n
+             )
+             select coalesce(sum(n), 0)::int8 from gone"
+        ))
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(&format!("drop table faultline.{name}"))
+            .execute(&mut *tx)
+            .await?;
+        outcome.dropped += 1;
+        outcome.dropped_jobs += jobs as u64;
+    }
+    sqlx::query("delete from faultline.queue_finished_counts where n = 0")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    // The default partition, batch by batch (it holds only stragglers and upgraded rows).
+    loop {
+        let deleted: i64 = sqlx::query_scalar(
+            "with doomed as (
+                select id, finished_at from faultline.job_history_default
+                where finished_at < now() - $1 * interval '1 second'
+                order by finished_at
+                limit $2
+                for update skip locked
+            ),
+            gone as (
+                delete from faultline.job_history_default d using doomed
+                where d.id = doomed.id and d.finished_at = doomed.finished_at
+                returning d.queue, d.state
+            ),
+            uncounted as (
+                insert into faultline.queue_finished_counts as c (queue, state, shard, n)
+                select queue, state, 0, -count(*) from gone group by queue, state
+                on conflict (queue, state, shard) do update set n = c.n + excluded.n
+            )
+            select count(*) from gone",
+        )
+        .bind(retention_secs.min(i64::from(i32::MAX)) as f64)
+        .bind(i64::from(limit.max(1)))
+        .fetch_one(&mut *conn)
+        .await?;
+        outcome.deleted += deleted as u64;
+        if deleted < i64::from(limit.max(1)) {
+            break;
+        }
+    }
+    Ok(outcome)
+}
+
+/// The partition width in force, fixing it from `retention` if no process has yet.
+async fn layout_width(conn: &mut PgConnection, retention: Duration) -> Result<i64, StoreError> {
+    sqlx::query(
+        "insert into faultline.history_layout (width_seconds) values ($1) on conflict do nothing",
+    )
+    .bind(width_for(retention) as i32)
+    .execute(&mut *conn)
+    .await?;
+    let width: i32 = sqlx::query_scalar("select width_seconds from faultline.history_layout")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(i64::from(width))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widths_follow_retention_within_bounds() {
+        assert_eq!(width_for(Duration::from_secs(7 * 86_400)), 86_400);
+        assert_eq!(width_for(Duration::from_secs(300)), 60);
+        assert_eq!(width_for(Duration::from_secs(7 * 3_600)), 3_600);
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,253 @@
+//! Live jobs and history apart (SPEC §10): a finished job leaves the live table in the statement
+//! that finishes it and stays readable from history; idempotency keys hold across the move; an
+//! upgrade from the single-table schema moves every finished job and keeps every key.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use faultline::db::MIGRATOR;
+use faultline::{JobFilter, JobState, NewJob, Store};
+use serde_json::json;
+use sqlx::migrate::Migrator;
+
+use crate::harness::TestDb;
+
+async fn live_and_history(db: &TestDb, id: faultline::JobId) -> (i64, i64) {
+    let live: i64 = sqlx::query_scalar("select count(*) from faultline.jobs where id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let history: i64 =
+        sqlx::query_scalar("select count(*) from faultline.job_history where id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    (live, history)
+}
+
+#[tokio::test]
+async fn every_finishing_transition_moves_the_job_to_history_where_it_stays_readable() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let ids: Vec<_> = store
+        .enqueue_batch((0..5).map(|i| NewJob::new("k", json!(i))).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| match item {
+            faultline::BatchItem::Created(job) => job.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let claimed = store
+        .claim_batch(&["default".into()], "w", 4, Duration::from_secs(60))
+        .await
+        .unwrap();
+    store.complete(&claimed[0].lease).await.unwrap();
+    store
+        .fail_attempt(&claimed[1].lease, "no", false)
+        .await
+        .unwrap();
+    store.cancel(claimed[2].job.id).await.unwrap();
+    // The last one with attempts left is retried in place, still live.
+    store
+        .fail_attempt(&claimed[3].lease, "again", true)
+        .await
+        .unwrap();
+    for (c, state) in [
+        (&claimed[0], JobState::Succeeded),
+        (&claimed[1], JobState::Failed),
+        (&claimed[2], JobState::Cancelled),
+    ] {
+        assert_eq!(live_and_history(&db, c.job.id).await, (0, 1), "{state}");
+        let job = store.get(c.job.id).await.unwrap();
+        assert_eq!(job.state, state);
+        assert!(job.finished_at.is_some());
+    }
+    assert_eq!(live_and_history(&db, claimed[3].job.id).await, (1, 0));
+    // A listing sees both tables, newest first, without duplicates.
+    let page = store.list(&JobFilter::default(), None, 10).await.unwrap();
+    let listed: Vec<_> = page.jobs.iter().map(|j| j.id).collect();
+    let mut expected = ids.clone();
+    expected.sort();
+    expected.reverse();
+    assert_eq!(listed, expected);
+    let failed = store
+        .list(
+            &JobFilter {
+                state: Some(JobState::Failed),
+                ..JobFilter::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.jobs.len(), 1);
+    // Counts: live ones counted, finished ones from the counters.
+    let stats = store.queue_stats().await.unwrap();
+    let s = &stats[0];
+    assert_eq!(
+        (s.queued, s.running, s.succeeded, s.failed, s.cancelled),
+        (2, 0, 1, 1, 1)
+    );
+    // Retry moves a finished job back, and its count with it.
+    let again = store.retry(claimed[1].job.id).await.unwrap();
+    assert_eq!(again.state, JobState::Queued);
+    assert_eq!(live_and_history(&db, claimed[1].job.id).await, (1, 0));
+    assert_eq!(store.queue_stats().await.unwrap()[0].failed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_submissions_of_one_key_while_its_job_finishes_and_moves_make_one_job() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    for round in 0..5 {
+        let key = format!("move-race-{round}");
+        let first = store
+            .enqueue(NewJob::new("k", json!({"n": 1})).with_idempotency_key(&key))
+            .await
+            .unwrap()
+            .into_job();
+        let claimed = store
+            .claim_batch(&["default".into()], "w", 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(claimed[0].job.id, first.id);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (store, key) = (store.clone(), key.clone());
+            tasks.spawn(async move {
+                store
+                    .enqueue(NewJob::new("k", json!({"n": 1})).with_idempotency_key(key))
+                    .await
+            });
+        }
+        // The job finishes (and moves to history) in the middle of the storm.
+        let finisher = {
+            let store: Store = store.clone();
+            let lease = claimed[0].lease.clone();
+            tokio::spawn(async move { store.complete(&lease).await })
+        };
+        let mut ids = HashSet::new();
+        while let Some(result) = tasks.join_next().await {
+            let enqueued = result.unwrap().unwrap();
+            assert!(
+                enqueued.was_replayed(),
+                "a second job was created for {key}"
+            );
+            ids.insert(enqueued.job().id);
+        }
+        finisher.await.unwrap().unwrap();
+        assert_eq!(ids.len(), 1);
+        assert!(ids.contains(&first.id));
+        let holders: i64 = sqlx::query_scalar(
+            "select count(*) from faultline.all_jobs where idempotency_key = $1",
+        )
+        .bind(&key)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(holders, 1, "one job per key across live and history");
+        // The key stays taken while its job is retained, now from history.
+        let again = store
+            .enqueue(NewJob::new("k", json!({"n": 1})).with_idempotency_key(&key))
+            .await
+            .unwrap();
+        assert!(again.was_replayed());
+        let conflict = store
+            .enqueue(NewJob::new("k", json!({"n": 2})).with_idempotency_key(&key))
+            .await;
+        assert!(matches!(
+            conflict,
+            Err(faultline::StoreError::IdempotencyConflict { .. })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_from_the_single_table_schema_keeps_every_job_and_every_key() {
+    let db = TestDb::empty().await;
+    // The schema as the previous release left it: every migration before the history split.
+    let previous = Migrator {
+        migrations: MIGRATOR
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261201000003)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..Migrator::DEFAULT
+    };
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql("create schema faultline; set search_path to faultline")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    previous.run(&mut *conn).await.unwrap();
+    drop(conn);
+    // Jobs in every state, written as that release wrote them.
+    sqlx::raw_sql(
+        "insert into faultline.jobs (id, kind, state, idempotency_key, request_fingerprint,
+                                     attempts, lease_owner, lease_token, lease_expires_at,
+                                     started_at, finished_at)
+         values ('00000000-0000-7000-8000-000000000001', 'k', 'queued', 'key-q', '\\x01', 0,
+                 null, null, null, null, null),
+                ('00000000-0000-7000-8000-000000000002', 'k', 'running', 'key-r', '\\x02', 1,
+                 'w', 7, now() + interval '1 hour', now(), null),
+                ('00000000-0000-7000-8000-000000000003', 'k', 'succeeded', 'key-s', '\\x03', 1,
+                 'w', 8, null, now(), now()),
+                ('00000000-0000-7000-8000-000000000004', 'k', 'failed', 'key-f', '\\x04', 5,
+                 'w', 9, null, now(), now() - interval '1 hour'),
+                ('00000000-0000-7000-8000-000000000005', 'k', 'cancelled', null, null, 0,
+                 null, null, null, null, now());",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    faultline::db::migrate(&db.pool).await.unwrap();
+    assert!(faultline::db::schema_is_current(&db.pool).await.unwrap());
+
+    let store = db.store();
+    let expect = [
+        (1, JobState::Queued, (1, 0)),
+        (2, JobState::Running, (1, 0)),
+        (3, JobState::Succeeded, (0, 1)),
+        (4, JobState::Failed, (0, 1)),
+        (5, JobState::Cancelled, (0, 1)),
+    ];
+    for (n, state, place) in expect {
+        let id: faultline::JobId = format!("00000000-0000-7000-8000-00000000000{n}")
+            .parse()
+            .unwrap();
+        assert_eq!(store.get(id).await.unwrap().state, state, "job {n}");
+        assert_eq!(live_and_history(&db, id).await, place, "job {n}");
+    }
+    let stats = store.queue_stats().await.unwrap();
+    let s = &stats[0];
+    assert_eq!(
+        (s.queued, s.running, s.succeeded, s.failed, s.cancelled),
+        (1, 1, 1, 1, 1)
+    );
+    // Every key is still enforced, live or moved: a different request under it conflicts.
+    for key in ["key-q", "key-r", "key-s", "key-f"] {
+        let result = store
+            .enqueue(NewJob::new("other", json!({})).with_idempotency_key(key))
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(faultline::StoreError::IdempotencyConflict { .. })
+            ),
+            "{key}: {result:?}"
+        );
+    }
+    // The moved failed job can be retried back into the live table.
+    let retried = store
+        .retry("00000000-0000-7000-8000-000000000004".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(retried.state, JobState::Queued);
+}
