@@ -82,6 +82,20 @@ impl ActiveJobs {
         self.lock().len()
     }
 
+    /// A prefetched job's handler starts.
+    pub fn handler_started(&self, token: i64) {
+        if let Some(job) = self.lock().get_mut(&token) {
+            job.running = true;
+        }
+    }
+
+    /// Whether the lease of `token` went unrenewed for `at_least` (it may have lapsed).
+    pub fn unrenewed_for(&self, token: i64, at_least: std::time::Duration) -> bool {
+        self.lock()
+            .get(&token)
+            .map_or(true, |job| job.renewed.elapsed() >= at_least)
+    }
+
     pub fn handler_finished(&self, token: i64) {
         if let Some(job) = self.lock().get_mut(&token) {
             job.running = false;

@@ -13,6 +13,9 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Most handlers running at once (default 16).
     pub concurrency: u32,
+    /// Jobs claimed ahead of free handler slots, waiting in a local buffer under a renewed
+    /// lease (default 0: none). See the `prefetch` module for their semantics.
+    pub prefetch: u32,
     /// Lease length; a worker that stops heartbeating loses its jobs this long after its last
     /// heartbeat (default 30 s).
     pub lease_ttl: Duration,
@@ -36,6 +39,7 @@ impl Default for WorkerConfig {
             worker_id: default_worker_id(),
             queues: vec![crate::job::DEFAULT_QUEUE.to_owned()],
             concurrency: 16,
+            prefetch: 0,
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: None,
             poll_interval: Duration::from_secs(1),
@@ -89,6 +93,12 @@ impl WorkerConfig {
             return err(
                 "--concurrency",
                 format!("must be 1 to 10000, got {}", self.concurrency),
+            );
+        }
+        if self.prefetch > 10_000 {
+            return err(
+                "--prefetch",
+                format!("must be 0 to 10000, got {}", self.prefetch),
             );
         }
         if self.lease_ttl < Duration::from_millis(100) {

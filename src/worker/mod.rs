@@ -26,6 +26,7 @@ mod health;
 mod heartbeat;
 mod hook;
 mod listener;
+mod prefetch;
 mod reporter;
 mod runtime;
 pub mod webhook;

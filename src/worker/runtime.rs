@@ -25,7 +25,8 @@ use super::config::{ConfigError, WorkerConfig};
 use super::handler::HandlerRegistry;
 use super::health::DbHealth;
 use super::hook::ExecutionHook;
-use super::reporter::{Report, DB_RETRY};
+use super::prefetch::{PrefetchBuffer, Prefetched};
+use super::reporter::{Report, ReportKind, DB_RETRY};
 use super::{execute, heartbeat, listener, reporter};
 use crate::job::JobId;
 use crate::lease::LeaseLostReason;
@@ -43,8 +44,11 @@ pub(crate) struct Shared {
     pub worker_id: Arc<str>,
     pub active: ActiveJobs,
     pub health: DbHealth,
-    /// Handlers running now; the claim loop asks for `concurrency - inflight` jobs.
+    /// Handlers running now; the claim loop asks for `concurrency - inflight` jobs (plus room in
+    /// the prefetch buffer).
     inflight: AtomicUsize,
+    /// Jobs claimed ahead of free handler slots (see `prefetch.rs`).
+    prefetched: PrefetchBuffer,
     /// Signalled each time a handler finishes, so a full worker claims again at once.
     slot_freed: Notify,
     /// Set by self-fencing; the claim loop claims nothing until the database answers again.
@@ -177,6 +181,7 @@ impl Worker {
             metrics: self.metrics,
             active: ActiveJobs::default(),
             inflight: AtomicUsize::new(0),
+            prefetched: PrefetchBuffer::default(),
             slot_freed: Notify::new(),
             fenced: AtomicBool::new(false),
             wake: Arc::new(Notify::new()),
@@ -225,7 +230,15 @@ impl Worker {
 
         claim_loop(&shared, &wake, &shutdown).await;
 
-        // Shutdown: no more claims. Let running handlers finish within the grace period.
+        // Shutdown: no more claims. Prefetched jobs never started: hand them back at once.
+        let handed_back = hand_back_prefetched(&shared);
+        if handed_back > 0 {
+            tracing::info!(
+                jobs = handed_back,
+                "shutting down: handing back prefetched jobs"
+            );
+        }
+        // Let running handlers finish within the grace period.
         let grace = shared.config.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
         let running = shared.inflight.load(Ordering::Acquire);
@@ -298,7 +311,8 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
                 }
             }
         }
-        let free = free_slots(shared, concurrency);
+        launch_prefetched(shared, concurrency);
+        let free = claim_room(shared, concurrency);
         if free == 0 {
             tokio::select! {
                 _ = shared.slot_freed.notified() => {}
@@ -323,7 +337,12 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
                 failures = 0;
                 let claimed = batch.len();
                 for job in batch {
-                    start(shared, job, sent);
+                    let stop = hold(shared, &job, sent);
+                    if shared.inflight.load(Ordering::Acquire) < concurrency {
+                        launch(shared, job, stop);
+                    } else {
+                        shared.prefetched.push(Prefetched { claimed: job, stop });
+                    }
                 }
                 if claimed == free {
                     // There may be more: claim again as soon as a slot frees.
@@ -340,28 +359,81 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
             }
         }
         // The queue is drained for now: wait for a notification, the poll interval, or
-        // shutdown.
+        // shutdown — or, with jobs buffered, for a slot to start the next one in.
+        let buffered = shared.prefetched.len() > 0;
         tokio::select! {
             _ = wake.notified() => {}
+            _ = shared.slot_freed.notified(), if buffered => {}
             _ = tokio::time::sleep(shared.config.poll_interval) => {}
             _ = shutdown.cancelled() => return,
         }
     }
 }
 
-/// How many jobs to claim now: the free handler slots, but never so many that this worker would
-/// hold more than [`MAX_HELD_PER_SLOT`] × concurrency leases. Leases are held from the claim
-/// until the result is written; when results cannot be written as fast as handlers finish (a
-/// slow or overloaded database), every further claim would only become an expired lease and a
-/// wasted attempt, so the worker stops claiming until its reports catch up (backpressure).
-fn free_slots(shared: &Shared, concurrency: usize) -> usize {
-    let handler_slots = concurrency.saturating_sub(shared.inflight.load(Ordering::Acquire));
-    let lease_room = (concurrency * MAX_HELD_PER_SLOT).saturating_sub(shared.active.len());
-    handler_slots.min(lease_room)
+/// How many jobs to claim now: room for `concurrency` handlers and `prefetch` buffered jobs,
+/// less those held, but never so many that this worker would hold more than
+/// `MAX_HELD_PER_SLOT × concurrency + prefetch` leases. Leases are held from the claim until the
+/// result is written; when results cannot be written as fast as handlers finish (a slow or
+/// overloaded database), every further claim would only become an expired lease and a wasted
+/// attempt, so the worker stops claiming until its reports catch up (backpressure).
+fn claim_room(shared: &Shared, concurrency: usize) -> usize {
+    let prefetch = shared.config.prefetch as usize;
+    let held = shared.inflight.load(Ordering::Acquire) + shared.prefetched.len();
+    let room = (concurrency + prefetch).saturating_sub(held);
+    let lease_room =
+        (concurrency * MAX_HELD_PER_SLOT + prefetch).saturating_sub(shared.active.len());
+    room.min(lease_room)
 }
 
-/// See [`free_slots`].
+/// See [`claim_room`].
 const MAX_HELD_PER_SLOT: usize = 2;
+
+/// Start buffered jobs in the free handler slots. A job whose lease was lost while it waited is
+/// dropped (the heartbeat found it cancelled or taken); one whose lease went unrenewed long
+/// enough to have lapsed is handed back rather than run.
+fn launch_prefetched(shared: &Arc<Shared>, concurrency: usize) {
+    while shared.inflight.load(Ordering::Acquire) < concurrency {
+        let Some(next) = shared.prefetched.pop() else {
+            return;
+        };
+        let token = next.claimed.lease.token;
+        if next.stop.reason().is_some() {
+            shared.active.remove(token);
+            continue;
+        }
+        if shared
+            .active
+            .unrenewed_for(token, shared.config.fence_after())
+        {
+            release(shared, next.claimed);
+            continue;
+        }
+        launch(shared, next.claimed, next.stop);
+    }
+}
+
+/// Hand every buffered job back; returns how many.
+fn hand_back_prefetched(shared: &Arc<Shared>) -> usize {
+    let buffered = shared.prefetched.drain();
+    let n = buffered.len();
+    for job in buffered {
+        if job.stop.reason().is_some() {
+            shared.active.remove(job.claimed.lease.token);
+        } else {
+            release(shared, job.claimed);
+        }
+    }
+    n
+}
+
+fn release(shared: &Shared, claimed: Claimed) {
+    shared.report(Report {
+        lease: claimed.lease,
+        queue: claimed.job.queue,
+        kind: claimed.job.kind,
+        what: ReportKind::Release,
+    });
+}
 
 /// How long a full worker that just got a free slot waits for more before claiming: short jobs
 /// finish in bursts, and one claim for the burst costs one round trip and one commit instead of
@@ -371,9 +443,9 @@ const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// After a slot frees in a full worker, wait up to [`BATCH_WINDOW`] until half the slots are
 /// free. A worker with one slot never waits.
 async fn gather_slots(shared: &Shared, concurrency: usize) {
-    let enough = concurrency.div_ceil(2);
+    let enough = (concurrency + shared.config.prefetch as usize).div_ceil(2);
     let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-    while free_slots(shared, concurrency) < enough {
+    while claim_room(shared, concurrency) < enough {
         tokio::select! {
             _ = shared.slot_freed.notified() => {}
             _ = tokio::time::sleep_until(deadline) => return,
@@ -389,7 +461,8 @@ async fn backoff(failures: u32, shutdown: &CancellationToken) -> bool {
     }
 }
 
-fn start(shared: &Arc<Shared>, claimed: Claimed, sent: Instant) {
+/// Count the claim and hold its lease (renewed by the heartbeat from now on).
+fn hold(shared: &Shared, claimed: &Claimed, sent: Instant) -> Arc<Stop> {
     let queue = claimed.job.queue.clone();
     shared
         .metrics
@@ -413,8 +486,14 @@ fn start(shared: &Arc<Shared>, claimed: Claimed, sent: Instant) {
         lease: claimed.lease.clone(),
         renewed: sent,
         stop: stop.clone(),
-        running: true,
+        running: false,
     });
+    stop
+}
+
+/// Run a held job's handler in its own task.
+fn launch(shared: &Arc<Shared>, claimed: Claimed, stop: Arc<Stop>) {
+    shared.active.handler_started(claimed.lease.token);
     shared.inflight.fetch_add(1, Ordering::AcqRel);
     shared.metrics.worker_inflight.inc();
     shared

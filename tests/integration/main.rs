@@ -10,6 +10,7 @@ mod history;
 mod hostile;
 mod hot_path;
 mod http_transport;
+mod prefetch;
 
 mod claim;
 mod cluster;

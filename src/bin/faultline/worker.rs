@@ -40,6 +40,10 @@ pub struct WorkerOptions {
     #[arg(long, env = "FAULTLINE_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u32,
 
+    /// Jobs claimed ahead of free slots, waiting under a renewed lease (0: none).
+    #[arg(long, env = "FAULTLINE_PREFETCH", default_value_t = 0)]
+    pub prefetch: u32,
+
     /// Lease length: a job whose worker stops heartbeating is taken back this long after.
     #[arg(long, env = "FAULTLINE_LEASE_TTL", default_value = "30s", value_parser = duration)]
     pub lease_ttl: Duration,
@@ -121,6 +125,7 @@ impl WorkerOptions {
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             queues: self.queues.iter().map(|q| q.trim().to_owned()).collect(),
             concurrency: self.concurrency,
+            prefetch: self.prefetch,
             lease_ttl: self.lease_ttl,
             heartbeat_interval: self.heartbeat_interval,
             poll_interval: self.poll_interval,

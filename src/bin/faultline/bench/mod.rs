@@ -44,6 +44,11 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<Phase>,
 
+    /// Drain configurations as WORKERSxCONCURRENCY[+PREFETCH], comma-separated (default
+    /// 1x8,1x32,1x128,2x8,2x32,2x128,2x512,2x256+256; 1x16,2x32 with --quick).
+    #[arg(long, value_delimiter = ',', value_parser = drain_config)]
+    pub sweep: Vec<(usize, u32, u32)>,
+
     /// The backlog phase: drain rate at a 100,000-job backlog and at this one.
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(100_000..=100_000_000))]
     pub backlog: u64,
@@ -90,6 +95,35 @@ struct Results {
     figures: Vec<Figure>,
 }
 
+/// `2x128`: two worker processes at concurrency 128; `2x128+64`: each also prefetching 64.
+fn drain_config(text: &str) -> Result<(usize, u32, u32), String> {
+    let (text, prefetch) = match text.split_once('+') {
+        Some((head, prefetch)) => (
+            head,
+            prefetch
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p <= 10_000)
+                .ok_or_else(|| format!("prefetch must be 0 to 10000, got {prefetch:?}"))?,
+        ),
+        None => (text, 0),
+    };
+    let (workers, concurrency) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("expected WORKERSxCONCURRENCY such as 2x128, got {text:?}"))?;
+    let workers: usize = workers
+        .parse()
+        .ok()
+        .filter(|w| (1..=16).contains(w))
+        .ok_or_else(|| format!("workers must be 1 to 16, got {workers:?}"))?;
+    let concurrency: u32 = concurrency
+        .parse()
+        .ok()
+        .filter(|c| (1..=10_000).contains(c))
+        .ok_or_else(|| format!("concurrency must be 1 to 10000, got {concurrency:?}"))?;
+    Ok((workers, concurrency, prefetch))
+}
+
 fn median(samples: &[f64]) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
@@ -109,10 +143,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let period = Duration::from_secs(if args.quick { 2 } else { 5 });
     let samples = if args.quick { 200 } else { 1000 };
     let recovery_ttl = Duration::from_secs(if args.quick { 2 } else { 5 });
-    let sweep: Vec<(usize, u32)> = if args.quick {
-        vec![(1, 16), (2, 32)]
+    let sweep: Vec<(usize, u32, u32)> = if !args.sweep.is_empty() {
+        args.sweep.clone()
+    } else if args.quick {
+        vec![(1, 16, 0), (2, 32, 0)]
     } else {
-        vec![(1, 8), (1, 32), (1, 128), (2, 8), (2, 32), (2, 128)]
+        vec![
+            (1, 8, 0),
+            (1, 32, 0),
+            (1, 128, 0),
+            (2, 8, 0),
+            (2, 32, 0),
+            (2, 128, 0),
+            (2, 512, 0),
+            (2, 256, 256),
+        ]
     };
     let progress = if args.json {
         ProgressBar::hidden()
@@ -205,15 +250,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "jobs/s",
                 phases::ceiling_minimal_table(&bench, 4, jobs).await?,
             );
-            for &(workers, concurrency) in &sweep {
+            for &(workers, concurrency, prefetch) in &sweep {
                 step(&format!(
-                    "drain {jobs} jobs, {workers} worker(s) × {concurrency}"
+                    "drain {jobs} jobs, {workers} worker(s) × {concurrency} + {prefetch}"
                 ));
                 bench.reset().await?;
+                let name = if prefetch == 0 {
+                    format!("drain: {workers} worker process(es) × concurrency {concurrency}")
+                } else {
+                    format!(
+                        "drain: {workers} worker process(es) × concurrency {concurrency}, prefetch {prefetch}"
+                    )
+                };
                 record(
-                    format!("drain: {workers} worker process(es) × concurrency {concurrency}"),
+                    name,
                     "jobs/s",
-                    phases::drain(&bench, jobs, workers, concurrency).await?,
+                    phases::drain(&bench, jobs, workers, concurrency, prefetch).await?,
                 );
             }
         }

@@ -291,11 +291,17 @@ pub async fn drain(
     jobs: usize,
     workers: usize,
     concurrency: u32,
+    prefetch: u32,
 ) -> anyhow::Result<f64> {
     bench.prefill(jobs).await?;
-    let concurrency = concurrency.to_string();
+    let (concurrency, prefetch) = (concurrency.to_string(), prefetch.to_string());
     let children = (1..=workers)
-        .map(|w| bench.worker(&format!("bench-{w}"), &["--concurrency", &concurrency]))
+        .map(|w| {
+            bench.worker(
+                &format!("bench-{w}"),
+                &["--concurrency", &concurrency, "--prefetch", &prefetch],
+            )
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let waited = bench
         .wait_for_count("succeeded", jobs as i64, Duration::from_secs(600))
