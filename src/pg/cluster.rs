@@ -508,7 +508,11 @@ impl Cluster {
                 self.socket_dir.display()
             ))
             .arg("-c")
-            .arg(format!("max_connections={}", self.options.max_connections));
+            .arg(format!("max_connections={}", self.options.max_connections))
+            // A job queue's live table churns: let autovacuum look every few seconds rather
+            // than every minute (see migration 20261201000004 and README "Operating").
+            .arg("-c")
+            .arg("autovacuum_naptime=5s");
         if !self.options.durable {
             command.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
         }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::active::{Stop, StopReason};
 use super::handler::{JobContext, JobError};
 use super::hook::RunEnd;
-use super::reporter::{Report, ReportKind};
-use super::runtime::Shared;
+use super::report::{Report, ReportKind};
+use super::shared::Shared;
 use crate::store::Claimed;
 
 /// After a stop, how long a handler gets to return on its own before it is aborted. Its result
@@ -22,104 +22,117 @@ enum Outcome {
     Stopped(StopReason),
 }
 
+/// Run one claimed job: its handler, then its outcome to the reporter. The slot is free once the
+/// handler is done; the lease stays held (and heartbeated) until the reporter has recorded the
+/// result.
 pub(crate) async fn run_job(shared: Arc<Shared>, claimed: Claimed, stop: Arc<Stop>) {
-    let job = claimed.job;
-    let lease = claimed.lease;
     let started = Instant::now();
-    let outcome = match shared.registry.get(&job.kind) {
+    let outcome = match shared.registry.get(&claimed.job.kind) {
         None => Outcome::Failed(JobError::permanent(format!(
             "no handler for kind {:?} on worker {} (it runs: {})",
-            job.kind,
+            claimed.job.kind,
             shared.worker_id,
             shared.registry.kinds().join(", ")
         ))),
-        Some(handler) => {
-            // The handler's token is a child of the stop token: a stop cancels it, and a timeout
-            // can cancel it alone.
-            let cancel = stop.token.child_token();
-            let ctx = JobContext {
-                job_id: job.id,
-                kind: job.kind.clone(),
-                queue: job.queue.clone(),
-                attempt: lease.attempt,
-                max_attempts: job.max_attempts,
-                lease_token: lease.token,
-                worker_id: shared.worker_id.clone(),
-                cancel: cancel.clone(),
-            };
-            let timeout = job
-                .timeout_ms
-                .and_then(|ms| u64::try_from(ms).ok())
-                .map(Duration::from_millis)
-                .or_else(|| shared.registry.timeout(&job.kind));
-            if let Some(hook) = &shared.hook {
-                hook.started(&ctx).await;
-            }
-            // Only with a hook: the context is not cloned on the hot path otherwise.
-            let hook_ctx = shared.hook.as_ref().map(|_| ctx.clone());
-            let mut task = tokio::spawn(handler.call(ctx, job.payload.clone()));
-            let expired = async {
-                match timeout {
-                    Some(t) => tokio::time::sleep(t).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let outcome = tokio::select! {
-                joined = &mut task => match joined {
-                    Ok(Ok(())) => Outcome::Succeeded,
-                    Ok(Err(error)) => Outcome::Failed(error),
-                    Err(e) if e.is_panic() => Outcome::Failed(JobError::retryable(format!(
-                        "handler panicked: {}",
-                        panic_message(e.into_panic())
-                    ))),
-                    Err(_) => Outcome::Failed(JobError::retryable("handler task was aborted")),
-                },
-                _ = expired => {
-                    cancel.cancel();
-                    task.abort();
-                    Outcome::Failed(JobError::retryable(format!(
-                        "timed out after {}",
-                        humantime::format_duration(timeout.unwrap_or_default())
-                    )))
-                }
-                _ = stop.token.cancelled() => {
-                    if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
-                        task.abort();
-                    }
-                    Outcome::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
-                }
-            };
-            // Once a stop has fired, a failure is taken as its consequence (the handler saw its
-            // token cancelled), whichever branch above won the race: the job is handed back or
-            // the result dropped, never charged as a failed attempt. A success still counts: it
-            // is reported under the lease and the fence decides whether it lands.
-            let outcome = match (outcome, stop.reason()) {
-                (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
-                (outcome, _) => outcome,
-            };
-            if let (Some(hook), Some(hook_ctx)) = (&shared.hook, &hook_ctx) {
-                let end = match &outcome {
-                    Outcome::Succeeded => RunEnd::Succeeded,
-                    Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
-                    Outcome::Stopped(_) => RunEnd::Stopped,
-                };
-                hook.finished(hook_ctx, &end).await;
-            }
-            outcome
-        }
+        Some(handler) => run_handler(&shared, &claimed, handler, &stop).await,
     };
-
-    // The slot is free once the handler is done; the lease stays held (and heartbeated) until
-    // the reporter has recorded the result.
-    shared.active.handler_finished(lease.token);
+    shared.active.handler_finished(claimed.lease.token);
     shared.handler_done();
     shared
         .metrics
         .job_execution_seconds
-        .with_label_values(&[&job.queue, &job.kind])
+        .with_label_values(&[&claimed.job.queue, &claimed.job.kind])
         .observe(started.elapsed().as_secs_f64());
+    report(&shared, claimed, outcome);
+}
 
-    let kind = match outcome {
+/// The handler in its own task (a panic is caught, not fatal), under its timeout and its stop
+/// signal, between the execution hook's two calls.
+async fn run_handler(
+    shared: &Shared,
+    claimed: &Claimed,
+    handler: Arc<dyn super::handler::ErasedHandler>,
+    stop: &Stop,
+) -> Outcome {
+    let (job, lease) = (&claimed.job, &claimed.lease);
+    // The handler's token is a child of the stop token: a stop cancels it, and a timeout can
+    // cancel it alone.
+    let cancel = stop.token.child_token();
+    let ctx = JobContext {
+        job_id: job.id,
+        kind: job.kind.clone(),
+        queue: job.queue.clone(),
+        attempt: lease.attempt,
+        max_attempts: job.max_attempts,
+        lease_token: lease.token,
+        worker_id: shared.worker_id.clone(),
+        cancel: cancel.clone(),
+    };
+    let timeout = job
+        .timeout_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map(Duration::from_millis)
+        .or_else(|| shared.registry.timeout(&job.kind));
+    if let Some(hook) = &shared.hook {
+        hook.started(&ctx).await;
+    }
+    // Only with a hook: the context is not cloned on the hot path otherwise.
+    let hook_ctx = shared.hook.as_ref().map(|_| ctx.clone());
+    let mut task = tokio::spawn(handler.call(ctx, job.payload.clone()));
+    let expired = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        joined = &mut task => match joined {
+            Ok(Ok(())) => Outcome::Succeeded,
+            Ok(Err(error)) => Outcome::Failed(error),
+            Err(e) if e.is_panic() => Outcome::Failed(JobError::retryable(format!(
+                "handler panicked: {}",
+                panic_message(e.into_panic())
+            ))),
+            Err(_) => Outcome::Failed(JobError::retryable("handler task was aborted")),
+        },
+        _ = expired => {
+            cancel.cancel();
+            task.abort();
+            Outcome::Failed(JobError::retryable(format!(
+                "timed out after {}",
+                humantime::format_duration(timeout.unwrap_or_default())
+            )))
+        }
+        _ = stop.token.cancelled() => {
+            if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
+                task.abort();
+            }
+            Outcome::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
+        }
+    };
+    // Once a stop has fired, a failure is taken as its consequence (the handler saw its token
+    // cancelled), whichever branch above won the race: the job is handed back or the result
+    // dropped, never charged as a failed attempt. A success still counts: it is reported under
+    // the lease and the fence decides whether it lands.
+    let outcome = match (outcome, stop.reason()) {
+        (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
+        (outcome, _) => outcome,
+    };
+    if let (Some(hook), Some(hook_ctx)) = (&shared.hook, &hook_ctx) {
+        let end = match &outcome {
+            Outcome::Succeeded => RunEnd::Succeeded,
+            Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
+            Outcome::Stopped(_) => RunEnd::Stopped,
+        };
+        hook.finished(hook_ctx, &end).await;
+    }
+    outcome
+}
+
+/// Hand the outcome to the reporter under the job's lease; a lost lease reports nothing.
+fn report(shared: &Shared, claimed: Claimed, outcome: Outcome) {
+    let (job, lease) = (claimed.job, claimed.lease);
+    let what = match outcome {
         Outcome::Succeeded => ReportKind::Complete,
         Outcome::Failed(error) => ReportKind::Fail(error),
         Outcome::Stopped(StopReason::Lost(reason)) => {
@@ -133,7 +146,7 @@ pub(crate) async fn run_job(shared: Arc<Shared>, claimed: Claimed, stop: Arc<Sto
         lease,
         queue: job.queue,
         kind: job.kind,
-        what: kind,
+        what,
     });
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::active::StopReason;
-use super::runtime::Shared;
+use super::shared::Shared;
 use crate::lease::Lease;
 use crate::StoreError;
 

@@ -8,8 +8,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::reporter::DB_RETRY;
-use super::runtime::Shared;
+use super::shared::Shared;
+use super::shared::DB_RETRY;
 use crate::store::JOB_CHANNEL;
 
 pub(crate) async fn run(shared: Arc<Shared>, wake: Arc<Notify>, stop: CancellationToken) {

@@ -27,8 +27,10 @@ mod heartbeat;
 mod hook;
 mod listener;
 mod prefetch;
+mod report;
 mod reporter;
 mod runtime;
+mod shared;
 pub mod webhook;
 
 pub use builtin::{builtin_registry, register_builtins};

@@ -5,53 +5,19 @@
 //! token guard.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::JobError;
-use super::runtime::Shared;
+use super::report::{Report, ReportKind};
+use super::shared::{Shared, DB_RETRY};
 use crate::lease::Lease;
-use crate::retry::{Backoff, Jitter};
 use crate::store::FailOutcome;
 use crate::StoreError;
 
 /// Most reports written per pass.
 const MAX_BATCH: usize = 1000;
-
-/// Backoff between passes while the database is unreachable.
-pub(crate) const DB_RETRY: Backoff = Backoff {
-    base: Duration::from_millis(100),
-    cap: Duration::from_secs(5),
-    jitter: Jitter::Equal,
-};
-
-#[derive(Debug)]
-pub(crate) enum ReportKind {
-    Complete,
-    Fail(JobError),
-    Release,
-}
-
-impl ReportKind {
-    /// The operation's name in `faultline_db_errors_total{op}`.
-    fn op(&self) -> &'static str {
-        match self {
-            ReportKind::Complete => "complete",
-            ReportKind::Fail(_) => "fail",
-            ReportKind::Release => "release",
-        }
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct Report {
-    pub lease: Lease,
-    pub queue: String,
-    pub kind: String,
-    pub what: ReportKind,
-}
 
 /// Run until `finish` is cancelled and every report has been written, or `finish` is cancelled
 /// and `give_up` fires (the database stayed away: the leases will expire and the reaper will

@@ -26,90 +26,12 @@ use super::handler::HandlerRegistry;
 use super::health::DbHealth;
 use super::hook::ExecutionHook;
 use super::prefetch::{PrefetchBuffer, Prefetched};
-use super::reporter::{Report, ReportKind, DB_RETRY};
+use super::report::{Report, ReportKind};
+use super::shared::{Shared, DB_RETRY};
 use super::{execute, heartbeat, listener, reporter};
-use crate::job::JobId;
-use crate::lease::LeaseLostReason;
 use crate::maintenance::{Pruner, Reaper};
 use crate::metrics::Metrics;
 use crate::store::{Claimed, Store};
-
-/// State shared by the claim loop, the job tasks and the helper tasks.
-pub(crate) struct Shared {
-    pub hook: Option<Arc<dyn ExecutionHook>>,
-    pub store: Store,
-    pub registry: Arc<HandlerRegistry>,
-    pub config: WorkerConfig,
-    pub metrics: Arc<Metrics>,
-    pub worker_id: Arc<str>,
-    pub active: ActiveJobs,
-    pub health: DbHealth,
-    /// Handlers running now; the claim loop asks for `concurrency - inflight` jobs (plus room in
-    /// the prefetch buffer).
-    inflight: AtomicUsize,
-    /// Jobs claimed ahead of free handler slots (see `prefetch.rs`).
-    prefetched: PrefetchBuffer,
-    /// Signalled each time a handler finishes, so a full worker claims again at once.
-    slot_freed: Notify,
-    /// Set by self-fencing; the claim loop claims nothing until the database answers again.
-    fenced: AtomicBool,
-    /// Wakes the claim loop: a notification arrived, or a job this worker re-queued with backoff
-    /// became eligible.
-    pub wake: Arc<Notify>,
-    reports: mpsc::UnboundedSender<Report>,
-    /// Every job task, so shutdown can wait for them all.
-    tasks: TaskTracker,
-}
-
-impl Shared {
-    pub fn handler_done(&self) {
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.worker_inflight.dec();
-        self.slot_freed.notify_one();
-    }
-
-    /// Reports were written and their leases let go: a worker held back by backpressure may
-    /// claim again.
-    pub fn reports_landed(&self) {
-        self.slot_freed.notify_one();
-    }
-
-    pub fn report(&self, report: Report) {
-        // The receiver lives until every job task has finished, so this cannot fail in practice;
-        // if it did, the lease would expire and the job would run again, which is safe.
-        let _ = self.reports.send(report);
-    }
-
-    pub fn fence(&self) {
-        self.fenced.store(true, Ordering::Release);
-    }
-
-    /// Wake the claim loop after `delay`: when a job this worker re-queued with backoff becomes
-    /// eligible, claim it then instead of at the next poll.
-    pub fn wake_after(&self, delay: std::time::Duration) {
-        let wake = self.wake.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            wake.notify_one();
-        });
-    }
-
-    /// A result was discarded because the lease is gone.
-    pub fn lease_lost(&self, queue: &str, job: JobId, reason: LeaseLostReason) {
-        match reason {
-            LeaseLostReason::Cancelled => {
-                tracing::info!(%job, "job cancelled while running; its result is discarded")
-            }
-            LeaseLostReason::Superseded | LeaseLostReason::Gone => {
-                self.metrics
-                    .stale_completions
-                    .with_label_values(&[queue])
-                    .inc();
-                tracing::warn!(%job, %reason, "lease lost; result discarded (stale)");
-            }
-        }
-    }
-}
 
 /// Runs jobs from the store with the handlers of a registry. See the module docs.
 pub struct Worker {
@@ -191,98 +113,125 @@ impl Worker {
         shared
             .metrics
             .init_worker_series(&shared.config.queues, &shared.registry.kinds());
-        let wake = shared.wake.clone();
-        let background = CancellationToken::new();
-        let heartbeat_stop = CancellationToken::new();
-        let finish_reports = CancellationToken::new();
-        let give_up_reports = CancellationToken::new();
-
-        let mut helpers = Vec::new();
-        helpers.push(tokio::spawn(listener::run(
-            shared.clone(),
-            wake.clone(),
-            background.clone(),
-        )));
-        if let Some(config) = shared.config.reaper.clone() {
-            let reaper = Reaper::new(shared.store.clone(), config, shared.metrics.clone());
-            let stop = background.clone();
-            helpers.push(tokio::spawn(async move { reaper.run(stop).await }));
-        }
-        if let Some(config) = shared.config.pruner.clone() {
-            let pruner = Pruner::new(shared.store.clone(), config, shared.metrics.clone());
-            let stop = background.clone();
-            helpers.push(tokio::spawn(async move { pruner.run(stop).await }));
-        }
-        let heartbeat = tokio::spawn(heartbeat::run(shared.clone(), heartbeat_stop.clone()));
-        let mut reporter = tokio::spawn(reporter::run(
-            shared.clone(),
-            reports_rx,
-            finish_reports.clone(),
-            give_up_reports.clone(),
-        ));
+        let helpers = Helpers::start(&shared, reports_rx);
         tracing::info!(
             worker_id = %shared.worker_id,
             queues = ?shared.config.queues,
             concurrency = shared.config.concurrency,
+            prefetch = shared.config.prefetch,
             lease_ttl = %humantime::format_duration(shared.config.lease_ttl),
             "worker started"
         );
-
-        claim_loop(&shared, &wake, &shutdown).await;
-
-        // Shutdown: no more claims. Prefetched jobs never started: hand them back at once.
-        let handed_back = hand_back_prefetched(&shared);
-        if handed_back > 0 {
-            tracing::info!(
-                jobs = handed_back,
-                "shutting down: handing back prefetched jobs"
-            );
-        }
-        // Let running handlers finish within the grace period.
-        let grace = shared.config.shutdown_grace;
-        let deadline = tokio::time::Instant::now() + grace;
-        let running = shared.inflight.load(Ordering::Acquire);
-        if running > 0 {
-            tracing::info!(
-                running,
-                "shutting down: waiting up to {} for in-flight jobs",
-                humantime::format_duration(grace)
-            );
-        }
-        while shared.inflight.load(Ordering::Acquire) > 0 {
-            tokio::select! {
-                _ = shared.slot_freed.notified() => {}
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        let stopped = shared.active.stop_running(StopReason::Shutdown);
-        if stopped > 0 {
-            tracing::info!(
-                jobs = stopped,
-                "grace period over: cancelled unfinished jobs and handing them back"
-            );
-        }
-        shared.tasks.close();
-        shared.tasks.wait().await;
-
-        // Record every result. Heartbeats go on meanwhile, so no lease lapses while its result
-        // is on the way. If the database stays away for a whole lease, give up: those leases
-        // expire and the jobs run again elsewhere.
-        finish_reports.cancel();
-        if tokio::time::timeout(shared.config.lease_ttl, &mut reporter)
-            .await
-            .is_err()
-        {
-            give_up_reports.cancel();
-            let _ = reporter.await;
-        }
-        heartbeat_stop.cancel();
-        background.cancel();
-        let _ = heartbeat.await;
-        for helper in helpers {
-            let _ = helper.await;
-        }
+        claim_loop(&shared, &shared.wake.clone(), &shutdown).await;
+        shut_down(&shared, helpers).await;
         tracing::info!(worker_id = %shared.worker_id, "worker stopped");
+    }
+}
+
+/// The tasks beside the claim loop, and the tokens that stop them in order.
+struct Helpers {
+    /// Listener, reaper, pruner: stopped last.
+    background: CancellationToken,
+    services: Vec<tokio::task::JoinHandle<()>>,
+    heartbeat: tokio::task::JoinHandle<()>,
+    heartbeat_stop: CancellationToken,
+    reporter: tokio::task::JoinHandle<()>,
+    /// Write what is pending, then return.
+    finish_reports: CancellationToken,
+    /// Return even with reports unwritten (the database stayed away).
+    give_up_reports: CancellationToken,
+}
+
+impl Helpers {
+    fn start(shared: &Arc<Shared>, reports: mpsc::UnboundedReceiver<Report>) -> Helpers {
+        let background = CancellationToken::new();
+        let mut services = vec![tokio::spawn(listener::run(
+            shared.clone(),
+            shared.wake.clone(),
+            background.clone(),
+        ))];
+        if let Some(config) = shared.config.reaper.clone() {
+            let reaper = Reaper::new(shared.store.clone(), config, shared.metrics.clone());
+            let stop = background.clone();
+            services.push(tokio::spawn(async move { reaper.run(stop).await }));
+        }
+        if let Some(config) = shared.config.pruner.clone() {
+            let pruner = Pruner::new(shared.store.clone(), config, shared.metrics.clone());
+            let stop = background.clone();
+            services.push(tokio::spawn(async move { pruner.run(stop).await }));
+        }
+        let heartbeat_stop = CancellationToken::new();
+        let finish_reports = CancellationToken::new();
+        let give_up_reports = CancellationToken::new();
+        Helpers {
+            heartbeat: tokio::spawn(heartbeat::run(shared.clone(), heartbeat_stop.clone())),
+            reporter: tokio::spawn(reporter::run(
+                shared.clone(),
+                reports,
+                finish_reports.clone(),
+                give_up_reports.clone(),
+            )),
+            background,
+            services,
+            heartbeat_stop,
+            finish_reports,
+            give_up_reports,
+        }
+    }
+}
+
+/// The shutdown sequence, once the claim loop has stopped claiming: hand prefetched jobs back,
+/// let running handlers finish within the grace period, stop and hand back the rest, record
+/// every result (heartbeats going on meanwhile), then stop the helpers.
+async fn shut_down(shared: &Arc<Shared>, mut helpers: Helpers) {
+    let handed_back = hand_back_prefetched(shared);
+    if handed_back > 0 {
+        tracing::info!(
+            jobs = handed_back,
+            "shutting down: handing back prefetched jobs"
+        );
+    }
+    let grace = shared.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    let running = shared.inflight.load(Ordering::Acquire);
+    if running > 0 {
+        tracing::info!(
+            running,
+            "shutting down: waiting up to {} for in-flight jobs",
+            humantime::format_duration(grace)
+        );
+    }
+    while shared.inflight.load(Ordering::Acquire) > 0 {
+        tokio::select! {
+            _ = shared.slot_freed.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let stopped = shared.active.stop_running(StopReason::Shutdown);
+    if stopped > 0 {
+        tracing::info!(
+            jobs = stopped,
+            "grace period over: cancelled unfinished jobs and handing them back"
+        );
+    }
+    shared.tasks.close();
+    shared.tasks.wait().await;
+
+    // If the database stays away for a whole lease, give up: those leases expire and the jobs
+    // run again elsewhere.
+    helpers.finish_reports.cancel();
+    if tokio::time::timeout(shared.config.lease_ttl, &mut helpers.reporter)
+        .await
+        .is_err()
+    {
+        helpers.give_up_reports.cancel();
+        let _ = helpers.reporter.await;
+    }
+    helpers.heartbeat_stop.cancel();
+    helpers.background.cancel();
+    let _ = helpers.heartbeat.await;
+    for service in helpers.services {
+        let _ = service.await;
     }
 }
 

@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// The backlog phase: drain rate at a 100,000-job backlog and at this one.
     #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(100_000..=100_000_000))]
     pub backlog: u64,
+
+    /// The soak phase's length.
+    #[arg(long, default_value = "30m", value_parser = crate::cli::duration)]
+    pub soak: Duration,
 }
 
 /// A phase of the benchmark (`--only`).
@@ -67,7 +71,8 @@ pub enum Phase {
     Recovery,
     /// Drain rate at a 100k and at a `--backlog` backlog.
     Backlog,
-    /// Not built yet: reported as missing.
+    /// Enqueue and drain at half the peak rate for `--soak`, with a short retention: table
+    /// sizes, dead tuples and the drain rate sampled every 10 s.
     Soak,
 }
 
@@ -88,6 +93,8 @@ struct Figure {
 
 #[derive(Debug, Serialize)]
 struct Results {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    soak_samples: Vec<phases::SoakSample>,
     server: String,
     cores: usize,
     runs: usize,
@@ -168,11 +175,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         )?);
         bar
     };
-    anyhow::ensure!(
-        !args.only.contains(&Phase::Soak),
-        "the soak phase is not built yet (see BENCHMARKS.md); choose among enqueue, drain, \
-         latency, recovery, backlog"
-    );
     let only = if args.only.is_empty() {
         vec![
             Phase::Enqueue,
@@ -185,6 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let wants = |phase: Phase| only.contains(&phase);
     let bench = Bench::start(args.database_url.as_deref()).await?;
+    let mut soak_samples: Vec<phases::SoakSample> = Vec::new();
 
     let mut raw: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
     let mut record = |name: String, unit: &'static str, value: f64| match raw
@@ -308,6 +311,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        if wants(Phase::Soak) {
+            step("soak");
+            bench.reset().await?;
+            let soak = phases::soak(&bench, args.soak, &progress).await?;
+            for (name, unit, value) in soak.figures() {
+                record(name, unit, value);
+            }
+            soak_samples.extend(soak.samples);
+        }
         step("done");
     }
     progress.finish_and_clear();
@@ -353,6 +365,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let results = Results {
+        soak_samples,
         server: bench.server.clone(),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         runs,
@@ -371,6 +384,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "{:<58} {:>12} {:>25}  of ceiling",
             "figure", "median", "min … max"
         );
+        if !results.soak_samples.is_empty() {
+            println!(
+                "soak samples: {:>6} {:>10} {:>10} {:>12} {:>12} {:>10}",
+                "t (s)", "drain/s", "backlog", "live MB", "live dead", "history MB"
+            );
+            for s in &results.soak_samples {
+                println!(
+                    "              {:>6.0} {:>10.0} {:>10} {:>12.1} {:>12} {:>10.1}",
+                    s.at_seconds,
+                    s.drain_per_second,
+                    s.backlog,
+                    s.live_mb,
+                    s.live_dead_tuples,
+                    s.history_mb
+                );
+            }
+            println!();
+        }
         for f in &results.figures {
             let pct = f
                 .percent_of_ceiling

@@ -319,21 +319,40 @@ pub async fn drain(
 
 /// Enqueue → start latency at a fixed offered rate with one worker at concurrency 1:
 /// (p50, p95, p99, max) in ms, from database timestamps (one clock).
+///
+/// The worker runs at concurrency 1 up to 200/s offered (the brief's figure) and at rate/100
+/// (at most 64) above, so that it has the capacity the rate needs; each enqueue is sent on its
+/// own task at its tick, so a slow one does not lower the offered rate.
 pub async fn latency(bench: &Bench, rate: u32, samples: usize) -> anyhow::Result<[f64; 4]> {
-    let child = bench.worker("bench-latency", &["--concurrency", "1"])?;
+    let concurrency = if rate <= 200 {
+        1
+    } else {
+        (rate / 100).clamp(1, 64)
+    };
+    let child = bench.worker(
+        "bench-latency",
+        &["--concurrency", &concurrency.to_string()],
+    )?;
     let result = async {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut measured: Vec<JobId> = Vec::new();
+        let mut sent = tokio::task::JoinSet::new();
         for i in 0..(100 + samples) {
             tick.tick().await;
-            let job = bench
-                .store
-                .enqueue(NewJob::new("noop", json!({"i": i})))
-                .await?
-                .into_job();
+            let store = bench.store.clone();
+            sent.spawn(async move {
+                let job = store
+                    .enqueue(NewJob::new("noop", json!({"i": i})))
+                    .await?
+                    .into_job();
+                anyhow::Ok((i, job.id))
+            });
+        }
+        let mut measured: Vec<JobId> = Vec::new();
+        while let Some(result) = sent.join_next().await {
+            let (i, id) = result??;
             if i >= 100 {
-                measured.push(job.id);
+                measured.push(id);
             }
         }
         bench
@@ -613,4 +632,168 @@ pub async fn backlog(
     .fetch_one(&bench.pool)
     .await?;
     Ok(window as f64 / seconds)
+}
+
+/// One sample of the soak phase.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SoakSample {
+    pub at_seconds: f64,
+    /// Jobs finished per second since the previous sample.
+    pub drain_per_second: f64,
+    /// Live jobs (queued + running).
+    pub backlog: i64,
+    /// Size of the live table with its indexes and TOAST.
+    pub live_mb: f64,
+    pub live_dead_tuples: i64,
+    /// Size of every history partition with its indexes.
+    pub history_mb: f64,
+}
+
+/// What the soak phase measured.
+pub struct Soak {
+    pub rate: f64,
+    pub samples: Vec<SoakSample>,
+}
+
+impl Soak {
+    /// First minute against last minute: drain rate, live table size, dead tuples.
+    pub fn figures(&self) -> Vec<(String, &'static str, f64)> {
+        let minute = |from_end: bool| -> Vec<&SoakSample> {
+            let n = self.samples.len().min(6);
+            if from_end {
+                self.samples[self.samples.len() - n..].iter().collect()
+            } else {
+                self.samples[..n].iter().collect()
+            }
+        };
+        let mean = |samples: &[&SoakSample], f: fn(&SoakSample) -> f64| {
+            samples.iter().map(|s| f(s)).sum::<f64>() / samples.len().max(1) as f64
+        };
+        let (first, last) = (minute(false), minute(true));
+        vec![
+            ("soak: offered enqueue rate".into(), "jobs/s", self.rate),
+            (
+                "soak: drain rate, first minute".into(),
+                "jobs/s",
+                mean(&first, |s| s.drain_per_second),
+            ),
+            (
+                "soak: drain rate, last minute".into(),
+                "jobs/s",
+                mean(&last, |s| s.drain_per_second),
+            ),
+            (
+                "soak: live table size, first minute".into(),
+                "MB",
+                mean(&first, |s| s.live_mb),
+            ),
+            (
+                "soak: live table size, last minute".into(),
+                "MB",
+                mean(&last, |s| s.live_mb),
+            ),
+            (
+                "soak: live dead tuples, last minute".into(),
+                "rows",
+                mean(&last, |s| s.live_dead_tuples as f64),
+            ),
+            (
+                "soak: history size, last minute".into(),
+                "MB",
+                mean(&last, |s| s.history_mb),
+            ),
+        ]
+    }
+}
+
+/// Enqueue and drain for `duration` at half the peak rate (measured first with the same workers
+/// on 50,000 jobs), with retention shortened to a fifth of the soak (at least a minute), so that
+/// history is retired several times over; sample every 10 s.
+pub async fn soak(
+    bench: &Bench,
+    duration: Duration,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<Soak> {
+    let retention = format!("{}s", (duration.as_secs() / 5).max(60));
+    let args = ["--concurrency", "256", "--retention", retention.as_str()];
+    progress.set_message("soak: measuring the peak");
+    bench.prefill(50_000).await?;
+    let started = Instant::now();
+    let children = (1..=2)
+        .map(|w| bench.worker(&format!("soak-{w}"), &args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let waited = bench
+        .wait_for_count("succeeded", 50_000, Duration::from_secs(300))
+        .await;
+    let peak = 50_000.0 / started.elapsed().as_secs_f64();
+    waited?;
+    let rate = (peak / 2.0).max(100.0);
+
+    // The enqueuer: batches of 500 paced to `rate`.
+    let halt = tokio_util::sync::CancellationToken::new();
+    let enqueuer = {
+        let (store, stop) = (bench.store.clone(), halt.clone());
+        tokio::spawn(async move {
+            let batch = 500usize;
+            let every = Duration::from_secs_f64(batch as f64 / rate);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let jobs = (0..batch).map(|_| NewJob::new("noop", json!({}))).collect();
+                let _ = store.enqueue_batch(jobs).await;
+            }
+        })
+    };
+    // Jobs moved out of the live table so far: monotonic (the finished counts are not, since
+    // retention subtracts what it drops), from the statistics every backend flushes at least
+    // once a second.
+    let finished = || async {
+        let _ = sqlx::query("select pg_stat_clear_snapshot()")
+            .execute(&bench.pool)
+            .await;
+        sqlx::query_scalar::<_, i64>(
+            "select n_tup_del from pg_stat_user_tables where relid = 'faultline.jobs'::regclass",
+        )
+        .fetch_one(&bench.pool)
+        .await
+    };
+    let mut samples = Vec::new();
+    let soak_started = Instant::now();
+    let mut last = (Instant::now(), finished().await?);
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    while soak_started.elapsed() < duration {
+        tick.tick().await;
+        let done = finished().await?;
+        let now = Instant::now();
+        let (live_bytes, dead, backlog, history_bytes): (i64, i64, i64, i64) = sqlx::query_as(
+            "select pg_total_relation_size('faultline.jobs'),
+                    (select n_dead_tup from pg_stat_user_tables
+                     where relid = 'faultline.jobs'::regclass),
+                    (select count(*) from faultline.jobs),
+                    (select coalesce(sum(pg_total_relation_size(relid)), 0)::int8
+                     from pg_partition_tree('faultline.job_history'))",
+        )
+        .fetch_one(&bench.pool)
+        .await?;
+        let sample = SoakSample {
+            at_seconds: soak_started.elapsed().as_secs_f64(),
+            drain_per_second: (done - last.1) as f64 / (now - last.0).as_secs_f64(),
+            backlog,
+            live_mb: live_bytes as f64 / 1e6,
+            live_dead_tuples: dead,
+            history_mb: history_bytes as f64 / 1e6,
+        };
+        progress.set_message(format!(
+            "soak: {:.0}s, {:.0} jobs/s, backlog {}, live {:.1} MB, history {:.1} MB",
+            sample.at_seconds, sample.drain_per_second, backlog, sample.live_mb, sample.history_mb
+        ));
+        samples.push(sample);
+        last = (now, done);
+    }
+    halt.cancel();
+    let _ = enqueuer.await;
+    stop(children);
+    Ok(Soak { rate, samples })
 }

@@ -1,0 +1,30 @@
+//! What a job task hands the reporter: the outcome to record under a lease.
+
+use super::handler::JobError;
+use crate::lease::Lease;
+
+#[derive(Debug)]
+pub(crate) enum ReportKind {
+    Complete,
+    Fail(JobError),
+    Release,
+}
+
+impl ReportKind {
+    /// The operation's name in `faultline_db_errors_total{op}`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            ReportKind::Complete => "complete",
+            ReportKind::Fail(_) => "fail",
+            ReportKind::Release => "release",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub lease: Lease,
+    pub queue: String,
+    pub kind: String,
+    pub what: ReportKind,
+}
