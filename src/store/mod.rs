@@ -1,20 +1,24 @@
-//! Every statement that touches `faultline.jobs`, one function per state transition, each with
-//! its SQL inline and a comment on why it is safe under concurrency.
+//! Every statement that touches the job tables, one function per state transition, each with
+//! its SQL inline and a comment on why it is safe under concurrency. Live jobs (queued, running)
+//! are in `faultline.jobs`; a transition to a finished state moves the job to
+//! `faultline.job_history` in the same statement (`history.rs`), and retry moves it back.
 //!
 //! | transition | function | guard |
 //! |---|---|---|
 //! | (new) → queued | [`Store::enqueue`], [`Store::enqueue_batch`] | `on conflict (idempotency_key) … do nothing` (partial unique index) |
 //! | queued → running | [`Store::claim_batch`] | `for update skip locked` on eligible rows |
 //! | running → running | [`Store::heartbeat`] | `id = any(ids)`, `lease_token = any(tokens)`, `lease_expires_at is not null` (= running; see `FENCED_BATCH` in `execution.rs`) |
-//! | running → succeeded | [`Store::complete`], [`Store::complete_batch`] | same |
-//! | running → queued / failed | [`Store::fail_attempt`] | same |
+//! | running → succeeded (moved) | [`Store::complete`], [`Store::complete_batch`] | same |
+//! | running → queued / failed (moved) | [`Store::fail_attempt`] | same, row locked, one of two exclusive CTEs |
 //! | running → queued | [`Store::release`] | same |
-//! | running → queued / failed | [`Store::reap_expired`] | `lease_expires_at < now()`, `skip locked` |
-//! | queued, running → cancelled | [`Store::cancel`] | `state in ('queued', 'running')` |
-//! | failed, cancelled → queued | [`Store::retry`] | `state in ('failed', 'cancelled')` |
+//! | running → queued / failed (moved) | [`Store::reap_expired`] | `lease_expires_at < now()`, `skip locked`, checked again after the lock |
+//! | queued, running → cancelled (moved) | [`Store::cancel`] | the row is live (only live jobs are in `faultline.jobs`) |
+//! | failed, cancelled → queued (moved back) | [`Store::retry`] | `state in ('failed', 'cancelled')` in history |
+//! | history past retention → gone | [`Store::maintain_history`] | whole partitions, under a transaction-level advisory lock |
 //!
 //! Besides these guards, the trigger `jobs_state_transition` makes the database itself refuse any
-//! transition outside the model, whoever issues it.
+//! transition outside the model, whoever issues it: on the live table only queued ⇄ running, and
+//! history refuses any change of state.
 
 mod control;
 mod enqueue;
