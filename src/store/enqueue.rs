@@ -95,7 +95,9 @@ impl Store {
     pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let key = job.idempotency_key.clone();
-        // One autocommit statement (two on a key look-up): committed when this returns.
+        // One autocommit statement without a key; with one, a short transaction (the insert,
+        // the check against history, a look-up if the key was taken): committed when this
+        // returns.
         let items = self
             .enqueue_rows(&mut conn, vec![job], Notify::AfterCommit, Shape::Single)
             .await?;

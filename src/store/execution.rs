@@ -1,6 +1,29 @@
 //! The worker's transitions: claim (queued → running), heartbeat (running → running), complete
 //! (→ succeeded), fail an attempt (→ queued with backoff, or → failed), release (→ queued, the
 //! attempt handed back). Every call after the claim is fenced by the lease token.
+//!
+//! ## Fenced batch reports
+//!
+//! How the batch reports (heartbeat, complete) reach and fence their rows:
+//!
+//! - **Through the primary key, whatever the statistics say.** `id = any($ids)` is an index
+//!   condition on the primary key: each row is found by a direct probe. An earlier form joined
+//!   the batch with the table, and with statistics gathered while `running` was rare the planner
+//!   hash-joined the batch with every running row: O(running) per report. At a 10M backlog that
+//!   made reports take seconds, leases expire and the worker spiral (see BENCHMARKS.md).
+//! - **`running` as `lease_expires_at is not null`.** The CHECK `jobs_lease_check` makes the
+//!   two equivalent, but only `state = 'running'` matches the partial indexes of running jobs,
+//!   and a planner that believes running jobs rare (statistics from a quiet hour) picks such an
+//!   index and filters every running row by id. Written as the lease's presence, the guard
+//!   leaves the primary key as the only index that fits. The single-lease reports
+//!   (`fail_attempt`, `release`) use the same guard for the same reason.
+//! - **Fenced exactly, per lease.** `lease_token = any($tokens)`: tokens come from one sequence,
+//!   so a token names exactly one claim of one job; a row whose current token is in the list
+//!   holds exactly the lease that carried it. A batch with a stale and the live lease of one
+//!   job matches the live one only.
+//! - **Locked in id order.** The ids are sorted before binding and the index scan visits them in
+//!   order, so two overlapping batches (a worker's heartbeat and its completions) cannot
+//!   deadlock. A stale lease matches no row, so it locks nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -198,8 +221,8 @@ impl Store {
         ttl: Duration,
     ) -> Result<Vec<Result<DateTime<Utc>, StoreError>>, StoreError> {
         let (ids, tokens) = unzip_leases(leases);
-        // See `FENCED_BATCH` for why the rows are found by `id = any(…)` and fenced by
-        // `lease_token = any(…)`.
+        // Found by `id = any(…)`, fenced by `lease_token = any(…)`: see "Fenced batch reports"
+        // in the module docs.
         let rows: Vec<(JobId, i64, DateTime<Utc>)> = sqlx::query_as(HEARTBEAT_BATCH)
             .bind(&ids)
             .bind(&tokens)
@@ -234,7 +257,7 @@ impl Store {
         leases: &[Lease],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let (ids, tokens) = unzip_leases(leases);
-        // See `FENCED_BATCH`.
+        // See the module docs ("Fenced batch reports").
         let rows: Vec<(JobId, i64)> = sqlx::query_as(COMPLETE_BATCH)
             .bind(&ids)
             .bind(&tokens)
@@ -439,31 +462,8 @@ impl Store {
     }
 }
 
-/// How the batch reports (heartbeat, complete) reach and fence their rows.
-///
-/// - **Through the primary key, whatever the statistics say.** `id = any($ids)` is an index
-///   condition on the primary key: each row is found by a direct probe. An earlier form joined
-///   the batch with the table, and with statistics gathered while `running` was rare the planner
-///   hash-joined the batch with every running row: O(running) per report. At a 10M backlog that
-///   made reports take seconds, leases expire and the worker spiral (see BENCHMARKS.md).
-/// - **`running` as `lease_expires_at is not null`.** The CHECK `jobs_lease_check` makes the
-///   two equivalent, but only `state = 'running'` matches the partial indexes of running jobs,
-///   and a planner that believes running jobs rare (statistics from a quiet hour) picks such an
-///   index and filters every running row by id. Written as the lease's presence, the guard
-///   leaves the primary key as the only index that fits. The single-lease reports
-///   (`fail_attempt`, `release`) use the same guard for the same reason.
-/// - **Fenced exactly, per lease.** `lease_token = any($tokens)`: tokens come from one sequence,
-///   so a token names exactly one claim of one job; a row whose current token is in the list
-///   holds exactly the lease that carried it. A batch with a stale and the live lease of one
-///   job matches the live one only.
-/// - **Locked in id order.** The ids are sorted before binding and the index scan visits them in
-///   order, so two overlapping batches (a worker's heartbeat and its completions) cannot
-///   deadlock. A stale lease matches no row, so it locks nothing.
-#[allow(dead_code)]
-const FENCED_BATCH: () = ();
-
 /// Extend many leases: `$1` ids, `$2` tokens, `$3` the TTL in milliseconds. See
-/// [`FENCED_BATCH`].
+/// the module docs ("Fenced batch reports").
 pub const HEARTBEAT_BATCH: &str = "update faultline.jobs j
             set lease_expires_at = now() + $3 * interval '1 millisecond',
                 updated_at = now()
@@ -472,7 +472,7 @@ pub const HEARTBEAT_BATCH: &str = "update faultline.jobs j
             returning j.id, j.lease_token, j.lease_expires_at";
 
 /// Complete many leases: `$1` ids, `$2` tokens, `$3` the counter shard. The jobs move to
-/// history as `succeeded` (see `history.rs`). See [`FENCED_BATCH`].
+/// history as `succeeded` (see `history.rs`). See the module docs ("Fenced batch reports").
 pub const COMPLETE_BATCH: &str = concat!(
     "with moved as (
     delete from faultline.jobs j
@@ -486,7 +486,7 @@ pub const COMPLETE_BATCH: &str = concat!(
 select id, lease_token from archived"
 );
 
-/// The leases' ids (sorted, see [`FENCED_BATCH`]) and tokens.
+/// The leases' ids (sorted: see "Fenced batch reports" in the module docs) and tokens.
 fn unzip_leases(leases: &[Lease]) -> (Vec<JobId>, Vec<i64>) {
     let mut ids: Vec<JobId> = leases.iter().map(|l| l.job_id).collect();
     ids.sort();

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | (new) → queued | [`Store::enqueue`], [`Store::enqueue_batch`] | `on conflict (idempotency_key) … do nothing` (partial unique index) |
 //! | queued → running | [`Store::claim_batch`] | `for update skip locked` on eligible rows |
-//! | running → running | [`Store::heartbeat`] | `id = any(ids)`, `lease_token = any(tokens)`, `lease_expires_at is not null` (= running; see `FENCED_BATCH` in `execution.rs`) |
+//! | running → running | [`Store::heartbeat`] | `id = any(ids)`, `lease_token = any(tokens)`, `lease_expires_at is not null` (= running; see "Fenced batch reports" in `execution.rs`) |
 //! | running → succeeded (moved) | [`Store::complete`], [`Store::complete_batch`] | same |
 //! | running → queued / failed (moved) | [`Store::fail_attempt`] | same, row locked, one of two exclusive CTEs |
 //! | running → queued | [`Store::release`] | same |

@@ -147,6 +147,7 @@ fn report(shared: &Shared, claimed: Claimed, outcome: Outcome) {
         queue: job.queue,
         kind: job.kind,
         what,
+        replaced: false,
     });
 }
 

@@ -27,4 +27,7 @@ pub(crate) struct Report {
     pub queue: String,
     pub kind: String,
     pub what: ReportKind,
+    /// This report replaces one the database refused for good (see `reporter::refused`): if
+    /// it is refused too, it is not replaced again.
+    pub replaced: bool,
 }

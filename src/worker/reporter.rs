@@ -115,7 +115,7 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
     }
 
     // A queue rather than a loop over `others`: a refused report's replacement is written in
-    // this same pass (at most two replacements per report, see `refused`).
+    // this same pass (at most one replacement per report, see `refused`).
     let mut queue: std::collections::VecDeque<Report> = others.into();
     while let Some(report) = queue.pop_front() {
         let result = match &report.what {
@@ -177,19 +177,19 @@ fn refused(shared: &Shared, report: Report, error: &StoreError) -> Option<Report
     }
     .unwrap_or_else(|| "none".to_owned());
     let fallback = match &report.what {
+        _ if report.replaced => None,
         ReportKind::Complete => Some(format!(
             "the database refused to record this attempt's success (SQLSTATE {code}); the \
              attempt is counted as failed"
         )),
-        ReportKind::Fail(original) if !original.message().starts_with(REFUSED_PREFIX) => {
-            Some(format!(
-                "{REFUSED_PREFIX} (SQLSTATE {code}); its first 200 characters: {}",
-                crate::text::truncate(&crate::text::storable(original.message()), 200)
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .collect::<String>()
-            ))
-        }
+        ReportKind::Fail(original) => Some(format!(
+            "the database refused to record the handler's error (SQLSTATE {code}); its \
+                 first 200 characters: {}",
+            crate::text::truncate(&crate::text::storable(original.message()), 200)
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+        )),
         _ => None,
     };
     match fallback {
@@ -197,6 +197,7 @@ fn refused(shared: &Shared, report: Report, error: &StoreError) -> Option<Report
             tracing::warn!(job = %report.lease.job_id, %error, "database refused a report; recording a failed attempt instead");
             Some(Report {
                 what: ReportKind::Fail(JobError::retryable(message)),
+                replaced: true,
                 ..report
             })
         }
@@ -207,9 +208,6 @@ fn refused(shared: &Shared, report: Report, error: &StoreError) -> Option<Report
         }
     }
 }
-
-/// How the text of a failure that replaced a refused one begins (so it is replaced only once).
-const REFUSED_PREFIX: &str = "the database refused to record the handler's error";
 
 /// A report the fence rejected: the job is not ours any more; drop the result and count it.
 fn settle_rejected(shared: &Shared, report: &Report, error: StoreError) {

@@ -381,6 +381,7 @@ fn release(shared: &Shared, claimed: Claimed) {
         queue: claimed.job.queue,
         kind: claimed.job.kind,
         what: ReportKind::Release,
+        replaced: false,
     });
 }
 

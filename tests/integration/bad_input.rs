@@ -454,6 +454,10 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
         worker("--webhook-proxy", "ftp://proxy:21"),
         worker("--webhook-proxy", "not a url"),
         worker("--db-pool-size", "0"),
+        worker("--prefetch", "10001"),
+        worker("--prefetch", "99999999999"),
+        worker("--prefetch", "many"),
+        (vec!["worker", "--prefetch=-1"], "--prefetch"),
         worker("--database-url", "http://127.0.0.1:1/x"),
         worker("--database-url", "mysql://127.0.0.1:1/x"),
         serve("--listen", "nonsense"),
@@ -475,6 +479,17 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["jobs", "list", "--url", "not a url"], "--url"),
         (vec!["jobs", "list", "--url", "ftp://x"], "--url"),
         (vec!["jobs", "list", "--limit=-5"], "--limit"),
+        (vec!["bench", "--only", "everything"], "--only"),
+        (vec!["bench", "--only", ""], "--only"),
+        (vec!["bench", "--backlog", "10"], "--backlog"),
+        (vec!["bench", "--backlog", "999999999999"], "--backlog"),
+        (vec!["bench", "--soak", "300000years"], "--soak"),
+        (vec!["bench", "--soak", "soon"], "--soak"),
+        (vec!["bench", "--sweep", "2by128"], "--sweep"),
+        (vec!["bench", "--sweep", "0x128"], "--sweep"),
+        (vec!["bench", "--sweep", "2x0"], "--sweep"),
+        (vec!["bench", "--sweep", "2x128+99999"], "--sweep"),
+        (vec!["bench", "--sweep", " "], "--sweep"),
     ]
 }
 

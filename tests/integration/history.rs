@@ -170,12 +170,13 @@ async fn fifty_submissions_of_one_key_while_its_job_finishes_and_moves_make_one_
 #[tokio::test]
 async fn an_upgrade_from_the_single_table_schema_keeps_every_job_and_every_key() {
     let db = TestDb::empty().await;
-    // The schema as the previous release left it: every migration before the history split.
+    // The schema as the previous release left it: its single migration (payload `jsonb`,
+    // every job in one table).
     let previous = Migrator {
         migrations: MIGRATOR
             .migrations
             .iter()
-            .filter(|m| m.version < 20261201000003)
+            .filter(|m| m.version < 20261201000000)
             .cloned()
             .collect::<Vec<_>>()
             .into(),
@@ -192,17 +193,17 @@ async fn an_upgrade_from_the_single_table_schema_keeps_every_job_and_every_key()
     sqlx::raw_sql(
         "insert into faultline.jobs (id, kind, state, idempotency_key, request_fingerprint,
                                      attempts, lease_owner, lease_token, lease_expires_at,
-                                     started_at, finished_at)
+                                     started_at, finished_at, payload)
          values ('00000000-0000-7000-8000-000000000001', 'k', 'queued', 'key-q', '\\x01', 0,
-                 null, null, null, null, null),
+                 null, null, null, null, null, '{\"n\": 12345678901234567890123, \"a\": [1.50]}'),
                 ('00000000-0000-7000-8000-000000000002', 'k', 'running', 'key-r', '\\x02', 1,
-                 'w', 7, now() + interval '1 hour', now(), null),
+                 'w', 7, now() + interval '1 hour', now(), null, '{}'),
                 ('00000000-0000-7000-8000-000000000003', 'k', 'succeeded', 'key-s', '\\x03', 1,
-                 'w', 8, null, now(), now()),
+                 'w', 8, null, now(), now(), '{}'),
                 ('00000000-0000-7000-8000-000000000004', 'k', 'failed', 'key-f', '\\x04', 5,
-                 'w', 9, null, now(), now() - interval '1 hour'),
+                 'w', 9, null, now(), now() - interval '1 hour', '{}'),
                 ('00000000-0000-7000-8000-000000000005', 'k', 'cancelled', null, null, 0,
-                 null, null, null, null, now());",
+                 null, null, null, null, now(), '{}');",
     )
     .execute(&db.pool)
     .await
@@ -230,6 +231,15 @@ async fn an_upgrade_from_the_single_table_schema_keeps_every_job_and_every_key()
     assert_eq!(
         (s.queued, s.running, s.succeeded, s.failed, s.cancelled),
         (1, 1, 1, 1, 1)
+    );
+    // The payload survived the change of column type, digit for digit.
+    let queued = store
+        .get("00000000-0000-7000-8000-000000000001".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        queued.payload.to_string(),
+        r#"{"a":[1.50],"n":12345678901234567890123}"#
     );
     // Every key is still enforced, live or moved: a different request under it conflicts.
     for key in ["key-q", "key-r", "key-s", "key-f"] {
