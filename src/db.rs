@@ -59,6 +59,19 @@ impl Default for PoolConfig {
     }
 }
 
+/// Whether `url` is meant for a transaction-pooling PgBouncer: it turns sqlx's statement cache
+/// off (`statement-cache-capacity=0`). Such a pooler hands each transaction whichever server
+/// connection is free, so named prepared statements (which sqlx 0.8 still creates with the
+/// cache off, and never closes) collide or go missing, and `LISTEN` has no session to live in.
+/// A store for such a URL sends every statement unnamed
+/// ([`crate::StoreConfig::prepared_statements`] off) and a worker listens only on a direct URL.
+pub fn pooled(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|url| {
+        url.query_pairs()
+            .any(|(key, value)| key == "statement-cache-capacity" && value.trim() == "0")
+    })
+}
+
 /// A lazily connecting pool for `url`: it does not fail when the database is down at start-up,
 /// and it reconnects by itself when the database comes back.
 ///
@@ -123,12 +136,15 @@ async fn migrate_on(conn: &mut sqlx::PgConnection) -> Result<(), DbError> {
     }
     sqlx::query("select pg_advisory_lock($1)")
         .bind(MIGRATION_LOCK_KEY)
+        .persistent(false)
         .execute(&mut *conn)
         .await?;
     sqlx::query("create schema if not exists faultline")
+        .persistent(false)
         .execute(&mut *conn)
         .await?;
     sqlx::query("set search_path to faultline")
+        .persistent(false)
         .execute(&mut *conn)
         .await?;
     MIGRATOR.run(&mut *conn).await?;
@@ -148,6 +164,8 @@ async fn applied_all(conn: &mut sqlx::PgConnection) -> Result<bool, DbError> {
     let applied: Vec<i64> = match sqlx::query_scalar(
         "select version from faultline._sqlx_migrations where success order by version",
     )
+    // Unnamed: this runs behind PgBouncer too (`/ready`, start-up checks), and rarely.
+    .persistent(false)
     .fetch_all(conn)
     .await
     {

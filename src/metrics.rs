@@ -4,6 +4,9 @@
 //! Labels stay low-cardinality: queue, kind, state, op, method, matched route, status. Never a
 //! job id, never a raw path.
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -45,9 +48,11 @@ pub const QUEUE_OLDEST_AGE_SECONDS: &str = "faultline_queue_oldest_age_seconds";
 pub const WORKER_INFLIGHT: &str = "faultline_worker_inflight";
 /// `faultline_db_up`
 pub const DB_UP: &str = "faultline_db_up";
+/// `faultline_leader` (1 while this process holds the maintainer's term)
+pub const LEADER: &str = "faultline_leader";
 
 /// Every metric name above, for tests and dashboards to check against.
-pub const ALL_NAMES: [&str; 18] = [
+pub const ALL_NAMES: [&str; 19] = [
     JOBS_ENQUEUED,
     JOBS_DEDUPLICATED,
     JOBS_CLAIMED,
@@ -66,10 +71,11 @@ pub const ALL_NAMES: [&str; 18] = [
     QUEUE_OLDEST_AGE_SECONDS,
     WORKER_INFLIGHT,
     DB_UP,
+    LEADER,
 ];
 
 /// Every `op` label of `faultline_db_errors_total`, created at zero.
-pub const DB_OPS: [&str; 17] = [
+pub const DB_OPS: [&str; 20] = [
     "claim",
     "heartbeat",
     "complete",
@@ -87,6 +93,9 @@ pub const DB_OPS: [&str; 17] = [
     "cancel",
     "retry",
     "queue_stats",
+    "elect",
+    "register",
+    "workers",
 ];
 
 /// Job execution buckets: from a no-op (sub-millisecond) to long jobs (10 min).
@@ -141,6 +150,11 @@ pub struct Metrics {
     pub worker_inflight: IntGauge,
     /// 1 while the last database call succeeded, 0 after one failed to reach the database.
     pub db_up: Gauge,
+    /// 1 while this process holds a current maintainer term. Rendered from the term's local
+    /// deadline at every scrape (see [`Metrics::set_leader_until`]), so a process that stalled
+    /// past its term reads 0 the moment it resumes, before its election loop has run again.
+    leader: IntGauge,
+    leader_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Default for Metrics {
@@ -256,6 +270,15 @@ impl Metrics {
                 &registry,
                 Gauge::new(DB_UP, "1 while the database answers, else 0.").expect("valid gauge"),
             ),
+            leader: register(
+                &registry,
+                IntGauge::new(
+                    LEADER,
+                    "1 while this process is the elected maintainer, else 0.",
+                )
+                .expect("valid gauge"),
+            ),
+            leader_until: Arc::default(),
             registry,
         };
         metrics.db_up.set(1.0);
@@ -291,8 +314,23 @@ impl Metrics {
         &self.registry
     }
 
+    /// Record this process's maintainer term: held until `until` (local monotonic clock), or
+    /// not held (`None`).
+    pub fn set_leader_until(&self, until: Option<Instant>) {
+        *self.leader_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    /// Whether this process holds a maintainer term now (by its local deadline).
+    pub fn is_leader(&self) -> bool {
+        self.leader_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     /// Everything in the Prometheus text exposition format.
     pub fn render(&self) -> String {
+        self.leader.set(i64::from(self.is_leader()));
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

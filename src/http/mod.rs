@@ -16,6 +16,7 @@ mod observe;
 pub mod openapi;
 pub mod queues;
 mod server;
+pub mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +135,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/v1/queues", get(queues::list))
+        .route("/v1/workers", get(workers::list))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -8,8 +8,10 @@ use utoipa::{Modify, OpenApi};
 use super::error::{ErrorDetail, ErrorResponse};
 use super::jobs::{BatchRequest, BatchResponse, BatchResult, EnqueueRequest};
 use super::queues::QueuesResponse;
-use super::{health, jobs, queues};
+use super::workers::WorkersResponse;
+use super::{health, jobs, queues, workers};
 use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats};
+use crate::store::{LeaderInfo, WorkerInfo};
 
 /// The document.
 #[derive(OpenApi)]
@@ -23,16 +25,18 @@ use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats};
     paths(
         health::health, health::ready, health::metrics,
         jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry,
-        queues::list, document,
+        queues::list, workers::list, document,
     ),
     components(schemas(
         Job, JobId, JobState, AttemptError, Page, QueueStats, QueuesResponse,
         EnqueueRequest, BatchRequest, BatchResponse, BatchResult, ErrorResponse, ErrorDetail,
+        WorkersResponse, WorkerInfo, LeaderInfo,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"),
         (name = "queues", description = "Queue statistics"),
+        (name = "workers", description = "Live worker processes and the elected maintainer"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

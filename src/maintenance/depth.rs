@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::jittered;
+use super::service::{drive, Pass, Service};
 use crate::job::{JobState, QueueStats};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -59,16 +59,7 @@ impl DepthSampler {
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let current: HashSet<String> = stats.iter().map(|s| s.queue.clone()).collect();
         for gone in known.difference(&current) {
-            for state in JobState::ALL {
-                let _ = self
-                    .metrics
-                    .queue_depth
-                    .remove_label_values(&[gone, state.as_str()]);
-            }
-            let _ = self
-                .metrics
-                .queue_oldest_age_seconds
-                .remove_label_values(&[gone]);
+            self.remove_series(gone);
         }
         for s in &stats {
             for (state, count) in [
@@ -92,16 +83,59 @@ impl DepthSampler {
         Ok(stats)
     }
 
+    /// Drop every depth series this sampler set (when this process stops being the one that
+    /// samples, so two processes never export the same queue's depth).
+    pub fn clear(&self) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in known.drain() {
+            self.remove_series(&gone);
+        }
+    }
+
+    fn remove_series(&self, queue: &str) {
+        for state in JobState::ALL {
+            let _ = self
+                .metrics
+                .queue_depth
+                .remove_label_values(&[queue, state.as_str()]);
+        }
+        let _ = self
+            .metrics
+            .queue_oldest_age_seconds
+            .remove_label_values(&[queue]);
+    }
+
     /// Sample every `interval` until `shutdown` (the first sample at once).
     pub async fn run(&self, shutdown: CancellationToken) {
-        loop {
-            if let Err(e) = self.run_once().await {
-                self.metrics.db_error("sample", &e);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(jittered(self.config.interval)) => {}
-                _ = shutdown.cancelled() => return,
-            }
-        }
+        drive(self, &self.metrics, &shutdown, || true).await
+    }
+}
+
+/// A depth sample changes only gauges: nothing to log.
+#[derive(Debug)]
+pub struct Sampled;
+
+impl Pass for Sampled {
+    fn is_empty(&self) -> bool {
+        true
+    }
+
+    fn log(&self) {}
+}
+
+impl Service for DepthSampler {
+    type Outcome = Sampled;
+    const OP: &'static str = "sample";
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    fn starts_at_once(&self) -> bool {
+        true
+    }
+
+    async fn run_once(&self) -> Result<Sampled, StoreError> {
+        DepthSampler::run_once(self).await.map(|_| Sampled)
     }
 }

@@ -1,15 +1,22 @@
-//! Background maintenance services. Each has the same shape (after River's): a config with
-//! defaults, `run_once()` that does one pass and returns what it did, and `run(shutdown)` that
-//! calls it on an interval and logs only when something happened. All are safe to run in every
-//! worker process at once.
+//! Background maintenance services, run by the elected [`Maintainer`]. Each has the same shape
+//! (after River's): a config with defaults, `run_once()` that does one pass and returns what it
+//! did, and `run(shutdown)` that calls it on an interval and logs only when something happened;
+//! one loop driver (`service.rs`) runs them all. Each is also safe to run in several processes
+//! at once, so a term that lapses mid-pass does no harm.
 
 mod depth;
+mod maintainer;
 mod pruner;
 mod reaper;
+mod service;
+mod workers;
 
-pub use depth::{DepthSampler, DepthSamplerConfig};
+pub use depth::{DepthSampler, DepthSamplerConfig, Sampled};
+pub use maintainer::{Maintainer, MaintainerConfig, MAINTAINER_ROLE};
 pub use pruner::{Pruner, PrunerConfig};
 pub use reaper::{Reaper, ReaperConfig};
+pub use service::{Pass, Service};
+pub use workers::{Forgotten, Janitor, JanitorConfig};
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::jittered;
+use super::service::{drive, Pass, Service};
 use crate::metrics::Metrics;
 use crate::store::{HistoryOutcome, Store};
 use crate::StoreError;
@@ -69,26 +69,39 @@ impl Pruner {
     /// Run a pass at once (so that partitions exist before the first job finishes), then every
     /// `interval` until `shutdown`.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut first = true;
-        loop {
-            if !first {
-                tokio::select! {
-                    _ = tokio::time::sleep(jittered(self.config.interval)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-            first = false;
-            match self.run_once().await {
-                Ok(outcome) if outcome.is_empty() => {}
-                Ok(outcome) => tracing::info!(
-                    created = outcome.created,
-                    dropped = outcome.dropped,
-                    dropped_jobs = outcome.dropped_jobs,
-                    deleted = outcome.deleted,
-                    "history retention pass"
-                ),
-                Err(e) => self.metrics.db_error("prune", &e),
-            }
-        }
+        drive(self, &self.metrics, &shutdown, || true).await
+    }
+}
+
+impl Service for Pruner {
+    type Outcome = HistoryOutcome;
+    const OP: &'static str = "prune";
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    fn starts_at_once(&self) -> bool {
+        true
+    }
+
+    async fn run_once(&self) -> Result<HistoryOutcome, StoreError> {
+        Pruner::run_once(self).await
+    }
+}
+
+impl Pass for HistoryOutcome {
+    fn is_empty(&self) -> bool {
+        HistoryOutcome::is_empty(self)
+    }
+
+    fn log(&self) {
+        tracing::info!(
+            created = self.created,
+            dropped = self.dropped,
+            dropped_jobs = self.dropped_jobs,
+            deleted = self.deleted,
+            "history retention pass"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::jittered;
+use super::service::{drive, Pass, Service};
 use crate::metrics::Metrics;
 use crate::store::{ReapOutcome, Store};
 use crate::StoreError;
@@ -83,24 +83,36 @@ impl Reaper {
         }
     }
 
-    /// Run passes every `interval` until `shutdown`.
+    /// Run passes every `interval` until `shutdown` (in every process: safe, see
+    /// [`Store::reap_expired`]; the [`super::Maintainer`] runs it only on the leader).
     pub async fn run(&self, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(jittered(self.config.interval)) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            match self.run_once().await {
-                Ok(outcome) if outcome.total() > 0 => tracing::info!(
-                    requeued = outcome.requeued.len(),
-                    failed = outcome.failed.len(),
-                    "reaper took back expired leases"
-                ),
-                Ok(_) => {}
-                // Logged by whoever watches database health; here it is only counted, so an
-                // outage does not print a line per second per service.
-                Err(e) => self.metrics.db_error("reap", &e),
-            }
-        }
+        drive(self, &self.metrics, &shutdown, || true).await
+    }
+}
+
+impl Service for Reaper {
+    type Outcome = ReapOutcome;
+    const OP: &'static str = "reap";
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    async fn run_once(&self) -> Result<ReapOutcome, StoreError> {
+        Reaper::run_once(self).await
+    }
+}
+
+impl Pass for ReapOutcome {
+    fn is_empty(&self) -> bool {
+        self.total() == 0
+    }
+
+    fn log(&self) {
+        tracing::info!(
+            requeued = self.requeued.len(),
+            failed = self.failed.len(),
+            "reaper took back expired leases"
+        );
     }
 }

@@ -30,6 +30,7 @@ impl Store {
         ))
         .bind(id)
         .bind(shard())
+        .persistent(self.persistent())
         .fetch_optional(&self.pool)
         .await?;
         match job {
@@ -74,6 +75,7 @@ impl Store {
         .bind(id)
         .bind(JOB_CHANNEL)
         .bind(shard())
+        .persistent(self.persistent())
         .fetch_optional(&self.pool)
         .await?;
         match job {
@@ -87,6 +89,7 @@ impl Store {
         let state: Option<JobState> =
             sqlx::query_scalar("select state from faultline.all_jobs where id = $1")
                 .bind(id)
+                .persistent(self.persistent())
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(match state {

@@ -148,7 +148,7 @@ impl Store {
             }
             _ => None,
         });
-        self.notifier.notify(&self.pool, queues);
+        self.notifier.notify(&self.pool, self.persistent(), queues);
     }
 
     /// [`Store::enqueue_batch`] on the caller's connection or transaction.
@@ -199,11 +199,11 @@ impl Store {
         // can see the new job (see `shadowed_by_history`).
         if prepared.iter().any(|p| p.job.idempotency_key.is_some()) {
             let mut tx = conn.begin().await?;
-            let items = enqueue_rounds(&mut tx, &prepared, notify).await?;
+            let items = enqueue_rounds(&mut tx, &prepared, notify, self.persistent()).await?;
             tx.commit().await?;
             Ok(items)
         } else {
-            enqueue_rounds(conn, &prepared, notify).await
+            enqueue_rounds(conn, &prepared, notify, self.persistent()).await
         }
     }
 }
@@ -214,6 +214,7 @@ async fn enqueue_rounds(
     conn: &mut PgConnection,
     prepared: &[Prepared],
     notify: Notify,
+    persistent: bool,
 ) -> Result<Vec<BatchItem>, StoreError> {
     let mut results: Vec<Option<BatchItem>> = vec![None; prepared.len()];
     let mut pending: Vec<usize> = (0..prepared.len()).collect();
@@ -221,8 +222,14 @@ async fn enqueue_rounds(
         if pending.is_empty() {
             break;
         }
-        let inserted = insert(conn, pending.iter().map(|&i| &prepared[i]), notify).await?;
-        let shadowed = shadowed_by_history(conn, &inserted).await?;
+        let inserted = insert(
+            conn,
+            pending.iter().map(|&i| &prepared[i]),
+            notify,
+            persistent,
+        )
+        .await?;
+        let shadowed = shadowed_by_history(conn, &inserted, persistent).await?;
         let mut by_id: HashMap<JobId, Job> = inserted
             .into_iter()
             .filter(|job| !shadowed.contains(&job.id))
@@ -250,6 +257,7 @@ async fn enqueue_rounds(
             "select * from faultline.all_jobs where idempotency_key = any($1)",
         )
         .bind(&keys)
+        .persistent(persistent)
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
@@ -358,6 +366,7 @@ enum Shape {
 async fn shadowed_by_history(
     conn: &mut PgConnection,
     inserted: &[Job],
+    persistent: bool,
 ) -> Result<Vec<JobId>, sqlx::Error> {
     let keyed: Vec<(JobId, &str)> = inserted
         .iter()
@@ -371,6 +380,7 @@ async fn shadowed_by_history(
         "select idempotency_key from faultline.job_history where idempotency_key = any($1)",
     )
     .bind(&keys)
+    .persistent(persistent)
     .fetch_all(&mut *conn)
     .await?;
     let shadowed: Vec<JobId> = keyed
@@ -381,6 +391,7 @@ async fn shadowed_by_history(
     if !shadowed.is_empty() {
         sqlx::query("delete from faultline.jobs where id = any($1)")
             .bind(&shadowed)
+            .persistent(persistent)
             .execute(&mut *conn)
             .await?;
     }
@@ -416,6 +427,7 @@ async fn insert<'a>(
     conn: &mut PgConnection,
     jobs: impl Iterator<Item = &'a Prepared>,
     notify: Notify,
+    persistent: bool,
 ) -> Result<Vec<Job>, sqlx::Error> {
     let mut ids = Vec::new();
     let mut queues = Vec::new();
@@ -458,7 +470,7 @@ async fn insert<'a>(
         Notify::InTransaction => query.bind(JOB_CHANNEL),
         Notify::AfterCommit => query,
     };
-    query.fetch_all(conn).await
+    query.persistent(persistent).fetch_all(conn).await
 }
 
 /// The rows to insert, from one array per column (one round trip for any batch size), in

@@ -165,6 +165,7 @@ impl Store {
         .bind(worker)
         .bind(i64::from(limit))
         .bind(millis(ttl))
+        .persistent(self.persistent())
         .fetch_all(&self.pool)
         .await?;
         let mut claimed: Vec<Claimed> = rows
@@ -227,6 +228,7 @@ impl Store {
             .bind(&ids)
             .bind(&tokens)
             .bind(millis(ttl))
+            .persistent(self.persistent())
             .fetch_all(&self.pool)
             .await?;
         let extended: HashMap<(JobId, i64), DateTime<Utc>> = rows
@@ -262,6 +264,7 @@ impl Store {
             .bind(&ids)
             .bind(&tokens)
             .bind(shard())
+            .persistent(self.persistent())
             .fetch_all(&self.pool)
             .await?;
         let done: HashMap<(JobId, i64), ()> = rows.into_iter().map(|key| (key, ())).collect();
@@ -344,6 +347,7 @@ impl Store {
         .bind(retryable)
         .bind(millis(delay))
         .bind(shard())
+        .persistent(self.persistent())
         .fetch_optional(&self.pool)
         .await?;
         match job {
@@ -377,6 +381,7 @@ impl Store {
         .bind(lease.job_id)
         .bind(lease.token)
         .bind(JOB_CHANNEL)
+        .persistent(self.persistent())
         .fetch_optional(&self.pool)
         .await?;
         match released {
@@ -440,6 +445,7 @@ impl Store {
             "select id, state, lease_token from faultline.all_jobs where id = any($1)",
         )
         .bind(&ids)
+        .persistent(self.persistent())
         .fetch_all(&self.pool)
         .await?;
         let current: HashMap<JobId, (JobState, Option<i64>)> = rows

@@ -104,6 +104,7 @@ impl Store {
         .bind(i64::from(limit))
         .bind(JOB_CHANNEL)
         .bind(shard())
+        .persistent(self.persistent())
         .fetch_all(&self.pool)
         .await?;
         let mut outcome = ReapOutcome::default();

@@ -24,10 +24,12 @@ mod control;
 mod enqueue;
 mod execution;
 mod history;
+mod leader;
 mod maintenance;
 mod notifier;
 mod partitions;
 mod read;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,8 @@ use crate::job::DEFAULT_MAX_PAYLOAD_BYTES;
 use crate::retry::Backoff;
 
 pub use enqueue::{BatchItem, Enqueued};
+pub use leader::{LeaderInfo, Term};
+pub use workers::{WorkerBeat, WorkerInfo};
 
 /// The hot path's batch statements, for tests that check their plans.
 #[doc(hidden)]
@@ -60,6 +64,11 @@ pub struct StoreConfig {
     pub backoff: Backoff,
     /// The largest payload accepted, in bytes of serialized JSON.
     pub max_payload_bytes: usize,
+    /// Whether statements are prepared under a name and kept on the connection (default). Off
+    /// behind a transaction-pooling PgBouncer older than 1.21, where a named statement may be
+    /// missing from (or already exist on) the server connection the next transaction gets: every
+    /// statement is then sent unnamed. [`crate::db::pooled`] tells from the URL.
+    pub prepared_statements: bool,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +76,7 @@ impl Default for StoreConfig {
         StoreConfig {
             backoff: Backoff::default(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            prepared_statements: true,
         }
     }
 }
@@ -102,6 +112,12 @@ impl Store {
     /// The store's settings.
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// The `persistent` flag every statement of the store is sent with (see
+    /// [`StoreConfig::prepared_statements`]).
+    pub fn persistent(&self) -> bool {
+        self.config.prepared_statements
     }
 }
 

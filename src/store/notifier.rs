@@ -29,7 +29,12 @@ pub(crate) struct Notifier {
 
 impl Notifier {
     /// Ask for `queues` to be notified soon.
-    pub fn notify<'a>(&self, pool: &PgPool, queues: impl IntoIterator<Item = &'a str>) {
+    pub fn notify<'a>(
+        &self,
+        pool: &PgPool,
+        persistent: bool,
+        queues: impl IntoIterator<Item = &'a str>,
+    ) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         for queue in queues {
             let sent = inbox
@@ -37,7 +42,7 @@ impl Notifier {
                 .is_some_and(|tx| tx.send(queue.to_owned()).is_ok());
             if !sent {
                 let (tx, rx) = unbounded_channel();
-                tokio::spawn(run(pool.clone(), rx));
+                tokio::spawn(run(pool.clone(), persistent, rx));
                 let _ = tx.send(queue.to_owned());
                 *inbox = Some(tx);
             }
@@ -45,7 +50,7 @@ impl Notifier {
     }
 }
 
-async fn run(pool: PgPool, mut inbox: UnboundedReceiver<String>) {
+async fn run(pool: PgPool, persistent: bool, mut inbox: UnboundedReceiver<String>) {
     while let Some(first) = inbox.recv().await {
         let mut queues = BTreeSet::from([first]);
         while let Ok(queue) = inbox.try_recv() {
@@ -55,6 +60,7 @@ async fn run(pool: PgPool, mut inbox: UnboundedReceiver<String>) {
         if let Err(error) = sqlx::query("select pg_notify($1, q) from unnest($2::text[]) as q")
             .bind(JOB_CHANNEL)
             .bind(&queues)
+            .persistent(persistent)
             .execute(&pool)
             .await
         {

@@ -44,25 +44,29 @@ pub(crate) async fn maintain(
 ) -> Result<HistoryOutcome, StoreError> {
     let mut conn = store.pool().acquire().await?;
     let mut outcome = HistoryOutcome::default();
-    let width = layout_width(&mut conn, retention).await?;
+    let width = layout_width(&mut conn, retention, store.persistent()).await?;
     let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
 
     let mut tx = conn.begin().await?;
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(PARTITION_LOCK_KEY)
+        .persistent(store.persistent())
         .execute(&mut *tx)
         .await?;
     // A drop waits for the parent's lock; never for long (completions insert into the parent).
     sqlx::query("set local lock_timeout = '5s'")
+        .persistent(store.persistent())
         .execute(&mut *tx)
         .await?;
     let now: i64 = sqlx::query_scalar("select floor(extract(epoch from now()))::int8")
+        .persistent(store.persistent())
         .fetch_one(&mut *tx)
         .await?;
     let existing: Vec<String> = sqlx::query_scalar(
         "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid
          where i.inhparent = 'faultline.job_history'::regclass",
     )
+    .persistent(store.persistent())
     .fetch_all(&mut *tx)
     .await?;
     let current = now - now.rem_euclid(width);
@@ -80,7 +84,11 @@ pub(crate) async fn maintain(
             at(start + width)
         );
         let mut savepoint = tx.begin().await?;
-        match sqlx::query(&ddl).execute(&mut *savepoint).await {
+        match sqlx::query(&ddl)
+            .persistent(false)
+            .execute(&mut *savepoint)
+            .await
+        {
             Ok(_) => {
                 savepoint.commit().await?;
                 outcome.created += 1;
@@ -112,15 +120,18 @@ pub(crate) async fn maintain(
              )
              select coalesce(sum(n), 0)::int8 from gone"
         ))
+        .persistent(store.persistent())
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(&format!("drop table faultline.{name}"))
+            .persistent(store.persistent())
             .execute(&mut *tx)
             .await?;
         outcome.dropped += 1;
         outcome.dropped_jobs += jobs as u64;
     }
     sqlx::query("delete from faultline.queue_finished_counts where n = 0")
+        .persistent(store.persistent())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -149,6 +160,7 @@ pub(crate) async fn maintain(
         )
         .bind(retention_secs.min(i64::from(i32::MAX)) as f64)
         .bind(i64::from(limit.max(1)))
+        .persistent(store.persistent())
         .fetch_one(&mut *conn)
         .await?;
         outcome.deleted += deleted as u64;
@@ -160,14 +172,20 @@ pub(crate) async fn maintain(
 }
 
 /// The partition width in force, fixing it from `retention` if no process has yet.
-async fn layout_width(conn: &mut PgConnection, retention: Duration) -> Result<i64, StoreError> {
+async fn layout_width(
+    conn: &mut PgConnection,
+    retention: Duration,
+    persistent: bool,
+) -> Result<i64, StoreError> {
     sqlx::query(
         "insert into faultline.history_layout (width_seconds) values ($1) on conflict do nothing",
     )
     .bind(width_for(retention) as i32)
+    .persistent(persistent)
     .execute(&mut *conn)
     .await?;
     let width: i32 = sqlx::query_scalar("select width_seconds from faultline.history_layout")
+        .persistent(persistent)
         .fetch_one(&mut *conn)
         .await?;
     Ok(i64::from(width))

@@ -17,6 +17,7 @@ impl Store {
         // exactly one of the two tables.
         sqlx::query_as("select * from faultline.all_jobs where id = $1")
             .bind(id)
+            .persistent(self.persistent())
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound(id))
@@ -54,6 +55,7 @@ impl Store {
         .bind(filter.kind.as_deref())
         .bind(cursor)
         .bind(i64::from(limit) + 1)
+        .persistent(self.persistent())
         .fetch_all(&self.pool)
         .await?;
         let next_cursor = if jobs.len() > limit as usize {
@@ -100,6 +102,7 @@ impl Store {
                   + coalesce(f.failed, 0) + coalesce(f.cancelled, 0) > 0
             order by 1",
         )
+        .persistent(self.persistent())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::maintenance::{PrunerConfig, ReaperConfig};
+use crate::maintenance::MaintainerConfig;
 
 /// Settings of a [`super::Worker`]. `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -27,10 +27,25 @@ pub struct WorkerConfig {
     /// On shutdown, how long in-flight handlers may run on before they are cancelled and their
     /// jobs handed back (default 30 s).
     pub shutdown_grace: Duration,
-    /// The reaper, if this worker runs one (default: yes; safe in every worker).
-    pub reaper: Option<ReaperConfig>,
-    /// The pruner, if this worker runs one (default: yes).
-    pub pruner: Option<PrunerConfig>,
+    /// Stand for election as the cluster's [`crate::maintenance::Maintainer`] (reaper, pruner,
+    /// depth sampler, registry janitor), which then runs in this worker while it leads
+    /// (default: yes). `None` for a worker that must never run maintenance; some process
+    /// of the cluster must stand, or expired leases are never taken back.
+    pub maintainer: Option<MaintainerConfig>,
+    /// Where wake-ups come from (default: `LISTEN` on a connection like the store's).
+    pub listen: Listen,
+}
+
+/// Where a worker's `LISTEN` connection goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Listen {
+    /// A connection with the store pool's options (the database itself).
+    #[default]
+    Pool,
+    /// A direct connection to this URL (the database behind a pooler that cannot `LISTEN`).
+    Url(String),
+    /// No `LISTEN`: find jobs by polling every `poll_interval` only.
+    Off,
 }
 
 impl Default for WorkerConfig {
@@ -44,8 +59,8 @@ impl Default for WorkerConfig {
             heartbeat_interval: None,
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
-            reaper: Some(ReaperConfig::default()),
-            pruner: Some(PrunerConfig::default()),
+            maintainer: Some(MaintainerConfig::default()),
+            listen: Listen::Pool,
         }
     }
 }
@@ -116,6 +131,14 @@ impl WorkerConfig {
                     self.fence_after()
                 ),
             );
+        }
+        if let Listen::Url(url) = &self.listen {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return err(
+                    "--listen-database-url",
+                    "expected postgres://user:password@host:port/database".into(),
+                );
+            }
         }
         if self.poll_interval < Duration::from_millis(1) {
             return err("--poll-interval", "must be at least 1ms".into());

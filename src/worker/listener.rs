@@ -8,11 +8,15 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::config::Listen;
 use super::shared::Shared;
 use super::shared::DB_RETRY;
 use crate::store::JOB_CHANNEL;
 
 pub(crate) async fn run(shared: Arc<Shared>, wake: Arc<Notify>, stop: CancellationToken) {
+    if shared.config.listen == Listen::Off {
+        return;
+    }
     let mut failures = 0u32;
     loop {
         let connected = tokio::select! {
@@ -50,7 +54,10 @@ pub(crate) async fn run(shared: Arc<Shared>, wake: Arc<Notify>, stop: Cancellati
 }
 
 async fn connect(shared: &Shared) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(shared.store.pool()).await?;
+    let mut listener = match &shared.config.listen {
+        Listen::Url(url) => PgListener::connect(url).await?,
+        Listen::Pool | Listen::Off => PgListener::connect_with(shared.store.pool()).await?,
+    };
     listener.listen(JOB_CHANNEL).await?;
     Ok(listener)
 }

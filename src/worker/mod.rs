@@ -27,6 +27,7 @@ mod heartbeat;
 mod hook;
 mod listener;
 mod prefetch;
+mod registry;
 mod report;
 mod reporter;
 mod runtime;
@@ -34,7 +35,7 @@ mod shared;
 pub mod webhook;
 
 pub use builtin::{builtin_registry, register_builtins};
-pub use config::{default_worker_id, ConfigError, WorkerConfig};
+pub use config::{default_worker_id, ConfigError, Listen, WorkerConfig};
 pub use handler::{FnHandler, Handler, HandlerRegistry, JobContext, JobError, JobResult};
 pub use hook::{ExecutionHook, HookFuture, RunEnd};
 pub use runtime::Worker;

@@ -1,5 +1,6 @@
 //! The worker: a claim loop that fills free slots in one round trip, plus its helpers
-//! (listener, heartbeat, reporter, reaper, pruner), and the shutdown sequence.
+//! (listener, heartbeat, reporter, registry row, maintainer candidate), and the shutdown
+//! sequence.
 //!
 //! ```text
 //!            NOTIFY ──► listener ──wake──┐
@@ -28,8 +29,8 @@ use super::hook::ExecutionHook;
 use super::prefetch::{PrefetchBuffer, Prefetched};
 use super::report::{Report, ReportKind};
 use super::shared::{Shared, DB_RETRY};
-use super::{execute, heartbeat, listener, reporter};
-use crate::maintenance::{Pruner, Reaper};
+use super::{execute, heartbeat, listener, registry, reporter};
+use crate::maintenance::Maintainer;
 use crate::metrics::Metrics;
 use crate::store::{Claimed, Store};
 
@@ -96,6 +97,8 @@ impl Worker {
         let shared = Arc::new(Shared {
             hook: self.hook,
             worker_id: Arc::from(self.config.worker_id.as_str()),
+            instance: uuid::Uuid::now_v7(),
+            started_at: chrono::Utc::now(),
             health: DbHealth::new(self.metrics.clone()),
             store: self.store,
             registry: self.registry,
@@ -130,7 +133,7 @@ impl Worker {
 
 /// The tasks beside the claim loop, and the tokens that stop them in order.
 struct Helpers {
-    /// Listener, reaper, pruner: stopped last.
+    /// Listener, registry row, maintainer: stopped last.
     background: CancellationToken,
     services: Vec<tokio::task::JoinHandle<()>>,
     heartbeat: tokio::task::JoinHandle<()>,
@@ -150,15 +153,19 @@ impl Helpers {
             shared.wake.clone(),
             background.clone(),
         ))];
-        if let Some(config) = shared.config.reaper.clone() {
-            let reaper = Reaper::new(shared.store.clone(), config, shared.metrics.clone());
-            let stop = background.clone();
-            services.push(tokio::spawn(async move { reaper.run(stop).await }));
-        }
-        if let Some(config) = shared.config.pruner.clone() {
-            let pruner = Pruner::new(shared.store.clone(), config, shared.metrics.clone());
-            let stop = background.clone();
-            services.push(tokio::spawn(async move { pruner.run(stop).await }));
+        services.push(tokio::spawn(registry::run(
+            shared.clone(),
+            background.clone(),
+        )));
+        if let Some(config) = shared.config.maintainer.clone() {
+            let maintainer = Maintainer::new(
+                shared.store.clone(),
+                config,
+                shared.metrics.clone(),
+                shared.worker_id.to_string(),
+            )
+            .with_instance(shared.instance);
+            services.push(tokio::spawn(maintainer.run(background.clone())));
         }
         let heartbeat_stop = CancellationToken::new();
         let finish_reports = CancellationToken::new();
@@ -244,7 +251,11 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
         }
         if shared.fenced.load(Ordering::Acquire) {
             // Self-fenced: claim nothing until the database answers a probe.
-            match sqlx::query("select 1").execute(shared.store.pool()).await {
+            match sqlx::query("select 1")
+                .persistent(shared.store.persistent())
+                .execute(shared.store.pool())
+                .await
+            {
                 Ok(_) => {
                     shared.fenced.store(false, Ordering::Release);
                     shared.health.ok();

@@ -37,6 +37,10 @@ pub(crate) struct Shared {
     pub config: WorkerConfig,
     pub metrics: Arc<Metrics>,
     pub worker_id: Arc<str>,
+    /// This process's instance (unique per start): its registry row and its maintainer term.
+    pub instance: uuid::Uuid,
+    /// When the worker started, as its registry row says.
+    pub started_at: chrono::DateTime<chrono::Utc>,
     pub active: ActiveJobs,
     pub health: DbHealth,
     /// Handlers running now; the claim loop asks for `concurrency - inflight` jobs (plus room in

@@ -185,7 +185,7 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_spec_name() {
         WorkerConfig {
             worker_id: "metrics".into(),
             poll_interval: Duration::from_millis(100),
-            pruner: None,
+            maintainer: None,
             ..WorkerConfig::default()
         },
     )

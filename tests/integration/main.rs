@@ -24,3 +24,7 @@ mod transactions;
 mod transitions;
 mod worker;
 mod worker_binary;
+
+mod leader;
+mod procs;
+mod registry;

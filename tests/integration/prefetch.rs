@@ -120,7 +120,7 @@ async fn a_vanished_prefetching_worker_costs_its_buffered_jobs_one_lease_ttl() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async move {
             let mut cfg = prefetching("prefetch-crash", ttl);
-            cfg.reaper = None;
+            cfg.maintainer = None;
             let worker = faultline::worker::Worker::new(doomed, sleeper(), cfg).unwrap();
             tokio::spawn(worker.run(tokio_util::sync::CancellationToken::new()));
             let _ = die_rx.await;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use faultline::maintenance::ReaperConfig;
+use faultline::maintenance::{MaintainerConfig, ReaperConfig};
 use faultline::metrics::Metrics;
 use faultline::pg::{Cluster, StopMode};
 use faultline::worker::{
@@ -25,12 +25,23 @@ pub fn config(id: &str) -> WorkerConfig {
         lease_ttl: Duration::from_secs(2),
         poll_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(5),
+        maintainer: Some(maintainer_config()),
+        ..WorkerConfig::default()
+    }
+}
+
+/// A maintainer for tests: a short term (a stopped leader is replaced within about 1.3 s) and an
+/// eager reaper; no pruner or depth sampler.
+pub fn maintainer_config() -> MaintainerConfig {
+    MaintainerConfig {
+        leader_ttl: Duration::from_secs(1),
         reaper: Some(ReaperConfig {
             interval: Duration::from_millis(50),
             ..ReaperConfig::default()
         }),
         pruner: None,
-        ..WorkerConfig::default()
+        depth: None,
+        ..MaintainerConfig::default()
     }
 }
 
@@ -241,7 +252,7 @@ async fn job_of_a_worker_that_vanished_is_recovered_after_its_lease_expires() {
             });
             let mut cfg = config("worker-a");
             cfg.lease_ttl = Duration::from_millis(600);
-            cfg.reaper = None;
+            cfg.maintainer = None;
             let a = Worker::new(a_store, registry, cfg).unwrap();
             tokio::spawn(a.run(CancellationToken::new()));
             let _ = die_rx.await;
@@ -434,7 +445,7 @@ async fn lost_lease_stops_the_handler_and_its_result_is_discarded_as_stale() {
     });
     let mut cfg = config("stale");
     cfg.lease_ttl = Duration::from_millis(900);
-    cfg.reaper = None;
+    cfg.maintainer = None;
     let worker = Running::start(&store, registry, cfg);
     let id = enqueue(&store, NewJob::new("hold-once", json!({}))).await;
     wait_for_state(&store, id, JobState::Running, Duration::from_secs(10)).await;

@@ -10,33 +10,14 @@ use faultline::http::jobs::EnqueueRequest;
 use faultline::http::ErrorResponse;
 use faultline::{Job, Page};
 use reqwest::{Method, StatusCode};
+
+use crate::args::ApiClientArgs;
 use serde_json::Value;
 
 #[derive(Debug, Args)]
 pub struct JobsArgs {
-    /// The API's base URL.
-    #[arg(
-        long,
-        env = "FAULTLINE_URL",
-        default_value = "http://127.0.0.1:8000",
-        global = true,
-        value_parser = crate::cli::http_url
-    )]
-    pub url: String,
-
-    /// Bearer token, when the API requires one.
-    #[arg(
-        long,
-        env = "FAULTLINE_API_TOKEN",
-        hide_env_values = true,
-        global = true,
-        value_parser = crate::cli::token
-    )]
-    pub token: Option<String>,
-
-    /// Print the API's JSON instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
 
     #[command(subcommand)]
     pub command: JobsCommand,
@@ -87,11 +68,7 @@ pub enum JobsCommand {
 }
 
 pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: args.url.trim_end_matches('/').to_owned(),
-        token: args.token.clone(),
-    };
+    let client = args.api.client();
     let (status, body) = match &args.command {
         JobsCommand::Enqueue {
             kind,
@@ -171,16 +148,8 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    if !status.is_success() {
-        let message = serde_json::from_value::<ErrorResponse>(body.clone())
-            .map(|e| format!("{} ({}): {}", status, e.error.code, e.error.message))
-            .unwrap_or_else(|_| format!("{status}: {body}"));
-        eprintln!("error: {message}");
-        return Ok(ExitCode::FAILURE);
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-        return Ok(ExitCode::SUCCESS);
+    if let Some(code) = print_raw(status, &body, args.api.json)? {
+        return Ok(code);
     }
     match &args.command {
         JobsCommand::List { .. } => print_page(&serde_json::from_value(body)?),
@@ -223,41 +192,27 @@ fn request_json(request: &EnqueueRequest) -> Value {
     Value::Object(map)
 }
 
+/// Print an API error (and return failure), or with `--json` the body as it came (and return
+/// success); `None` when the caller should print a table.
+pub fn print_raw(status: StatusCode, body: &Value, json: bool) -> anyhow::Result<Option<ExitCode>> {
+    if !status.is_success() {
+        let message = serde_json::from_value::<ErrorResponse>(body.clone())
+            .map(|e| format!("{} ({}): {}", status, e.error.code, e.error.message))
+            .unwrap_or_else(|_| format!("{status}: {body}"));
+        eprintln!("error: {message}");
+        return Ok(Some(ExitCode::FAILURE));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(body)?);
+        return Ok(Some(ExitCode::SUCCESS));
+    }
+    Ok(None)
+}
+
 fn serde_urlencoded(pairs: &[(&str, String)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
-
-impl Client {
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<(StatusCode, Value)> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Faultline API at {}", self.base))?;
-        let status = response.status();
-        let text = response.text().await?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, body))
-    }
 }
 
 fn print_job(job: &Job) {
@@ -318,7 +273,7 @@ fn print_page(page: &Page) {
     }
 }
 
-fn truncate(text: &str, width: usize) -> String {
+pub fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_owned()
     } else {

@@ -1,15 +1,18 @@
 //! The `faultline` binary: one process per subcommand, all built on the library.
 
+mod args;
 mod bench;
 mod cli;
 mod drill;
 mod jobs;
+mod journal;
 mod metrics_server;
 mod migrate;
 mod serve;
 mod signals;
 mod up;
 mod worker;
+mod workers;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,7 +29,7 @@ async fn main() -> ExitCode {
     // A drill's report is its output; its own database connections' warnings (the drill stops
     // Postgres on purpose) would only clutter it. The processes it starts log to their files.
     let default_level = match cli.command {
-        Command::Drill(_) | Command::Jobs(_) | Command::Bench(_) => "error",
+        Command::Drill(_) | Command::Jobs(_) | Command::Workers(_) | Command::Bench(_) => "error",
         _ => "info",
     };
     init_tracing(default_level);
@@ -46,6 +49,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(*args).await,
         Command::Up(args) => up::run(*args).await,
         Command::Jobs(args) => jobs::run(*args).await,
+        Command::Workers(args) => workers::run(*args).await,
         Command::Drill(args) => drill::run(*args).await,
         Command::Bench(args) => bench::run(*args).await,
     }

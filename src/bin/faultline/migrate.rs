@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use faultline::db;
 
-use crate::cli::DatabaseArgs;
+use crate::args::DatabaseArgs;
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {

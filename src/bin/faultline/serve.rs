@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use faultline::http::{self, ApiConfig, AppState};
-use faultline::maintenance::{DepthSampler, DepthSamplerConfig};
+use faultline::maintenance::{Maintainer, MaintainerConfig};
 use faultline::metrics::Metrics;
 use faultline::{db, Store, StoreConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{duration, token, DatabaseArgs};
+use crate::args::{duration, token, DatabaseArgs, MaintainerOptions};
 use crate::signals;
 
 #[derive(Debug, Args)]
@@ -23,6 +23,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub api: ApiOptions,
+
+    #[command(flatten)]
+    pub maintainer: MaintainerOptions,
 }
 
 /// API settings shared by `serve` and `up`.
@@ -52,10 +55,6 @@ pub struct ApiOptions {
     /// How long a client may take to send a request's headers (also the idle keep-alive time).
     #[arg(long, env = "FAULTLINE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
-
-    /// How often queue depth gauges are sampled from the database.
-    #[arg(long, env = "FAULTLINE_DEPTH_INTERVAL", default_value = "5s", value_parser = duration)]
-    pub depth_interval: Duration,
 }
 
 impl ApiOptions {
@@ -87,43 +86,51 @@ impl ApiOptions {
             .with_context(|| format!("cannot listen on {} (--listen)", self.listen))
     }
 
-    /// Serve the API and sample queue depth until `shutdown`.
+    /// Serve the API until `shutdown`; with `maintainer`, stand for election as the cluster's
+    /// maintainer meanwhile.
     pub fn spawn(
         &self,
         listener: tokio::net::TcpListener,
         store: Store,
         metrics: Arc<Metrics>,
+        maintainer: Option<MaintainerConfig>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
-        let sampler = DepthSampler::new(
-            store.clone(),
-            DepthSamplerConfig {
-                interval: self.depth_interval,
-            },
-            metrics.clone(),
-        );
+        let maintainer = maintainer.map(|config| {
+            Maintainer::new(store.clone(), config, metrics.clone(), api_holder_name())
+        });
         let router = http::app(AppState::new(store, metrics, self.api_config()));
         let server = self.server_config().unwrap_or_default();
         tokio::spawn(async move {
-            let sampling = tokio::spawn({
-                let shutdown = shutdown.clone();
-                async move { sampler.run(shutdown).await }
-            });
+            let maintaining = maintainer.map(|m| tokio::spawn(m.run(shutdown.clone())));
             if let Err(e) = http::serve_with(listener, router, server, shutdown.clone()).await {
                 tracing::error!(error = %e, "the API server failed");
                 shutdown.cancel();
             }
-            let _ = sampling.await;
+            if let Some(maintaining) = maintaining {
+                let _ = maintaining.await;
+            }
         })
     }
 }
 
+/// The name an API process leads under: `api-hostname-pid`.
+fn api_holder_name() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("api-{host}-{}", std::process::id())
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let pool = args.database.pool()?;
+    let maintainer = args.maintainer.config()?;
     let store = Store::with_config(
         pool.clone(),
         StoreConfig {
             max_payload_bytes: args.api.max_payload_bytes,
+            prepared_statements: !args.database.pooled(),
             ..StoreConfig::default()
         },
     );
@@ -140,9 +147,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.api.server_config()?;
     let listener = args.api.bind().await?;
     tracing::info!("API on http://{}", listener.local_addr()?);
-    let api = args
-        .api
-        .spawn(listener, store, Arc::new(Metrics::new()), shutdown.clone());
+    let api = args.api.spawn(
+        listener,
+        store,
+        Arc::new(Metrics::new()),
+        maintainer,
+        shutdown.clone(),
+    );
     let _ = api.await;
     pool.close().await;
     Ok(ExitCode::SUCCESS)

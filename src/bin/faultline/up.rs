@@ -14,6 +14,7 @@ use faultline::worker::{builtin_registry, Worker};
 use faultline::{db, Store};
 use sqlx::{Connection, PgConnection};
 
+use crate::args::MaintainerOptions;
 use crate::serve::ApiOptions;
 use crate::signals;
 use crate::worker::WorkerOptions;
@@ -42,6 +43,9 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub worker: WorkerOptions,
+
+    #[command(flatten)]
+    pub maintainer: MaintainerOptions,
 }
 
 /// The database name `up` uses in its private cluster.
@@ -100,21 +104,24 @@ async fn run_with(
     db::migrate(&pool)
         .await
         .context("could not apply the schema")?;
-    let mut store_config = args.worker.store_config()?;
+    let pooled = db::pooled(url);
+    let mut store_config = args.worker.store_config(pooled)?;
     store_config.max_payload_bytes = args.api.max_payload_bytes;
     let store = Store::with_config(pool.clone(), store_config);
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store.clone(),
         builtin_registry(args.worker.webhook_config()).context("--webhook-proxy")?,
-        args.worker.worker_config(),
+        // The worker stands for election (one candidate per process), so the registry shows
+        // this process as the leader.
+        args.worker.worker_config(pooled, args.maintainer.config()?),
     )?
     .with_metrics(metrics.clone());
 
     let addr = listener.local_addr()?;
     let api = args
         .api
-        .spawn(listener, store, metrics.clone(), shutdown.clone());
+        .spawn(listener, store, metrics.clone(), None, shutdown.clone());
     let worker = tokio::spawn(worker.run(shutdown.clone()));
     print_banner(addr, url, args);
 

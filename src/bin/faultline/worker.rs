@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use faultline::maintenance::{PrunerConfig, ReaperConfig};
+use faultline::maintenance::MaintainerConfig;
 use faultline::metrics::Metrics;
-use faultline::worker::{builtin_registry, default_worker_id, WebhookConfig, Worker, WorkerConfig};
+use faultline::worker::{
+    builtin_registry, default_worker_id, Listen, WebhookConfig, Worker, WorkerConfig,
+};
 use faultline::{Backoff, Jitter, Store, StoreConfig};
 
-use crate::cli::{duration, DatabaseArgs};
+use crate::args::{duration, DatabaseArgs, MaintainerOptions};
 use crate::{metrics_server, signals};
 
 #[derive(Debug, Args)]
@@ -22,6 +24,9 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub options: WorkerOptions,
+
+    #[command(flatten)]
+    pub maintainer: MaintainerOptions,
 }
 
 /// Worker settings shared by `worker` and `up`.
@@ -68,13 +73,15 @@ pub struct WorkerOptions {
     #[arg(long, env = "FAULTLINE_WORKER_ID")]
     pub worker_id: Option<String>,
 
-    /// Delete finished jobs older than this.
-    #[arg(long, env = "FAULTLINE_RETENTION", default_value = "7d", value_parser = duration)]
-    pub retention: Duration,
-
-    /// How often the reaper looks for expired leases.
-    #[arg(long, env = "FAULTLINE_REAPER_INTERVAL", default_value = "1s", value_parser = duration)]
-    pub reaper_interval: Duration,
+    /// A direct Postgres URL for `LISTEN` wake-ups, when DATABASE_URL goes through a
+    /// transaction-pooling PgBouncer (without it, such a worker finds jobs by polling).
+    #[arg(
+        long,
+        env = "FAULTLINE_LISTEN_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub listen_database_url: Option<String>,
 
     /// Retry backoff base: the delay after the first failed attempt (before jitter).
     #[arg(long, env = "FAULTLINE_RETRY_BASE", default_value = "1s", value_parser = duration)]
@@ -103,7 +110,7 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    pub fn store_config(&self) -> anyhow::Result<StoreConfig> {
+    pub fn store_config(&self, pooled: bool) -> anyhow::Result<StoreConfig> {
         anyhow::ensure!(
             self.retry_base <= self.retry_cap,
             "--retry-base ({}) must not exceed --retry-cap ({})",
@@ -116,11 +123,23 @@ impl WorkerOptions {
                 cap: self.retry_cap,
                 jitter: Jitter::Equal,
             },
+            prepared_statements: !pooled,
             ..StoreConfig::default()
         })
     }
 
-    pub fn worker_config(&self) -> WorkerConfig {
+    /// The worker's settings; `pooled` when DATABASE_URL goes through PgBouncer (no `LISTEN`
+    /// on it), `maintainer` when this worker stands for election.
+    pub fn worker_config(
+        &self,
+        pooled: bool,
+        maintainer: Option<MaintainerConfig>,
+    ) -> WorkerConfig {
+        let listen = match (&self.listen_database_url, pooled) {
+            (Some(url), _) => Listen::Url(url.clone()),
+            (None, true) => Listen::Off,
+            (None, false) => Listen::Pool,
+        };
         WorkerConfig {
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             queues: self.queues.iter().map(|q| q.trim().to_owned()).collect(),
@@ -130,14 +149,8 @@ impl WorkerOptions {
             heartbeat_interval: self.heartbeat_interval,
             poll_interval: self.poll_interval,
             shutdown_grace: self.shutdown_grace,
-            reaper: Some(ReaperConfig {
-                interval: self.reaper_interval,
-                ..ReaperConfig::default()
-            }),
-            pruner: Some(PrunerConfig {
-                retention: self.retention,
-                ..PrunerConfig::default()
-            }),
+            maintainer,
+            listen,
         }
     }
 
@@ -153,16 +166,17 @@ impl WorkerOptions {
 pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let pool = args.database.pool()?;
     let options = &args.options;
-    let store = Store::with_config(pool.clone(), options.store_config()?);
+    let pooled = args.database.pooled();
+    let store = Store::with_config(pool.clone(), options.store_config(pooled)?);
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
-        store,
+        store.clone(),
         builtin_registry(options.webhook_config()).context("--webhook-proxy")?,
-        options.worker_config(),
+        options.worker_config(pooled, args.maintainer.config()?),
     )?
     .with_metrics(metrics.clone());
     let worker = if options.drill_journal {
-        worker.with_hook(Arc::new(crate::drill::Journal::new(pool.clone())))
+        worker.with_hook(Arc::new(crate::journal::Journal::new(store)))
     } else {
         worker
     };

@@ -54,7 +54,7 @@ pub struct BenchArgs {
     pub backlog: u64,
 
     /// The soak phase's length.
-    #[arg(long, default_value = "30m", value_parser = crate::cli::duration)]
+    #[arg(long, default_value = "30m", value_parser = crate::args::duration)]
     pub soak: Duration,
 }
 

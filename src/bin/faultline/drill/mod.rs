@@ -5,7 +5,6 @@
 
 mod chaos;
 mod env;
-mod journal;
 mod poison;
 mod report;
 mod scenarios;
@@ -15,10 +14,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-pub use journal::Journal;
 use report::Report;
 
-use crate::cli::duration;
+use crate::args::duration;
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {

@@ -556,14 +556,23 @@ pub async fn duplicates(report: &mut Report, db: Option<&str>) -> anyhow::Result
             for (key, body) in requests {
                 let http = env.http.clone();
                 let url = format!("{}/v1/jobs", env.api_url);
+                // As a client should: a 503 (the API could not get a database connection in
+                // time under this burst) is retried with the same key until it is answered.
                 tasks.spawn(async move {
-                    let r = http
-                        .post(url)
-                        .header("idempotency-key", key)
-                        .json(&body)
-                        .send()
-                        .await;
-                    r.map(|r| r.status().as_u16()).unwrap_or(0)
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let r = http
+                            .post(&url)
+                            .header("idempotency-key", &key)
+                            .json(&body)
+                            .send()
+                            .await;
+                        let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
+                        if !matches!(status, 0 | 503) || Instant::now() >= deadline {
+                            return status;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 });
             }
             let mut statuses: HashMap<u16, usize> = HashMap::new();

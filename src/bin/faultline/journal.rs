@@ -2,19 +2,22 @@
 //! `--drill-journal` is recorded in `faultline_drill.executions` (job, fencing token, attempt,
 //! worker, started / succeeded / failed / stopped), before its result is reported. A success
 //! that the fence then rejects is still in the journal, so it can be counted.
+//!
+//! A worker hook (production code, off unless the hidden flag is given), kept beside the
+//! subcommands rather than inside the drills, so `worker` does not depend on `drill`.
 
 use std::time::Duration;
 
 use faultline::worker::{ExecutionHook, HookFuture, JobContext, RunEnd};
-use sqlx::PgPool;
+use faultline::Store;
 
 pub struct Journal {
-    pool: PgPool,
+    store: Store,
 }
 
 impl Journal {
-    pub fn new(pool: PgPool) -> Self {
-        Journal { pool }
+    pub fn new(store: Store) -> Self {
+        Journal { store }
     }
 
     async fn record(&self, ctx: &JobContext, event: &str, detail: Option<&str>) {
@@ -29,7 +32,8 @@ impl Journal {
         .bind(ctx.worker_id.as_ref())
         .bind(event)
         .bind(detail)
-        .execute(&self.pool);
+        .persistent(self.store.persistent())
+        .execute(self.store.pool());
         let _ = tokio::time::timeout(Duration::from_secs(2), insert).await;
     }
 }
