@@ -12,6 +12,7 @@ up:
 ## Run every test against a real Postgres (a private cluster unless DATABASE_URL is set).
 test:
 	./scripts/ensure-postgres
+	./scripts/ensure-pgbouncer
 	$(CARGO) test --locked
 
 ## Apply the schema: to $$DATABASE_URL when set, else to the compose stack's Postgres.
@@ -31,6 +32,7 @@ check-deploy:
 ## Every failure drill (chaos for 60 s), each with its own private Postgres.
 drill:
 	./scripts/ensure-postgres
+	./scripts/ensure-pgbouncer
 	$(CARGO) run --release -- drill all
 
 ## Formatting and lints, as CI runs them.

@@ -156,8 +156,12 @@ async fn migrate_on(conn: &mut sqlx::PgConnection) -> Result<(), DbError> {
 /// # Errors
 /// [`DbError::Database`] when the database cannot be reached.
 pub async fn schema_is_current(pool: &PgPool) -> Result<bool, DbError> {
-    let mut conn = pool.acquire().await?;
-    applied_all(&mut conn).await
+    // In a transaction, so that the check also works through a transaction-pooling PgBouncer
+    // (see `store/exec.rs`); it is read-only and rare.
+    let mut tx = pool.begin().await?;
+    let current = applied_all(&mut tx).await?;
+    tx.commit().await?;
+    Ok(current)
 }
 
 async fn applied_all(conn: &mut sqlx::PgConnection) -> Result<bool, DbError> {

@@ -153,23 +153,7 @@ impl Cluster {
     /// # Errors
     /// As [`Cluster::create`] and [`Cluster::start`].
     pub fn temporary_with(options: ClusterOptions) -> Result<Cluster, PgError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir().join("faultline-clusters");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o1777)
-            .create(&base)
-            .map_err(PgError::io(format!("create {}", base.display())))?;
-        let _ = fs::set_permissions(&base, fs::Permissions::from_mode(0o1777));
-        sweep_orphans(&base);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let root = base.join(format!(
-            "{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let root = temporary_root()?;
         let options = ClusterOptions {
             remove_on_drop: true,
             ..options
@@ -612,6 +596,29 @@ fn free_port() -> Result<u16, PgError> {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .map_err(PgError::io("find a free TCP port on 127.0.0.1"))
+}
+
+/// A fresh directory path (not yet created) under `$TMPDIR/faultline-clusters`, named
+/// `pid-counter-nanos` so that [`sweep_orphans`] removes it once this process is gone. The base
+/// is world-writable and sticky, so the unprivileged server user can reach what is under it.
+pub(crate) fn temporary_root() -> Result<PathBuf, PgError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let base = std::env::temp_dir().join("faultline-clusters");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o1777)
+        .create(&base)
+        .map_err(PgError::io(format!("create {}", base.display())))?;
+    let _ = fs::set_permissions(&base, fs::Permissions::from_mode(0o1777));
+    sweep_orphans(&base);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Ok(base.join(format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )))
 }
 
 /// Remove temporary cluster directories whose owning process is gone. Their servers are gone

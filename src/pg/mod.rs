@@ -13,6 +13,7 @@
 //!   postmaster SIGQUIT (immediate shutdown), so no cluster outlives its owner.
 
 mod binaries;
+mod bouncer;
 mod cluster;
 mod keeper;
 mod supervisor;
@@ -21,6 +22,7 @@ mod user;
 use std::path::PathBuf;
 
 pub use binaries::PgBinaries;
+pub use bouncer::{pgbouncer_binary, Bouncer, BouncerOptions, BouncerTarget};
 pub use cluster::{Cluster, ClusterOptions, StopMode};
 pub use keeper::spawn_tied;
 pub use supervisor::{SuperviseOutcome, Supervisor, SupervisorConfig};
@@ -36,6 +38,14 @@ pub enum PgError {
          DATABASE_URL to use an existing server"
     )]
     BinariesNotFound,
+
+    /// No PgBouncer binary was found.
+    #[error(
+        "pgbouncer not found in $FAULTLINE_PGBOUNCER, on PATH or at /usr/sbin/pgbouncer. \
+         Install it (`scripts/ensure-pgbouncer`, or Debian/Ubuntu: `apt-get install -y pgbouncer`) \
+         or point FAULTLINE_PGBOUNCER at it"
+    )]
+    BouncerNotFound,
 
     /// Running as root, but no unprivileged user to run the server as.
     #[error(

@@ -1,6 +1,7 @@
 //! Transitions on request: cancel (queued | running → cancelled) and retry
 //! (failed | cancelled → queued).
 
+use super::exec::OnStore;
 use super::history::{archive_moved, shard};
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
@@ -30,8 +31,7 @@ impl Store {
         ))
         .bind(id)
         .bind(shard())
-        .persistent(self.persistent())
-        .fetch_optional(&self.pool)
+        .optional_on(self)
         .await?;
         match job {
             Some(job) => Ok(job),
@@ -75,8 +75,7 @@ impl Store {
         .bind(id)
         .bind(JOB_CHANNEL)
         .bind(shard())
-        .persistent(self.persistent())
-        .fetch_optional(&self.pool)
+        .optional_on(self)
         .await?;
         match job {
             Some(job) => Ok(job),
@@ -89,8 +88,7 @@ impl Store {
         let state: Option<JobState> =
             sqlx::query_scalar("select state from faultline.all_jobs where id = $1")
                 .bind(id)
-                .persistent(self.persistent())
-                .fetch_optional(&self.pool)
+                .optional_on(self)
                 .await?;
         Ok(match state {
             None => StoreError::NotFound(id),

@@ -197,7 +197,8 @@ impl Store {
         // Keyed jobs are enqueued in a transaction of their own (a savepoint inside the
         // caller's): a key won in the live table must be checked against history before anyone
         // can see the new job (see `shadowed_by_history`).
-        if prepared.iter().any(|p| p.job.idempotency_key.is_some()) {
+        // Behind PgBouncer, every statement runs in a transaction (see `exec.rs`).
+        if !self.persistent() || prepared.iter().any(|p| p.job.idempotency_key.is_some()) {
             let mut tx = conn.begin().await?;
             let items = enqueue_rounds(&mut tx, &prepared, notify, self.persistent()).await?;
             tx.commit().await?;

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::exec::OnStore;
 use super::history::{archive_moved, shard};
 use super::{millis, Store, JOB_CHANNEL};
 use crate::error::StoreError;
@@ -165,8 +166,7 @@ impl Store {
         .bind(worker)
         .bind(i64::from(limit))
         .bind(millis(ttl))
-        .persistent(self.persistent())
-        .fetch_all(&self.pool)
+        .all_on(self)
         .await?;
         let mut claimed: Vec<Claimed> = rows
             .into_iter()
@@ -228,8 +228,7 @@ impl Store {
             .bind(&ids)
             .bind(&tokens)
             .bind(millis(ttl))
-            .persistent(self.persistent())
-            .fetch_all(&self.pool)
+            .all_on(self)
             .await?;
         let extended: HashMap<(JobId, i64), DateTime<Utc>> = rows
             .into_iter()
@@ -264,8 +263,7 @@ impl Store {
             .bind(&ids)
             .bind(&tokens)
             .bind(shard())
-            .persistent(self.persistent())
-            .fetch_all(&self.pool)
+            .all_on(self)
             .await?;
         let done: HashMap<(JobId, i64), ()> = rows.into_iter().map(|key| (key, ())).collect();
         self.fenced_results(leases, done).await
@@ -347,8 +345,7 @@ impl Store {
         .bind(retryable)
         .bind(millis(delay))
         .bind(shard())
-        .persistent(self.persistent())
-        .fetch_optional(&self.pool)
+        .optional_on(self)
         .await?;
         match job {
             Some(job) if job.state == JobState::Queued => Ok(FailOutcome::Retrying(job)),
@@ -381,8 +378,7 @@ impl Store {
         .bind(lease.job_id)
         .bind(lease.token)
         .bind(JOB_CHANNEL)
-        .persistent(self.persistent())
-        .fetch_optional(&self.pool)
+        .optional_on(self)
         .await?;
         match released {
             Some(_) => Ok(()),
@@ -445,8 +441,7 @@ impl Store {
             "select id, state, lease_token from faultline.all_jobs where id = any($1)",
         )
         .bind(&ids)
-        .persistent(self.persistent())
-        .fetch_all(&self.pool)
+        .all_on(self)
         .await?;
         let current: HashMap<JobId, (JobState, Option<i64>)> = rows
             .into_iter()

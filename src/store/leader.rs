@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::exec::{ExecuteOnStore, OnStore};
 use super::{millis, Store};
 use crate::error::StoreError;
 
@@ -74,8 +75,7 @@ impl Store {
         .bind(holder)
         .bind(instance)
         .bind(millis(ttl))
-        .persistent(self.persistent())
-        .fetch_optional(&self.pool)
+        .optional_on(self)
         .await?;
         Ok(row.map(|(token, expires_at)| Term {
             role: role.to_owned(),
@@ -105,8 +105,7 @@ impl Store {
         .bind(term.instance)
         .bind(term.token)
         .bind(millis(ttl))
-        .persistent(self.persistent())
-        .fetch_optional(&self.pool)
+        .optional_on(self)
         .await?;
         Ok(expires_at.map(|expires_at| Term {
             expires_at,
@@ -127,8 +126,7 @@ impl Store {
         .bind(&term.role)
         .bind(term.instance)
         .bind(term.token)
-        .persistent(self.persistent())
-        .execute(&self.pool)
+        .execute_on(self)
         .await?;
         Ok(())
     }
@@ -143,8 +141,7 @@ impl Store {
              from faultline.leader where name = $1 and expires_at > now()",
         )
         .bind(role)
-        .persistent(self.persistent())
-        .fetch_optional(&self.pool)
+        .optional_on(self)
         .await?)
     }
 }

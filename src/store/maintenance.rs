@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::exec::OnStore;
 use super::history::{archive_moved, shard};
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
@@ -104,8 +105,7 @@ impl Store {
         .bind(i64::from(limit))
         .bind(JOB_CHANNEL)
         .bind(shard())
-        .persistent(self.persistent())
-        .fetch_all(&self.pool)
+        .all_on(self)
         .await?;
         let mut outcome = ReapOutcome::default();
         for (id, queue, kind, state) in rows {

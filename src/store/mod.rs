@@ -22,6 +22,7 @@
 
 mod control;
 mod enqueue;
+pub(crate) mod exec;
 mod execution;
 mod history;
 mod leader;

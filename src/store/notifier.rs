@@ -57,14 +57,24 @@ async fn run(pool: PgPool, persistent: bool, mut inbox: UnboundedReceiver<String
             queues.insert(queue);
         }
         let queues: Vec<String> = queues.into_iter().collect();
-        if let Err(error) = sqlx::query("select pg_notify($1, q) from unnest($2::text[]) as q")
-            .bind(JOB_CHANNEL)
-            .bind(&queues)
-            .persistent(persistent)
-            .execute(&pool)
-            .await
-        {
+        if let Err(error) = send(&pool, persistent, &queues).await {
             tracing::debug!(%error, "notify failed; workers will find the jobs at their next poll");
         }
     }
+}
+
+/// One `pg_notify` per queue; behind PgBouncer inside a transaction of its own (`exec.rs`).
+async fn send(pool: &PgPool, persistent: bool, queues: &[String]) -> Result<(), sqlx::Error> {
+    let notify = sqlx::query("select pg_notify($1, q) from unnest($2::text[]) as q")
+        .bind(JOB_CHANNEL)
+        .bind(queues)
+        .persistent(persistent);
+    if persistent {
+        notify.execute(pool).await?;
+    } else {
+        let mut tx = pool.begin().await?;
+        notify.execute(&mut *tx).await?;
+        tx.commit().await?;
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 
+use super::exec::OnStore;
 use super::maintenance::HistoryOutcome;
 use super::Store;
 use crate::error::StoreError;
@@ -42,12 +43,10 @@ pub(crate) async fn maintain(
     retention: Duration,
     limit: u32,
 ) -> Result<HistoryOutcome, StoreError> {
-    let mut conn = store.pool().acquire().await?;
     let mut outcome = HistoryOutcome::default();
-    let width = layout_width(&mut conn, retention, store.persistent()).await?;
     let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
 
-    let mut tx = conn.begin().await?;
+    let mut tx = store.pool().begin().await?;
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(PARTITION_LOCK_KEY)
         .persistent(store.persistent())
@@ -58,6 +57,7 @@ pub(crate) async fn maintain(
         .persistent(store.persistent())
         .execute(&mut *tx)
         .await?;
+    let width = layout_width(&mut tx, retention, store.persistent()).await?;
     let now: i64 = sqlx::query_scalar("select floor(extract(epoch from now()))::int8")
         .persistent(store.persistent())
         .fetch_one(&mut *tx)
@@ -160,8 +160,7 @@ pub(crate) async fn maintain(
         )
         .bind(retention_secs.min(i64::from(i32::MAX)) as f64)
         .bind(i64::from(limit.max(1)))
-        .persistent(store.persistent())
-        .fetch_one(&mut *conn)
+        .one_on(store)
         .await?;
         outcome.deleted += deleted as u64;
         if deleted < i64::from(limit.max(1)) {

@@ -1,5 +1,6 @@
 //! Reads: one job, a filtered listing, per-queue statistics.
 
+use super::exec::OnStore;
 use super::Store;
 use crate::error::StoreError;
 use crate::job::{Job, JobFilter, JobId, Page, QueueStats};
@@ -17,8 +18,7 @@ impl Store {
         // exactly one of the two tables.
         sqlx::query_as("select * from faultline.all_jobs where id = $1")
             .bind(id)
-            .persistent(self.persistent())
-            .fetch_optional(&self.pool)
+            .optional_on(self)
             .await?
             .ok_or(StoreError::NotFound(id))
     }
@@ -55,8 +55,7 @@ impl Store {
         .bind(filter.kind.as_deref())
         .bind(cursor)
         .bind(i64::from(limit) + 1)
-        .persistent(self.persistent())
-        .fetch_all(&self.pool)
+        .all_on(self)
         .await?;
         let next_cursor = if jobs.len() > limit as usize {
             jobs.truncate(limit as usize);
@@ -102,8 +101,7 @@ impl Store {
                   + coalesce(f.failed, 0) + coalesce(f.cancelled, 0) > 0
             order by 1",
         )
-        .persistent(self.persistent())
-        .fetch_all(&self.pool)
+        .all_on(self)
         .await?;
         Ok(rows
             .into_iter()

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::exec::{ExecuteOnStore, OnStore};
 use super::{millis, Store};
 use crate::error::StoreError;
 
@@ -84,8 +85,7 @@ impl Store {
         .bind(clamp_i32(beat.inflight))
         .bind(beat.started_at)
         .bind(millis(beat.ttl))
-        .persistent(self.persistent())
-        .execute(&self.pool)
+        .execute_on(self)
         .await?;
         Ok(())
     }
@@ -99,8 +99,7 @@ impl Store {
         sqlx::query("delete from faultline.workers where id = $1 and instance = $2")
             .bind(id)
             .bind(instance)
-            .persistent(self.persistent())
-            .execute(&self.pool)
+            .execute_on(self)
             .await?;
         Ok(())
     }
@@ -111,8 +110,7 @@ impl Store {
     /// [`StoreError::Database`].
     pub async fn forget_stale_workers(&self) -> Result<u64, StoreError> {
         let done = sqlx::query("delete from faultline.workers where expires_at <= now()")
-            .persistent(self.persistent())
-            .execute(&self.pool)
+            .execute_on(self)
             .await?;
         Ok(done.rows_affected())
     }
@@ -132,8 +130,7 @@ impl Store {
              order by w.id",
         )
         .bind(crate::maintenance::MAINTAINER_ROLE)
-        .persistent(self.persistent())
-        .fetch_all(&self.pool)
+        .all_on(self)
         .await?)
     }
 }

@@ -32,6 +32,7 @@ use super::shared::{Shared, DB_RETRY};
 use super::{execute, heartbeat, listener, registry, reporter};
 use crate::maintenance::Maintainer;
 use crate::metrics::Metrics;
+use crate::store::exec::ExecuteOnStore;
 use crate::store::{Claimed, Store};
 
 /// Runs jobs from the store with the handlers of a registry. See the module docs.
@@ -251,11 +252,7 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
         }
         if shared.fenced.load(Ordering::Acquire) {
             // Self-fenced: claim nothing until the database answers a probe.
-            match sqlx::query("select 1")
-                .persistent(shared.store.persistent())
-                .execute(shared.store.pool())
-                .await
-            {
+            match sqlx::query("select 1").execute_on(&shared.store).await {
                 Ok(_) => {
                     shared.fenced.store(false, Ordering::Release);
                     shared.health.ok();

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use faultline::pg::Cluster;
+use faultline::pg::{Bouncer, BouncerOptions, BouncerTarget, Cluster};
 use faultline::{Backoff, Jitter, Store, StoreConfig};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -67,6 +67,26 @@ impl TestDb {
         TestDb { pool, url, name }
     }
 
+    /// This database through the test process's PgBouncer (transaction pooling, statement
+    /// cache off): see [`bouncer`].
+    pub fn pooled_url(&self) -> String {
+        bouncer().url(&self.name)
+    }
+
+    /// A store over this database through PgBouncer: its own pool, statements unnamed.
+    pub async fn pooled_store(&self) -> Store {
+        let pool =
+            faultline::db::connect(&self.pooled_url(), &faultline::db::PoolConfig::default())
+                .expect("a pooled URL");
+        Store::with_config(
+            pool,
+            StoreConfig {
+                prepared_statements: false,
+                ..fast_config()
+            },
+        )
+    }
+
     /// A store over this database with a fast backoff (40 ms base, equal jitter), so retry
     /// tests take milliseconds.
     pub fn store(&self) -> Store {
@@ -98,6 +118,16 @@ impl Drop for TestDb {
             .join();
         }
     }
+}
+
+/// One private PgBouncer for the whole test process, in transaction pooling mode in front of
+/// the test server (started on first use; the binary comes from `scripts/ensure-pgbouncer`).
+pub fn bouncer() -> &'static Bouncer {
+    static BOUNCER: OnceLock<Bouncer> = OnceLock::new();
+    BOUNCER.get_or_init(|| {
+        let target = BouncerTarget::from_url(&admin_url()).expect("a TCP server URL for PgBouncer");
+        Bouncer::start(target, BouncerOptions::default()).expect("start a private PgBouncer")
+    })
 }
 
 pub fn fast_config() -> StoreConfig {

@@ -26,5 +26,6 @@ mod worker;
 mod worker_binary;
 
 mod leader;
+mod pgbouncer;
 mod procs;
 mod registry;

@@ -22,18 +22,24 @@ impl Journal {
 
     async fn record(&self, ctx: &JobContext, event: &str, detail: Option<&str>) {
         // Best effort and bounded: a journal write must not hold a job through an outage.
-        let insert = sqlx::query(
-            "insert into faultline_drill.executions (job_id, token, attempt, worker, event, detail)
-             values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(ctx.job_id)
-        .bind(ctx.lease_token)
-        .bind(ctx.attempt)
-        .bind(ctx.worker_id.as_ref())
-        .bind(event)
-        .bind(detail)
-        .persistent(self.store.persistent())
-        .execute(self.store.pool());
+        // Behind PgBouncer, in a transaction of its own (as the store does; see its `exec.rs`).
+        let insert = async {
+            let mut tx = self.store.pool().begin().await?;
+            sqlx::query(
+                "insert into faultline_drill.executions (job_id, token, attempt, worker, event, detail)
+                 values ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(ctx.job_id)
+            .bind(ctx.lease_token)
+            .bind(ctx.attempt)
+            .bind(ctx.worker_id.as_ref())
+            .bind(event)
+            .bind(detail)
+            .persistent(self.store.persistent())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        };
         let _ = tokio::time::timeout(Duration::from_secs(2), insert).await;
     }
 }
