@@ -54,6 +54,11 @@ impl PgBinaries {
         self.dir.join("postgres")
     }
 
+    /// Path of another binary of the same installation (`pg_basebackup`, `pg_ctl`), if there.
+    pub fn tool(&self, name: &str) -> Option<PathBuf> {
+        Some(self.dir.join(name)).filter(|p| p.is_file())
+    }
+
     /// The server's version line (`postgres (PostgreSQL) 15.19 …`), if it runs.
     pub fn version(&self) -> Option<String> {
         let out = Command::new(self.postgres())

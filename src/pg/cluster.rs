@@ -112,9 +112,23 @@ impl Cluster {
     /// [`PgError::DirectoryNotReachable`], [`PgError::CommandFailed`] (initdb's output
     /// included), [`PgError::Io`].
     pub fn create(root: impl AsRef<Path>, options: ClusterOptions) -> Result<Cluster, PgError> {
+        let cluster = Cluster::unprepared(root.as_ref(), options)?;
+        if !cluster.data_dir.join("PG_VERSION").exists() {
+            cluster.initdb()?;
+        }
+        // New clusters, and clusters made by an earlier release (which trusted every local
+        // connection), get a password before they ever serve.
+        if cluster.password().is_none() {
+            cluster.set_password()?;
+        }
+        Ok(cluster)
+    }
+
+    /// The handle for a cluster in `root`, its directories made, nothing else done.
+    fn unprepared(root: &Path, options: ClusterOptions) -> Result<Cluster, PgError> {
         let binaries = PgBinaries::find()?;
         let user = ServerUser::for_current_process()?;
-        let root = absolute(root.as_ref())?;
+        let root = absolute(root)?;
         let cluster = Cluster {
             data_dir: root.join("data"),
             socket_dir: root.join("run"),
@@ -126,15 +140,105 @@ impl Cluster {
             running: Mutex::new(Running::default()),
         };
         cluster.prepare_dirs()?;
-        if !cluster.data_dir.join("PG_VERSION").exists() {
-            cluster.initdb()?;
-        }
-        // New clusters, and clusters made by an earlier release (which trusted every local
-        // connection), get a password before they ever serve.
-        if cluster.password().is_none() {
-            cluster.set_password()?;
-        }
         Ok(cluster)
+    }
+
+    /// A streaming-replication standby of the running `primary`, in a fresh temporary
+    /// directory, started: `pg_basebackup -R -X stream` (which writes `standby.signal` and the
+    /// `primary_conninfo`, the primary's password included; the data directory brings the same
+    /// password and `pg_hba.conf`), then `postgres`. Removed on drop.
+    ///
+    /// # Errors
+    /// [`PgError::CommandFailed`] when `pg_basebackup` is missing or fails (its output
+    /// included); as [`Cluster::start`].
+    pub fn temporary_standby_of(
+        primary: &Cluster,
+        options: ClusterOptions,
+    ) -> Result<Cluster, PgError> {
+        let options = ClusterOptions {
+            remove_on_drop: true,
+            ..options
+        };
+        let standby = Cluster::unprepared(&temporary_root()?, options)?;
+        let basebackup =
+            standby
+                .binaries
+                .tool("pg_basebackup")
+                .ok_or_else(|| PgError::CommandFailed {
+                    command: "pg_basebackup".into(),
+                    detail: "not found beside initdb (Debian: apt-get install postgresql-client)"
+                        .into(),
+                })?;
+        let port = primary.port().ok_or_else(|| PgError::CommandFailed {
+            command: "pg_basebackup".into(),
+            detail: "the primary is not running".into(),
+        })?;
+        let mut command = standby.command(basebackup);
+        command
+            .env("PGPASSWORD", primary.password().unwrap_or_default())
+            .arg("-D")
+            .arg(&standby.data_dir)
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream"])
+            .args(["--checkpoint=fast", "--no-sync"])
+            .arg("-p")
+            .arg(port.to_string());
+        let output = command.output().map_err(PgError::io("run pg_basebackup"))?;
+        if !output.status.success() {
+            return Err(PgError::CommandFailed {
+                command: "pg_basebackup".into(),
+                detail: format!(
+                    "{}: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+        standby.start()?;
+        Ok(standby)
+    }
+
+    /// Kill the server as a host crash would: SIGKILL to the postmaster and every process of
+    /// its group (the backends, the WAL sender), with no chance to flush or tell a client.
+    pub fn crash(&self) {
+        let mut running = self.lock();
+        if let Some(mut child) = running.child.take() {
+            let group = Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// Promote a standby to primary (`pg_ctl promote`, waiting until it accepts writes).
+    ///
+    /// # Errors
+    /// [`PgError::CommandFailed`] with `pg_ctl`'s output.
+    pub fn promote(&self) -> Result<(), PgError> {
+        let pg_ctl = self
+            .binaries
+            .tool("pg_ctl")
+            .ok_or_else(|| PgError::CommandFailed {
+                command: "pg_ctl".into(),
+                detail: "not found beside initdb".into(),
+            })?;
+        let mut command = self.command(pg_ctl);
+        command
+            .args(["promote", "-w", "-t", "60", "-D"])
+            .arg(&self.data_dir);
+        let output = command
+            .output()
+            .map_err(PgError::io("run pg_ctl promote"))?;
+        if !output.status.success() {
+            return Err(PgError::CommandFailed {
+                command: "pg_ctl promote".into(),
+                detail: format!(
+                    "{}: {}{}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stdout).trim(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// A throwaway cluster in a fresh directory under `$TMPDIR/faultline-clusters/`, started.
@@ -533,7 +637,9 @@ impl Cluster {
             if let Ok(contents) = fs::read_to_string(&pid_file) {
                 let lines: Vec<&str> = contents.lines().collect();
                 let ours = lines.first().map(|l| l.trim()) == Some(&child.id().to_string());
-                if ours && lines.get(7).map(|l| l.trim()) == Some("ready") {
+                // A standby reports `standby` once it accepts (read-only) connections.
+                let status = lines.get(7).map(|l| l.trim());
+                if ours && matches!(status, Some("ready") | Some("standby")) {
                     return Ok(child);
                 }
             }

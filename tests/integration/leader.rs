@@ -156,7 +156,7 @@ async fn a_stalled_leader_that_resumes_is_fenced_off() {
 async fn election_gives_one_term_at_a_time_and_never_revives_a_lapsed_one() {
     let db = TestDb::new().await;
     let store = db.store();
-    let ttl = Duration::from_millis(400);
+    let long = Duration::from_secs(60);
 
     // Ten candidates at once: one term.
     let mut tasks = tokio::task::JoinSet::new();
@@ -164,7 +164,7 @@ async fn election_gives_one_term_at_a_time_and_never_revives_a_lapsed_one() {
         let store = store.clone();
         tasks.spawn(async move {
             store
-                .elect(MAINTAINER_ROLE, &format!("c{i}"), Uuid::now_v7(), ttl)
+                .elect(MAINTAINER_ROLE, &format!("c{i}"), Uuid::now_v7(), long)
                 .await
                 .unwrap()
         });
@@ -176,41 +176,50 @@ async fn election_gives_one_term_at_a_time_and_never_revives_a_lapsed_one() {
     assert_eq!(terms.len(), 1, "{terms:?}");
     let term = terms.pop().unwrap();
     assert!(store
-        .elect(MAINTAINER_ROLE, "late", Uuid::now_v7(), ttl)
+        .elect(MAINTAINER_ROLE, "late", Uuid::now_v7(), long)
         .await
         .unwrap()
         .is_none());
-    let renewed = store.renew(&term, ttl).await.unwrap().expect("current");
+    let renewed = store.renew(&term, long).await.unwrap().expect("current");
     assert!(renewed.expires_at >= term.expires_at);
-
-    // Lapsed: not renewable, even though nobody took it; its holder must win a new term.
-    wait_for("the term to lapse", Duration::from_secs(10), || async {
+    // Its resignation ends it at once; a stale copy of it cannot end the next term.
+    store.resign(&term).await.unwrap();
+    assert!(store.leader(MAINTAINER_ROLE).await.unwrap().is_none());
+    let next = store
+        .elect(MAINTAINER_ROLE, "next", Uuid::now_v7(), long)
+        .await
+        .unwrap()
+        .expect("elected after a resignation");
+    assert!(next.token > term.token);
+    store.resign(&term).await.unwrap();
+    assert!(store.renew(&term, long).await.unwrap().is_none());
+    assert_eq!(
         store
             .leader(MAINTAINER_ROLE)
             .await
             .unwrap()
-            .is_none()
-            .then_some(())
+            .map(|l| l.token),
+        Some(next.token)
+    );
+
+    // Lapsed (a role of its own, with a short term): not renewable even though nobody took it;
+    // its holder must win a new term, with a new token.
+    let role = "lapse-test";
+    let short = store
+        .elect(role, "s", Uuid::now_v7(), Duration::from_millis(300))
+        .await
+        .unwrap()
+        .expect("elected");
+    wait_for("the term to lapse", Duration::from_secs(10), || async {
+        store.leader(role).await.unwrap().is_none().then_some(())
     })
     .await;
-    assert!(store.renew(&term, ttl).await.unwrap().is_none());
+    assert!(store.renew(&short, long).await.unwrap().is_none());
     let again = store
-        .elect(
-            MAINTAINER_ROLE,
-            "c-again",
-            term.instance,
-            Duration::from_secs(60),
-        )
+        .elect(role, "s", short.instance, long)
         .await
         .unwrap()
         .expect("elected after the lapse");
-    assert!(again.token > term.token);
-
-    // Another instance's term cannot be renewed or ended by the old holder's token.
-    assert!(store.renew(&term, ttl).await.unwrap().is_none());
-    store.resign(&term).await.unwrap();
-    assert!(store.leader(MAINTAINER_ROLE).await.unwrap().is_some());
-    // Its own resignation ends it at once.
-    store.resign(&again).await.unwrap();
-    assert!(store.leader(MAINTAINER_ROLE).await.unwrap().is_none());
+    assert!(again.token > short.token);
+    assert!(store.renew(&short, long).await.unwrap().is_none());
 }

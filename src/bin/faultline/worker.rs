@@ -99,6 +99,10 @@ pub struct WorkerOptions {
     #[arg(long, hide = true)]
     pub drill_journal: bool,
 
+    /// Keep that journal in this database instead (a drill whose database fails over).
+    #[arg(long, hide = true, value_name = "URL")]
+    pub drill_journal_url: Option<String>,
+
     /// Send webhooks through this HTTP proxy (http://host:port). Proxy variables in the
     /// environment (HTTP_PROXY, HTTPS_PROXY) are ignored: they would bypass the address guard.
     #[arg(long, env = "FAULTLINE_WEBHOOK_PROXY", value_name = "URL")]
@@ -176,7 +180,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     )?
     .with_metrics(metrics.clone());
     let worker = if options.drill_journal {
-        worker.with_hook(Arc::new(crate::journal::Journal::new(store)))
+        let journal = match &options.drill_journal_url {
+            Some(url) => Store::new(
+                faultline::db::connect(url, &faultline::db::PoolConfig::default())
+                    .context("--drill-journal-url")?,
+            ),
+            None => store,
+        };
+        worker.with_hook(Arc::new(crate::journal::Journal::new(journal)))
     } else {
         worker
     };

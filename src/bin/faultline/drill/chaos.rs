@@ -3,8 +3,6 @@
 //! invariants are checked over the whole history (the job table and the execution journal).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faultline::JobId;
@@ -13,19 +11,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use super::enqueuer::{Enqueuer, Flow};
 use super::env::{Env, EnvOptions};
 use super::poison;
 use super::report::{seconds, Report};
-
-#[derive(Default)]
-struct Flow {
-    acked: Vec<JobId>,
-    /// Jobs whose stored payload text must equal the text sent.
-    exact: Vec<(JobId, String)>,
-    attempts: u64,
-    unavailable: u64,
-    server_errors: u64,
-}
 
 /// A job of the mix: mostly no-ops, some sleeps that outlive a stall, some that fail first, and
 /// poison (hostile error texts, misbehaving webhook receivers, payloads that must stay exact).
@@ -63,63 +52,53 @@ pub async fn run(
     let mut env = Env::start(report, options, db).await?;
     let receiver = poison::hostile_receiver().await?;
     report.event(format!("hostile webhook receiver on {receiver}"));
-    let restart_db = env.cluster.is_some();
 
     // The flow: enqueue through the API with idempotency keys; a 503 or a dropped connection
     // is retried with the same key (safe by construction), so a job is acknowledged once.
-    let flow = Arc::new(Mutex::new(Flow::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let enqueuer = {
-        let (flow, stop) = (flow.clone(), stop.clone());
-        let http = env.http.clone();
-        let url = format!("{}/v1/jobs", env.api_url);
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_f10e);
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let (key, body) = (format!("chaos-{seed}-{n}"), job(&mut rng, &receiver));
-                loop {
-                    flow.lock().unwrap().attempts += 1;
-                    let sent = http
-                        .post(&url)
-                        .header("idempotency-key", &key)
-                        .json(&body)
-                        .send()
-                        .await;
-                    let status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-                    if status == 200 || status == 201 {
-                        let reply: Value = sent.unwrap().json().await.unwrap_or(Value::Null);
-                        if let Some(id) = reply["id"].as_str().and_then(|s| s.parse().ok()) {
-                            let mut flow = flow.lock().unwrap();
-                            flow.acked.push(id);
-                            if poison::is_exact(&body) {
-                                flow.exact.push((id, body["payload"].to_string()));
-                            }
-                        }
-                        break;
-                    }
-                    {
-                        let mut f = flow.lock().unwrap();
-                        if status == 503 || status == 0 {
-                            f.unavailable += 1;
-                        } else {
-                            f.server_errors += 1;
-                        }
-                    }
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
+        Enqueuer::start(&env, Duration::from_millis(15), move |n| {
+            (format!("chaos-{seed}-{n}"), job(&mut rng, &receiver))
         })
     };
+    let started = Instant::now();
+    let faults = inject(&mut env, report, seed, duration, ttl).await?;
+    let flow = enqueuer.stop().await;
+    let acked = flow.ids();
+    report.event(format!(
+        "faults stopped; {} jobs acknowledged; settling",
+        acked.len()
+    ));
+    let settled = settle(&mut env, report, &acked).await?;
+    let settle_time = started.elapsed().saturating_sub(duration);
+    report.event(format!(
+        "settled {} after the faults stopped",
+        seconds(settle_time)
+    ));
+    check(&env, report, &flow, settled, settle_time, faults).await;
+    report.figure("seed", seed.to_string());
+    if report.checks.iter().any(|c| !c.passed) {
+        report.event(format!(
+            "replay this run with: faultline drill chaos --seed {seed} --duration {}",
+            humantime::format_duration(duration)
+        ));
+    }
+    Ok(())
+}
 
-    // The faults.
+/// The seeded schedule of faults, until `duration` has passed: kill and restart a worker,
+/// stall one past its lease, or (with a private cluster) restart Postgres. Returns what was
+/// injected, by kind.
+async fn inject(
+    env: &mut Env,
+    report: &mut Report,
+    seed: u64,
+    duration: Duration,
+    ttl: Duration,
+) -> anyhow::Result<HashMap<&'static str, u64>> {
+    let restart_db = env.cluster.is_some();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut faults: HashMap<&str, u64> = HashMap::new();
+    let mut faults: HashMap<&'static str, u64> = HashMap::new();
     let started = Instant::now();
     report.waiting("injecting faults");
     while started.elapsed() < duration {
@@ -159,8 +138,11 @@ pub async fn run(
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = enqueuer.await;
+    Ok(faults)
+}
+
+/// Every worker continued and alive again; then wait until every acknowledged job finished.
+async fn settle(env: &mut Env, report: &Report, acked: &[JobId]) -> anyhow::Result<bool> {
     for worker in &env.workers {
         worker.signal(Signal::SIGCONT);
     }
@@ -169,37 +151,22 @@ pub async fn run(
             env.restart_worker(slot)?;
         }
     }
-    let acked = flow.lock().unwrap().acked.clone();
-    report.event(format!(
-        "faults stopped; {} jobs acknowledged; settling",
-        acked.len()
-    ));
+    Ok(env
+        .all_finished(report, acked, Duration::from_secs(180))
+        .await
+        .is_ok())
+}
 
-    let settled = env
-        .wait_for(
-            report,
-            "every acknowledged job to finish",
-            Duration::from_secs(180),
-            || async {
-                let open: i64 = sqlx::query_scalar(
-                    "select count(*) from faultline.all_jobs where id = any($1)
-                 and state not in ('succeeded', 'failed', 'cancelled')",
-                )
-                .bind(&acked)
-                .fetch_one(&env.pool)
-                .await
-                .ok()?;
-                (open == 0).then_some(())
-            },
-        )
-        .await;
-    let settle_time = started.elapsed().saturating_sub(duration);
-    report.event(format!(
-        "settled {} after the faults stopped",
-        seconds(settle_time)
-    ));
-
-    // The invariants.
+/// The invariants, over the job table and the execution journal.
+async fn check(
+    env: &Env,
+    report: &mut Report,
+    flow: &Flow,
+    settled: bool,
+    settle_time: Duration,
+    faults: HashMap<&'static str, u64>,
+) {
+    let acked = flow.ids();
     let count = |sql: &'static str| {
         let pool = env.pool.clone();
         let acked = acked.clone();
@@ -246,7 +213,12 @@ pub async fn run(
            having count(distinct token) > 1) x",
     )
     .await;
-    let exact = flow.lock().unwrap().exact.clone();
+    let exact: Vec<(JobId, String)> = flow
+        .bodies
+        .iter()
+        .filter(|(_, body)| poison::is_exact(body))
+        .map(|(id, body)| (*id, body["payload"].to_string()))
+        .collect();
     let mut changed_payloads = 0i64;
     for (id, sent) in &exact {
         let stored: Option<String> =
@@ -267,10 +239,9 @@ pub async fn run(
     .await
     .unwrap_or_default();
 
-    let f = flow.lock().unwrap();
     report.check(
         "the system settled",
-        settled.is_ok(),
+        settled,
         format!("{} after the faults", seconds(settle_time)),
     );
     report.check(
@@ -306,8 +277,8 @@ pub async fn run(
     );
     report.check(
         "no 5xx but 503 from the API",
-        f.server_errors == 0,
-        format!("{} other errors", f.server_errors),
+        flow.unexpected() == 0,
+        format!("{} other errors", flow.unexpected()),
     );
     let violations = [
         lost,
@@ -321,13 +292,12 @@ pub async fn run(
     .iter()
     .filter(|v| **v != 0)
     .count();
-    report.figure("seed", seed.to_string());
     report.figure("jobs acknowledged", acked.len().to_string());
     report.figure("jobs by state", format!("{by_state:?}"));
     report.figure("faults injected", format!("{faults:?}"));
     report.figure(
         "enqueue retries after 503 / dropped connection",
-        f.unavailable.to_string(),
+        (flow.count(503) + flow.count(0)).to_string(),
     );
     report.figure(
         "jobs started more than once (retries and redeliveries)",
@@ -338,11 +308,4 @@ pub async fn run(
         fenced_successes.to_string(),
     );
     report.figure("invariant violations", violations.to_string());
-    if violations > 0 || settled.is_err() {
-        report.event(format!(
-            "replay this run with: faultline drill chaos --seed {seed} --duration {}",
-            humantime::format_duration(duration)
-        ));
-    }
-    Ok(())
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use faultline::pg::{spawn_tied, Cluster, StopMode};
+use faultline::pg::{spawn_tied, Bouncer, Cluster, StopMode};
 use faultline::{db, Job, JobId, Store};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -61,6 +61,15 @@ pub struct EnvOptions {
     pub journal: bool,
     /// Let webhooks reach loopback (the drill's own hostile receiver).
     pub allow_private_webhooks: bool,
+    /// The processes reach the database through this PgBouncer (the drill itself connects
+    /// directly).
+    pub bouncer: Option<Arc<Bouncer>>,
+    /// Keep the journal in this database instead of the drill's (one that survives the fault).
+    pub journal_url: Option<String>,
+    /// The processes' `--leader-ttl`: short, so a killed leader's maintenance resumes soon.
+    pub leader_ttl: Duration,
+    /// The workers' `--poll-interval`.
+    pub poll_interval: Duration,
 }
 
 impl Default for EnvOptions {
@@ -72,6 +81,10 @@ impl Default for EnvOptions {
             concurrency: 8,
             journal: false,
             allow_private_webhooks: false,
+            bouncer: None,
+            journal_url: None,
+            leader_ttl: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(250),
         }
     }
 }
@@ -79,7 +92,10 @@ impl Default for EnvOptions {
 pub struct Env {
     pub options: EnvOptions,
     pub cluster: Option<Arc<Cluster>>,
+    /// The drill's own (direct) URL of the database.
     pub url: String,
+    /// What the API and the workers are given as DATABASE_URL.
+    pub process_url: String,
     pub pool: PgPool,
     pub store: Store,
     pub api: Proc,
@@ -153,8 +169,12 @@ impl Env {
             .await
             .context("migrate the drill database")?;
         if options.journal {
+            let journal = match &options.journal_url {
+                Some(url) => db::connect(url, &db::PoolConfig::default())?,
+                None => pool.clone(),
+            };
             sqlx::query("create schema if not exists faultline_drill")
-                .execute(&pool)
+                .execute(&journal)
                 .await?;
             sqlx::query(
                 "create table if not exists faultline_drill.executions (
@@ -162,9 +182,17 @@ impl Env {
                     attempt int not null, worker text not null, event text not null,
                     detail text, at timestamptz not null default now())",
             )
-            .execute(&pool)
+            .execute(&journal)
             .await?;
         }
+        let process_url = match &options.bouncer {
+            Some(bouncer) => bouncer.url(
+                external
+                    .as_ref()
+                    .map_or("postgres", |(_, name): &(String, String)| name.as_str()),
+            ),
+            None => url.clone(),
+        };
         let store = Store::new(pool.clone());
         let exe = std::env::current_exe().context("find the faultline binary")?;
         let http = reqwest::Client::builder()
@@ -178,14 +206,17 @@ impl Env {
             format!("127.0.0.1:{api_port}"),
             "--depth-interval".to_owned(),
             "1s".to_owned(),
+            "--leader-ttl".to_owned(),
+            format!("{}ms", options.leader_ttl.as_millis()),
         ];
-        let api = spawn(&exe, &dir, "api", api_args, &url, api_port)?;
+        let api = spawn(&exe, &dir, "api", api_args, &process_url, api_port)?;
         let api_url = format!("http://127.0.0.1:{api_port}");
         report.event(format!("started api (pid {}) on {api_url}", api.pid()));
         let mut env = Env {
             options,
             cluster,
             url,
+            process_url,
             pool,
             store,
             api,
@@ -267,7 +298,9 @@ impl Env {
             "--reaper-interval".to_owned(),
             "250ms".to_owned(),
             "--poll-interval".to_owned(),
-            "250ms".to_owned(),
+            format!("{}ms", o.poll_interval.as_millis()),
+            "--leader-ttl".to_owned(),
+            format!("{}ms", o.leader_ttl.as_millis()),
             "--retry-base".to_owned(),
             format!("{}ms", o.retry_base.as_millis()),
             "--retry-cap".to_owned(),
@@ -277,11 +310,15 @@ impl Env {
         ];
         if o.journal {
             args.push("--drill-journal".to_owned());
+            if let Some(url) = &o.journal_url {
+                args.push("--drill-journal-url".to_owned());
+                args.push(url.clone());
+            }
         }
         if o.allow_private_webhooks {
             args.push("--webhook-allow-private".to_owned());
         }
-        spawn(&self.exe, &self.dir, &name, args, &self.url, port)
+        spawn(&self.exe, &self.dir, &name, args, &self.process_url, port)
     }
 
     /// Replace a dead worker with a new process of the same name.
@@ -295,7 +332,7 @@ impl Env {
         if let Some(i) = args.iter().position(|a| a == "--metrics-listen") {
             args[i + 1] = format!("127.0.0.1:{port}");
         }
-        let fresh = spawn(&self.exe, &self.dir, &name, args, &self.url, port)?;
+        let fresh = spawn(&self.exe, &self.dir, &name, args, &self.process_url, port)?;
         let pid = fresh.pid();
         self.workers[slot] = fresh;
         Ok(pid)
@@ -363,6 +400,13 @@ impl Env {
             .text()
             .await?;
         Ok(metric_sum(&text, metric))
+    }
+
+    /// The drill's database on its server (`postgres` on a private cluster).
+    pub fn database_name(&self) -> &str {
+        self.external
+            .as_ref()
+            .map_or("postgres", |(_, name)| name.as_str())
     }
 
     pub fn api_port(&self) -> u16 {

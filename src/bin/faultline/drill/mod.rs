@@ -4,10 +4,17 @@
 //! prints one line per event and a summary table, and exits non-zero if a check failed.
 
 mod chaos;
+mod db_outage;
+mod duplicates;
+mod enqueuer;
 mod env;
+mod failover;
+mod lease_expiry;
 mod poison;
 mod report;
-mod scenarios;
+mod retries;
+mod waits;
+mod worker_crash;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,8 +43,13 @@ pub struct DrillArgs {
     #[arg(long, env = "FAULTLINE_DRILL_SEED")]
     pub seed: Option<u64>,
 
+    /// The failover drill with asynchronous replication: it reports what was lost or ran twice
+    /// instead of failing on it.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+
     /// Use this server (a fresh database is created on it) instead of a private cluster. The
-    /// db-outage drill, which must stop the server, is then skipped.
+    /// db-outage and failover drills, which must stop servers of their own, are then skipped.
     #[arg(long = "database-url", env = "DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
 }
@@ -50,17 +62,19 @@ pub enum DrillName {
     DbOutage,
     Duplicates,
     Chaos,
+    Failover,
     All,
 }
 
 impl DrillName {
-    const EACH: [DrillName; 6] = [
+    const EACH: [DrillName; 7] = [
         DrillName::WorkerCrash,
         DrillName::Retries,
         DrillName::LeaseExpiry,
         DrillName::DbOutage,
         DrillName::Duplicates,
         DrillName::Chaos,
+        DrillName::Failover,
     ];
 
     fn label(self) -> &'static str {
@@ -71,6 +85,7 @@ impl DrillName {
             DrillName::DbOutage => "db-outage",
             DrillName::Duplicates => "duplicates",
             DrillName::Chaos => "chaos",
+            DrillName::Failover => "failover",
             DrillName::All => "all",
         }
     }
@@ -147,11 +162,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
 async fn run_one(drill: DrillName, report: &mut Report, args: &DrillArgs) -> anyhow::Result<()> {
     let db = args.database_url.as_deref();
     match drill {
-        DrillName::WorkerCrash => scenarios::worker_crash(report, db).await,
-        DrillName::Retries => scenarios::retries(report, db).await,
-        DrillName::LeaseExpiry => scenarios::lease_expiry(report, db).await,
-        DrillName::DbOutage => scenarios::db_outage(report, db).await,
-        DrillName::Duplicates => scenarios::duplicates(report, db).await,
+        DrillName::WorkerCrash => worker_crash::run(report, db).await,
+        DrillName::Retries => retries::run(report, db).await,
+        DrillName::LeaseExpiry => lease_expiry::run(report, db).await,
+        DrillName::DbOutage => db_outage::run(report, db).await,
+        DrillName::Duplicates => duplicates::run(report, db).await,
+        DrillName::Failover => failover::run(report, db, args.asynchronous).await,
         DrillName::Chaos => chaos::run(report, db, args.duration, args.seed).await,
         DrillName::All => unreachable!("expanded above"),
     }

@@ -1,0 +1,84 @@
+//! `drill worker-crash`: SIGKILL a worker mid-job; another worker finishes the job after the
+//! lease expires, and the expiry is in the job's history.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use faultline::JobState;
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use super::env::Env;
+use super::report::{seconds, Report};
+
+pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
+    let ttl = Duration::from_secs(3);
+    let mut env = Env::start_with_ttl(report, ttl, db).await?;
+    let id = env
+        .enqueue_id(&json!({"kind": "sleep", "payload": {"ms": 4000}}))
+        .await?;
+    report.event(format!("enqueued sleep 4000ms job {id}"));
+    let victim = env.holder(report, id, None).await?;
+    let slot = env.slot_of(&victim).context("holder is one of ours")?;
+    let pid = env.workers[slot].pid();
+    env.workers[slot].signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    report.event(format!("SIGKILL {victim} (pid {pid}) holding job {id}"));
+
+    let rescuer = env.holder(report, id, Some(&victim)).await?;
+    let recovered = killed.elapsed();
+    report.event(format!(
+        "{rescuer} recovered job {id} {} after the kill",
+        seconds(recovered)
+    ));
+    let job = env.terminal(report, id, Duration::from_secs(60)).await?;
+    let finished = killed.elapsed();
+    report.event(format!(
+        "job {id} {} by {}",
+        job.state,
+        job.lease_owner.as_deref().unwrap_or("?")
+    ));
+
+    report.check(
+        "the job succeeded",
+        job.state == JobState::Succeeded,
+        format!("state {}", job.state),
+    );
+    report.check(
+        "another worker finished it",
+        job.lease_owner.as_deref() == Some(rescuer.as_str()) && rescuer != victim,
+        format!("finished by {}", job.lease_owner.as_deref().unwrap_or("?")),
+    );
+    report.check(
+        "it took exactly one more attempt",
+        job.attempts == 2,
+        format!("attempts {}", job.attempts),
+    );
+    let expiry = job
+        .errors
+        .iter()
+        .any(|e| e.reason == "lease_expired" && e.worker.as_deref() == Some(victim.as_str()));
+    report.check(
+        "the lease expiry is in its error history",
+        expiry,
+        format!("{} entries", job.errors.len()),
+    );
+    let expirations = env
+        .workers_metric("faultline_lease_expirations_total")
+        .await;
+    let recoveries = env.workers_metric("faultline_jobs_recovered_total").await;
+    report.check(
+        "faultline_lease_expirations_total increased",
+        expirations >= 1.0,
+        format!("{expirations}"),
+    );
+    report.check(
+        "faultline_jobs_recovered_total increased",
+        recoveries >= 1.0,
+        format!("{recoveries}"),
+    );
+    report.figure("lease TTL", seconds(ttl));
+    report.figure("kill → recovered by another worker", seconds(recovered));
+    report.figure("kill → succeeded", seconds(finished));
+    Ok(())
+}
