@@ -270,7 +270,7 @@ fn config(dir: &Path, port: u16, options: &BouncerOptions, target: &BouncerTarge
          default_pool_size = {size}\n\
          max_client_conn = 2000\n\
          server_connect_timeout = 3\n\
-         server_login_retry = 1\n\
+         server_login_retry = 0.2\n\
          query_wait_timeout = 5\n\
          ignore_startup_parameters = extra_float_digits,options\n\
          logfile = {dir}/pgbouncer.log\n\

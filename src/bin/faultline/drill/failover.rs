@@ -66,7 +66,13 @@ pub async fn run(report: &mut Report, db: Option<&str>, asynchronous: bool) -> a
     let standby = Arc::new(
         blocking({
             let primary = primary.clone();
-            move || Cluster::temporary_standby_of(&primary, ClusterOptions::ephemeral())
+            // A standby retries a lost primary every 5 s by default, and a promotion asked for
+            // during that wait may sit it out.
+            let options = ClusterOptions {
+                settings: vec![("wal_retrieve_retry_interval".into(), "100ms".into())],
+                ..ClusterOptions::ephemeral()
+            };
+            move || Cluster::temporary_standby_of(&primary, options)
         })
         .await?,
     );

@@ -79,8 +79,8 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
         b.errors.len() == 4,
         format!("{} entries", b.errors.len()),
     );
-    let retried = env.workers_metric("faultline_job_retries_total").await;
-    let failed = env.workers_metric("faultline_jobs_failed_total").await;
+    let retried = env.metric_everywhere("faultline_job_retries_total").await;
+    let failed = env.metric_everywhere("faultline_jobs_failed_total").await;
     report.check(
         "faultline_job_retries_total = 3 + 3",
         retried == 6.0,

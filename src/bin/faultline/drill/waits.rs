@@ -105,12 +105,12 @@ impl Env {
         .await?)
     }
 
-    /// Sum of `metric` over every worker that is alive.
-    pub async fn workers_metric(&mut self, metric: &str) -> f64 {
+    /// Sum of `metric` over the API and every worker that is alive (maintenance counters, such
+    /// as lease expirations, are on whichever process leads).
+    pub async fn metric_everywhere(&mut self, metric: &str) -> f64 {
         let mut total = 0.0;
-        let ports: Vec<u16> = self
-            .workers
-            .iter_mut()
+        let ports: Vec<u16> = std::iter::once(&mut self.api)
+            .chain(self.workers.iter_mut())
             .filter_map(|w| w.is_alive().then_some(w.port))
             .collect();
         for port in ports {

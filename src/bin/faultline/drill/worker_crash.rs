@@ -64,9 +64,9 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
         format!("{} entries", job.errors.len()),
     );
     let expirations = env
-        .workers_metric("faultline_lease_expirations_total")
+        .metric_everywhere("faultline_lease_expirations_total")
         .await;
-    let recoveries = env.workers_metric("faultline_jobs_recovered_total").await;
+    let recoveries = env.metric_everywhere("faultline_jobs_recovered_total").await;
     report.check(
         "faultline_lease_expirations_total increased",
         expirations >= 1.0,
