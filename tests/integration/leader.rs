@@ -84,6 +84,7 @@ async fn exactly_one_of_five_leads_and_a_killed_leader_is_replaced_within_its_tt
     dead.kill().await;
     let next = one_leader(&db, &procs, TTL + Duration::from_secs(10)).await;
     let takeover = killed.elapsed();
+    eprintln!("leader takeover after SIGKILL: {takeover:?} (TTL {TTL:?})");
     assert!(
         takeover <= TTL + Duration::from_secs(1),
         "took {takeover:?} to replace a killed leader (TTL {TTL:?})"

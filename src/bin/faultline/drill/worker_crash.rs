@@ -66,7 +66,9 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
     let expirations = env
         .metric_everywhere("faultline_lease_expirations_total")
         .await;
-    let recoveries = env.metric_everywhere("faultline_jobs_recovered_total").await;
+    let recoveries = env
+        .metric_everywhere("faultline_jobs_recovered_total")
+        .await;
     report.check(
         "faultline_lease_expirations_total increased",
         expirations >= 1.0,
