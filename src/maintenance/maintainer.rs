@@ -42,7 +42,7 @@ pub const MAINTAINER_ROLE: &str = "maintainer";
 #[derive(Clone, Debug)]
 pub struct MaintainerConfig {
     /// How long a term lasts without renewal (default 10 s). A dead leader is replaced within
-    /// this plus one election attempt (at most half a second).
+    /// this plus one election attempt (at most a quarter of a second).
     pub leader_ttl: Duration,
     /// The reaper (default on).
     pub reaper: Option<ReaperConfig>,
@@ -216,7 +216,7 @@ impl Maintainer {
             }
             let next = match &held {
                 Some(h) => (sent + ttl / 3).min(h.deadline),
-                None => sent + (ttl / 3).min(Duration::from_millis(500)),
+                None => sent + (ttl / 3).min(Duration::from_millis(250)),
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}

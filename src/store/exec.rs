@@ -44,46 +44,34 @@ macro_rules! on_store {
     }};
 }
 
-impl<'q, O> OnStore<O> for QueryAs<'q, Postgres, O, PgArguments>
-where
-    O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
-{
-    async fn all_on(self, store: &Store) -> Result<Vec<O>, sqlx::Error> {
-        let q = self;
-        on_store!(store, q, fetch_all)
-    }
+/// The same three calls for each query type that yields `O` rows.
+macro_rules! on_store_rows {
+    ($query:ident, $($bound:tt)+) => {
+        impl<'q, O> OnStore<O> for $query<'q, Postgres, O, PgArguments>
+        where
+            O: Send + Unpin,
+            $($bound)+
+        {
+            async fn all_on(self, store: &Store) -> Result<Vec<O>, sqlx::Error> {
+                let q = self;
+                on_store!(store, q, fetch_all)
+            }
 
-    async fn one_on(self, store: &Store) -> Result<O, sqlx::Error> {
-        let q = self;
-        on_store!(store, q, fetch_one)
-    }
+            async fn one_on(self, store: &Store) -> Result<O, sqlx::Error> {
+                let q = self;
+                on_store!(store, q, fetch_one)
+            }
 
-    async fn optional_on(self, store: &Store) -> Result<Option<O>, sqlx::Error> {
-        let q = self;
-        on_store!(store, q, fetch_optional)
-    }
+            async fn optional_on(self, store: &Store) -> Result<Option<O>, sqlx::Error> {
+                let q = self;
+                on_store!(store, q, fetch_optional)
+            }
+        }
+    };
 }
 
-impl<'q, O> OnStore<O> for QueryScalar<'q, Postgres, O, PgArguments>
-where
-    O: Send + Unpin,
-    (O,): for<'r> FromRow<'r, PgRow>,
-{
-    async fn all_on(self, store: &Store) -> Result<Vec<O>, sqlx::Error> {
-        let q = self;
-        on_store!(store, q, fetch_all)
-    }
-
-    async fn one_on(self, store: &Store) -> Result<O, sqlx::Error> {
-        let q = self;
-        on_store!(store, q, fetch_one)
-    }
-
-    async fn optional_on(self, store: &Store) -> Result<Option<O>, sqlx::Error> {
-        let q = self;
-        on_store!(store, q, fetch_optional)
-    }
-}
+on_store_rows!(QueryAs, O: for<'r> FromRow<'r, PgRow>);
+on_store_rows!(QueryScalar, (O,): for<'r> FromRow<'r, PgRow>);
 
 /// Run a statement without rows on a [`Store`]'s pool (see the module docs).
 pub(crate) trait ExecuteOnStore {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::harness::{wait_for, TestDb};
 use crate::procs::Proc;
 
-const TTL: Duration = Duration::from_secs(3);
+const TTL: Duration = Duration::from_secs(5);
 
 /// Every process's `faultline_leader`, in order (`None` for one that did not answer).
 async fn leader_gauges(procs: &[Proc]) -> Vec<Option<f64>> {
@@ -42,7 +42,7 @@ fn start_five(db: &TestDb) -> Vec<Proc> {
     (0..5)
         .map(|i| {
             let name = format!("candidate-{i}");
-            Proc::worker(&db.url, &name, &["--leader-ttl", "3s", "--lease-ttl", "3s"])
+            Proc::worker(&db.url, &name, &["--leader-ttl", "5s", "--lease-ttl", "5s"])
         })
         .collect()
 }

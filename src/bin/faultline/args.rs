@@ -85,7 +85,7 @@ pub fn token(text: &str) -> Result<String, String> {
 #[derive(Debug, Args)]
 pub struct MaintainerOptions {
     /// How long the elected maintainer's term lasts unrenewed; a dead leader is replaced
-    /// within this plus half a second.
+    /// within this plus a quarter of a second.
     #[arg(long, env = "FAULTLINE_LEADER_TTL", default_value = "10s", value_parser = duration)]
     pub leader_ttl: Duration,
 

@@ -382,8 +382,17 @@ pub async fn latency(bench: &Bench, rate: u32, samples: usize) -> anyhow::Result
 pub async fn recovery(bench: &Bench, ttl: Duration) -> anyhow::Result<f64> {
     let ttl_arg = format!("{}ms", ttl.as_millis());
     let mut children = vec![
-        bench.worker("bench-a", &["--lease-ttl", &ttl_arg])?,
-        bench.worker("bench-b", &["--lease-ttl", &ttl_arg])?,
+        // The leader's term as long as a lease: when the killed worker also led, its reaper's
+        // successor is elected about when the lease expires, so the figure does not depend on
+        // which of the two was elected.
+        bench.worker(
+            "bench-a",
+            &["--lease-ttl", &ttl_arg, "--leader-ttl", &ttl_arg],
+        )?,
+        bench.worker(
+            "bench-b",
+            &["--lease-ttl", &ttl_arg, "--leader-ttl", &ttl_arg],
+        )?,
     ];
     let result = async {
         let id = bench
