@@ -401,4 +401,23 @@ pub struct QueueStats {
     pub cancelled: i64,
     /// Seconds since the oldest eligible queued job became eligible; 0 when none waits.
     pub oldest_eligible_age_seconds: f64,
+    /// Claims take nothing from the queue (enqueues are still accepted).
+    #[serde(default)]
+    pub paused: bool,
+    /// At most this many of its jobs running at once, all workers together.
+    #[serde(default)]
+    pub concurrency_limit: Option<i32>,
+    /// At most `count` job starts per `period_ms`, all workers together.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A queue's rate limit: at most `count` job starts in any `period_ms`, all workers together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Starts allowed per period (1 to 1,000,000).
+    pub count: i32,
+    /// The period in milliseconds (1 to 86,400,000).
+    pub period_ms: i32,
 }

@@ -50,9 +50,11 @@ pub const WORKER_INFLIGHT: &str = "faultline_worker_inflight";
 pub const DB_UP: &str = "faultline_db_up";
 /// `faultline_leader` (1 while this process holds the maintainer's term)
 pub const LEADER: &str = "faultline_leader";
+/// `faultline_queue_paused{queue}` (1 while the queue is paused; sampled with the depth)
+pub const QUEUE_PAUSED: &str = "faultline_queue_paused";
 
 /// Every metric name above, for tests and dashboards to check against.
-pub const ALL_NAMES: [&str; 19] = [
+pub const ALL_NAMES: [&str; 20] = [
     JOBS_ENQUEUED,
     JOBS_DEDUPLICATED,
     JOBS_CLAIMED,
@@ -72,10 +74,11 @@ pub const ALL_NAMES: [&str; 19] = [
     WORKER_INFLIGHT,
     DB_UP,
     LEADER,
+    QUEUE_PAUSED,
 ];
 
 /// Every `op` label of `faultline_db_errors_total`, created at zero.
-pub const DB_OPS: [&str; 20] = [
+pub const DB_OPS: [&str; 21] = [
     "claim",
     "heartbeat",
     "complete",
@@ -96,6 +99,7 @@ pub const DB_OPS: [&str; 20] = [
     "elect",
     "register",
     "workers",
+    "queue_settings",
 ];
 
 /// Job execution buckets: from a no-op (sub-millisecond) to long jobs (10 min).
@@ -146,6 +150,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// Age of the oldest eligible job per queue (sampled from the database).
     pub queue_oldest_age_seconds: GaugeVec,
+    /// 1 for a paused queue, 0 otherwise (sampled from the database).
+    pub queue_paused: IntGaugeVec,
     /// Handlers running in this process.
     pub worker_inflight: IntGauge,
     /// 1 while the last database call succeeded, 0 after one failed to reach the database.
@@ -257,6 +263,14 @@ impl Metrics {
                         QUEUE_OLDEST_AGE_SECONDS,
                         "Seconds the oldest eligible job of a queue has waited.",
                     ),
+                    &["queue"],
+                )
+                .expect("valid gauge"),
+            ),
+            queue_paused: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(QUEUE_PAUSED, "1 while the queue is paused, else 0."),
                     &["queue"],
                 )
                 .expect("valid gauge"),

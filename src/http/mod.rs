@@ -24,7 +24,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{middleware, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -135,6 +135,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{name}", patch(queues::update))
+        .route("/v1/queues/{name}/pause", post(queues::pause))
+        .route("/v1/queues/{name}/resume", post(queues::resume))
         .route("/v1/workers", get(workers::list))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(

@@ -7,10 +7,10 @@ use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorDetail, ErrorResponse};
 use super::jobs::{BatchRequest, BatchResponse, BatchResult, EnqueueRequest};
-use super::queues::QueuesResponse;
+use super::queues::{QueuePatch, QueuesResponse};
 use super::workers::WorkersResponse;
 use super::{health, jobs, queues, workers};
-use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats};
+use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats, RateLimit};
 use crate::store::{LeaderInfo, WorkerInfo};
 
 /// The document.
@@ -25,17 +25,17 @@ use crate::store::{LeaderInfo, WorkerInfo};
     paths(
         health::health, health::ready, health::metrics,
         jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry,
-        queues::list, workers::list, document,
+        queues::list, queues::update, queues::pause, queues::resume, workers::list, document,
     ),
     components(schemas(
         Job, JobId, JobState, AttemptError, Page, QueueStats, QueuesResponse,
         EnqueueRequest, BatchRequest, BatchResponse, BatchResult, ErrorResponse, ErrorDetail,
-        WorkersResponse, WorkerInfo, LeaderInfo,
+        WorkersResponse, WorkerInfo, LeaderInfo, QueuePatch, RateLimit,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"),
-        (name = "queues", description = "Queue statistics"),
+        (name = "queues", description = "Queue statistics and settings (pause, limits)"),
         (name = "workers", description = "Live worker processes and the elected maintainer"),
         (name = "operations", description = "Health, readiness and metrics"),
     )

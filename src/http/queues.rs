@@ -1,4 +1,5 @@
-//! `/v1/queues`: per-queue counts and backlog age.
+//! `/v1/queues`: per-queue counts, backlog age and settings; changing the settings (pause,
+//! resume, limits).
 
 use axum::extract::State;
 use axum::Json;
@@ -6,10 +7,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorResponse};
+use super::extract::JsonBody;
 use super::AppState;
-use crate::job::QueueStats;
+use crate::job::{QueueStats, RateLimit};
+use crate::store::QueueSettingsPatch;
 
-/// Every queue that holds jobs.
+/// Every queue that holds jobs or has settings.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct QueuesResponse {
     /// Sorted by name.
@@ -25,4 +28,109 @@ pub struct QueuesResponse {
 pub async fn list(State(state): State<AppState>) -> Result<Json<QueuesResponse>, ApiError> {
     let queues = state.db("queue_stats", state.store.queue_stats().await)?;
     Ok(Json(QueuesResponse { queues }))
+}
+
+/// A change to a queue's settings: an absent field is kept, `null` clears a limit.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePatch {
+    /// Pause (`true`) or resume (`false`) the queue.
+    #[serde(default)]
+    pub paused: Option<bool>,
+    /// At most this many of its jobs running at once, all workers together (1 to 1,000,000;
+    /// `null`: none).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    pub concurrency_limit: Option<Option<i32>>,
+    /// At most `count` job starts per `period_ms` (`null`: none).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimit>)]
+    pub rate_limit: Option<Option<RateLimit>>,
+}
+
+/// A field that is present, `null` included (absent stays `None` through `default`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The `{name}` path segment: a queue name (checked by the store, 422 naming `queue`).
+pub struct PathQueue(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathQueue {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(name) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request("invalid_queue", e.body_text()))?;
+        Ok(PathQueue(name))
+    }
+}
+
+/// Change a queue's settings (creating them for a queue that has none). Workers see the change
+/// at their next claim.
+#[utoipa::path(
+    patch, path = "/v1/queues/{name}", tag = "queues",
+    params(("name" = String, Path, description = "queue name")),
+    request_body = QueuePatch,
+    responses(
+        (status = 200, body = QueueStats),
+        (status = 422, description = "a field out of bounds, named", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    PathQueue(name): PathQueue,
+    JsonBody(patch): JsonBody<QueuePatch>,
+) -> Result<Json<QueueStats>, ApiError> {
+    let patch = QueueSettingsPatch {
+        paused: patch.paused,
+        concurrency_limit: patch.concurrency_limit,
+        rate_limit: patch.rate_limit,
+    };
+    let result = state.store.update_queue_settings(&name, &patch).await;
+    state.db("queue_settings", result).map(Json)
+}
+
+/// Pause a queue: no job of it starts until it is resumed; running ones finish; enqueues are
+/// accepted.
+#[utoipa::path(
+    post, path = "/v1/queues/{name}/pause", tag = "queues",
+    params(("name" = String, Path, description = "queue name")),
+    responses((status = 200, body = QueueStats), (status = 422, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)),
+    security((), ("bearer" = []))
+)]
+pub async fn pause(
+    State(state): State<AppState>,
+    PathQueue(name): PathQueue,
+) -> Result<Json<QueueStats>, ApiError> {
+    let result = state.store.pause(&name).await;
+    state.db("queue_settings", result).map(Json)
+}
+
+/// Resume a paused queue.
+#[utoipa::path(
+    post, path = "/v1/queues/{name}/resume", tag = "queues",
+    params(("name" = String, Path, description = "queue name")),
+    responses((status = 200, body = QueueStats), (status = 422, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)),
+    security((), ("bearer" = []))
+)]
+pub async fn resume(
+    State(state): State<AppState>,
+    PathQueue(name): PathQueue,
+) -> Result<Json<QueueStats>, ApiError> {
+    let result = state.store.resume(&name).await;
+    state.db("queue_settings", result).map(Json)
 }

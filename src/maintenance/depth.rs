@@ -78,6 +78,10 @@ impl DepthSampler {
                 .queue_oldest_age_seconds
                 .with_label_values(&[&s.queue])
                 .set(s.oldest_eligible_age_seconds);
+            self.metrics
+                .queue_paused
+                .with_label_values(&[&s.queue])
+                .set(i64::from(s.paused));
         }
         *known = current;
         Ok(stats)
@@ -103,6 +107,7 @@ impl DepthSampler {
             .metrics
             .queue_oldest_age_seconds
             .remove_label_values(&[queue]);
+        let _ = self.metrics.queue_paused.remove_label_values(&[queue]);
     }
 
     /// Sample every `interval` until `shutdown` (the first sample at once).

@@ -78,11 +78,42 @@ impl FailOutcome {
 }
 
 #[derive(sqlx::FromRow)]
-struct ClaimedRow {
+pub(crate) struct ClaimedRow {
     #[sqlx(flatten)]
     job: Job,
     recovered: bool,
 }
+
+/// The claim's UPDATE of the rows a CTE `next (id, needs_recovery, at)` chose, shared by the
+/// unlimited claim and the limited one (`settings.rs`): `$2` is the worker, `$4` the lease TTL
+/// in milliseconds. Start and lease expiry are on the real clock (`clock_timestamp()`): in a
+/// limited claim the transaction's `now()` predates the wait for the queue's lock, and the rate
+/// limiter's log is written with the real clock too, after `at` was read, so a job's
+/// `started_at` is never later than the start the limiter counted. One `at` per row, so the
+/// lease is exactly the TTL from the start.
+macro_rules! claim_update {
+    () => {
+        "update faultline.jobs j
+            set state = 'running',
+                attempts = j.attempts + 1,
+                lease_owner = $2,
+                lease_expires_at = next.at + $4 * interval '1 millisecond',
+                lease_token = nextval('faultline.lease_token_seq'),
+                needs_recovery = false,
+                started_at = next.at,
+                updated_at = now()
+            from next
+            where j.id = next.id
+            -- What a handler needs, not the error history (which grows with every attempt and
+            -- which no handler reads): `errors` comes back empty.
+            returning j.id, j.queue, j.kind, j.payload, j.state, j.priority, j.attempts,
+                      j.max_attempts, j.next_run_at, j.timeout_ms, j.lease_owner,
+                      j.lease_expires_at, j.lease_token, j.idempotency_key, j.last_error,
+                      '[]'::jsonb as errors, j.created_at, j.started_at, j.finished_at,
+                      j.updated_at, next.needs_recovery as recovered"
+    };
+}
+pub(crate) use claim_update;
 
 /// Longest error text kept per attempt; a handler that fails with a megabyte of text must not
 /// bloat the row (the error history holds one entry per attempt).
@@ -125,49 +156,20 @@ impl Store {
         // The `attempts < max_attempts` test can never fail for a queued job (every transition
         // to queued checks it, and a CHECK constraint backs it); it is here so that a row that
         // somehow broke the invariant stays visible as queued instead of failing every claim.
-        let rows: Vec<ClaimedRow> = sqlx::query_as(
-            "with next as (
-                select j.id, j.needs_recovery
-                from unnest($1::text[]) as q(name)
-                cross join lateral (
-                    select id, needs_recovery, priority, next_run_at
-                    from faultline.jobs
-                    where state = 'queued'
-                      and queue = q.name
-                      and next_run_at <= now()
-                      and attempts < max_attempts
-                    order by priority, next_run_at, id
-                    limit $3
-                    for update skip locked
-                ) j
-                order by j.priority, j.next_run_at, j.id
-                limit $3
-            )
-            update faultline.jobs j
-            set state = 'running',
-                attempts = j.attempts + 1,
-                lease_owner = $2,
-                lease_expires_at = now() + $4 * interval '1 millisecond',
-                lease_token = nextval('faultline.lease_token_seq'),
-                needs_recovery = false,
-                started_at = now(),
-                updated_at = now()
-            from next
-            where j.id = next.id
-            -- What a handler needs, not the error history (which grows with every attempt and
-            -- which no handler reads): `errors` comes back empty.
-            returning j.id, j.queue, j.kind, j.payload, j.state, j.priority, j.attempts,
-                      j.max_attempts, j.next_run_at, j.timeout_ms, j.lease_owner,
-                      j.lease_expires_at, j.lease_token, j.idempotency_key, j.last_error,
-                      '[]'::jsonb as errors, j.created_at, j.started_at, j.finished_at,
-                      j.updated_at, next.needs_recovery as recovered",
-        )
-        .bind(&queues)
-        .bind(worker)
-        .bind(i64::from(limit))
-        .bind(millis(ttl))
-        .all_on(self)
-        .await?;
+        // Limited queues first (their claims are small by nature, and would otherwise starve
+        // behind busy unlimited ones), then the rest in one statement.
+        let mut rows = Vec::new();
+        for queue in self.limited_among(&queues).await? {
+            let want = limit - rows.len() as u32;
+            if want == 0 {
+                break;
+            }
+            rows.extend(self.claim_limited(&queue, worker, want, ttl).await?);
+        }
+        let want = limit - rows.len() as u32;
+        if want > 0 {
+            rows.extend(self.claim_unlimited(&queues, worker, want, ttl).await?);
+        }
         let mut claimed: Vec<Claimed> = rows
             .into_iter()
             .map(|row| {
@@ -193,6 +195,60 @@ impl Store {
             ))
         });
         Ok(claimed)
+    }
+
+    /// The claim of queues without limits: one statement for all of them.
+    async fn claim_unlimited(
+        &self,
+        queues: &[String],
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+    ) -> Result<Vec<ClaimedRow>, StoreError> {
+        // One ordered scan of the partial index per queue (LATERAL), merged by the outer
+        // ORDER BY: `queue = any($1)` would make Postgres read and sort every queued job of
+        // every queue on each claim. The lateral scan may lock up to `limit` rows in each queue
+        // and keep fewer; the extra locks go at commit, a moment later.
+        //
+        // Paused and limited queues are left out here, in SQL, whatever the caller believes:
+        // one primary-key probe of `queue_settings` per queue. Their jobs are claimed by
+        // `claim_limited`, under the queue's lock.
+        //
+        // The `attempts < max_attempts` test can never fail for a queued job (every transition
+        // to queued checks it, and a CHECK constraint backs it); it is here so that a row that
+        // somehow broke the invariant stays visible as queued instead of failing every claim.
+        Ok(sqlx::query_as(concat!(
+            "with next as (
+                select j.id, j.needs_recovery, clock_timestamp() as at
+                from unnest($1::text[]) as q(name)
+                cross join lateral (
+                    select id, needs_recovery, priority, next_run_at
+                    from faultline.jobs
+                    where state = 'queued'
+                      and queue = q.name
+                      and next_run_at <= now()
+                      and attempts < max_attempts
+                    order by priority, next_run_at, id
+                    limit $3
+                    for update skip locked
+                ) j
+                where not exists (
+                    select 1 from faultline.queue_settings s
+                    where s.queue = q.name
+                      and (s.paused or s.concurrency_limit is not null or s.rate_count is not null)
+                )
+                order by j.priority, j.next_run_at, j.id
+                limit $3
+            )
+            ",
+            claim_update!()
+        ))
+        .bind(queues)
+        .bind(worker)
+        .bind(i64::from(limit))
+        .bind(millis(ttl))
+        .all_on(self)
+        .await?)
     }
 
     /// Extend `lease` to `now() + ttl`. Returns the new expiry.

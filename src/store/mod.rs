@@ -30,6 +30,7 @@ mod maintenance;
 mod notifier;
 mod partitions;
 mod read;
+mod settings;
 mod workers;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use crate::retry::Backoff;
 
 pub use enqueue::{BatchItem, Enqueued};
 pub use leader::{LeaderInfo, Term};
+pub use settings::{QueueSettingsPatch, MAX_LIMIT, MAX_RATE_PERIOD_MS};
 pub use workers::{WorkerBeat, WorkerInfo};
 
 /// The hot path's batch statements, for tests that check their plans.
@@ -88,6 +90,7 @@ pub struct Store {
     pool: PgPool,
     config: Arc<StoreConfig>,
     notifier: Arc<notifier::Notifier>,
+    limited: Arc<settings::LimitedQueues>,
 }
 
 impl Store {
@@ -102,6 +105,7 @@ impl Store {
             pool,
             config: Arc::new(config),
             notifier: Arc::default(),
+            limited: Arc::default(),
         }
     }
 

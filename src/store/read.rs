@@ -3,7 +3,7 @@
 use super::exec::OnStore;
 use super::Store;
 use crate::error::StoreError;
-use crate::job::{Job, JobFilter, JobId, Page, QueueStats};
+use crate::job::{Job, JobFilter, JobId, Page, QueueStats, RateLimit};
 
 /// The largest page [`Store::list`] returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -74,7 +74,20 @@ impl Store {
         // Live jobs are counted (their number follows the backlog); finished ones come from
         // the counters that the moves to and from history keep: O(live jobs + queues), however
         // much history is retained.
-        let rows: Vec<(String, i64, i64, i64, i64, i64, f64)> = sqlx::query_as(
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            String,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            f64,
+            bool,
+            Option<i32>,
+            Option<i32>,
+            Option<i32>,
+        )> = sqlx::query_as(
             "with live as (
                 select queue,
                        count(*) filter (where state = 'queued') as queued,
@@ -92,13 +105,22 @@ impl Store {
                        coalesce(sum(n) filter (where state = 'cancelled'), 0)::int8 as cancelled
                 from faultline.queue_finished_counts
                 group by queue
+            ),
+            counted as (
+                select coalesce(l.queue, f.queue) as queue, coalesce(l.queued, 0) as queued,
+                       coalesce(l.running, 0) as running, coalesce(f.succeeded, 0) as succeeded,
+                       coalesce(f.failed, 0) as failed, coalesce(f.cancelled, 0) as cancelled,
+                       coalesce(l.oldest, 0) as oldest
+                from live l full join finished f on f.queue = l.queue
+                where coalesce(l.queued, 0) + coalesce(l.running, 0) + coalesce(f.succeeded, 0)
+                      + coalesce(f.failed, 0) + coalesce(f.cancelled, 0) > 0
             )
-            select coalesce(l.queue, f.queue), coalesce(l.queued, 0), coalesce(l.running, 0),
-                   coalesce(f.succeeded, 0), coalesce(f.failed, 0), coalesce(f.cancelled, 0),
-                   coalesce(l.oldest, 0)
-            from live l full join finished f on f.queue = l.queue
-            where coalesce(l.queued, 0) + coalesce(l.running, 0) + coalesce(f.succeeded, 0)
-                  + coalesce(f.failed, 0) + coalesce(f.cancelled, 0) > 0
+            -- Queues that only have settings (no jobs yet) are listed too.
+            select coalesce(c.queue, s.queue), coalesce(c.queued, 0), coalesce(c.running, 0),
+                   coalesce(c.succeeded, 0), coalesce(c.failed, 0), coalesce(c.cancelled, 0),
+                   coalesce(c.oldest, 0), coalesce(s.paused, false), s.concurrency_limit,
+                   s.rate_count, s.rate_period_ms
+            from counted c full join faultline.queue_settings s on s.queue = c.queue
             order by 1",
         )
         .all_on(self)
@@ -106,7 +128,19 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(queue, queued, running, succeeded, failed, cancelled, oldest)| QueueStats {
+                |(
+                    queue,
+                    queued,
+                    running,
+                    succeeded,
+                    failed,
+                    cancelled,
+                    oldest,
+                    paused,
+                    concurrency_limit,
+                    rate_count,
+                    rate_period_ms,
+                )| QueueStats {
                     queue,
                     queued,
                     running,
@@ -114,6 +148,11 @@ impl Store {
                     failed,
                     cancelled,
                     oldest_eligible_age_seconds: oldest.max(0.0),
+                    paused,
+                    concurrency_limit,
+                    rate_limit: rate_count
+                        .zip(rate_period_ms)
+                        .map(|(count, period_ms)| RateLimit { count, period_ms }),
                 },
             )
             .collect())

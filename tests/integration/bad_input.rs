@@ -329,6 +329,90 @@ fn http_cases() -> Vec<Case> {
     let mut cancel = get(&format!("/v1/jobs/{unknown}/cancel"), Status(404));
     cancel.method = Method::POST;
     cases.push(cancel);
+    // PATCH /v1/queues/{name}, POST …/pause and …/resume: every field, and the name.
+    let patch = |uri: &str, body: String, expect: Expect| {
+        let mut case = post(uri, body, expect);
+        case.method = Method::PATCH;
+        case
+    };
+    for raw in [
+        "0",
+        "-1",
+        "1000001",
+        "2147483648",
+        "1.5",
+        "\"5\"",
+        "true",
+        "[]",
+        "{}",
+    ] {
+        cases.push(patch(
+            "/v1/queues/q",
+            format!(r#"{{"concurrency_limit": {raw}}}"#),
+            Field("concurrency_limit"),
+        ));
+    }
+    for (raw, field) in [
+        (r#"{"count": 0, "period_ms": 1000}"#, "rate_limit.count"),
+        (r#"{"count": -5, "period_ms": 1000}"#, "rate_limit.count"),
+        (
+            r#"{"count": 1000001, "period_ms": 1000}"#,
+            "rate_limit.count",
+        ),
+        (r#"{"count": 10, "period_ms": 0}"#, "rate_limit.period_ms"),
+        (
+            r#"{"count": 10, "period_ms": 86400001}"#,
+            "rate_limit.period_ms",
+        ),
+        (
+            r#"{"count": 10, "period_ms": 99999999999}"#,
+            "rate_limit.period_ms",
+        ),
+        (r#"{"count": 10}"#, "rate_limit.period_ms"),
+        (r#"{"period_ms": 10}"#, "rate_limit.count"),
+        (
+            r#"{"count": 10, "period_ms": 10, "burst": 3}"#,
+            "rate_limit.burst",
+        ),
+        (r#"10"#, "rate_limit"),
+        (r#""10/1s""#, "rate_limit"),
+    ] {
+        cases.push(patch(
+            "/v1/queues/q",
+            format!(r#"{{"rate_limit": {raw}}}"#),
+            Field(field),
+        ));
+    }
+    cases.push(patch(
+        "/v1/queues/q",
+        r#"{"paused": "yes"}"#.into(),
+        Field("paused"),
+    ));
+    cases.push(patch(
+        "/v1/queues/q",
+        r#"{"bogus": 1}"#.into(),
+        Field("bogus"),
+    ));
+    cases.push(patch("/v1/queues/q", "[]".into(), Status(422)));
+    cases.push(patch("/v1/queues/q", "{".into(), Status(400)));
+    let long = "x".repeat(LONG);
+    for name in ["a%20b", "a,b", "%00", "tab%09", long.as_str()] {
+        cases.push(patch(
+            &format!("/v1/queues/{name}"),
+            "{}".into(),
+            Field("queue"),
+        ));
+        cases.push(post(
+            &format!("/v1/queues/{name}/pause"),
+            "",
+            Field("queue"),
+        ));
+        cases.push(post(
+            &format!("/v1/queues/{name}/resume"),
+            "",
+            Field("queue"),
+        ));
+    }
     // Routes and methods that do not exist.
     cases.push(get("/v1/nothing", Status(404)));
     let mut delete = get("/v1/jobs", Status(405));
@@ -412,6 +496,11 @@ async fn every_bad_request_answers_4xx_json_naming_the_problem_and_writes_nothin
         .await
         .unwrap();
     assert_eq!(written, 0, "a refused request wrote a job");
+    let settings: i64 = sqlx::query_scalar("select count(*) from faultline.queue_settings")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(settings, 0, "a refused request wrote queue settings");
 
     // The same router still takes a good request.
     let (status, _, _) = crate::http_api::call(

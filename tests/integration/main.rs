@@ -15,6 +15,7 @@ mod prefetch;
 mod claim;
 mod cluster;
 mod fencing;
+mod flow_control;
 mod idempotency;
 mod migrations;
 mod reads;

@@ -8,6 +8,7 @@ use crate::bench::BenchArgs;
 use crate::drill::DrillArgs;
 use crate::jobs::JobsArgs;
 use crate::migrate::MigrateArgs;
+use crate::queues::QueuesArgs;
 use crate::serve::ServeArgs;
 use crate::up::UpArgs;
 use crate::worker::WorkerArgs;
@@ -35,6 +36,8 @@ pub enum Command {
     Jobs(Box<JobsArgs>),
     /// List the live worker processes and the elected maintainer, through the API.
     Workers(Box<WorkersArgs>),
+    /// List queues, pause and resume them, set their limits, through the API.
+    Queues(Box<QueuesArgs>),
     /// Failure drills: worker-crash, retries, lease-expiry, db-outage, duplicates, chaos, all.
     Drill(Box<DrillArgs>),
     /// The benchmark: enqueue, drain, latency, recovery, beside the raw-Postgres ceiling.

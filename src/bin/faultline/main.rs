@@ -8,6 +8,7 @@ mod jobs;
 mod journal;
 mod metrics_server;
 mod migrate;
+mod queues;
 mod serve;
 mod signals;
 mod up;
@@ -29,7 +30,11 @@ async fn main() -> ExitCode {
     // A drill's report is its output; its own database connections' warnings (the drill stops
     // Postgres on purpose) would only clutter it. The processes it starts log to their files.
     let default_level = match cli.command {
-        Command::Drill(_) | Command::Jobs(_) | Command::Workers(_) | Command::Bench(_) => "error",
+        Command::Drill(_)
+        | Command::Jobs(_)
+        | Command::Workers(_)
+        | Command::Queues(_)
+        | Command::Bench(_) => "error",
         _ => "info",
     };
     init_tracing(default_level);
@@ -50,6 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::run(*args).await,
         Command::Jobs(args) => jobs::run(*args).await,
         Command::Workers(args) => workers::run(*args).await,
+        Command::Queues(args) => queues::run(*args).await,
         Command::Drill(args) => drill::run(*args).await,
         Command::Bench(args) => bench::run(*args).await,
     }
