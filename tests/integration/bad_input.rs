@@ -590,6 +590,35 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["bench", "--sweep", "2x0"], "--sweep"),
         (vec!["bench", "--sweep", "2x128+99999"], "--sweep"),
         (vec!["bench", "--sweep", " "], "--sweep"),
+        (
+            vec!["bench", "--concurrency-limit", "0"],
+            "--concurrency-limit",
+        ),
+        (
+            vec!["queues", "set", "q", "--concurrency-limit", "0"],
+            "--concurrency-limit",
+        ),
+        (
+            vec!["queues", "set", "q", "--concurrency-limit", "-3"],
+            "--concurrency-limit",
+        ),
+        (
+            vec!["queues", "set", "q", "--rate-limit", "10"],
+            "--rate-limit",
+        ),
+        (
+            vec!["queues", "set", "q", "--rate-limit", "0/1s"],
+            "--rate-limit",
+        ),
+        (
+            vec!["queues", "set", "q", "--rate-limit", "10/0s"],
+            "--rate-limit",
+        ),
+        (
+            vec!["queues", "set", "q", "--rate-limit", "10/2d"],
+            "--rate-limit",
+        ),
+        (vec!["queues", "list", "--url", "ftp://x"], "--url"),
     ]
 }
 

@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// The soak phase's length.
     #[arg(long, default_value = "30m", value_parser = crate::args::duration)]
     pub soak: Duration,
+
+    /// Give the benchmark's queue this concurrency limit (all workers together), to measure
+    /// what a limited queue costs (`none`: unlimited, the default).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
+    pub concurrency_limit: Option<i32>,
 }
 
 /// A phase of the benchmark (`--only`).
@@ -187,6 +192,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let wants = |phase: Phase| only.contains(&phase);
     let bench = Bench::start(args.database_url.as_deref()).await?;
+    if let Some(limit) = args.concurrency_limit {
+        let patch = faultline::store::QueueSettingsPatch {
+            concurrency_limit: Some(Some(limit)),
+            ..Default::default()
+        };
+        bench
+            .store
+            .update_queue_settings(faultline::job::DEFAULT_QUEUE, &patch)
+            .await?;
+    }
     let mut soak_samples: Vec<phases::SoakSample> = Vec::new();
 
     let mut raw: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
