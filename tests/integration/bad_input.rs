@@ -599,7 +599,7 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
             "--concurrency-limit",
         ),
         (
-            vec!["queues", "set", "q", "--concurrency-limit", "-3"],
+            vec!["queues", "set", "q", "--concurrency-limit=-3"],
             "--concurrency-limit",
         ),
         (
