@@ -159,15 +159,17 @@ impl Store {
         // Limited queues first (their claims are small by nature, and would otherwise starve
         // behind busy unlimited ones), then the rest in one statement.
         let mut rows = Vec::new();
-        for queue in self.limited_among(&queues).await? {
+        let limited = self.limited_among(&queues).await?;
+        for queue in &limited {
             let want = limit - rows.len() as u32;
             if want == 0 {
                 break;
             }
-            rows.extend(self.claim_limited(&queue, worker, want, ttl).await?);
+            rows.extend(self.claim_limited(queue, worker, want, ttl).await?);
         }
         let want = limit - rows.len() as u32;
-        if want > 0 {
+        // When every queue is limited, the unlimited statement would find nothing.
+        if want > 0 && limited.len() < queues.len() {
             rows.extend(self.claim_unlimited(&queues, worker, want, ttl).await?);
         }
         let mut claimed: Vec<Claimed> = rows
