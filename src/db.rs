@@ -84,6 +84,19 @@ pub fn pooled(url: &str) -> bool {
 /// [`DbError::InvalidUrl`] when `url` does not parse or is not a `postgres://` or
 /// `postgresql://` URL (sqlx would otherwise take `http://…` or `mysql://…` for one).
 pub fn connect(url: &str, config: &PoolConfig) -> Result<PgPool, DbError> {
+    let options = connect_options(url)?.application_name("faultline");
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .test_before_acquire(false)
+        .connect_lazy_with(options))
+}
+
+/// `url` parsed as Postgres connection options.
+///
+/// # Errors
+/// [`DbError::InvalidUrl`] as [`connect`].
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
     let scheme = url.split_once("://").map(|(scheme, _)| scheme);
     if !matches!(scheme, Some("postgres") | Some("postgresql")) {
         return Err(DbError::InvalidUrl(format!(
@@ -94,15 +107,8 @@ pub fn connect(url: &str, config: &PoolConfig) -> Result<PgPool, DbError> {
             )
         )));
     }
-    let options: PgConnectOptions = url
-        .parse()
-        .map_err(|e: sqlx::Error| DbError::InvalidUrl(e.to_string()))?;
-    let options = options.application_name("faultline");
-    Ok(PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.acquire_timeout)
-        .test_before_acquire(false)
-        .connect_lazy_with(options))
+    url.parse()
+        .map_err(|e: sqlx::Error| DbError::InvalidUrl(e.to_string()))
 }
 
 /// Apply every pending migration. Idempotent, and safe to run from several processes at once:

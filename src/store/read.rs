@@ -74,20 +74,7 @@ impl Store {
         // Live jobs are counted (their number follows the backlog); finished ones come from
         // the counters that the moves to and from history keep: O(live jobs + queues), however
         // much history is retained.
-        #[allow(clippy::type_complexity)]
-        let rows: Vec<(
-            String,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            f64,
-            bool,
-            Option<i32>,
-            Option<i32>,
-            Option<i32>,
-        )> = sqlx::query_as(
+        let rows: Vec<StatsRow> = sqlx::query_as(
             "with live as (
                 select queue,
                        count(*) filter (where state = 'queued') as queued,
@@ -116,10 +103,11 @@ impl Store {
                       + coalesce(f.failed, 0) + coalesce(f.cancelled, 0) > 0
             )
             -- Queues that only have settings (no jobs yet) are listed too.
-            select coalesce(c.queue, s.queue), coalesce(c.queued, 0), coalesce(c.running, 0),
-                   coalesce(c.succeeded, 0), coalesce(c.failed, 0), coalesce(c.cancelled, 0),
-                   coalesce(c.oldest, 0), coalesce(s.paused, false), s.concurrency_limit,
-                   s.rate_count, s.rate_period_ms
+            select coalesce(c.queue, s.queue) as queue, coalesce(c.queued, 0) as queued,
+                   coalesce(c.running, 0) as running, coalesce(c.succeeded, 0) as succeeded,
+                   coalesce(c.failed, 0) as failed, coalesce(c.cancelled, 0) as cancelled,
+                   coalesce(c.oldest, 0) as oldest, coalesce(s.paused, false) as paused,
+                   s.concurrency_limit, s.rate_count, s.rate_period_ms
             from counted c full join faultline.queue_settings s on s.queue = c.queue
             order by 1",
         )
@@ -127,34 +115,37 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(
-                    queue,
-                    queued,
-                    running,
-                    succeeded,
-                    failed,
-                    cancelled,
-                    oldest,
-                    paused,
-                    concurrency_limit,
-                    rate_count,
-                    rate_period_ms,
-                )| QueueStats {
-                    queue,
-                    queued,
-                    running,
-                    succeeded,
-                    failed,
-                    cancelled,
-                    oldest_eligible_age_seconds: oldest.max(0.0),
-                    paused,
-                    concurrency_limit,
-                    rate_limit: rate_count
-                        .zip(rate_period_ms)
-                        .map(|(count, period_ms)| RateLimit { count, period_ms }),
-                },
-            )
+            .map(|r| QueueStats {
+                queue: r.queue,
+                queued: r.queued,
+                running: r.running,
+                succeeded: r.succeeded,
+                failed: r.failed,
+                cancelled: r.cancelled,
+                oldest_eligible_age_seconds: r.oldest.max(0.0),
+                paused: r.paused,
+                concurrency_limit: r.concurrency_limit,
+                rate_limit: r
+                    .rate_count
+                    .zip(r.rate_period_ms)
+                    .map(|(count, period_ms)| RateLimit { count, period_ms }),
+            })
             .collect())
     }
+}
+
+/// One row of [`Store::queue_stats`]'s statement.
+#[derive(sqlx::FromRow)]
+struct StatsRow {
+    queue: String,
+    queued: i64,
+    running: i64,
+    succeeded: i64,
+    failed: i64,
+    cancelled: i64,
+    oldest: f64,
+    paused: bool,
+    concurrency_limit: Option<i32>,
+    rate_count: Option<i32>,
+    rate_period_ms: Option<i32>,
 }

@@ -133,11 +133,8 @@ impl WorkerConfig {
             );
         }
         if let Listen::Url(url) = &self.listen {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return err(
-                    "--listen-database-url",
-                    "expected postgres://user:password@host:port/database".into(),
-                );
+            if let Err(e) = crate::db::connect_options(url) {
+                return err("--listen-database-url", e.to_string());
             }
         }
         if self.poll_interval < Duration::from_millis(1) {
