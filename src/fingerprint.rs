@@ -11,7 +11,7 @@ use crate::job::NewJob;
 /// applied, so an omitted `queue` and an explicit `"default"` are the same request), with object
 /// keys sorted at every depth, so key order in the payload does not matter.
 pub(crate) fn fingerprint(job: &NewJob) -> Vec<u8> {
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "queue": job.queue,
         "kind": job.kind,
         "payload": job.payload,
@@ -20,6 +20,10 @@ pub(crate) fn fingerprint(job: &NewJob) -> Vec<u8> {
         "run_at": job.run_at.map(|t| t.timestamp_micros()),
         "timeout_ms": job.timeout_ms,
     });
+    // Only when set, so that the fingerprints stored before keys existed still match.
+    if let Some(key) = &job.concurrency_key {
+        canonical["concurrency_key"] = serde_json::Value::String(key.clone());
+    }
     let mut text = String::new();
     write_canonical(&canonical, &mut text);
     Sha256::digest(text.as_bytes()).to_vec()

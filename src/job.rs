@@ -280,6 +280,10 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     /// When the row last changed.
     pub updated_at: DateTime<Utc>,
+    /// At most the queue's `key_concurrency` running jobs share this key (SPEC §12).
+    #[sqlx(default)]
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
 }
 
 /// A job to enqueue. Build one with [`NewJob::new`] and the `with_*` methods.
@@ -310,6 +314,9 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// Per-job execution timeout in milliseconds.
     pub timeout_ms: Option<i32>,
+    /// At most the queue's `key_concurrency` (default 1) running jobs share this key.
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
 }
 
 impl NewJob {
@@ -324,6 +331,7 @@ impl NewJob {
             run_at: None,
             idempotency_key: None,
             timeout_ms: None,
+            concurrency_key: None,
         }
     }
 
@@ -354,6 +362,12 @@ impl NewJob {
     /// At most one job exists per key.
     pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Run at most the queue's `key_concurrency` (default 1) jobs with this key at once.
+    pub fn with_concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
         self
     }
 
@@ -410,6 +424,9 @@ pub struct QueueStats {
     /// At most `count` job starts per `period_ms`, all workers together.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// At most this many running jobs per `concurrency_key` (null: the default, 1).
+    #[serde(default)]
+    pub key_concurrency: Option<i32>,
 }
 
 /// A queue's rate limit: at most `count` job starts in any `period_ms`, all workers together.

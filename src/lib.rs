@@ -70,6 +70,6 @@ pub use job::{AttemptError, Job, JobFilter, JobId, JobState, NewJob, Page, Queue
 pub use lease::{Lease, LeaseLostReason};
 pub use retry::{Backoff, Jitter};
 pub use store::{
-    BatchItem, Claimed, Enqueued, FailOutcome, HistoryOutcome, ReapOutcome, ReapedJob, Store,
-    StoreConfig,
+    BatchItem, ClaimOutcome, Claimed, Enqueued, FailOutcome, HistoryOutcome, ReapOutcome,
+    ReapedJob, Store, StoreConfig, Throttle,
 };

@@ -53,8 +53,15 @@ pub const LEADER: &str = "faultline_leader";
 /// `faultline_queue_paused{queue}` (1 while the queue is paused; sampled with the depth)
 pub const QUEUE_PAUSED: &str = "faultline_queue_paused";
 
+/// `faultline_claims_throttled_total{queue,reason}` (claims a queue's limit held back)
+pub const CLAIMS_THROTTLED: &str = "faultline_claims_throttled_total";
+/// `faultline_schedule_enqueued_total{schedule}`
+pub const SCHEDULE_ENQUEUED: &str = "faultline_schedule_enqueued_total";
+/// `faultline_schedule_misfires_total{schedule}` (slots missed while nothing was up to fire)
+pub const SCHEDULE_MISFIRES: &str = "faultline_schedule_misfires_total";
+
 /// Every metric name above, for tests and dashboards to check against.
-pub const ALL_NAMES: [&str; 20] = [
+pub const ALL_NAMES: [&str; 23] = [
     JOBS_ENQUEUED,
     JOBS_DEDUPLICATED,
     JOBS_CLAIMED,
@@ -75,6 +82,9 @@ pub const ALL_NAMES: [&str; 20] = [
     DB_UP,
     LEADER,
     QUEUE_PAUSED,
+    CLAIMS_THROTTLED,
+    SCHEDULE_ENQUEUED,
+    SCHEDULE_MISFIRES,
 ];
 
 /// Every `op` label of `faultline_db_errors_total`, created at zero.
@@ -140,6 +150,12 @@ pub struct Metrics {
     pub db_errors: IntCounterVec,
     /// HTTP requests by method, matched route and status.
     pub http_requests: IntCounterVec,
+    /// Claims a queue's limit held back, by queue and reason.
+    pub claims_throttled: IntCounterVec,
+    /// Jobs enqueued by schedules.
+    pub schedule_enqueued: IntCounterVec,
+    /// Schedule slots missed while nothing was up to fire them.
+    pub schedule_misfires: IntCounterVec,
     /// Handler run time.
     pub job_execution_seconds: HistogramVec,
     /// Time from eligible to started.
@@ -230,6 +246,21 @@ impl Metrics {
                 "HTTP requests by method, matched route and status.",
                 &["method", "route", "status"],
             ),
+            claims_throttled: counter(
+                CLAIMS_THROTTLED,
+                "Claims a queue's pause or limit held back, by reason.",
+                &["queue", "reason"],
+            ),
+            schedule_enqueued: counter(
+                SCHEDULE_ENQUEUED,
+                "Jobs enqueued by a schedule.",
+                &["schedule"],
+            ),
+            schedule_misfires: counter(
+                SCHEDULE_MISFIRES,
+                "Schedule slots missed while nothing was up to fire them.",
+                &["schedule"],
+            ),
             job_execution_seconds: histogram(
                 JOB_EXECUTION_SECONDS,
                 "Handler run time.",
@@ -313,6 +344,10 @@ impl Metrics {
             self.lease_expirations.with_label_values(&q);
             self.stale_completions.with_label_values(&q);
             self.job_wait_seconds.with_label_values(&q);
+            for reason in crate::store::Throttle::ALL {
+                self.claims_throttled
+                    .with_label_values(&[queue.as_str(), reason.as_str()]);
+            }
             for kind in kinds {
                 let qk = [queue.as_str(), kind.as_str()];
                 self.jobs_succeeded.with_label_values(&qk);

@@ -53,6 +53,10 @@ pub struct EnqueueRequest {
     /// Execution timeout of each attempt, in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<i32>,
+    /// At most the queue's `key_concurrency` (default 1) running jobs share this key (1–255
+    /// bytes).
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -70,6 +74,7 @@ impl EnqueueRequest {
             run_at: self.run_at,
             idempotency_key: self.idempotency_key,
             timeout_ms: self.timeout_ms,
+            concurrency_key: self.concurrency_key,
         }
     }
 }

@@ -46,6 +46,11 @@ pub struct QueuePatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<RateLimit>)]
     pub rate_limit: Option<Option<RateLimit>>,
+    /// At most this many running jobs per `concurrency_key` (1 to 1,000,000; `null`: the
+    /// default, 1).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    pub key_concurrency: Option<Option<i32>>,
 }
 
 /// A field that is present, `null` included (absent stays `None` through `default`).
@@ -97,6 +102,7 @@ pub async fn update(
         paused: patch.paused,
         concurrency_limit: patch.concurrency_limit,
         rate_limit: patch.rate_limit,
+        key_concurrency: patch.key_concurrency,
     };
     let result = state.store.update_queue_settings(&name, &patch).await;
     state.db("queue_settings", result).map(Json)

@@ -58,10 +58,11 @@ impl Store {
                 insert into faultline.jobs (id, queue, kind, payload, state, priority, attempts,
                     max_attempts, next_run_at, timeout_ms, lease_owner, lease_expires_at,
                     lease_token, needs_recovery, idempotency_key, request_fingerprint, last_error,
-                    errors, created_at, started_at, finished_at, updated_at)
+                    errors, created_at, started_at, finished_at, updated_at, concurrency_key)
                 select id, queue, kind, payload, 'queued', priority, 0, max_attempts, now(),
                     timeout_ms, lease_owner, null, lease_token, false, idempotency_key,
-                    request_fingerprint, last_error, errors, created_at, started_at, null, now()
+                    request_fingerprint, last_error, errors, created_at, started_at, null, now(),
+                    concurrency_key
                 from moved
                 returning *
             ),

@@ -305,6 +305,11 @@ impl Store {
                 return Err(StoreError::invalid("idempotency_key", problem));
             }
         }
+        if let Some(key) = &job.concurrency_key {
+            if let Some(problem) = label_problem(key) {
+                return Err(StoreError::invalid("concurrency_key", problem));
+            }
+        }
         if job.max_attempts < 1 {
             return Err(StoreError::invalid(
                 "max_attempts",
@@ -440,6 +445,7 @@ async fn insert<'a>(
     let mut keys = Vec::new();
     let mut fingerprints = Vec::new();
     let mut timeouts = Vec::new();
+    let mut concurrency_keys = Vec::new();
     for p in jobs {
         ids.push(p.id);
         queues.push(p.job.queue.as_str());
@@ -451,6 +457,7 @@ async fn insert<'a>(
         keys.push(p.job.idempotency_key.as_deref());
         fingerprints.push(p.fingerprint.as_slice());
         timeouts.push(p.job.timeout_ms);
+        concurrency_keys.push(p.job.concurrency_key.as_deref());
     }
     let sql = match notify {
         Notify::InTransaction => INSERT_AND_NOTIFY,
@@ -466,7 +473,8 @@ async fn insert<'a>(
         .bind(run_ats)
         .bind(keys)
         .bind(fingerprints)
-        .bind(timeouts);
+        .bind(timeouts)
+        .bind(concurrency_keys);
     let query = match notify {
         Notify::InTransaction => query.bind(JOB_CHANNEL),
         Notify::AfterCommit => query,
@@ -481,10 +489,20 @@ macro_rules! input_cte {
         "with input as (
     select *
     from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
-                $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[])
+                $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[], $11::text[])
          with ordinality
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-              fingerprint, timeout_ms, ord)
+              fingerprint, timeout_ms, concurrency_key, ord)
+),
+-- A queue that gets a job with a concurrency key is marked keyed in the same statement, so a
+-- claim that can see the job sees the mark and takes it under the queue's lock
+-- (faultline.claim_limited). The NOT EXISTS skips the upsert (and its row lock) once marked.
+keyed as (
+    insert into faultline.queue_settings as s (queue, keyed)
+    select distinct queue, true from input i
+    where concurrency_key is not null
+      and not exists (select 1 from faultline.queue_settings k where k.queue = i.queue and k.keyed)
+    on conflict (queue) do update set keyed = true, updated_at = now()
 )"
     };
 }
@@ -493,9 +511,9 @@ macro_rules! input_cte {
 macro_rules! insert_rows {
     () => {
         "insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
-                            idempotency_key, request_fingerprint, timeout_ms)
+                            idempotency_key, request_fingerprint, timeout_ms, concurrency_key)
 select id, queue, kind, payload::json, priority, max_attempts, coalesce(run_at, now()),
-       idempotency_key, fingerprint, timeout_ms
+       idempotency_key, fingerprint, timeout_ms, concurrency_key
 from input
 order by ord
 on conflict (idempotency_key) where idempotency_key is not null do nothing
@@ -518,7 +536,7 @@ inserted as (
 -- A data-modifying CTE always runs, a plain one only when referenced: the scalar sub-select in
 -- the final WHERE is that reference. pg_notify folds repeats of one queue in a transaction.
 notified as (
-    select pg_notify($11, q.queue)
+    select pg_notify($12, q.queue)
     from (select distinct queue from inserted where next_run_at <= now()) q
 )
 select * from inserted where (select count(*) from notified) >= 0"

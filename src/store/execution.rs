@@ -32,6 +32,7 @@ use chrono::{DateTime, Utc};
 
 use super::exec::OnStore;
 use super::history::{archive_moved, shard};
+use super::settings::Throttle;
 use super::{millis, Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::job::{Job, JobId, JobState};
@@ -59,6 +60,15 @@ impl Claimed {
     }
 }
 
+/// What [`Store::claim_with_throttles`] claimed, and which queues' limits held it back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClaimOutcome {
+    /// The jobs claimed, in (priority, next_run_at, id) order.
+    pub claimed: Vec<Claimed>,
+    /// The queues a limit held back, with the limit.
+    pub throttled: Vec<(String, Throttle)>,
+}
+
 /// What [`Store::fail_attempt`] did with the job.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FailOutcome {
@@ -84,13 +94,10 @@ pub(crate) struct ClaimedRow {
     recovered: bool,
 }
 
-/// The claim's UPDATE of the rows a CTE `next (id, needs_recovery, at)` chose, shared by the
-/// unlimited claim and the limited one (`settings.rs`): `$2` is the worker, `$4` the lease TTL
-/// in milliseconds. Start and lease expiry are on the real clock (`clock_timestamp()`): in a
-/// limited claim the transaction's `now()` predates the wait for the queue's lock, and the rate
-/// limiter's log is written with the real clock too, after `at` was read, so a job's
-/// `started_at` is never later than the start the limiter counted. One `at` per row, so the
-/// lease is exactly the TTL from the start.
+/// The plain claim's UPDATE of the rows a CTE `next (id, needs_recovery, at)` chose: `$2` is the
+/// worker, `$4` the lease TTL in milliseconds. Start and lease expiry are on the real clock
+/// (`clock_timestamp()`, as in `faultline.claim_limited`, which writes the same update for
+/// limited queues), one `at` per row, so the lease is exactly the TTL from the start.
 macro_rules! claim_update {
     () => {
         "update faultline.jobs j
@@ -110,10 +117,9 @@ macro_rules! claim_update {
                       j.max_attempts, j.next_run_at, j.timeout_ms, j.lease_owner,
                       j.lease_expires_at, j.lease_token, j.idempotency_key, j.last_error,
                       '[]'::jsonb as errors, j.created_at, j.started_at, j.finished_at,
-                      j.updated_at, next.needs_recovery as recovered"
+                      j.updated_at, j.concurrency_key, next.needs_recovery as recovered"
     };
 }
-pub(crate) use claim_update;
 
 /// Longest error text kept per attempt; a handler that fails with a megabyte of text must not
 /// bloat the row (the error history holds one entry per attempt).
@@ -142,37 +148,60 @@ impl Store {
         limit: u32,
         ttl: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
+        Ok(self
+            .claim_with_throttles(queues, worker, limit, ttl)
+            .await?
+            .claimed)
+    }
+
+    /// [`Store::claim_batch`], also saying which queues' limits held the claim back (SPEC §12):
+    /// what a worker counts in `faultline_claims_throttled_total` and what tells it to try again
+    /// when one of its own jobs frees a slot.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn claim_with_throttles(
+        &self,
+        queues: &[String],
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let mut outcome = ClaimOutcome::default();
         if limit == 0 || queues.is_empty() {
-            return Ok(Vec::new());
+            return Ok(outcome);
         }
         let mut queues = queues.to_vec();
         queues.sort();
         queues.dedup();
-        // One ordered scan of the partial index per queue (LATERAL), merged by the outer
-        // ORDER BY: `queue = any($1)` would make Postgres read and sort every queued job of
-        // every queue on each claim. The lateral scan may lock up to `limit` rows in each queue
-        // and keep fewer; the extra locks go at commit, a moment later.
-        //
-        // The `attempts < max_attempts` test can never fail for a queued job (every transition
-        // to queued checks it, and a CHECK constraint backs it); it is here so that a row that
-        // somehow broke the invariant stays visible as queued instead of failing every claim.
-        // Limited queues first (their claims are small by nature, and would otherwise starve
-        // behind busy unlimited ones), then the rest in one statement.
+        // Paused, limited and keyed queues first (their claims are small by nature, and would
+        // otherwise starve behind busy plain ones), each under its own lock; then the rest in one
+        // statement.
         let mut rows = Vec::new();
         let limited = self.limited_among(&queues).await?;
-        for queue in &limited {
+        for (queue, paused) in &limited {
             let want = limit - rows.len() as u32;
             if want == 0 {
                 break;
             }
-            rows.extend(self.claim_limited(queue, worker, want, ttl).await?);
+            if *paused {
+                // As of the cached list (at most 250 ms old); a queue resumed since waits that
+                // long. A queue paused since is caught by the claim's own SQL.
+                outcome.throttled.push((queue.clone(), Throttle::Paused));
+                continue;
+            }
+            let (claimed, throttle) = self.claim_limited(queue, worker, want, ttl).await?;
+            rows.extend(claimed);
+            if let Some(reason) = throttle {
+                outcome.throttled.push((queue.clone(), reason));
+            }
         }
         let want = limit - rows.len() as u32;
-        // When every queue is limited, the unlimited statement would find nothing.
+        // When every queue is limited, the plain statement would find nothing.
         if want > 0 && limited.len() < queues.len() {
             rows.extend(self.claim_unlimited(&queues, worker, want, ttl).await?);
         }
-        let mut claimed: Vec<Claimed> = rows
+        outcome.claimed = rows
             .into_iter()
             .map(|row| {
                 let lease = Lease {
@@ -189,14 +218,14 @@ impl Store {
                 }
             })
             .collect();
-        claimed.sort_by(|a, b| {
+        outcome.claimed.sort_by(|a, b| {
             (a.job.priority, a.job.next_run_at, a.job.id).cmp(&(
                 b.job.priority,
                 b.job.next_run_at,
                 b.job.id,
             ))
         });
-        Ok(claimed)
+        Ok(outcome)
     }
 
     /// The claim of queues without limits: one statement for all of them.
@@ -237,7 +266,8 @@ impl Store {
                 where not exists (
                     select 1 from faultline.queue_settings s
                     where s.queue = q.name
-                      and (s.paused or s.concurrency_limit is not null or s.rate_count is not null)
+                      and (s.paused or s.keyed or s.concurrency_limit is not null
+                           or s.rate_count is not null)
                 )
                 order by j.priority, j.next_run_at, j.id
                 limit $3
@@ -388,13 +418,13 @@ impl Store {
             select id, queue, kind, payload, state, priority, attempts, max_attempts,
                    next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
                    idempotency_key, last_error, errors, created_at, started_at, finished_at,
-                   updated_at
+                   updated_at, concurrency_key
             from retried
             union all
             select id, queue, kind, payload, state, priority, attempts, max_attempts,
                    next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
                    idempotency_key, last_error, errors, created_at, started_at, finished_at,
-                   updated_at
+                   updated_at, concurrency_key
             from archived"
         ))
         .bind(lease.job_id)

@@ -17,7 +17,7 @@ macro_rules! archive_moved {
     insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
         max_attempts, next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
         needs_recovery, idempotency_key, request_fingerprint, last_error, errors, created_at,
-        started_at, finished_at, updated_at)
+        started_at, finished_at, updated_at, concurrency_key)
     select id, queue, kind, payload, '",
             $state,
             "', priority, attempts, max_attempts, next_run_at,
@@ -26,7 +26,7 @@ macro_rules! archive_moved {
             $last_error,
             ", ",
             $errors,
-            ", created_at, started_at, now(), now()
+            ", created_at, started_at, now(), now(), concurrency_key
     from moved
     returning *
 ),

@@ -43,7 +43,7 @@ use crate::retry::Backoff;
 
 pub use enqueue::{BatchItem, Enqueued};
 pub use leader::{LeaderInfo, Term};
-pub use settings::{QueueSettingsPatch, MAX_LIMIT, MAX_RATE_PERIOD_MS};
+pub use settings::{QueueSettingsPatch, Throttle, MAX_LIMIT, MAX_RATE_PERIOD_MS};
 pub use workers::{WorkerBeat, WorkerInfo};
 
 /// The hot path's batch statements, for tests that check their plans.
@@ -51,7 +51,7 @@ pub use workers::{WorkerBeat, WorkerInfo};
 pub mod sql {
     pub use super::execution::{COMPLETE_BATCH, HEARTBEAT_BATCH};
 }
-pub use execution::{Claimed, FailOutcome};
+pub use execution::{ClaimOutcome, Claimed, FailOutcome};
 pub use maintenance::{HistoryOutcome, ReapOutcome, ReapedJob};
 
 /// The channel that enqueue, release, retry and the reaper `NOTIFY` when a job becomes eligible

@@ -107,7 +107,7 @@ impl Store {
                    coalesce(c.running, 0) as running, coalesce(c.succeeded, 0) as succeeded,
                    coalesce(c.failed, 0) as failed, coalesce(c.cancelled, 0) as cancelled,
                    coalesce(c.oldest, 0) as oldest, coalesce(s.paused, false) as paused,
-                   s.concurrency_limit, s.rate_count, s.rate_period_ms
+                   s.concurrency_limit, s.rate_count, s.rate_period_ms, s.key_concurrency
             from counted c full join faultline.queue_settings s on s.queue = c.queue
             order by 1",
         )
@@ -129,6 +129,7 @@ impl Store {
                     .rate_count
                     .zip(r.rate_period_ms)
                     .map(|(count, period_ms)| RateLimit { count, period_ms }),
+                key_concurrency: r.key_concurrency,
             })
             .collect())
     }
@@ -148,4 +149,5 @@ struct StatsRow {
     concurrency_limit: Option<i32>,
     rate_count: Option<i32>,
     rate_period_ms: Option<i32>,
+    key_concurrency: Option<i32>,
 }

@@ -1,9 +1,12 @@
-//! Queue settings (SPEC §12): pause, a concurrency limit and a rate limit per queue, stored in
-//! `faultline.queue_settings` and enforced by the claim (`execution.rs` for the unlimited
-//! path, [`Store::claim_limited`] for queues with a limit).
+//! Queue settings (SPEC §12): pause, a concurrency limit, a rate limit and the per-key limit,
+//! stored in `faultline.queue_settings` and enforced by the claim (`execution.rs` for plain
+//! queues, [`Store::claim_limited`] for paused, limited and keyed ones).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgRow;
+use sqlx::Row;
 
 use super::exec::{ExecuteOnStore, OnStore};
 use super::execution::ClaimedRow;
@@ -25,6 +28,8 @@ pub struct QueueSettingsPatch {
     pub concurrency_limit: Option<Option<i32>>,
     /// Set or clear the rate limit.
     pub rate_limit: Option<Option<RateLimit>>,
+    /// Set the running jobs allowed per concurrency key, or clear it (back to the default, 1).
+    pub key_concurrency: Option<Option<i32>>,
 }
 
 impl QueueSettingsPatch {
@@ -35,6 +40,14 @@ impl QueueSettingsPatch {
                 return Some((
                     "concurrency_limit",
                     format!("must be 1 to {MAX_LIMIT} (or null for none), got {limit}"),
+                ));
+            }
+        }
+        if let Some(Some(limit)) = self.key_concurrency {
+            if !(1..=MAX_LIMIT).contains(&limit) {
+                return Some((
+                    "key_concurrency",
+                    format!("must be 1 to {MAX_LIMIT} (or null for the default, 1), got {limit}"),
                 ));
             }
         }
@@ -56,12 +69,75 @@ impl QueueSettingsPatch {
     }
 }
 
-/// The queues with a limit (not paused), as last read: the claim runs [`Store::claim_limited`]
-/// for those among a worker's queues. A stale list never breaks a limit — the unlimited claim
-/// excludes limited and paused queues in its own SQL — it only delays a newly limited queue's
-/// jobs by at most [`LIMITED_TTL`].
+/// The queues whose jobs the plain claim leaves alone — paused, limited or keyed — as last
+/// read, each with whether it is paused: the claim runs [`Store::claim_limited`] for those among
+/// a worker's queues. A stale list never breaks a limit — the plain claim excludes those queues
+/// in its own SQL — it only delays a newly limited queue's jobs by at most [`LIMITED_TTL`].
 #[derive(Debug, Default)]
-pub(crate) struct LimitedQueues(Mutex<Option<(Instant, Arc<Vec<String>>)>>);
+pub(crate) struct LimitedQueues(Mutex<Option<(Instant, SettingsList)>>);
+
+/// Queues the plain claim leaves alone, each with whether it is paused.
+type SettingsList = Arc<Vec<(String, bool)>>;
+
+/// Why a claim took fewer jobs of a queue than it asked for (the `reason` label of
+/// `faultline_claims_throttled_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Throttle {
+    /// The queue is paused.
+    Paused,
+    /// The queue's `concurrency_limit` is reached.
+    Concurrency,
+    /// Every eligible keyed job's key is at its `key_concurrency`.
+    Key,
+    /// The queue's `rate_limit` is spent for now.
+    Rate,
+}
+
+impl Throttle {
+    /// Every reason, for creating the metric's series.
+    pub const ALL: [Throttle; 4] = [
+        Throttle::Paused,
+        Throttle::Concurrency,
+        Throttle::Key,
+        Throttle::Rate,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Throttle::Paused => "paused",
+            Throttle::Concurrency => "concurrency",
+            Throttle::Key => "key",
+            Throttle::Rate => "rate",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+/// A row of `faultline.claim_limited`: a claimed job, or the marker saying a limit held the
+/// claim back.
+pub(crate) enum LimitedRow {
+    Claimed(Box<ClaimedRow>),
+    Throttled(Throttle),
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for LimitedRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let throttled: Option<String> = row.try_get("throttled")?;
+        match throttled {
+            None => ClaimedRow::from_row(row).map(|r| LimitedRow::Claimed(Box::new(r))),
+            Some(text) => Throttle::parse(&text)
+                .map(LimitedRow::Throttled)
+                .ok_or_else(|| sqlx::Error::ColumnDecode {
+                    index: "throttled".into(),
+                    source: format!("unknown throttle reason {text:?}").into(),
+                }),
+        }
+    }
+}
 
 /// How long the list of limited queues is reused before it is read again.
 const LIMITED_TTL: Duration = Duration::from_millis(250);
@@ -87,13 +163,14 @@ impl Store {
         // The upsert locks the settings row, so it waits for a limited claim in progress.
         sqlx::query(
             "insert into faultline.queue_settings as s
-                (queue, paused, concurrency_limit, rate_count, rate_period_ms)
-             values ($1, coalesce($2, false), $4, $6, $7)
+                (queue, paused, concurrency_limit, rate_count, rate_period_ms, key_concurrency)
+             values ($1, coalesce($2, false), $4, $6, $7, $9)
              on conflict (queue) do update set
                 paused = coalesce($2, s.paused),
                 concurrency_limit = case when $3 then $4 else s.concurrency_limit end,
                 rate_count = case when $5 then $6 else s.rate_count end,
                 rate_period_ms = case when $5 then $7 else s.rate_period_ms end,
+                key_concurrency = case when $8 then $9 else s.key_concurrency end,
                 updated_at = now()",
         )
         .bind(queue)
@@ -103,6 +180,8 @@ impl Store {
         .bind(patch.rate_limit.is_some())
         .bind(rate.map(|r| r.count))
         .bind(rate.map(|r| r.period_ms))
+        .bind(patch.key_concurrency.is_some())
+        .bind(patch.key_concurrency.flatten())
         .execute_on(self)
         .await?;
         self.limited.forget();
@@ -138,41 +217,36 @@ impl Store {
         self.update_queue_settings(queue, &patch).await
     }
 
-    /// Those of `queues` that have a limit and are not paused (from a list at most
-    /// [`LIMITED_TTL`] old).
-    pub(crate) async fn limited_among(&self, queues: &[String]) -> Result<Vec<String>, StoreError> {
-        if let Some(list) = self.limited.fresh() {
-            return Ok(queues
-                .iter()
-                .filter(|q| list.contains(q))
-                .cloned()
-                .collect());
-        }
-        let list: Vec<String> = sqlx::query_scalar(
-            "select queue from faultline.queue_settings
-             where not paused and (concurrency_limit is not null or rate_count is not null)",
-        )
-        .all_on(self)
-        .await?;
-        let list = self.limited.store(list);
-        Ok(queues
+    /// Those of `queues` that the plain claim leaves alone (paused, limited or keyed), each with
+    /// whether it is paused, from a list at most [`LIMITED_TTL`] old.
+    pub(crate) async fn limited_among(
+        &self,
+        queues: &[String],
+    ) -> Result<Vec<(String, bool)>, StoreError> {
+        let list = match self.limited.fresh() {
+            Some(list) => list,
+            None => {
+                let list: Vec<(String, bool)> = sqlx::query_as(
+                    "select queue, paused from faultline.queue_settings
+                     where paused or keyed or concurrency_limit is not null
+                        or rate_count is not null",
+                )
+                .all_on(self)
+                .await?;
+                self.limited.store(list)
+            }
+        };
+        Ok(list
             .iter()
-            .filter(|q| list.contains(q))
+            .filter(|(q, _)| queues.contains(q))
             .cloned()
             .collect())
     }
 
-    /// Claim up to `want` jobs of one limited queue, within its limits, all workers together.
-    ///
-    /// Why it is race-free: the transaction first locks the queue's settings row (`for
-    /// update`), so limited claims of one queue run one at a time; the claim itself is a *new*
-    /// statement, whose snapshot (READ COMMITTED) sees every claim committed before the lock
-    /// was granted. Its running count (every `running` row of the queue, expired leases
-    /// included: a slot is freed only when its job leaves `running`) and its count of starts in
-    /// the last period are therefore exact, and only ever fall behind the truth in the safe
-    /// direction (a job finishing meanwhile). Starts are logged in `queue_starts` with the real
-    /// clock (`clock_timestamp()`, not the transaction's start, which may predate the wait for
-    /// the lock) and pruned past the period in the same statement.
+    /// Claim up to `want` jobs of one paused, limited or keyed queue, within its limits, all
+    /// workers together: one call of `faultline.claim_limited` (see its migration,
+    /// `20261202000003_concurrency_keys.sql`, for why it is race-free). Returns the claimed rows
+    /// and, when a limit held the claim back, why.
     ///
     /// # Errors
     /// [`StoreError::Database`].
@@ -182,76 +256,29 @@ impl Store {
         worker: &str,
         want: u32,
         ttl: Duration,
-    ) -> Result<Vec<ClaimedRow>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let settings: Option<(Option<i32>, Option<i32>, Option<i32>)> = sqlx::query_as(
-            "select concurrency_limit, rate_count, rate_period_ms from faultline.queue_settings
-             where queue = $1 and not paused for update",
-        )
-        .bind(queue)
-        .persistent(self.persistent())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((limit, rate_count, rate_period_ms)) = settings else {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        };
-        let rows: Vec<ClaimedRow> = sqlx::query_as(concat!(
-            "with room as (
-                select greatest(0, least(
-                    $3::int8,
-                    coalesce($5::int8 - (select count(*) from faultline.jobs
-                                         where queue = $1 and state = 'running'), $3::int8),
-                    coalesce($6::int8 - (select count(*) from faultline.queue_starts
-                                         where queue = $1
-                                           and at > clock_timestamp() - $7 * interval '1 millisecond'),
-                             $3::int8)
-                )) as n
-            ),
-            locked as (
-                select id, needs_recovery
-                from faultline.jobs
-                where state = 'queued' and queue = $1 and next_run_at <= now()
-                  and attempts < max_attempts
-                order by priority, next_run_at, id
-                limit (select n from room)
-                for update skip locked
-            ),
-            next as (
-                select id, needs_recovery, clock_timestamp() as at from locked
-            ),
-            claimed as (",
-            super::execution::claim_update!(),
-            "
-            ),
-            logged as (
-                insert into faultline.queue_starts (queue, at)
-                select $1, clock_timestamp() from claimed where $6::int8 is not null
-            ),
-            pruned as (
-                delete from faultline.queue_starts
-                where queue = $1 and $7::int8 is not null
-                  and at <= clock_timestamp() - $7 * interval '1 millisecond'
-            )
-            select * from claimed"
-        ))
-        .bind(queue)
-        .bind(worker)
-        .bind(i64::from(want))
-        .bind(millis(ttl))
-        .bind(limit.map(i64::from))
-        .bind(rate_count.map(i64::from))
-        .bind(rate_period_ms.map(i64::from))
-        .persistent(self.persistent())
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(rows)
+    ) -> Result<(Vec<ClaimedRow>, Option<Throttle>), StoreError> {
+        let rows: Vec<LimitedRow> =
+            sqlx::query_as("select * from faultline.claim_limited($1, $2, $3, $4)")
+                .bind(queue)
+                .bind(worker)
+                .bind(i32::try_from(want).unwrap_or(i32::MAX))
+                .bind(millis(ttl))
+                .all_on(self)
+                .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut throttle = None;
+        for row in rows {
+            match row {
+                LimitedRow::Claimed(row) => claimed.push(*row),
+                LimitedRow::Throttled(reason) => throttle = Some(reason),
+            }
+        }
+        Ok((claimed, throttle))
     }
 }
 
 impl LimitedQueues {
-    fn fresh(&self) -> Option<Arc<Vec<String>>> {
+    fn fresh(&self) -> Option<SettingsList> {
         let cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
         cached
             .as_ref()
@@ -259,7 +286,7 @@ impl LimitedQueues {
             .map(|(_, list)| list.clone())
     }
 
-    fn store(&self, list: Vec<String>) -> Arc<Vec<String>> {
+    fn store(&self, list: Vec<(String, bool)>) -> SettingsList {
         let list = Arc::new(list);
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), list.clone()));
         list

@@ -66,6 +66,7 @@ async fn run_handler(
         max_attempts: job.max_attempts,
         lease_token: lease.token,
         worker_id: shared.worker_id.clone(),
+        concurrency_key: job.concurrency_key.clone(),
         cancel: cancel.clone(),
     };
     let timeout = job

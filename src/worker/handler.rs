@@ -32,6 +32,8 @@ pub struct JobContext {
     pub lease_token: i64,
     /// The worker running it.
     pub worker_id: Arc<str>,
+    /// Its concurrency key (SPEC §12), if it has one.
+    pub concurrency_key: Option<String>,
     pub(crate) cancel: CancellationToken,
 }
 

@@ -279,9 +279,10 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
             continue;
         }
         let sent = Instant::now();
+        let throttled: bool;
         match shared
             .store
-            .claim_batch(
+            .claim_with_throttles(
                 &shared.config.queues,
                 &shared.worker_id,
                 free as u32,
@@ -289,9 +290,18 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
             )
             .await
         {
-            Ok(batch) => {
+            Ok(outcome) => {
                 shared.health.ok();
                 failures = 0;
+                throttled = !outcome.throttled.is_empty();
+                for (queue, reason) in &outcome.throttled {
+                    shared
+                        .metrics
+                        .claims_throttled
+                        .with_label_values(&[queue.as_str(), reason.as_str()])
+                        .inc();
+                }
+                let batch = outcome.claimed;
                 let claimed = batch.len();
                 for job in batch {
                     let stop = hold(shared, &job, sent);
@@ -317,10 +327,12 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
         }
         // The queue is drained for now: wait for a notification, the poll interval, or
         // shutdown — or, with jobs buffered, for a slot to start the next one in.
+        // A limit that held the claim back may have room again as soon as one of this worker's
+        // own jobs of that queue finishes; other workers' completions are seen at the poll.
         let buffered = shared.prefetched.len() > 0;
         tokio::select! {
             _ = wake.notified() => {}
-            _ = shared.slot_freed.notified(), if buffered => {}
+            _ = shared.slot_freed.notified(), if buffered || throttled => {}
             _ = tokio::time::sleep(shared.config.poll_interval) => {}
             _ = shutdown.cancelled() => return,
         }

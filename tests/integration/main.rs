@@ -14,6 +14,7 @@ mod prefetch;
 
 mod claim;
 mod cluster;
+mod concurrency_keys;
 mod fencing;
 mod flow_control;
 mod idempotency;

@@ -45,6 +45,9 @@ pub enum JobsCommand {
         idempotency_key: Option<String>,
         #[arg(long)]
         timeout_ms: Option<i32>,
+        /// At most the queue's key concurrency (default 1) jobs with this key run at once.
+        #[arg(long)]
+        concurrency_key: Option<String>,
     },
     /// Show a job and its error history.
     Get { id: String },
@@ -79,6 +82,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
             run_at,
             idempotency_key,
             timeout_ms,
+            concurrency_key,
         } => {
             let payload: Value = serde_json::from_str(payload)
                 .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
@@ -99,6 +103,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
                 run_at,
                 idempotency_key: idempotency_key.clone(),
                 timeout_ms: *timeout_ms,
+                concurrency_key: concurrency_key.clone(),
             };
             client
                 .send(
@@ -189,6 +194,10 @@ fn request_json(request: &EnqueueRequest) -> Value {
         request.idempotency_key.clone().map(Value::from),
     );
     put("timeout_ms", request.timeout_ms.map(Value::from));
+    put(
+        "concurrency_key",
+        request.concurrency_key.clone().map(Value::from),
+    );
     Value::Object(map)
 }
 

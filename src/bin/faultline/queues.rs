@@ -38,6 +38,9 @@ pub enum QueuesCommand {
         /// At most COUNT job starts per PERIOD, e.g. `10/1s` (`none` clears).
         #[arg(long, value_name = "COUNT/PERIOD|none", value_parser = rate)]
         rate_limit: Option<Rate>,
+        /// At most N running jobs per concurrency key (`none`: back to the default, 1).
+        #[arg(long, value_name = "N|none", value_parser = limit)]
+        key_concurrency: Option<Limit>,
     },
 }
 
@@ -104,6 +107,7 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
             name,
             concurrency_limit,
             rate_limit,
+            key_concurrency,
         } => {
             let mut patch = Map::new();
             if let Some(Limit(limit)) = concurrency_limit {
@@ -113,6 +117,9 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
                 let value =
                     rate.map(|(count, period_ms)| json!({"count": count, "period_ms": period_ms}));
                 patch.insert("rate_limit".into(), value.unwrap_or(Value::Null));
+            }
+            if let Some(Limit(limit)) = key_concurrency {
+                patch.insert("key_concurrency".into(), json!(limit));
             }
             client
                 .send(Method::PATCH, &path(name, ""), Some(Value::Object(patch)))
@@ -127,12 +134,12 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
         _ => vec![serde_json::from_value::<QueueStats>(body)?],
     };
     println!(
-        "{:<20}  {:>8}  {:>8}  {:>10}  {:>7}  {:>8}  {:<6}  {:<6}  RATE",
-        "QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "AGE", "PAUSED", "LIMIT"
+        "{:<20}  {:>8}  {:>8}  {:>10}  {:>7}  {:>8}  {:<6}  {:<6}  {:<6}  RATE",
+        "QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "AGE", "PAUSED", "LIMIT", "PERKEY"
     );
     for q in &queues {
         println!(
-            "{:<20}  {:>8}  {:>8}  {:>10}  {:>7}  {:>7.1}s  {:<6}  {:<6}  {}",
+            "{:<20}  {:>8}  {:>8}  {:>10}  {:>7}  {:>7.1}s  {:<6}  {:<6}  {:<6}  {}",
             truncate(&q.queue, 20),
             q.queued,
             q.running,
@@ -141,6 +148,7 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
             q.oldest_eligible_age_seconds,
             if q.paused { "yes" } else { "" },
             q.concurrency_limit.map_or(String::new(), |n| n.to_string()),
+            q.key_concurrency.map_or(String::new(), |n| n.to_string()),
             q.rate_limit
                 .map_or(String::new(), |r| format!("{}/{}ms", r.count, r.period_ms)),
         );
