@@ -20,6 +20,10 @@ pub enum StoreError {
     #[error("job {0} not found")]
     NotFound(JobId),
 
+    /// No schedule has this name.
+    #[error("schedule {0:?} not found")]
+    ScheduleNotFound(String),
+
     /// The idempotency key is taken by a job created from a different request.
     #[error("idempotency key {key:?} is already used by job {existing} with a different request")]
     IdempotencyConflict {

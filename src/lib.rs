@@ -60,6 +60,7 @@ pub mod metrics;
 pub mod names;
 pub mod pg;
 pub mod retry;
+pub mod schedule;
 pub mod store;
 pub mod text;
 pub mod time_range;

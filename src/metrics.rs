@@ -88,7 +88,7 @@ pub const ALL_NAMES: [&str; 23] = [
 ];
 
 /// Every `op` label of `faultline_db_errors_total`, created at zero.
-pub const DB_OPS: [&str; 21] = [
+pub const DB_OPS: [&str; 22] = [
     "claim",
     "heartbeat",
     "complete",
@@ -110,6 +110,7 @@ pub const DB_OPS: [&str; 21] = [
     "register",
     "workers",
     "queue_settings",
+    "schedule",
 ];
 
 /// Job execution buckets: from a no-op (sub-millisecond) to long jobs (10 min).

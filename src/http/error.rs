@@ -143,6 +143,7 @@ impl From<StoreError> for ApiError {
                 field,
             },
             StoreError::NotFound(id) => ApiError::NotFound(format!("job {id} not found")),
+            e @ StoreError::ScheduleNotFound(_) => ApiError::NotFound(e.to_string()),
             StoreError::IdempotencyConflict { key, existing } => ApiError::Conflict {
                 code: "idempotency_conflict",
                 message: format!(

@@ -15,6 +15,7 @@ mod object;
 mod observe;
 pub mod openapi;
 pub mod queues;
+pub mod schedules;
 mod server;
 pub mod workers;
 
@@ -138,6 +139,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queues/{name}", patch(queues::update))
         .route("/v1/queues/{name}/pause", post(queues::pause))
         .route("/v1/queues/{name}/resume", post(queues::resume))
+        .route("/v1/schedules", get(schedules::list))
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get)
+                .put(schedules::put)
+                .delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
         .route("/v1/workers", get(workers::list))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(

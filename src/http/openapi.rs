@@ -8,9 +8,11 @@ use utoipa::{Modify, OpenApi};
 use super::error::{ErrorDetail, ErrorResponse};
 use super::jobs::{BatchRequest, BatchResponse, BatchResult, EnqueueRequest};
 use super::queues::{QueuePatch, QueuesResponse};
+use super::schedules::SchedulesResponse;
 use super::workers::WorkersResponse;
-use super::{health, jobs, queues, workers};
+use super::{health, jobs, queues, schedules, workers};
 use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats, RateLimit};
+use crate::schedule::{Misfire, MisfireText, Schedule, ScheduleSpec};
 use crate::store::{LeaderInfo, WorkerInfo};
 
 /// The document.
@@ -25,17 +27,21 @@ use crate::store::{LeaderInfo, WorkerInfo};
     paths(
         health::health, health::ready, health::metrics,
         jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry,
-        queues::list, queues::update, queues::pause, queues::resume, workers::list, document,
+        queues::list, queues::update, queues::pause, queues::resume, workers::list,
+        schedules::put, schedules::list, schedules::get, schedules::delete, schedules::pause,
+        schedules::resume, document,
     ),
     components(schemas(
         Job, JobId, JobState, AttemptError, Page, QueueStats, QueuesResponse,
         EnqueueRequest, BatchRequest, BatchResponse, BatchResult, ErrorResponse, ErrorDetail,
-        WorkersResponse, WorkerInfo, LeaderInfo, QueuePatch, RateLimit,
+        WorkersResponse, WorkerInfo, LeaderInfo, QueuePatch, RateLimit, Schedule, ScheduleSpec,
+        SchedulesResponse, Misfire, MisfireText,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"),
         (name = "queues", description = "Queue statistics and settings (pause, limits)"),
+        (name = "schedules", description = "Cron schedules: exactly one job per slot"),
         (name = "workers", description = "Live worker processes and the elected maintainer"),
         (name = "operations", description = "Health, readiness and metrics"),
     )

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::service::{drive, Service};
 use super::{
     DepthSampler, DepthSamplerConfig, Janitor, JanitorConfig, Pruner, PrunerConfig, Reaper,
-    ReaperConfig,
+    ReaperConfig, Scheduler, SchedulerConfig,
 };
 use crate::metrics::Metrics;
 use crate::store::{Store, Term};
@@ -52,6 +52,8 @@ pub struct MaintainerConfig {
     pub depth: Option<DepthSamplerConfig>,
     /// The registry janitor (default on).
     pub janitor: Option<JanitorConfig>,
+    /// The scheduler (default on).
+    pub scheduler: Option<SchedulerConfig>,
 }
 
 impl Default for MaintainerConfig {
@@ -62,6 +64,7 @@ impl Default for MaintainerConfig {
             pruner: Some(PrunerConfig::default()),
             depth: Some(DepthSamplerConfig::default()),
             janitor: Some(JanitorConfig::default()),
+            scheduler: Some(SchedulerConfig::default()),
         }
     }
 }
@@ -244,6 +247,10 @@ impl Maintainer {
         if let Some(config) = self.config.pruner.clone() {
             let pruner = Pruner::new(store.clone(), config, metrics.clone());
             tasks.push(self.spawn(Arc::new(pruner), &stop));
+        }
+        if let Some(config) = self.config.scheduler.clone() {
+            let scheduler = Scheduler::new(store.clone(), config, metrics.clone());
+            tasks.push(self.spawn(Arc::new(scheduler), &stop));
         }
         if let Some(config) = self.config.janitor.clone() {
             tasks.push(self.spawn(Arc::new(Janitor::new(store.clone(), config)), &stop));

@@ -8,6 +8,7 @@ mod depth;
 mod maintainer;
 mod pruner;
 mod reaper;
+mod scheduler;
 mod service;
 mod workers;
 
@@ -15,6 +16,7 @@ pub use depth::{DepthSampler, DepthSamplerConfig, Sampled};
 pub use maintainer::{Maintainer, MaintainerConfig, MAINTAINER_ROLE};
 pub use pruner::{Pruner, PrunerConfig};
 pub use reaper::{Reaper, ReaperConfig};
+pub use scheduler::{Scheduler, SchedulerConfig};
 pub use service::{Pass, Service};
 pub use workers::{Forgotten, Janitor, JanitorConfig};
 

@@ -293,7 +293,7 @@ impl Store {
     /// Check a job against the bounds the database also enforces, and against what a worker
     /// can serve, so the caller gets an error naming the field rather than a constraint
     /// violation (or a job that no worker could ever take).
-    fn validate(&self, job: &NewJob) -> Result<(), StoreError> {
+    pub(crate) fn validate(&self, job: &NewJob) -> Result<(), StoreError> {
         if let Some(problem) = name_problem(&job.kind) {
             return Err(StoreError::invalid("kind", problem));
         }
@@ -333,7 +333,7 @@ impl Store {
     /// The payload as the JSON text stored (`json`, not `jsonb`, so that it comes back exactly
     /// as sent: numbers digit for digit, keys in their order, `\u0000` kept), within the size
     /// limit.
-    fn payload_text(&self, job: &NewJob) -> Result<String, StoreError> {
+    pub(crate) fn payload_text(&self, job: &NewJob) -> Result<String, StoreError> {
         let text = serde_json::to_string(&job.payload).map_err(|e| {
             StoreError::invalid("payload", format!("cannot be written as JSON: {e}"))
         })?;

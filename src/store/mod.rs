@@ -30,6 +30,7 @@ mod maintenance;
 mod notifier;
 mod partitions;
 mod read;
+mod schedules;
 mod settings;
 mod workers;
 
@@ -43,6 +44,7 @@ use crate::retry::Backoff;
 
 pub use enqueue::{BatchItem, Enqueued};
 pub use leader::{LeaderInfo, Term};
+pub use schedules::{FireOutcome, UP_GAP};
 pub use settings::{QueueSettingsPatch, Throttle, MAX_LIMIT, MAX_RATE_PERIOD_MS};
 pub use workers::{WorkerBeat, WorkerInfo};
 

@@ -22,6 +22,7 @@ mod migrations;
 mod reads;
 mod reaper;
 mod retries;
+mod schedules;
 mod transactions;
 mod transitions;
 mod worker;

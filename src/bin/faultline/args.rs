@@ -105,9 +105,61 @@ pub struct MaintainerOptions {
     /// How often queue depth gauges are sampled from the database.
     #[arg(long, env = "FAULTLINE_DEPTH_INTERVAL", default_value = "5s", value_parser = duration)]
     pub depth_interval: Duration,
+
+    /// Declare the schedules of this TOML file (`[[schedule]]` tables) at start: each is created,
+    /// or replaced keeping what it has fired; schedules not in the file are left alone.
+    #[arg(long, env = "FAULTLINE_SCHEDULES", value_name = "FILE")]
+    pub schedules: Option<std::path::PathBuf>,
 }
 
 impl MaintainerOptions {
+    /// Read and check `--schedules` (before anything starts, so a bad file stops the process
+    /// with an error naming the schedule and field), then declare its schedules in the
+    /// background, retrying while the database is away.
+    pub fn declare_schedules(
+        &self,
+        store: &faultline::Store,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Some(path) = &self.schedules else {
+            return Ok(());
+        };
+        let file = faultline::schedule::ScheduleFile::load(path)?;
+        for s in &file.schedule {
+            store
+                .check_schedule(&s.name, &s.spec)
+                .map_err(|e| anyhow::anyhow!("{}: schedule {:?}: {e}", path.display(), s.name))?;
+        }
+        let store = store.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            for s in &file.schedule {
+                loop {
+                    match store.put_schedule(&s.name, &s.spec).await {
+                        Ok((_, created)) => {
+                            tracing::info!(schedule = %s.name, created, "schedule declared");
+                            break;
+                        }
+                        Err(e) if e.is_unavailable() => {
+                            tracing::warn!(schedule = %s.name, error = %e,
+                                "database away; declaring the schedule again in a second");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                _ = shutdown.cancelled() => return,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(schedule = %s.name, error = %e,
+                                "schedule refused by the database");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// The maintainer's settings, or `None` with `--no-maintenance`.
     pub fn config(&self) -> anyhow::Result<Option<MaintainerConfig>> {
         anyhow::ensure!(

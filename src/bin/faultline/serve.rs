@@ -135,6 +135,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let shutdown = signals::shutdown_token()?;
+    args.maintainer.declare_schedules(&store, &shutdown)?;
     // The API starts even while the database is down (it answers 503 meanwhile); a database
     // that answers with an old schema is worth a warning.
     match db::schema_is_current(&pool).await {

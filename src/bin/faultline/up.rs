@@ -108,6 +108,7 @@ async fn run_with(
     let mut store_config = args.worker.store_config(pooled)?;
     store_config.max_payload_bytes = args.api.max_payload_bytes;
     let store = Store::with_config(pool.clone(), store_config);
+    args.maintainer.declare_schedules(&store, &shutdown)?;
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store.clone(),

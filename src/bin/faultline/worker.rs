@@ -173,6 +173,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let pooled = args.database.pooled();
     let store = Store::with_config(pool.clone(), options.store_config(pooled)?);
     let metrics = Arc::new(Metrics::new());
+    let store_for_schedules = store.clone();
     let worker = Worker::new(
         store.clone(),
         builtin_registry(options.webhook_config()).context("--webhook-proxy")?,
@@ -192,6 +193,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         worker
     };
     let shutdown = signals::shutdown_token()?;
+    args.maintainer
+        .declare_schedules(&store_for_schedules, &shutdown)?;
 
     crate::wait_for_schema(&pool, &shutdown).await?;
     let metrics_task = match options.metrics_listen {

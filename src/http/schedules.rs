@@ -1,0 +1,142 @@
+//! `/v1/schedules` (SPEC §12): declare, read, pause, resume and delete cron schedules.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorResponse};
+use super::extract::JsonBody;
+use super::AppState;
+use crate::schedule::{Schedule, ScheduleSpec};
+
+/// Every schedule.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SchedulesResponse {
+    /// Sorted by name.
+    pub schedules: Vec<Schedule>,
+}
+
+/// The `{name}` path segment: a schedule name (checked by the store, 422 naming `name`).
+pub struct PathSchedule(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathSchedule {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(name) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request("invalid_schedule", e.body_text()))?;
+        Ok(PathSchedule(name))
+    }
+}
+
+/// Create or replace a schedule. Replacing it with the same cron and time zone keeps what it has
+/// fired; a new cron or zone starts from now.
+#[utoipa::path(
+    put, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "schedule name (1–200 bytes)")),
+    request_body = ScheduleSpec,
+    responses(
+        (status = 201, description = "created", body = Schedule),
+        (status = 200, description = "replaced", body = Schedule),
+        (status = 422, description = "a bad field, named (cron, timezone, kind, queue, …)", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn put(
+    State(state): State<AppState>,
+    PathSchedule(name): PathSchedule,
+    JsonBody(spec): JsonBody<ScheduleSpec>,
+) -> Result<(StatusCode, Json<Schedule>), ApiError> {
+    let (schedule, created) = state.db("schedule", state.store.put_schedule(&name, &spec).await)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(schedule)))
+}
+
+/// Every schedule, with its next and last runs.
+#[utoipa::path(
+    get, path = "/v1/schedules", tag = "schedules",
+    responses((status = 200, body = SchedulesResponse), (status = 503, body = ErrorResponse)),
+    security((), ("bearer" = []))
+)]
+pub async fn list(State(state): State<AppState>) -> Result<Json<SchedulesResponse>, ApiError> {
+    let schedules = state.db("schedule", state.store.schedules().await)?;
+    Ok(Json(SchedulesResponse { schedules }))
+}
+
+/// One schedule.
+#[utoipa::path(
+    get, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "schedule name")),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)),
+    security((), ("bearer" = []))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    PathSchedule(name): PathSchedule,
+) -> Result<Json<Schedule>, ApiError> {
+    state
+        .db("schedule", state.store.schedule(&name).await)
+        .map(Json)
+}
+
+/// Delete a schedule (the jobs it enqueued stay).
+#[utoipa::path(
+    delete, path = "/v1/schedules/{name}", tag = "schedules",
+    params(("name" = String, Path, description = "schedule name")),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)),
+    security((), ("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    PathSchedule(name): PathSchedule,
+) -> Result<StatusCode, ApiError> {
+    state.db("schedule", state.store.delete_schedule(&name).await)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pause a schedule: it fires nothing until resumed, and the slots of the pause are not
+/// misfires.
+#[utoipa::path(
+    post, path = "/v1/schedules/{name}/pause", tag = "schedules",
+    params(("name" = String, Path, description = "schedule name")),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)),
+    security((), ("bearer" = []))
+)]
+pub async fn pause(
+    State(state): State<AppState>,
+    PathSchedule(name): PathSchedule,
+) -> Result<Json<Schedule>, ApiError> {
+    let result = state.store.set_schedule_paused(&name, true).await;
+    state.db("schedule", result).map(Json)
+}
+
+/// Resume a paused schedule, from now.
+#[utoipa::path(
+    post, path = "/v1/schedules/{name}/resume", tag = "schedules",
+    params(("name" = String, Path, description = "schedule name")),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorResponse),
+              (status = 503, body = ErrorResponse)),
+    security((), ("bearer" = []))
+)]
+pub async fn resume(
+    State(state): State<AppState>,
+    PathSchedule(name): PathSchedule,
+) -> Result<Json<Schedule>, ApiError> {
+    let result = state.store.set_schedule_paused(&name, false).await;
+    state.db("schedule", result).map(Json)
+}

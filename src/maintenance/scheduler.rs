@@ -1,0 +1,107 @@
+//! The scheduler: fires due schedules (SPEC §12) on a short interval. Run by the leader's
+//! maintainer, but its correctness does not depend on there being one leader: every slot's job
+//! carries the slot's idempotency key (see `store/schedules.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::service::{drive, Pass, Service};
+use crate::metrics::Metrics;
+use crate::store::{FireOutcome, Store};
+use crate::StoreError;
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Time between passes: a slot's job is enqueued within about this of its time. Must stay
+    /// well under [`crate::store::UP_GAP`], or the scheduler's own pauses would read as downtime.
+    pub interval: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    store: Store,
+    config: SchedulerConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Scheduler {
+    /// A scheduler over `store`, counting into `metrics`.
+    pub fn new(store: Store, config: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
+        let ceiling = crate::store::UP_GAP / 3;
+        let config = SchedulerConfig {
+            interval: config.interval.clamp(Duration::from_millis(10), ceiling),
+        };
+        Scheduler {
+            store,
+            config,
+            metrics,
+        }
+    }
+
+    /// One pass: enqueue the job of every due slot. Counts `faultline_schedule_enqueued_total`
+    /// and `faultline_schedule_misfires_total`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; schedules fired before the error stay fired.
+    pub async fn run_once(&self) -> Result<FireOutcome, StoreError> {
+        let outcome = self.store.fire_schedules().await?;
+        for (schedule, _, _) in &outcome.enqueued {
+            self.metrics
+                .schedule_enqueued
+                .with_label_values(&[schedule])
+                .inc();
+        }
+        for (schedule, missed) in &outcome.misfires {
+            self.metrics
+                .schedule_misfires
+                .with_label_values(&[schedule])
+                .inc_by(*missed);
+        }
+        Ok(outcome)
+    }
+
+    /// Run passes every `interval` until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        drive(self, &self.metrics, &shutdown, || true).await
+    }
+}
+
+impl Service for Scheduler {
+    type Outcome = FireOutcome;
+    const OP: &'static str = "schedule";
+
+    fn interval(&self) -> Duration {
+        self.config.interval
+    }
+
+    fn starts_at_once(&self) -> bool {
+        true
+    }
+
+    async fn run_once(&self) -> Result<FireOutcome, StoreError> {
+        Scheduler::run_once(self).await
+    }
+}
+
+impl Pass for FireOutcome {
+    fn is_empty(&self) -> bool {
+        self.enqueued.is_empty() && self.misfires.is_empty()
+    }
+
+    fn log(&self) {
+        let missed: u64 = self.misfires.iter().map(|m| m.1).sum();
+        tracing::info!(enqueued = self.enqueued.len(), missed, "schedules fired");
+    }
+}
