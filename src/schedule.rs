@@ -27,8 +27,10 @@ use crate::names::name_problem;
 pub const MAX_SCHEDULE_NAME_LEN: usize = 200;
 
 /// What to do with slots that came due while nothing was up to fire them.
+// Read through a string: serde_json (with `arbitrary_precision`) reports a number given for an
+// enum as malformed JSON, where a string read names the field.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Misfire {
     /// Enqueue one job, for the latest missed slot (never one per missed slot).
     #[default]
@@ -46,11 +48,24 @@ impl Misfire {
         }
     }
 
+    /// A stored value (checked by the table's constraint) as a policy.
     pub(crate) fn parse(text: &str) -> Misfire {
         if text == "skip" {
             Misfire::Skip
         } else {
             Misfire::RunOnce
+        }
+    }
+}
+
+impl TryFrom<String> for Misfire {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "run_once" => Ok(Misfire::RunOnce),
+            "skip" => Ok(Misfire::Skip),
+            _ => Err(format!("must be \"run_once\" or \"skip\", got {text:?}")),
         }
     }
 }
@@ -242,22 +257,28 @@ pub fn schedule_name_problem(name: &str) -> Option<String> {
 }
 
 /// A `--schedules` file: `[[schedule]]` tables, each a [`ScheduleSpec`] with its `name`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct ScheduleFile {
     /// The schedules it declares.
-    #[serde(default)]
     pub schedule: Vec<NamedSchedule>,
 }
 
 /// One `[[schedule]]` of a file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct NamedSchedule {
     /// Its name.
     pub name: String,
     /// Everything else.
-    #[serde(flatten)]
     pub spec: ScheduleSpec,
+}
+
+/// The file as TOML: each table is read as a name plus a [`ScheduleSpec`] (a flattened struct
+/// would let unknown keys through).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    schedule: Vec<toml::Table>,
 }
 
 /// Why a `--schedules` file cannot be used.
@@ -305,10 +326,26 @@ impl ScheduleFile {
             path: shown.clone(),
             source,
         })?;
-        let file: ScheduleFile = toml::from_str(&text).map_err(|e| ScheduleFileError::Parse {
+        let parse_error = |message: String| ScheduleFileError::Parse {
             path: shown.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let raw: RawFile = toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
+        let mut file = ScheduleFile::default();
+        for (i, mut table) in raw.schedule.into_iter().enumerate() {
+            let name = match table.remove("name") {
+                Some(toml::Value::String(name)) => name,
+                _ => {
+                    return Err(parse_error(format!(
+                        "schedule {i}: `name` must be a string"
+                    )))
+                }
+            };
+            let spec: ScheduleSpec = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e| parse_error(format!("schedule {name:?}: {e}")))?;
+            file.schedule.push(NamedSchedule { name, spec });
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &file.schedule {
             let invalid = |field: &str, message: String| ScheduleFileError::Invalid {

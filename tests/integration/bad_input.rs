@@ -111,6 +111,25 @@ fn http_cases() -> Vec<Case> {
             cases.push(post("/v1/jobs", job_with("queue", &raw), Field("queue")));
         }
     }
+    // concurrency_key: a free-text label of 1–255 bytes.
+    let long_key = format!("\"{}\"", "k".repeat(LONG));
+    for raw in [
+        r#""""#,
+        r#""   ""#,
+        r#""nul\u0000""#,
+        r#""new\nline""#,
+        "5",
+        "true",
+        "[]",
+        "{}",
+        long_key.as_str(),
+    ] {
+        cases.push(post(
+            "/v1/jobs",
+            job_with("concurrency_key", raw),
+            Field("concurrency_key"),
+        ));
+    }
     for raw in ["40000", "-40000", "1.5", "\"1\"", "1e400", "null", "[]"] {
         // null is "not given" for optional fields: only the type errors are bad.
         if raw != "null" {
@@ -351,6 +370,11 @@ fn http_cases() -> Vec<Case> {
             format!(r#"{{"concurrency_limit": {raw}}}"#),
             Field("concurrency_limit"),
         ));
+        cases.push(patch(
+            "/v1/queues/q",
+            format!(r#"{{"key_concurrency": {raw}}}"#),
+            Field("key_concurrency"),
+        ));
     }
     for (raw, field) in [
         (r#"{"count": 0, "period_ms": 1000}"#, "rate_limit.count"),
@@ -413,6 +437,101 @@ fn http_cases() -> Vec<Case> {
             Field("queue"),
         ));
     }
+    // PUT /v1/schedules/{name}: every field, the name; the other schedule routes.
+    let put = |uri: &str, body: String, expect: Expect| {
+        let mut case = post(uri, body, expect);
+        case.method = Method::PUT;
+        case
+    };
+    let schedule_with = |field: &str, raw: &str| {
+        format!(r#"{{"cron": "* * * * *", "kind": "noop", "{field}": {raw}}}"#)
+    };
+    for raw in [
+        r#""""#,
+        r#""* * * *""#,
+        r#""* * * * * * *""#,
+        r#""61 * * * *""#,
+        r#""* 25 * * *""#,
+        r#""*/0 * * * *""#,
+        r#""0 0 31 2 *""#,
+        r#""every day""#,
+        r#""nul\u0000 * * * *""#,
+        "5",
+        "null",
+        "[]",
+    ] {
+        cases.push(put(
+            "/v1/schedules/s",
+            format!(r#"{{"cron": {raw}, "kind": "noop"}}"#),
+            Field("cron"),
+        ));
+    }
+    for raw in [
+        r#""""#,
+        r#""Mars/Olympus""#,
+        r#""utc+1""#,
+        r#""Europe/Berlin\u0000""#,
+        "1",
+        "[]",
+    ] {
+        cases.push(put(
+            "/v1/schedules/s",
+            schedule_with("timezone", raw),
+            Field("timezone"),
+        ));
+    }
+    for (field, raw) in [
+        ("misfire", r#""run_twice""#),
+        ("misfire", "1"),
+        ("paused", r#""yes""#),
+        ("priority", "40000"),
+        ("max_attempts", "0"),
+        ("max_attempts", "-1"),
+        ("queue", r#""a b""#),
+        ("queue", r#""""#),
+        ("bogus", "1"),
+    ] {
+        cases.push(put(
+            "/v1/schedules/s",
+            schedule_with(field, raw),
+            Field(field),
+        ));
+    }
+    for raw in bad_names() {
+        if raw != "null" {
+            cases.push(put(
+                "/v1/schedules/s",
+                format!(r#"{{"cron": "* * * * *", "kind": {raw}}}"#),
+                Field("kind"),
+            ));
+        }
+    }
+    cases.push(put(
+        "/v1/schedules/s",
+        r#"{"kind": "noop"}"#.into(),
+        Field("cron"),
+    ));
+    cases.push(put(
+        "/v1/schedules/s",
+        r#"{"cron": "* * * * *"}"#.into(),
+        Field("kind"),
+    ));
+    cases.push(put("/v1/schedules/s", "[]".into(), Status(422)));
+    cases.push(put("/v1/schedules/s", "{".into(), Status(400)));
+    let long_schedule = "s".repeat(201);
+    for name in ["a%20b", "a,b", "%00", long_schedule.as_str()] {
+        cases.push(put(
+            &format!("/v1/schedules/{name}"),
+            r#"{"cron": "* * * * *", "kind": "noop"}"#.into(),
+            Field("name"),
+        ));
+    }
+    cases.push(get("/v1/schedules/none", Status(404)));
+    let mut delete_schedule = get("/v1/schedules/none", Status(404));
+    delete_schedule.method = Method::DELETE;
+    cases.push(delete_schedule);
+    cases.push(post("/v1/schedules/none/pause", "", Status(404)));
+    cases.push(post("/v1/schedules/none/resume", "", Status(404)));
     // Routes and methods that do not exist.
     cases.push(get("/v1/nothing", Status(404)));
     let mut delete = get("/v1/jobs", Status(405));
@@ -501,6 +620,11 @@ async fn every_bad_request_answers_4xx_json_naming_the_problem_and_writes_nothin
         .await
         .unwrap();
     assert_eq!(settings, 0, "a refused request wrote queue settings");
+    let schedules: i64 = sqlx::query_scalar("select count(*) from faultline.schedules")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(schedules, 0, "a refused request wrote a schedule");
 
     // The same router still takes a good request.
     let (status, _, _) = crate::http_api::call(
@@ -619,6 +743,20 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
             "--rate-limit",
         ),
         (vec!["queues", "list", "--url", "ftp://x"], "--url"),
+        (
+            vec!["queues", "set", "q", "--key-concurrency", "0"],
+            "--key-concurrency",
+        ),
+        (
+            vec!["queues", "set", "q", "--key-concurrency", "1000001"],
+            "--key-concurrency",
+        ),
+        worker("--schedules", "/nonexistent/schedules.toml"),
+        serve("--schedules", "/nonexistent/schedules.toml"),
+        (
+            vec!["up", "--schedules", "/nonexistent/schedules.toml"],
+            "--schedules",
+        ),
     ]
 }
 
@@ -651,6 +789,66 @@ async fn every_bad_flag_is_refused_at_start_naming_the_flag() {
         if stderr.contains("panicked") {
             failures.push(format!("{args:?} panicked: {stderr}"));
         }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn a_bad_schedules_file_stops_the_process_naming_the_schedule_and_field() {
+    let exe = env!("CARGO_BIN_EXE_faultline");
+    let cases = [
+        ("[[schedule]\nname = 'x'", "--schedules"),
+        ("[[schedule]]\nname = 'x'\ncron = '* * *'\nkind = 'noop'", "cron"),
+        (
+            "[[schedule]]\nname = 'x'\ncron = '* * * * *'\ntimezone = 'Nowhere/Land'\nkind = 'noop'",
+            "timezone",
+        ),
+        (
+            "[[schedule]]\nname = 'x'\ncron = '* * * * *'\nkind = 'noop'\n[[schedule]]\nname = 'x'\ncron = '* * * * *'\nkind = 'noop'",
+            "declared twice",
+        ),
+        ("[[schedule]]\nname = 'x'\ncron = '* * * * *'\nkind = 'noop'\nbogus = 1", "bogus"),
+        ("[[schedule]]\nname = 'a b'\ncron = '* * * * *'\nkind = 'noop'", "name"),
+        ("[[schedule]]\nname = 'x'\ncron = '* * * * *'\nkind = 'no op'", "kind"),
+        (
+            "[[schedule]]\nname = 'x'\ncron = '* * * * *'\nkind = 'noop'\nmisfire = 'later'",
+            "misfire",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (text, expect)) in cases.iter().enumerate() {
+        let path = std::env::temp_dir().join(format!(
+            "faultline-bad-schedules-{}-{i}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        for command in ["worker", "serve"] {
+            let output = tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::process::Command::new(exe)
+                    .args([command, "--schedules", path.to_str().unwrap()])
+                    .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+                    .env_remove("FAULTLINE_API_TOKEN")
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{command} started despite schedules file {i}"))
+            .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let code = output.status.code();
+            if code == Some(0)
+                || code == Some(101)
+                || !stderr.contains("--schedules")
+                || !stderr.contains(expect)
+            {
+                failures.push(format!(
+                    "{command} file {i}: exit {code:?}, stderr {stderr:?}"
+                ));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -113,6 +113,17 @@ pub struct MaintainerOptions {
 }
 
 impl MaintainerOptions {
+    /// Read `--schedules` and check its cron and time zones (call first, so that a bad file
+    /// stops the process before it starts anything).
+    pub fn schedule_file(&self) -> anyhow::Result<Option<faultline::schedule::ScheduleFile>> {
+        use anyhow::Context;
+        self.schedules
+            .as_deref()
+            .map(faultline::schedule::ScheduleFile::load)
+            .transpose()
+            .context("--schedules")
+    }
+
     /// Read and check `--schedules` (before anything starts, so a bad file stops the process
     /// with an error naming the schedule and field), then declare its schedules in the
     /// background, retrying while the database is away.
@@ -124,11 +135,11 @@ impl MaintainerOptions {
         let Some(path) = &self.schedules else {
             return Ok(());
         };
-        let file = faultline::schedule::ScheduleFile::load(path)?;
+        let file = self.schedule_file()?.unwrap_or_default();
         for s in &file.schedule {
-            store
-                .check_schedule(&s.name, &s.spec)
-                .map_err(|e| anyhow::anyhow!("{}: schedule {:?}: {e}", path.display(), s.name))?;
+            store.check_schedule(&s.name, &s.spec).map_err(|e| {
+                anyhow::anyhow!("--schedules {}: schedule {:?}: {e}", path.display(), s.name)
+            })?;
         }
         let store = store.clone();
         let shutdown = shutdown.clone();

@@ -124,6 +124,7 @@ fn api_holder_name() -> String {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    args.maintainer.schedule_file()?;
     let pool = args.database.pool()?;
     let maintainer = args.maintainer.config()?;
     let store = Store::with_config(

@@ -53,6 +53,7 @@ const DATABASE: &str = "faultline";
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let shutdown = signals::shutdown_token()?;
+    args.maintainer.schedule_file()?;
     // Bind first: a taken port should fail before a cluster is started.
     let listener = args.api.bind().await?;
     let (url, cluster) = match &args.database_url {

@@ -168,6 +168,7 @@ impl WorkerOptions {
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    args.maintainer.schedule_file()?;
     let pool = args.database.pool()?;
     let options = &args.options;
     let pooled = args.database.pooled();
