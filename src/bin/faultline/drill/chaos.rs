@@ -16,10 +16,23 @@ use super::env::{Env, EnvOptions};
 use super::poison;
 use super::report::{seconds, Report};
 
-/// A job of the mix: mostly no-ops, some sleeps that outlive a stall, some that fail first, and
-/// poison (hostile error texts, misbehaving webhook receivers, payloads that must stay exact).
+/// A queue with a concurrency limit of [`LIMIT`], and one whose jobs carry one of [`KEYS`]
+/// concurrency keys (key concurrency 1): under every fault, the journal must show no more
+/// running at once.
+const LIMITED: &str = "chaos-limited";
+const KEYED: &str = "chaos-keyed";
+const LIMIT: usize = 3;
+const KEYS: usize = 4;
+
+/// A job of the mix: mostly no-ops, some sleeps that outlive a stall, some that fail first,
+/// poison (hostile error texts, misbehaving webhook receivers, payloads that must stay exact),
+/// and short sleeps on the limited and the keyed queue.
 fn job(rng: &mut StdRng, receiver: &str) -> Value {
-    match rng.gen_range(0..12) {
+    match rng.gen_range(0..14) {
+        12 => json!({"kind": "sleep", "queue": LIMITED, "payload": {"ms": rng.gen_range(50..300)}}),
+        13 => json!({"kind": "sleep", "queue": KEYED,
+                     "concurrency_key": format!("k{}", rng.gen_range(0..KEYS)),
+                     "payload": {"ms": rng.gen_range(50..300)}}),
         0..=4 => json!({"kind": "noop"}),
         5..=7 => json!({"kind": "sleep", "payload": {"ms": rng.gen_range(50..1500)}}),
         10 | 11 => poison::job(rng, receiver),
@@ -47,9 +60,11 @@ pub async fn run(
         lease_ttl: ttl,
         journal: true,
         allow_private_webhooks: true,
+        queues: vec!["default".into(), LIMITED.into(), KEYED.into()],
         ..EnvOptions::default()
     };
     let mut env = Env::start(report, options, db).await?;
+    limit_queues(&env).await?;
     let receiver = poison::hostile_receiver().await?;
     report.event(format!("hostile webhook receiver on {receiver}"));
 
@@ -84,6 +99,89 @@ pub async fn run(
         ));
     }
     Ok(())
+}
+
+/// Set the limits of the limited queue and the keyed queue (key concurrency 1 is the default,
+/// set here to be explicit).
+async fn limit_queues(env: &Env) -> anyhow::Result<()> {
+    for (queue, body) in [
+        (LIMITED, json!({"concurrency_limit": LIMIT})),
+        (KEYED, json!({"key_concurrency": 1})),
+    ] {
+        let url = format!("{}/v1/queues/{queue}", env.api_url);
+        let answer = env.http.patch(&url).json(&body).send().await?;
+        anyhow::ensure!(
+            answer.status().is_success(),
+            "PATCH {url}: {}",
+            answer.status()
+        );
+    }
+    Ok(())
+}
+
+/// The most handler runs open at once on the limited queue, and on any one key of the keyed
+/// queue, from the journal. A run lasts from its `started` entry to the first of: its end entry,
+/// the reaper taking its attempt back (a stalled worker's handler may go on after its lease was
+/// lost, but it no longer holds the slot, and its report is fenced off), its job finishing under
+/// its lease. Runs whose end cannot be told (an end entry lost in an outage, never reaped) are
+/// left out and counted.
+type Time = chrono::DateTime<chrono::Utc>;
+
+/// A run: queue, concurrency key, start, end.
+type Run = (String, Option<String>, Time, Option<Time>);
+
+async fn most_at_once(env: &Env) -> anyhow::Result<(usize, usize, usize)> {
+    let runs: Vec<Run> = sqlx::query_as(
+        "with runs as (
+                select e.job_id, e.token, e.attempt,
+                       min(e.at) filter (where e.event = 'started') as started,
+                       min(e.at) filter (where e.event <> 'started') as ended
+                from faultline_drill.executions e
+                group by e.job_id, e.token, e.attempt
+            )
+            select j.queue, j.concurrency_key, r.started,
+                   least(r.ended,
+                         (select min((x->>'at')::timestamptz)
+                          from jsonb_array_elements(j.errors) x
+                          where x->>'reason' = 'lease_expired'
+                            and (x->>'attempt')::int = r.attempt
+                            and (x->>'at')::timestamptz >= r.started),
+                         case when j.lease_token = r.token then j.finished_at end) as ended
+            from runs r join faultline.all_jobs j on j.id = r.job_id
+            where j.queue in ($1, $2) and r.started is not null",
+    )
+    .bind(LIMITED)
+    .bind(KEYED)
+    .fetch_all(&env.pool)
+    .await?;
+    let mut unbounded = 0;
+    let mut limited = Vec::new();
+    let mut keyed: HashMap<String, Vec<(Time, i32)>> = HashMap::new();
+    for (queue, key, started, ended) in runs {
+        let Some(ended) = ended else {
+            unbounded += 1;
+            continue;
+        };
+        let edges = if queue == LIMITED {
+            &mut limited
+        } else {
+            keyed.entry(key.unwrap_or_default()).or_default()
+        };
+        edges.push((started, 1));
+        edges.push((ended, -1));
+    }
+    let most = |mut edges: Vec<(Time, i32)>| {
+        // An end and a start at the same instant: the end first.
+        edges.sort();
+        let (mut open, mut most) = (0i32, 0i32);
+        for (_, delta) in edges {
+            open += delta;
+            most = most.max(open);
+        }
+        most as usize
+    };
+    let per_key = keyed.into_values().map(most).max().unwrap_or(0);
+    Ok((most(limited), per_key, unbounded))
 }
 
 /// The seeded schedule of faults, until `duration` has passed: kill and restart a worker,
@@ -213,6 +311,10 @@ async fn check(
            having count(distinct token) > 1) x",
     )
     .await;
+    let (most_limited, most_per_key, unbounded) =
+        most_at_once(env)
+            .await
+            .unwrap_or((usize::MAX, usize::MAX, 0));
     let exact: Vec<(JobId, String)> = flow
         .bodies
         .iter()
@@ -276,6 +378,16 @@ async fn check(
         format!("{changed_payloads} of {} changed", exact.len()),
     );
     report.check(
+        "a concurrency limit held (journal)",
+        most_limited <= LIMIT,
+        format!("at most {most_limited} of {LIMITED} running at once (limit {LIMIT}); {unbounded} runs without a known end left out"),
+    );
+    report.check(
+        "a key's concurrency held (journal)",
+        most_per_key <= 1,
+        format!("at most {most_per_key} of one key running at once (key concurrency 1)"),
+    );
+    report.check(
         "no 5xx but 503 from the API",
         flow.unexpected() == 0,
         format!("{} other errors", flow.unexpected()),
@@ -291,7 +403,9 @@ async fn check(
     ]
     .iter()
     .filter(|v| **v != 0)
-    .count();
+    .count()
+        + usize::from(most_limited > LIMIT)
+        + usize::from(most_per_key > 1);
     report.figure("jobs acknowledged", acked.len().to_string());
     report.figure("jobs by state", format!("{by_state:?}"));
     report.figure("faults injected", format!("{faults:?}"));

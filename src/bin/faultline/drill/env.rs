@@ -70,6 +70,8 @@ pub struct EnvOptions {
     pub leader_ttl: Duration,
     /// The workers' `--poll-interval`.
     pub poll_interval: Duration,
+    /// The workers' `--queues`.
+    pub queues: Vec<String>,
 }
 
 impl Default for EnvOptions {
@@ -85,6 +87,7 @@ impl Default for EnvOptions {
             journal_url: None,
             leader_ttl: Duration::from_secs(2),
             poll_interval: Duration::from_millis(250),
+            queues: vec!["default".to_owned()],
         }
     }
 }
@@ -307,6 +310,8 @@ impl Env {
             "5s".to_owned(),
             "--shutdown-grace".to_owned(),
             "2s".to_owned(),
+            "--queues".to_owned(),
+            o.queues.join(","),
         ];
         if o.journal {
             args.push("--drill-journal".to_owned());
