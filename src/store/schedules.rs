@@ -92,8 +92,10 @@ impl Store {
                     priority = excluded.priority, max_attempts = excluded.max_attempts,
                     misfire = excluded.misfire,
                     paused = coalesce($10, s.paused),
+                    -- A resume through PUT starts from now too: a pause has no misfires.
                     considered_until = case
                         when s.cron = excluded.cron and s.timezone = excluded.timezone
+                             and not (s.paused and not coalesce($10, s.paused))
                         then s.considered_until else now() end,
                     next_run_at = case
                         when s.cron = excluded.cron and s.timezone = excluded.timezone
