@@ -57,6 +57,13 @@ impl Scheduler {
     /// [`StoreError::Database`]; schedules fired before the error stay fired.
     pub async fn run_once(&self) -> Result<FireOutcome, StoreError> {
         let outcome = self.store.fire_schedules().await?;
+        // Every schedule's series exist from its first pass, at zero: "nothing fired" reads as
+        // 0, not as a missing series (alerts on rates need that).
+        for schedule in &outcome.schedules {
+            let s = [schedule.as_str()];
+            self.metrics.schedule_enqueued.with_label_values(&s);
+            self.metrics.schedule_misfires.with_label_values(&s);
+        }
         for (schedule, _, _) in &outcome.enqueued {
             self.metrics
                 .schedule_enqueued

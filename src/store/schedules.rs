@@ -43,6 +43,8 @@ pub struct FireOutcome {
     pub already: usize,
     /// Missed slots that got no job, per schedule.
     pub misfires: Vec<(String, u64)>,
+    /// Every schedule that is not paused (due or not), for metrics at zero.
+    pub schedules: Vec<String>,
 }
 
 /// A due schedule as the pass reads it under its lock.
@@ -245,16 +247,19 @@ impl Store {
         .bind(super::millis(UP_GAP))
         .one_on(self)
         .await?;
-        let due: Vec<String> = sqlx::query_scalar(
-            "select name from faultline.schedules
-             where not paused and next_run_at <= $1 order by next_run_at",
+        let listed: Vec<(String, bool)> = sqlx::query_as(
+            "select name, coalesce(next_run_at <= $1, false) from faultline.schedules
+             where not paused order by next_run_at",
         )
         .bind(now)
         .all_on(self)
         .await?;
         let mut outcome = FireOutcome::default();
-        for name in due {
-            self.fire_one(&name, up_since, &mut outcome).await?;
+        for (name, due) in listed {
+            if due {
+                self.fire_one(&name, up_since, &mut outcome).await?;
+            }
+            outcome.schedules.push(name);
         }
         Ok(outcome)
     }

@@ -258,6 +258,32 @@ async fn metrics_parse_as_prometheus_text_and_carry_every_spec_name() {
     .run_once()
     .await
     .unwrap();
+    // A schedule, and one scheduler pass: its series exist (at zero if nothing was due).
+    store
+        .put_schedule(
+            "nightly",
+            &faultline::schedule::ScheduleSpec {
+                cron: "0 3 * * *".into(),
+                kind: "noop".into(),
+                payload: serde_json::json!({}),
+                queue: None,
+                priority: None,
+                max_attempts: None,
+                timezone: None,
+                misfire: None,
+                paused: None,
+            },
+        )
+        .await
+        .unwrap();
+    faultline::maintenance::Scheduler::new(
+        store.clone(),
+        faultline::maintenance::SchedulerConfig::default(),
+        metrics.clone(),
+    )
+    .run_once()
+    .await
+    .unwrap();
 
     let text = client
         .get(format!("{base}/metrics"))
