@@ -189,6 +189,18 @@ impl Handler for Webhook {
             })?;
             headers.append(header, value);
         }
+        // The job's own headers (SPEC §13) last, replacing any the payload set: a receiver may
+        // trust them, the fencing token above all (it refuses a write with a smaller one).
+        for (name, value) in [
+            ("faultline-job-id", ctx.job_id.to_string()),
+            ("faultline-attempt", ctx.attempt.to_string()),
+            ("faultline-fencing-token", ctx.lease_token.to_string()),
+            ("idempotency-key", ctx.job_id.to_string()),
+        ] {
+            let value = reqwest::header::HeaderValue::from_str(&value)
+                .expect("ids and numbers are header-safe");
+            headers.insert(reqwest::header::HeaderName::from_static(name), value);
+        }
         let method = hook.method.as_deref().unwrap_or("POST");
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| JobError::permanent(format!("invalid webhook method {method:?}")))?;
@@ -199,9 +211,6 @@ impl Handler for Webhook {
             .client
             .request(method, url)
             .timeout(timeout)
-            .header("Faultline-Job-Id", ctx.job_id.to_string())
-            .header("Faultline-Attempt", ctx.attempt.to_string())
-            .header("Faultline-Lease-Token", ctx.lease_token.to_string())
             .headers(headers);
         request = match hook.body {
             None | Some(serde_json::Value::Null) => request,

@@ -29,6 +29,7 @@ mod worker;
 mod worker_binary;
 
 mod leader;
+mod lease_sql;
 mod pgbouncer;
 mod procs;
 mod registry;

@@ -637,7 +637,10 @@ mod webhook {
             &store,
             NewJob::new(
                 "webhook",
-                json!({"url": format!("{base}/ok"), "headers": {"X-Trace": "t-1"}, "body": {"n": 1}}),
+                json!({"url": format!("{base}/ok"), "body": {"n": 1},
+                        // A payload cannot pass off its own fencing token or key.
+                        "headers": {"X-Trace": "t-1", "Faultline-Fencing-Token": "1",
+                                    "Idempotency-Key": "spoofed"}}),
             ),
         )
         .await;
@@ -652,7 +655,8 @@ mod webhook {
         )
         .await;
 
-        wait_for_state(&store, ok, JobState::Succeeded, Duration::from_secs(20)).await;
+        let delivered =
+            wait_for_state(&store, ok, JobState::Succeeded, Duration::from_secs(20)).await;
         let job = wait_for_state(&store, broken, JobState::Failed, Duration::from_secs(20)).await;
         assert_eq!(job.attempts, 2, "a 5xx is retried");
         assert!(job.last_error.unwrap().contains("500"));
@@ -668,6 +672,14 @@ mod webhook {
             assert_eq!(body, r#"{"n":1}"#);
             assert_eq!(headers["content-type"], "application/json");
             assert_eq!(headers["faultline-job-id"], ok.to_string().as_str());
+            // SPEC §13: the attempt, the fencing token of the lease that sent it, and the job id
+            // as the idempotency key — each once, the payload's copies replaced.
+            assert_eq!(headers["faultline-attempt"], "1");
+            let token = delivered.lease_token.unwrap().to_string();
+            assert_eq!(headers["faultline-fencing-token"], token.as_str());
+            assert_eq!(headers.get_all("faultline-fencing-token").iter().count(), 1);
+            assert_eq!(headers["idempotency-key"], ok.to_string().as_str());
+            assert_eq!(headers.get_all("idempotency-key").iter().count(), 1);
         }
         worker.stop().await;
     }
