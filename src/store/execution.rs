@@ -357,6 +357,33 @@ impl Store {
         self.fenced_results(leases, done).await
     }
 
+    /// Mark the job of `lease` succeeded inside the caller's transaction (SPEC §13), so that
+    /// the caller's own writes in it and the success commit together or not at all. Handlers
+    /// use [`crate::worker::JobContext::complete_and_commit`], which also commits.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease no longer holds: nothing was changed by this
+    /// call, and the caller must roll back (its writes were made without a lease).
+    /// [`StoreError::Database`].
+    pub async fn complete_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        lease: &Lease,
+    ) -> Result<(), StoreError> {
+        let (ids, tokens) = unzip_leases(std::slice::from_ref(lease));
+        let done: Vec<(JobId, i64)> = sqlx::query_as(COMPLETE_BATCH)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(shard())
+            .persistent(self.persistent())
+            .fetch_all(conn)
+            .await?;
+        if done.is_empty() {
+            return Err(self.lease_lost(lease).await?);
+        }
+        Ok(())
+    }
+
     /// Record a failed attempt under `lease`. The error joins the job's history (attempt,
     /// worker, time, text). If `retryable` and attempts remain, the job is re-queued with
     /// `next_run_at = now() + backoff(attempt)`; otherwise it is `failed` for good.

@@ -18,6 +18,8 @@ const STOP_GRACE: Duration = Duration::from_millis(500);
 
 enum Outcome {
     Succeeded,
+    /// The handler completed the job in its own transaction (`complete_and_commit`).
+    Committed,
     Failed(JobError),
     Stopped(StopReason),
 }
@@ -58,6 +60,7 @@ async fn run_handler(
     // The handler's token is a child of the stop token: a stop cancels it, and a timeout can
     // cancel it alone.
     let cancel = stop.token.child_token();
+    let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ctx = JobContext {
         job_id: job.id,
         kind: job.kind.clone(),
@@ -68,6 +71,8 @@ async fn run_handler(
         worker_id: shared.worker_id.clone(),
         concurrency_key: job.concurrency_key.clone(),
         cancel: cancel.clone(),
+        fence: Some((shared.store.clone(), lease.clone())),
+        committed: committed.clone(),
     };
     let timeout = job
         .timeout_ms
@@ -116,12 +121,14 @@ async fn run_handler(
     // dropped, never charged as a failed attempt. A success still counts: it is reported under
     // the lease and the fence decides whether it lands.
     let outcome = match (outcome, stop.reason()) {
+        // Committed by the handler: the job succeeded, whatever happened after.
+        _ if committed.load(std::sync::atomic::Ordering::Acquire) => Outcome::Committed,
         (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
         (outcome, _) => outcome,
     };
     if let (Some(hook), Some(hook_ctx)) = (&shared.hook, &hook_ctx) {
         let end = match &outcome {
-            Outcome::Succeeded => RunEnd::Succeeded,
+            Outcome::Succeeded | Outcome::Committed => RunEnd::Succeeded,
             Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
             Outcome::Stopped(_) => RunEnd::Stopped,
         };
@@ -134,6 +141,15 @@ async fn run_handler(
 fn report(shared: &Shared, claimed: Claimed, outcome: Outcome) {
     let (job, lease) = (claimed.job, claimed.lease);
     let what = match outcome {
+        Outcome::Committed => {
+            shared
+                .metrics
+                .jobs_succeeded
+                .with_label_values(&[&job.queue, &job.kind])
+                .inc();
+            shared.active.remove(lease.token);
+            return;
+        }
         Outcome::Succeeded => ReportKind::Complete,
         Outcome::Failed(error) => ReportKind::Fail(error),
         Outcome::Stopped(StopReason::Lost(reason)) => {

@@ -35,6 +35,11 @@ pub struct JobContext {
     /// Its concurrency key (SPEC §12), if it has one.
     pub concurrency_key: Option<String>,
     pub(crate) cancel: CancellationToken,
+    /// What [`JobContext::complete_and_commit`] needs: the store and this attempt's lease.
+    pub(crate) fence: Option<(crate::store::Store, crate::lease::Lease)>,
+    /// Set once the handler completed the job in its own transaction: the worker then reports
+    /// nothing more.
+    pub(crate) committed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl JobContext {
@@ -53,6 +58,60 @@ impl JobContext {
     /// The cancellation token itself, to hand to code that takes one.
     pub fn cancellation_token(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Complete this job inside `tx`, under its fence, and commit: the handler's own writes in
+    /// `tx` and the job's success commit together, exactly once, or not at all (SPEC §13). The
+    /// worker then reports nothing more for this attempt, whatever the handler returns.
+    ///
+    /// The transaction is taken by value, so it cannot be committed after a refusal: on
+    /// [`StoreError::LeaseLost`] (the lease expired and was taken back, the job was cancelled,
+    /// or another worker holds it now) it is rolled back here, and the handler's writes with it.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] (rolled back); [`StoreError::Database`] — if the commit itself
+    /// failed, whether it landed is unknown to this process; the fence settles it (a later
+    /// report of this lease is refused if it did).
+    ///
+    /// [`StoreError::LeaseLost`]: crate::StoreError::LeaseLost
+    /// [`StoreError::Database`]: crate::StoreError::Database
+    ///
+    /// ```no_run
+    /// use faultline::worker::{HandlerRegistry, JobContext, JobError};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Credit { account: String, cents: i64 }
+    ///
+    /// fn register(registry: &mut HandlerRegistry, pool: sqlx::PgPool) {
+    ///     registry.register_fn("credit", move |ctx: JobContext, credit: Credit| {
+    ///         let pool = pool.clone();
+    ///         async move {
+    ///             let mut tx = pool.begin().await?;
+    ///             sqlx::query("update accounts set cents = cents + $2 where id = $1")
+    ///                 .bind(&credit.account)
+    ///                 .bind(credit.cents)
+    ///                 .execute(&mut *tx)
+    ///                 .await?;
+    ///             // The credit and the job's success commit together, or neither does: a
+    ///             // worker that lost its lease gets LeaseLost here and its update rolls back.
+    ///             ctx.complete_and_commit(tx).await?;
+    ///             Ok(())
+    ///         }
+    ///     });
+    /// }
+    /// ```
+    pub async fn complete_and_commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    ) -> Result<(), crate::StoreError> {
+        let (store, lease) = self.fence.as_ref().ok_or_else(|| {
+            crate::StoreError::invalid("lease", "this context has no lease to complete under")
+        })?;
+        store.complete_in(&mut tx, lease).await?;
+        tx.commit().await?;
+        self.committed
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 }
 

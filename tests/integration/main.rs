@@ -23,6 +23,7 @@ mod reads;
 mod reaper;
 mod retries;
 mod schedules;
+mod transactional_completion;
 mod transactions;
 mod transitions;
 mod worker;

@@ -65,6 +65,11 @@ impl Running {
         }
     }
 
+    /// The worker's `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
     /// Graceful shutdown; panics if the worker panicked.
     pub async fn stop(self) {
         self.shutdown.cancel();
