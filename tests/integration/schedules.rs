@@ -410,3 +410,53 @@ async fn three_processes_fire_every_second_once_and_catch_up_once_after_all_stop
         p.terminate().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_that_both_fire_every_slot_make_one_job_per_slot() {
+    let db = TestDb::new().await;
+    let file = schedules_file();
+    // No leader at all (--no-maintenance), and both processes fire anyway: the database alone
+    // keeps each slot to one job.
+    let procs: Vec<Proc> = (0..2)
+        .map(|i| {
+            Proc::worker(
+                &db.url,
+                &format!("firer-{i}"),
+                &[
+                    "--queues",
+                    "cron",
+                    "--no-maintenance",
+                    "--drill-schedule-always",
+                    "--schedules",
+                    file.0.to_str().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    let first_up = wait_for("a scheduler to tick", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, DateTime<Utc>>("select up_since from faultline.scheduler_clock")
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    let last = wait_for("6 s of slots", Duration::from_secs(60), || async {
+        slots_of(&db, "tick-once")
+            .await
+            .keys()
+            .last()
+            .copied()
+            .filter(|last| *last - first_up >= chrono::Duration::seconds(6))
+    })
+    .await;
+    for p in &procs {
+        let fired = p.metric("faultline_schedule_enqueued_total").await;
+        assert!(fired.is_some(), "{} is not firing", p.name);
+    }
+    for p in procs {
+        p.terminate().await;
+    }
+    for name in ["tick-once", "tick-skip"] {
+        assert_every_second(&slots_of(&db, name).await, first_up, last);
+    }
+}

@@ -103,6 +103,11 @@ pub struct WorkerOptions {
     #[arg(long, hide = true, value_name = "URL")]
     pub drill_journal_url: Option<String>,
 
+    /// Fire schedules in this process whether or not it leads (tests of exactly-once firing
+    /// from many processes at once).
+    #[arg(long, hide = true)]
+    pub drill_schedule_always: bool,
+
     /// Send webhooks through this HTTP proxy (http://host:port). Proxy variables in the
     /// environment (HTTP_PROXY, HTTPS_PROXY) are ignored: they would bypass the address guard.
     #[arg(long, env = "FAULTLINE_WEBHOOK_PROXY", value_name = "URL")]
@@ -198,6 +203,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .declare_schedules(&store_for_schedules, &shutdown)?;
 
     crate::wait_for_schema(&pool, &shutdown).await?;
+    if options.drill_schedule_always {
+        let scheduler = faultline::maintenance::Scheduler::new(
+            store_for_schedules.clone(),
+            faultline::maintenance::SchedulerConfig::default(),
+            metrics.clone(),
+        );
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { scheduler.run(shutdown).await });
+    }
     let metrics_task = match options.metrics_listen {
         Some(addr) => Some(metrics_server::spawn(addr, metrics, shutdown.clone()).await?),
         None => None,
