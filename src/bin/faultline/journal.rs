@@ -8,8 +8,39 @@
 
 use std::time::Duration;
 
-use faultline::worker::{ExecutionHook, HookFuture, JobContext, RunEnd};
+use faultline::worker::{ExecutionHook, HandlerRegistry, HookFuture, JobContext, JobError, RunEnd};
 use faultline::Store;
+
+/// The drills' transactional kind, `drill_credit {"ms"}`: writes one row to
+/// `faultline_drill.credits` (job, token), waits `ms` inside the transaction (a window for
+/// stalls and kills), and completes in the same transaction (`complete_and_commit`). The chaos
+/// drill checks that every succeeded credit job has exactly one row, under its final token, and
+/// every failed one none.
+pub fn register_credit(registry: &mut HandlerRegistry, store: Store) {
+    #[derive(serde::Deserialize)]
+    struct Credit {
+        #[serde(default)]
+        ms: u64,
+    }
+    registry.register_fn("drill_credit", move |ctx: JobContext, credit: Credit| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.pool().begin().await.map_err(JobError::retryable)?;
+            sqlx::query("insert into faultline_drill.credits (job_id, token) values ($1, $2)")
+                .bind(ctx.job_id)
+                .bind(ctx.lease_token)
+                .persistent(store.persistent())
+                .execute(&mut *tx)
+                .await
+                .map_err(JobError::retryable)?;
+            tokio::time::sleep(Duration::from_millis(credit.ms)).await;
+            ctx.complete_and_commit(tx)
+                .await
+                .map_err(JobError::retryable)?;
+            Ok(())
+        }
+    });
+}
 
 pub struct Journal {
     store: Store,

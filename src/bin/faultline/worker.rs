@@ -180,9 +180,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let store = Store::with_config(pool.clone(), options.store_config(pooled)?);
     let metrics = Arc::new(Metrics::new());
     let store_for_schedules = store.clone();
+    let mut registry = builtin_registry(options.webhook_config()).context("--webhook-proxy")?;
+    if options.drill_journal {
+        crate::journal::register_credit(&mut registry, store.clone());
+    }
     let worker = Worker::new(
         store.clone(),
-        builtin_registry(options.webhook_config()).context("--webhook-proxy")?,
+        registry,
         options.worker_config(pooled, args.maintainer.config()?),
     )?
     .with_metrics(metrics.clone());

@@ -28,7 +28,8 @@ const KEYS: usize = 4;
 /// poison (hostile error texts, misbehaving webhook receivers, payloads that must stay exact),
 /// and short sleeps on the limited and the keyed queue.
 fn job(rng: &mut StdRng, receiver: &str) -> Value {
-    match rng.gen_range(0..14) {
+    match rng.gen_range(0..15) {
+        14 => json!({"kind": "drill_credit", "payload": {"ms": rng.gen_range(0..400)}}),
         12 => json!({"kind": "sleep", "queue": LIMITED, "payload": {"ms": rng.gen_range(50..300)}}),
         13 => json!({"kind": "sleep", "queue": KEYED,
                      "concurrency_key": format!("k{}", rng.gen_range(0..KEYS)),
@@ -311,6 +312,24 @@ async fn check(
            having count(distinct token) > 1) x",
     )
     .await;
+    // Transactional completions: a succeeded credit job wrote exactly one row, under the token
+    // it succeeded with; any other job of the kind none (a failed attempt rolled back).
+    let credits_wrong = count(
+        "select count(*) from faultline.all_jobs j
+         where j.id = any($1) and j.kind = 'drill_credit'
+           and (select count(*) from faultline_drill.credits c where c.job_id = j.id)
+               <> case when j.state = 'succeeded' then 1 else 0 end",
+    )
+    .await;
+    let credits_stale = count(
+        "select count(*) from faultline_drill.credits c join faultline.all_jobs j on j.id = c.job_id
+         where j.id = any($1) and c.token <> j.lease_token",
+    )
+    .await;
+    let credit_jobs = count(
+        "select count(*) from faultline.all_jobs where id = any($1) and kind = 'drill_credit'",
+    )
+    .await;
     let (most_limited, most_per_key, unbounded) =
         most_at_once(env)
             .await
@@ -378,6 +397,14 @@ async fn check(
         format!("{changed_payloads} of {} changed", exact.len()),
     );
     report.check(
+        "no application row written twice (transactional completion)",
+        credits_wrong == 0 && credits_stale == 0,
+        format!(
+            "{credits_wrong} of {credit_jobs} jobs without exactly one row per success; \
+             {credits_stale} rows under a stale token"
+        ),
+    );
+    report.check(
         "a concurrency limit held (journal)",
         most_limited <= LIMIT,
         format!("at most {most_limited} of {LIMITED} running at once (limit {LIMIT}); {unbounded} runs without a known end left out"),
@@ -400,6 +427,8 @@ async fn check(
         accepted_twice,
         bad_failures,
         changed_payloads,
+        credits_wrong,
+        credits_stale,
     ]
     .iter()
     .filter(|v| **v != 0)

@@ -179,6 +179,16 @@ impl Env {
             sqlx::query("create schema if not exists faultline_drill")
                 .execute(&journal)
                 .await?;
+            // Beside the jobs (not in the journal's database): written in the same transaction
+            // as a job's completion.
+            sqlx::raw_sql(
+                "create schema if not exists faultline_drill;
+                 create table if not exists faultline_drill.credits (
+                    job_id uuid not null, token bigint not null,
+                    at timestamptz not null default now())",
+            )
+            .execute(&pool)
+            .await?;
             sqlx::query(
                 "create table if not exists faultline_drill.executions (
                     id bigserial primary key, job_id uuid not null, token bigint not null,
