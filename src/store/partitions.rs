@@ -57,6 +57,14 @@ pub(crate) async fn maintain(
         .persistent(store.persistent())
         .execute(&mut *tx)
         .await?;
+    // The DDL below holds the parent's exclusive lock until commit, and every completion
+    // inserts into the parent: a maintainer that stalls inside this transaction (SIGSTOP, a
+    // frozen VM) would stall every worker's completions. The server ends such a session after
+    // 5 s idle in the transaction, which rolls it back and frees the lock.
+    sqlx::query("set local idle_in_transaction_session_timeout = '5s'")
+        .persistent(store.persistent())
+        .execute(&mut *tx)
+        .await?;
     let width = layout_width(&mut tx, retention, store.persistent()).await?;
     let now: i64 = sqlx::query_scalar("select floor(extract(epoch from now()))::int8")
         .persistent(store.persistent())

@@ -271,6 +271,12 @@ impl Store {
         outcome: &mut FireOutcome,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // A firer that stalls inside this transaction must not hold the schedule's row for
+        // long: the server ends the session after 5 s idle in it (rolled back, lock freed).
+        sqlx::query("set local idle_in_transaction_session_timeout = '5s'")
+            .persistent(self.persistent())
+            .execute(&mut *tx)
+            .await?;
         // Locked, and read after the lock: another firer that got here first has moved
         // `considered_until` past the slots it fired.
         let due: Option<(Due, DateTime<Utc>)> = sqlx::query_as::<_, DueRow>(
