@@ -89,10 +89,20 @@ mod tests {
             base.clone().with_max_attempts(2),
             base.clone().with_timeout_ms(10),
             base.clone().with_run_at(chrono::Utc::now()),
+            base.clone().with_concurrency_key("c"),
         ];
         for variant in variants {
             assert_ne!(fingerprint(&base), fingerprint(&variant), "{variant:?}");
         }
+    }
+
+    #[test]
+    fn a_job_without_a_concurrency_key_keeps_the_fingerprint_stored_before_keys_existed() {
+        // The canonical form as written before `concurrency_key` existed: the hash stored with
+        // every keyed job of an older release, which a replay must still match.
+        let job = NewJob::new("k", json!({"n": 1}));
+        let before = r#"{"kind":"k","max_attempts":5,"payload":{"n":1},"priority":0,"queue":"default","run_at":null,"timeout_ms":null}"#;
+        assert_eq!(fingerprint(&job), Sha256::digest(before.as_bytes()).to_vec());
     }
 
     #[test]

@@ -167,16 +167,14 @@ async fn fifty_submissions_of_one_key_while_its_job_finishes_and_moves_make_one_
     }
 }
 
-#[tokio::test]
-async fn an_upgrade_from_the_single_table_schema_keeps_every_job_and_every_key() {
+/// An empty database at the schema of the migrations before `version`.
+async fn schema_before(version: i64) -> TestDb {
     let db = TestDb::empty().await;
-    // The schema as the previous release left it: its single migration (payload `jsonb`,
-    // every job in one table).
     let previous = Migrator {
         migrations: MIGRATOR
             .migrations
             .iter()
-            .filter(|m| m.version < 20261201000000)
+            .filter(|m| m.version < version)
             .cloned()
             .collect::<Vec<_>>()
             .into(),
@@ -188,7 +186,14 @@ async fn an_upgrade_from_the_single_table_schema_keeps_every_job_and_every_key()
         .await
         .unwrap();
     previous.run(&mut *conn).await.unwrap();
-    drop(conn);
+    db
+}
+
+#[tokio::test]
+async fn an_upgrade_from_the_single_table_schema_keeps_every_job_and_every_key() {
+    // The schema as the previous release left it: its single migration (payload `jsonb`,
+    // every job in one table).
+    let db = schema_before(20261201000000).await;
     // Jobs in every state, written as that release wrote them.
     sqlx::raw_sql(
         "insert into faultline.jobs (id, kind, state, idempotency_key, request_fingerprint,
@@ -260,4 +265,73 @@ async fn an_upgrade_from_the_single_table_schema_keeps_every_job_and_every_key()
         .await
         .unwrap();
     assert_eq!(retried.state, JobState::Queued);
+}
+
+#[tokio::test]
+async fn an_upgrade_to_keys_and_schedules_keeps_every_job_lease_and_setting() {
+    // The schema before per-key concurrency and schedules (20261202000003 on).
+    let db = schema_before(20261202000003).await;
+    sqlx::raw_sql(
+        "insert into faultline.jobs (id, kind, queue, state, attempts, lease_owner, lease_token,
+                                     lease_expires_at, started_at, payload, idempotency_key)
+         values ('00000000-0000-7000-8000-0000000000a1', 'k', 'limited', 'queued', 0, null, null,
+                 null, null, '{\"n\": 1.50}', 'key-a1'),
+                ('00000000-0000-7000-8000-0000000000a2', 'k', 'default', 'running', 1, 'w', 41,
+                 now() + interval '1 hour', now(), '{}', null);
+         insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
+                 max_attempts, next_run_at, created_at, finished_at, updated_at)
+         values ('00000000-0000-7000-8000-0000000000a3', 'default', 'k', '{}', 'succeeded', 0, 1,
+                 5, now(), now(), now(), now());
+         insert into faultline.queue_settings (queue, concurrency_limit) values ('limited', 1);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    faultline::db::migrate(&db.pool).await.unwrap();
+    assert!(faultline::db::schema_is_current(&db.pool).await.unwrap());
+
+    let store = db.store();
+    let id = |n: &str| -> faultline::JobId {
+        format!("00000000-0000-7000-8000-0000000000{n}")
+            .parse()
+            .unwrap()
+    };
+    for (n, state) in [
+        ("a1", JobState::Queued),
+        ("a2", JobState::Running),
+        ("a3", JobState::Succeeded),
+    ] {
+        let job = store.get(id(n)).await.unwrap();
+        assert_eq!(job.state, state, "job {n}");
+        assert_eq!(job.concurrency_key, None, "job {n}");
+    }
+    // The running job's lease still holds across the upgrade: it completes under its token.
+    let running = store.get(id("a2")).await.unwrap();
+    let lease = faultline::Lease {
+        job_id: running.id,
+        token: 41,
+        attempt: 1,
+        owner: "w".into(),
+        expires_at: running.lease_expires_at.unwrap(),
+    };
+    store.complete(&lease).await.unwrap();
+    // The limit set before the upgrade still holds, through the new limited claim.
+    let limited = vec!["limited".to_owned()];
+    let claimed = store
+        .claim_batch(&limited, "w2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.payload.to_string(), r#"{"n":1.50}"#);
+    let stats = store.queue_stats().await.unwrap();
+    let q = stats.iter().find(|s| s.queue == "limited").unwrap();
+    assert_eq!((q.concurrency_limit, q.key_concurrency), (Some(1), None));
+    // The old idempotency key is still enforced.
+    let again = store
+        .enqueue(NewJob::new("other", json!({})).with_idempotency_key("key-a1"))
+        .await;
+    assert!(matches!(
+        again,
+        Err(faultline::StoreError::IdempotencyConflict { .. })
+    ));
 }
