@@ -102,7 +102,10 @@ mod tests {
         // every keyed job of an older release, which a replay must still match.
         let job = NewJob::new("k", json!({"n": 1}));
         let before = r#"{"kind":"k","max_attempts":5,"payload":{"n":1},"priority":0,"queue":"default","run_at":null,"timeout_ms":null}"#;
-        assert_eq!(fingerprint(&job), Sha256::digest(before.as_bytes()).to_vec());
+        assert_eq!(
+            fingerprint(&job),
+            Sha256::digest(before.as_bytes()).to_vec()
+        );
     }
 
     #[test]

@@ -47,15 +47,6 @@ impl Misfire {
             Misfire::Skip => "skip",
         }
     }
-
-    /// A stored value (checked by the table's constraint) as a policy.
-    pub(crate) fn parse(text: &str) -> Misfire {
-        if text == "skip" {
-            Misfire::Skip
-        } else {
-            Misfire::RunOnce
-        }
-    }
 }
 
 impl TryFrom<String> for Misfire {
@@ -129,7 +120,7 @@ pub struct Schedule {
     pub max_attempts: i32,
     /// `run_once` or `skip`.
     #[sqlx(try_from = "String")]
-    pub misfire: MisfireText,
+    pub misfire: Misfire,
     /// Paused schedules fire nothing; the slots of a pause are not misfires.
     pub paused: bool,
     /// The next slot it fires (null when the cron never matches again).
@@ -143,17 +134,6 @@ pub struct Schedule {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
-}
-
-/// [`Misfire`] as read from a row (serialised as `run_once` / `skip`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(transparent)]
-pub struct MisfireText(pub Misfire);
-
-impl From<String> for MisfireText {
-    fn from(text: String) -> Self {
-        MisfireText(Misfire::parse(&text))
-    }
 }
 
 /// A cron read in a time zone.

@@ -110,6 +110,22 @@ impl<S: Send + Sync> FromRequestParts<S> for PathJobId {
     }
 }
 
+/// The `{name}` path segment of a queue or schedule route, as text: the store checks it as a
+/// name and answers 422 naming the field.
+pub struct PathName(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(name) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request("invalid_name", e.body_text()))?;
+        Ok(PathName(name))
+    }
+}
+
 /// A query string of type `T` (whose unknown parameters are refused if `T` says so).
 pub struct QueryParams<T>(pub T);
 

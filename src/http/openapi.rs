@@ -12,7 +12,7 @@ use super::schedules::SchedulesResponse;
 use super::workers::WorkersResponse;
 use super::{health, jobs, queues, schedules, workers};
 use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats, RateLimit};
-use crate::schedule::{Misfire, MisfireText, Schedule, ScheduleSpec};
+use crate::schedule::{Misfire, Schedule, ScheduleSpec};
 use crate::store::{LeaderInfo, WorkerInfo};
 
 /// The document.
@@ -35,7 +35,7 @@ use crate::store::{LeaderInfo, WorkerInfo};
         Job, JobId, JobState, AttemptError, Page, QueueStats, QueuesResponse,
         EnqueueRequest, BatchRequest, BatchResponse, BatchResult, ErrorResponse, ErrorDetail,
         WorkersResponse, WorkerInfo, LeaderInfo, QueuePatch, RateLimit, Schedule, ScheduleSpec,
-        SchedulesResponse, Misfire, MisfireText,
+        SchedulesResponse, Misfire,
     )),
     modifiers(&BearerAuth),
     tags(

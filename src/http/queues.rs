@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorResponse};
-use super::extract::JsonBody;
+use super::extract::{JsonBody, PathName};
 use super::AppState;
 use crate::job::{QueueStats, RateLimit};
 use crate::store::QueueSettingsPatch;
@@ -62,24 +62,6 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-/// The `{name}` path segment: a queue name (checked by the store, 422 naming `queue`).
-pub struct PathQueue(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathQueue {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(name) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::bad_request("invalid_queue", e.body_text()))?;
-        Ok(PathQueue(name))
-    }
-}
-
 /// Change a queue's settings (creating them for a queue that has none). Workers see the change
 /// at their next claim.
 #[utoipa::path(
@@ -95,7 +77,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathQueue {
 )]
 pub async fn update(
     State(state): State<AppState>,
-    PathQueue(name): PathQueue,
+    PathName(name): PathName,
     JsonBody(patch): JsonBody<QueuePatch>,
 ) -> Result<Json<QueueStats>, ApiError> {
     let patch = QueueSettingsPatch {
@@ -119,7 +101,7 @@ pub async fn update(
 )]
 pub async fn pause(
     State(state): State<AppState>,
-    PathQueue(name): PathQueue,
+    PathName(name): PathName,
 ) -> Result<Json<QueueStats>, ApiError> {
     let result = state.store.pause(&name).await;
     state.db("queue_settings", result).map(Json)
@@ -135,7 +117,7 @@ pub async fn pause(
 )]
 pub async fn resume(
     State(state): State<AppState>,
-    PathQueue(name): PathQueue,
+    PathName(name): PathName,
 ) -> Result<Json<QueueStats>, ApiError> {
     let result = state.store.resume(&name).await;
     state.db("queue_settings", result).map(Json)

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorResponse};
-use super::extract::JsonBody;
+use super::extract::{JsonBody, PathName};
 use super::AppState;
 use crate::schedule::{Schedule, ScheduleSpec};
 
@@ -16,24 +16,6 @@ use crate::schedule::{Schedule, ScheduleSpec};
 pub struct SchedulesResponse {
     /// Sorted by name.
     pub schedules: Vec<Schedule>,
-}
-
-/// The `{name}` path segment: a schedule name (checked by the store, 422 naming `name`).
-pub struct PathSchedule(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathSchedule {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(name) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::bad_request("invalid_schedule", e.body_text()))?;
-        Ok(PathSchedule(name))
-    }
 }
 
 /// Create or replace a schedule. Replacing it with the same cron and time zone keeps what it has
@@ -52,7 +34,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathSchedule {
 )]
 pub async fn put(
     State(state): State<AppState>,
-    PathSchedule(name): PathSchedule,
+    PathName(name): PathName,
     JsonBody(spec): JsonBody<ScheduleSpec>,
 ) -> Result<(StatusCode, Json<Schedule>), ApiError> {
     let (schedule, created) = state.db("schedule", state.store.put_schedule(&name, &spec).await)?;
@@ -85,7 +67,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SchedulesRespons
 )]
 pub async fn get(
     State(state): State<AppState>,
-    PathSchedule(name): PathSchedule,
+    PathName(name): PathName,
 ) -> Result<Json<Schedule>, ApiError> {
     state
         .db("schedule", state.store.schedule(&name).await)
@@ -102,7 +84,7 @@ pub async fn get(
 )]
 pub async fn delete(
     State(state): State<AppState>,
-    PathSchedule(name): PathSchedule,
+    PathName(name): PathName,
 ) -> Result<StatusCode, ApiError> {
     state.db("schedule", state.store.delete_schedule(&name).await)?;
     Ok(StatusCode::NO_CONTENT)
@@ -119,7 +101,7 @@ pub async fn delete(
 )]
 pub async fn pause(
     State(state): State<AppState>,
-    PathSchedule(name): PathSchedule,
+    PathName(name): PathName,
 ) -> Result<Json<Schedule>, ApiError> {
     let result = state.store.set_schedule_paused(&name, true).await;
     state.db("schedule", result).map(Json)
@@ -135,7 +117,7 @@ pub async fn pause(
 )]
 pub async fn resume(
     State(state): State<AppState>,
-    PathSchedule(name): PathSchedule,
+    PathName(name): PathName,
 ) -> Result<Json<Schedule>, ApiError> {
     let result = state.store.set_schedule_paused(&name, false).await;
     state.db("schedule", result).map(Json)

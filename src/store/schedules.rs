@@ -58,7 +58,8 @@ struct Due {
     queue: String,
     priority: i16,
     max_attempts: i32,
-    misfire: String,
+    #[sqlx(try_from = "String")]
+    misfire: Misfire,
     considered_until: DateTime<Utc>,
 }
 
@@ -310,7 +311,7 @@ impl Store {
                 .filter(|s| *s < up_since)
                 .collect();
             missed = gone.len() as u64;
-            if missed > 0 && Misfire::parse(&due.misfire) == Misfire::RunOnce {
+            if missed > 0 && due.misfire == Misfire::RunOnce {
                 if let Some(latest) = tab.latest_before(from, up_since) {
                     fire.push(latest);
                     missed -= 1;

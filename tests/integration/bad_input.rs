@@ -129,6 +129,11 @@ fn http_cases() -> Vec<Case> {
             job_with("concurrency_key", raw),
             Field("concurrency_key"),
         ));
+        cases.push(post(
+            "/v1/jobs/batch",
+            batch_of(&[&format!(r#"{{"kind": "noop", "concurrency_key": {raw}}}"#)]),
+            Field("jobs[0].concurrency_key"),
+        ));
     }
     for raw in ["40000", "-40000", "1.5", "\"1\"", "1e400", "null", "[]"] {
         // null is "not given" for optional fields: only the type errors are bad.
@@ -485,6 +490,10 @@ fn http_cases() -> Vec<Case> {
         ("misfire", "1"),
         ("paused", r#""yes""#),
         ("priority", "40000"),
+        ("priority", "1.5"),
+        ("priority", r#""1""#),
+        ("max_attempts", "2147483648"),
+        ("max_attempts", "1e10"),
         ("max_attempts", "0"),
         ("max_attempts", "-1"),
         ("queue", r#""a b""#),
@@ -752,6 +761,8 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
             "--key-concurrency",
         ),
         worker("--schedules", "/nonexistent/schedules.toml"),
+        worker("--schedules", ""),
+        serve("--schedules", "/"),
         serve("--schedules", "/nonexistent/schedules.toml"),
         (
             vec!["up", "--schedules", "/nonexistent/schedules.toml"],

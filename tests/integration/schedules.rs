@@ -88,7 +88,7 @@ async fn put_creates_then_replaces_keeping_progress_and_refuses_bad_fields() {
     let (second, created) = store.put_schedule("tick", &spec).await.unwrap();
     assert!(!created);
     assert_eq!(second.payload.to_string(), r#"{"changed":1.50}"#);
-    assert_eq!(second.misfire.0, Misfire::Skip);
+    assert_eq!(second.misfire, Misfire::Skip);
     for (field, edit) in [
         (
             "cron",

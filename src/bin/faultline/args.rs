@@ -124,18 +124,18 @@ impl MaintainerOptions {
             .context("--schedules")
     }
 
-    /// Read and check `--schedules` (before anything starts, so a bad file stops the process
-    /// with an error naming the schedule and field), then declare its schedules in the
-    /// background, retrying while the database is away.
+    /// Declare the schedules of `file` (from [`MaintainerOptions::schedule_file`], read before
+    /// anything started) in the background, retrying while the database is away; first check
+    /// each against the store's limits, so a bad one stops the process naming it and the field.
     pub fn declare_schedules(
         &self,
+        file: Option<faultline::schedule::ScheduleFile>,
         store: &faultline::Store,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
-        let Some(path) = &self.schedules else {
+        let (Some(file), Some(path)) = (file, &self.schedules) else {
             return Ok(());
         };
-        let file = self.schedule_file()?.unwrap_or_default();
         for s in &file.schedule {
             store.check_schedule(&s.name, &s.spec).map_err(|e| {
                 anyhow::anyhow!("--schedules {}: schedule {:?}: {e}", path.display(), s.name)

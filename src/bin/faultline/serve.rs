@@ -124,7 +124,7 @@ fn api_holder_name() -> String {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    args.maintainer.schedule_file()?;
+    let schedules = args.maintainer.schedule_file()?;
     let pool = args.database.pool()?;
     let maintainer = args.maintainer.config()?;
     let store = Store::with_config(
@@ -136,7 +136,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
     );
     let shutdown = signals::shutdown_token()?;
-    args.maintainer.declare_schedules(&store, &shutdown)?;
+    args.maintainer
+        .declare_schedules(schedules, &store, &shutdown)?;
     // The API starts even while the database is down (it answers 503 meanwhile); a database
     // that answers with an old schema is worth a warning.
     match db::schema_is_current(&pool).await {

@@ -53,7 +53,7 @@ const DATABASE: &str = "faultline";
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let shutdown = signals::shutdown_token()?;
-    args.maintainer.schedule_file()?;
+    let schedules = args.maintainer.schedule_file()?;
     // Bind first: a taken port should fail before a cluster is started.
     let listener = args.api.bind().await?;
     let (url, cluster) = match &args.database_url {
@@ -77,7 +77,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let supervisor = Supervisor::new(cluster, SupervisorConfig::default());
         tokio::spawn(supervisor.run(shutdown.clone()))
     });
-    let result = run_with(&args, &url, listener, shutdown.clone()).await;
+    let result = run_with(&args, schedules, &url, listener, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(supervisor) = supervisor {
         let _ = supervisor.await;
@@ -91,6 +91,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_with(
     args: &UpArgs,
+    schedules: Option<faultline::schedule::ScheduleFile>,
     url: &str,
     listener: tokio::net::TcpListener,
     shutdown: tokio_util::sync::CancellationToken,
@@ -109,7 +110,8 @@ async fn run_with(
     let mut store_config = args.worker.store_config(pooled)?;
     store_config.max_payload_bytes = args.api.max_payload_bytes;
     let store = Store::with_config(pool.clone(), store_config);
-    args.maintainer.declare_schedules(&store, &shutdown)?;
+    args.maintainer
+        .declare_schedules(schedules, &store, &shutdown)?;
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store.clone(),

@@ -173,7 +173,7 @@ impl WorkerOptions {
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    args.maintainer.schedule_file()?;
+    let schedules = args.maintainer.schedule_file()?;
     let pool = args.database.pool()?;
     let options = &args.options;
     let pooled = args.database.pooled();
@@ -204,7 +204,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     };
     let shutdown = signals::shutdown_token()?;
     args.maintainer
-        .declare_schedules(&store_for_schedules, &shutdown)?;
+        .declare_schedules(schedules, &store_for_schedules, &shutdown)?;
 
     crate::wait_for_schema(&pool, &shutdown).await?;
     if options.drill_schedule_always {
