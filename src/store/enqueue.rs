@@ -425,6 +425,42 @@ fn single(mut items: Vec<BatchItem>, key: Option<String>) -> Result<Enqueued, St
     }
 }
 
+/// Mark keyed every queue that gets a job with a concurrency key, before the insert on the same
+/// connection: whether it commits now (autocommit) or with the caller's transaction, the mark is
+/// visible no later than the job, so a claim that can see the job takes it under the queue's
+/// lock (`faultline.claim_limited`). A statement of its own, run only for keyed jobs, so that
+/// enqueues without a key pay nothing for it; the NOT EXISTS skips the upsert (and its row lock)
+/// once the queue is marked.
+async fn mark_keyed(
+    conn: &mut PgConnection,
+    queues: &[&str],
+    keys: &[Option<&str>],
+    persistent: bool,
+) -> Result<(), sqlx::Error> {
+    let mut keyed: Vec<&str> = queues
+        .iter()
+        .zip(keys)
+        .filter(|(_, key)| key.is_some())
+        .map(|(queue, _)| *queue)
+        .collect();
+    if keyed.is_empty() {
+        return Ok(());
+    }
+    keyed.sort_unstable();
+    keyed.dedup();
+    sqlx::query(
+        "insert into faultline.queue_settings as s (queue, keyed)
+         select q, true from unnest($1::text[]) q
+         where not exists (select 1 from faultline.queue_settings k where k.queue = q and k.keyed)
+         on conflict (queue) do update set keyed = true, updated_at = now()",
+    )
+    .bind(keyed)
+    .persistent(persistent)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Insert the jobs in one statement and return the rows actually inserted; a job whose key is
 /// taken is skipped (`on conflict do nothing`), including a second job with the same key in the
 /// same batch. With [`Notify::InTransaction`], notifies each queue that got an eligible job;
@@ -459,6 +495,7 @@ async fn insert<'a>(
         timeouts.push(p.job.timeout_ms);
         concurrency_keys.push(p.job.concurrency_key.as_deref());
     }
+    mark_keyed(conn, &queues, &concurrency_keys, persistent).await?;
     let sql = match notify {
         Notify::InTransaction => INSERT_AND_NOTIFY,
         Notify::AfterCommit => INSERT,
@@ -493,16 +530,6 @@ macro_rules! input_cte {
          with ordinality
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
               fingerprint, timeout_ms, concurrency_key, ord)
-),
--- A queue that gets a job with a concurrency key is marked keyed in the same statement, so a
--- claim that can see the job sees the mark and takes it under the queue's lock
--- (faultline.claim_limited). The NOT EXISTS skips the upsert (and its row lock) once marked.
-keyed as (
-    insert into faultline.queue_settings as s (queue, keyed)
-    select distinct queue, true from input i
-    where concurrency_key is not null
-      and not exists (select 1 from faultline.queue_settings k where k.queue = i.queue and k.keyed)
-    on conflict (queue) do update set keyed = true, updated_at = now()
 )"
     };
 }
