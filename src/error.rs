@@ -44,6 +44,18 @@ pub enum StoreError {
         action: &'static str,
     },
 
+    /// A retry of a job whose dependency failed or was cancelled: it would only be cancelled
+    /// again. Retry the dependency first; nothing changed.
+    #[error("job {id} depends on job {dependency}, which is {state}: retry that job first")]
+    DependencyFailed {
+        /// The job.
+        id: JobId,
+        /// The dependency that failed or was cancelled.
+        dependency: JobId,
+        /// Its state.
+        state: JobState,
+    },
+
     /// The caller's lease (id + fencing token) is no longer the job's live lease: the report was
     /// rejected and changed nothing.
     #[error("lease on job {id} lost: {reason}")]

@@ -24,6 +24,11 @@ pub(crate) fn fingerprint(job: &NewJob) -> Vec<u8> {
     if let Some(key) = &job.concurrency_key {
         canonical["concurrency_key"] = serde_json::Value::String(key.clone());
     }
+    // Resolved to job ids by then (a batch's indexes name the jobs it created or replayed), so
+    // replaying the same batch matches.
+    if !job.depends_on.is_empty() {
+        canonical["depends_on"] = serde_json::json!(job.depends_on);
+    }
     let mut text = String::new();
     write_canonical(&canonical, &mut text);
     Sha256::digest(text.as_bytes()).to_vec()

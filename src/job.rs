@@ -16,6 +16,8 @@ pub const DEFAULT_QUEUE: &str = "default";
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 5;
 /// The largest payload accepted by default (serialized JSON bytes).
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// The largest handler result kept by default (serialized JSON bytes).
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
 /// Longest queue name, kind and idempotency key (also a database constraint).
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -75,6 +77,9 @@ pub enum JobState {
     Queued,
     /// Claimed by a worker that holds a lease on it.
     Running,
+    /// Waiting for its dependencies (SPEC §13): `queued` once every one has succeeded,
+    /// `cancelled` as soon as one fails or is cancelled. Never claimed.
+    Waiting,
     /// Finished successfully (terminal).
     Succeeded,
     /// Out of attempts, or failed with a permanent error (terminal until retried by request).
@@ -85,9 +90,10 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in life-cycle order.
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
         JobState::Queued,
         JobState::Running,
+        JobState::Waiting,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Cancelled,
@@ -98,6 +104,7 @@ impl JobState {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
+            JobState::Waiting => "waiting",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
@@ -121,7 +128,10 @@ impl fmt::Display for JobState {
 
 /// Returned when a string names no state.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown job state {0:?} (expected one of queued, running, succeeded, failed, cancelled)")]
+#[error(
+    "unknown job state {0:?} (expected one of queued, running, waiting, succeeded, failed, \
+     cancelled)"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for JobState {
@@ -284,6 +294,20 @@ pub struct Job {
     #[sqlx(default)]
     #[serde(default)]
     pub concurrency_key: Option<String>,
+    /// What the handler returned on success (SPEC §13), exactly as it was sent; `None` before
+    /// success, or when the handler returned nothing.
+    #[sqlx(default)]
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// The jobs this one waits for (SPEC §13): it runs once every one has succeeded.
+    #[sqlx(default)]
+    #[serde(default)]
+    pub depends_on: Vec<JobId>,
+    /// How many of `depends_on` have not succeeded yet (0 unless `waiting`).
+    #[sqlx(default)]
+    #[serde(default)]
+    pub pending_dependencies: i32,
 }
 
 /// A job to enqueue. Build one with [`NewJob::new`] and the `with_*` methods.
@@ -317,6 +341,65 @@ pub struct NewJob {
     /// At most the queue's `key_concurrency` (default 1) running jobs share this key.
     #[serde(default)]
     pub concurrency_key: Option<String>,
+    /// The jobs this one waits for (at most [`MAX_DEPENDENCIES`]): it starts `waiting`, becomes
+    /// `queued` once every one has succeeded, and is cancelled as soon as one fails or is
+    /// cancelled.
+    #[serde(default)]
+    pub depends_on: Vec<Dependency>,
+}
+
+/// Most dependencies one job may have.
+pub const MAX_DEPENDENCIES: usize = 100;
+
+/// A job another waits for: an existing job, or (in a batch) an earlier job of the same batch.
+/// In JSON, a job id (a UUID string) or an index (a non-negative integer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(untagged)]
+pub enum Dependency {
+    /// A job that exists already (live or retained in history).
+    Job(JobId),
+    /// The job at this index of the same batch; it must come earlier in the batch.
+    Earlier(usize),
+}
+
+impl<'de> Deserialize<'de> for Dependency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Dependency;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a job id (UUID) or the index of an earlier job of the same batch")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Dependency, E> {
+                text.parse().map(Dependency::Job).map_err(|_| {
+                    E::custom(format!(
+                        "expected a job id (UUID) or the index of an earlier job of the same \
+                         batch, got {text:?}"
+                    ))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Dependency, E> {
+                usize::try_from(n)
+                    .map(Dependency::Earlier)
+                    .map_err(|_| E::custom(format!("index {n} is out of range")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Dependency, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "an index of an earlier job cannot be negative, got {n}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl From<JobId> for Dependency {
+    fn from(id: JobId) -> Self {
+        Dependency::Job(id)
+    }
 }
 
 impl NewJob {
@@ -332,6 +415,7 @@ impl NewJob {
             idempotency_key: None,
             timeout_ms: None,
             concurrency_key: None,
+            depends_on: Vec::new(),
         }
     }
 
@@ -371,6 +455,13 @@ impl NewJob {
         self
     }
 
+    /// Run only once `dependency` has succeeded (see [`NewJob::depends_on`]); may be given many
+    /// times.
+    pub fn with_dependency(mut self, dependency: impl Into<Dependency>) -> Self {
+        self.depends_on.push(dependency.into());
+        self
+    }
+
     /// Per-job execution timeout.
     pub fn with_timeout_ms(mut self, timeout_ms: i32) -> Self {
         self.timeout_ms = Some(timeout_ms);
@@ -407,6 +498,9 @@ pub struct QueueStats {
     pub queued: i64,
     /// Jobs running.
     pub running: i64,
+    /// Jobs waiting for their dependencies.
+    #[serde(default)]
+    pub waiting: i64,
     /// Jobs succeeded (not yet pruned).
     pub succeeded: i64,
     /// Jobs failed.

@@ -67,7 +67,9 @@ pub mod time_range;
 pub mod worker;
 
 pub use error::StoreError;
-pub use job::{AttemptError, Job, JobFilter, JobId, JobState, NewJob, Page, QueueStats, RateLimit};
+pub use job::{
+    AttemptError, Dependency, Job, JobFilter, JobId, JobState, NewJob, Page, QueueStats, RateLimit,
+};
 pub use lease::{Lease, LeaseLostReason};
 pub use retry::{Backoff, Jitter};
 pub use store::{

@@ -157,6 +157,11 @@ impl From<StoreError> for ApiError {
                 message: e.to_string(),
                 job_id: Some(id),
             },
+            e @ StoreError::DependencyFailed { dependency, .. } => ApiError::Conflict {
+                code: "dependency_failed",
+                message: e.to_string(),
+                job_id: Some(dependency),
+            },
             e @ StoreError::LeaseLost { id, .. } => ApiError::Conflict {
                 code: "lease_lost",
                 message: e.to_string(),

@@ -57,6 +57,12 @@ pub struct EnqueueRequest {
     /// bytes).
     #[serde(default)]
     pub concurrency_key: Option<String>,
+    /// Jobs that must succeed first (at most 100): job ids, or in a batch also the index of an
+    /// earlier job of the batch. The job waits (`waiting`) until every one has succeeded and is
+    /// cancelled as soon as one fails or is cancelled.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub depends_on: Vec<crate::job::Dependency>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -75,6 +81,7 @@ impl EnqueueRequest {
             idempotency_key: self.idempotency_key,
             timeout_ms: self.timeout_ms,
             concurrency_key: self.concurrency_key,
+            depends_on: self.depends_on,
         }
     }
 }

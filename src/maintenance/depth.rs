@@ -65,6 +65,7 @@ impl DepthSampler {
             for (state, count) in [
                 (JobState::Queued, s.queued),
                 (JobState::Running, s.running),
+                (JobState::Waiting, s.waiting),
                 (JobState::Succeeded, s.succeeded),
                 (JobState::Failed, s.failed),
                 (JobState::Cancelled, s.cancelled),

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 
 use sqlx::{Connection, PgConnection};
 
+use super::dependencies::{cancel_for, Parents};
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::fingerprint::fingerprint;
-use crate::job::{Job, JobId, NewJob};
+use crate::job::{Dependency, Job, JobId, JobState, NewJob, MAX_DEPENDENCIES};
 use crate::names::{label_problem, name_problem};
 use crate::time_range::time_problem;
 
@@ -65,6 +66,12 @@ struct Prepared {
     /// The payload's JSON text, as stored.
     payload: String,
     fingerprint: Vec<u8>,
+    /// The parents, resolved to ids and deduplicated (see `dependencies.rs`).
+    depends_on: Vec<JobId>,
+    /// How many of them have not succeeded: the job starts `waiting` when any.
+    pending: i32,
+    /// A parent that had already failed or been cancelled: the job is cancelled once created.
+    orphaned_by: Option<(JobId, JobState)>,
 }
 
 // A job inserted, or found by its key, with the fingerprint of the request that created it.
@@ -143,7 +150,9 @@ impl Store {
     /// Wake workers for the created jobs that are eligible now (after their commit).
     fn notify_created(&self, items: &[BatchItem]) {
         let queues = items.iter().filter_map(|item| match item {
-            BatchItem::Created(job) if job.next_run_at <= job.created_at => {
+            BatchItem::Created(job)
+                if job.state == JobState::Queued && job.next_run_at <= job.created_at =>
+            {
                 Some(job.queue.as_str())
             }
             _ => None,
@@ -175,24 +184,30 @@ impl Store {
             .into_iter()
             .enumerate()
             .map(|(i, job)| {
-                let checked = self.validate(&job).and_then(|()| self.payload_text(&job));
-                let payload = checked.map_err(|e| match e {
-                    StoreError::Invalid { field, message } if shape == Shape::Batch => {
-                        StoreError::Invalid {
-                            field: format!("jobs[{i}].{field}"),
-                            message,
-                        }
-                    }
-                    other => other,
-                })?;
+                let checked = self
+                    .validate(&job)
+                    .and_then(|()| dependencies_problem(&job, i, shape))
+                    .and_then(|()| self.payload_text(&job));
+                let payload = checked.map_err(|e| shape.name(i, e))?;
                 Ok(Prepared {
                     id: JobId::new(),
                     fingerprint: fingerprint(&job),
                     payload,
                     job,
+                    depends_on: Vec::new(),
+                    pending: 0,
+                    orphaned_by: None,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        if prepared.iter().any(|p| !p.job.depends_on.is_empty()) {
+            // Parents are locked and read in the transaction that inserts their dependents.
+            let mut tx = conn.begin().await?;
+            let items =
+                enqueue_dependents(&mut tx, prepared, notify, self.persistent(), shape).await?;
+            tx.commit().await?;
+            return Ok(items);
+        }
 
         // Keyed jobs are enqueued in a transaction of their own (a savepoint inside the
         // caller's): a key won in the live table must be checked against history before anyone
@@ -207,6 +222,151 @@ impl Store {
             enqueue_rounds(conn, &prepared, notify, self.persistent()).await
         }
     }
+}
+
+/// Enqueue jobs of which some have dependencies, in segments: a job that names an earlier job of
+/// the same segment by index closes the segment, so that every index resolves to a job already
+/// created (or replayed) when its dependents are inserted. A fan-in (many parents, then one
+/// child) is two statements; a chain of n jobs is n.
+async fn enqueue_dependents(
+    conn: &mut PgConnection,
+    mut prepared: Vec<Prepared>,
+    notify: Notify,
+    persistent: bool,
+    shape: Shape,
+) -> Result<Vec<BatchItem>, StoreError> {
+    let mut results: Vec<Option<BatchItem>> = vec![None; prepared.len()];
+    let mut start = 0;
+    for i in 0..=prepared.len() {
+        let closes = i == prepared.len()
+            || prepared[i].job.depends_on.iter().any(
+                |d| matches!(d, Dependency::Earlier(j) if (start..i).contains(j)),
+            );
+        if closes && start < i {
+            resolve_dependencies(conn, &mut prepared[start..i], start, &results, persistent, shape)
+                .await?;
+            let items = enqueue_rounds(conn, &prepared[start..i], notify, persistent).await?;
+            let items = cancel_orphans(conn, &prepared[start..i], items, persistent).await?;
+            for (k, item) in items.into_iter().enumerate() {
+                results[start + k] = Some(item);
+            }
+            start = i;
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// Resolve the dependencies of `segment` (whose first job is at `offset` of the request) to
+/// job ids, lock and read the parents, and set each job's pending count and fingerprint.
+async fn resolve_dependencies(
+    conn: &mut PgConnection,
+    segment: &mut [Prepared],
+    offset: usize,
+    earlier: &[Option<BatchItem>],
+    persistent: bool,
+    shape: Shape,
+) -> Result<(), StoreError> {
+    for (k, p) in segment.iter_mut().enumerate() {
+        let mut ids = Vec::with_capacity(p.job.depends_on.len());
+        for (d, dependency) in p.job.depends_on.iter().enumerate() {
+            let id = match dependency {
+                Dependency::Job(id) => *id,
+                Dependency::Earlier(j) => match &earlier[*j] {
+                    Some(BatchItem::Created(job) | BatchItem::Replayed(job)) => job.id,
+                    _ => {
+                        return Err(shape.name(
+                            offset + k,
+                            StoreError::invalid(
+                                format!("depends_on[{d}]"),
+                                format!(
+                                    "names jobs[{j}], which was not created: its idempotency key \
+                                     is held by a different request"
+                                ),
+                            ),
+                        ))
+                    }
+                },
+            };
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        p.depends_on = ids;
+    }
+    let all: Vec<JobId> = segment.iter().flat_map(|p| p.depends_on.clone()).collect();
+    let parents = Parents::read(conn, &all, persistent).await?;
+    for (k, p) in segment.iter_mut().enumerate() {
+        let standing = parents.standing(&p.depends_on);
+        if let Some(d) = standing.unknown {
+            return Err(shape.name(
+                offset + k,
+                StoreError::invalid(
+                    format!("depends_on[{d}]"),
+                    format!(
+                        "no job {} (it never existed, or it finished and was pruned)",
+                        p.depends_on[d]
+                    ),
+                ),
+            ));
+        }
+        p.pending = standing.pending;
+        p.orphaned_by = standing.failed;
+        p.job.depends_on = p.depends_on.iter().copied().map(Dependency::Job).collect();
+        p.fingerprint = fingerprint(&p.job);
+    }
+    Ok(())
+}
+
+/// Cancel at once the created jobs of `segment` whose dependency had already failed or been
+/// cancelled, and return the items with those jobs as they are now.
+async fn cancel_orphans(
+    conn: &mut PgConnection,
+    segment: &[Prepared],
+    mut items: Vec<BatchItem>,
+    persistent: bool,
+) -> Result<Vec<BatchItem>, StoreError> {
+    if segment.iter().all(|p| p.orphaned_by.is_none()) {
+        return Ok(items);
+    }
+    let mut doomed: HashMap<JobId, Vec<JobId>> = HashMap::new();
+    let mut causes: HashMap<JobId, JobState> = HashMap::new();
+    let created: Vec<JobId> = items
+        .iter()
+        .filter_map(|item| match item {
+            BatchItem::Created(job) => Some(job.id),
+            _ => None,
+        })
+        .collect();
+    for p in segment.iter().filter(|p| created.contains(&p.id)) {
+        if let Some((cause, state)) = p.orphaned_by {
+            doomed.entry(cause).or_default().push(p.id);
+            causes.insert(cause, state);
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(items);
+    }
+    for (cause, children) in &doomed {
+        cancel_for(conn, children, *cause, causes[cause], persistent).await?;
+    }
+    let ids: Vec<JobId> = doomed.values().flatten().copied().collect();
+    let now: HashMap<JobId, Job> =
+        sqlx::query_as::<_, Job>("select * from faultline.all_jobs where id = any($1)")
+            .bind(&ids)
+            .persistent(persistent)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|job| (job.id, job))
+            .collect();
+    for item in &mut items {
+        if let BatchItem::Created(job) = item {
+            if let Some(cancelled) = now.get(&job.id) {
+                *job = cancelled.clone();
+            }
+        }
+    }
+    Ok(items)
 }
 
 /// Insert `prepared`, settling each taken key as a replay or a conflict (see
@@ -358,6 +518,51 @@ enum Shape {
     Batch,
 }
 
+impl Shape {
+    /// `error` about the job at index `i`, its field named as the caller knows it.
+    fn name(self, i: usize, error: StoreError) -> StoreError {
+        match error {
+            StoreError::Invalid { field, message } if self == Shape::Batch => StoreError::Invalid {
+                field: format!("jobs[{i}].{field}"),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// What is wrong with the job at index `i`'s dependencies as given (before any is looked up).
+fn dependencies_problem(job: &NewJob, i: usize, shape: Shape) -> Result<(), StoreError> {
+    if job.depends_on.len() > MAX_DEPENDENCIES {
+        return Err(StoreError::invalid(
+            "depends_on",
+            format!(
+                "at most {MAX_DEPENDENCIES} dependencies, got {}",
+                job.depends_on.len()
+            ),
+        ));
+    }
+    for (d, dependency) in job.depends_on.iter().enumerate() {
+        match dependency {
+            Dependency::Earlier(_) if shape == Shape::Single => {
+                return Err(StoreError::invalid(
+                    format!("depends_on[{d}]"),
+                    "an index names an earlier job of the same batch (POST /v1/jobs/batch); \
+                     here give a job id",
+                ))
+            }
+            Dependency::Earlier(j) if *j >= i => {
+                return Err(StoreError::invalid(
+                    format!("depends_on[{d}]"),
+                    format!("index {j} must name an earlier job of the batch (this is jobs[{i}])"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The just-inserted keyed jobs whose key a job in history holds; those rows are deleted again
 /// (inside the caller's transaction, so nobody ever saw them) and the caller treats their key as
 /// taken.
@@ -482,6 +687,8 @@ async fn insert<'a>(
     let mut fingerprints = Vec::new();
     let mut timeouts = Vec::new();
     let mut concurrency_keys = Vec::new();
+    let mut depends_on = Vec::new();
+    let mut pending = Vec::new();
     for p in jobs {
         ids.push(p.id);
         queues.push(p.job.queue.as_str());
@@ -494,6 +701,8 @@ async fn insert<'a>(
         fingerprints.push(p.fingerprint.as_slice());
         timeouts.push(p.job.timeout_ms);
         concurrency_keys.push(p.job.concurrency_key.as_deref());
+        depends_on.push(depends_on_literal(&p.depends_on));
+        pending.push((p.pending > 0).then_some(p.pending));
     }
     mark_keyed(conn, &queues, &concurrency_keys, persistent).await?;
     let sql = match notify {
@@ -511,12 +720,25 @@ async fn insert<'a>(
         .bind(keys)
         .bind(fingerprints)
         .bind(timeouts)
-        .bind(concurrency_keys);
+        .bind(concurrency_keys)
+        .bind(pending)
+        .bind(depends_on);
     let query = match notify {
         Notify::InTransaction => query.bind(JOB_CHANNEL),
         Notify::AfterCommit => query,
     };
     query.persistent(persistent).fetch_all(conn).await
+}
+
+/// A job's dependencies as one element of a `text[]`: a Postgres array literal, cast back to
+/// `uuid[]` in the statement (an array of arrays must be rectangular; dependency lists are
+/// not). `None` (a NULL element) for none.
+fn depends_on_literal(ids: &[JobId]) -> Option<String> {
+    if ids.is_empty() {
+        return None;
+    }
+    let ids: Vec<String> = ids.iter().map(JobId::to_string).collect();
+    Some(format!("{{{}}}", ids.join(",")))
 }
 
 /// The rows to insert, from one array per column (one round trip for any batch size), in
@@ -526,10 +748,11 @@ macro_rules! input_cte {
         "with input as (
     select *
     from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
-                $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[], $11::text[])
+                $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[], $11::text[],
+                $12::int4[], $13::text[])
          with ordinality
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-              fingerprint, timeout_ms, concurrency_key, ord)
+              fingerprint, timeout_ms, concurrency_key, pending, depends_on, ord)
 )"
     };
 }
@@ -538,9 +761,12 @@ macro_rules! input_cte {
 macro_rules! insert_rows {
     () => {
         "insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
-                            idempotency_key, request_fingerprint, timeout_ms, concurrency_key)
+                            idempotency_key, request_fingerprint, timeout_ms, concurrency_key,
+                            state, pending_dependencies, depends_on)
 select id, queue, kind, payload::json, priority, max_attempts, coalesce(run_at, now()),
-       idempotency_key, fingerprint, timeout_ms, concurrency_key
+       idempotency_key, fingerprint, timeout_ms, concurrency_key,
+       case when pending > 0 then 'waiting' else 'queued' end, coalesce(pending, 0),
+       coalesce(depends_on::uuid[], '{}')
 from input
 order by ord
 on conflict (idempotency_key) where idempotency_key is not null do nothing
@@ -563,8 +789,8 @@ inserted as (
 -- A data-modifying CTE always runs, a plain one only when referenced: the scalar sub-select in
 -- the final WHERE is that reference. pg_notify folds repeats of one queue in a transaction.
 notified as (
-    select pg_notify($12, q.queue)
-    from (select distinct queue from inserted where next_run_at <= now()) q
+    select pg_notify($14, q.queue)
+    from (select distinct queue from inserted where state = 'queued' and next_run_at <= now()) q
 )
 select * from inserted where (select count(*) from notified) >= 0"
 );

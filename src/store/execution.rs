@@ -335,6 +335,23 @@ impl Store {
         results.pop().expect("one result per lease")
     }
 
+    /// Mark the job of `lease` succeeded with `result` (SPEC §13), kept with the job and
+    /// returned by [`Store::get`]; JSON `null` records no result.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming `result` when it is larger than
+    /// [`StoreConfig::max_result_bytes`](super::StoreConfig) (nothing changed);
+    /// [`StoreError::LeaseLost`]; [`StoreError::Database`].
+    pub async fn complete_with_result(
+        &self,
+        lease: &Lease,
+        result: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let text = self.result_text(result)?;
+        let mut results = self.complete_many(&[(lease, text.as_deref())]).await?;
+        results.pop().expect("one result per lease")
+    }
+
     /// Mark the jobs of many leases succeeded in one statement, fenced per lease. Results are in
     /// input order.
     ///
@@ -345,36 +362,88 @@ impl Store {
         &self,
         leases: &[Lease],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let (ids, tokens) = unzip_leases(leases);
+        let items: Vec<(&Lease, Option<&str>)> = leases.iter().map(|l| (l, None)).collect();
+        self.complete_many(&items).await
+    }
+
+    /// [`Store::complete_batch`] with each job's result as JSON text (already checked by
+    /// [`Store::result_text`]).
+    pub(crate) async fn complete_many(
+        &self,
+        items: &[(&Lease, Option<&str>)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let leases: Vec<Lease> = items.iter().map(|(l, _)| (*l).clone()).collect();
+        let (ids, tokens) = unzip_leases(&leases);
+        let (result_tokens, results): (Vec<i64>, Vec<&str>) = items
+            .iter()
+            .filter_map(|(l, r)| Some((l.token, (*r)?)))
+            .unzip();
         // See the module docs ("Fenced batch reports").
         let rows: Vec<(JobId, i64)> = sqlx::query_as(COMPLETE_BATCH)
             .bind(&ids)
             .bind(&tokens)
             .bind(shard())
+            .bind(&result_tokens)
+            .bind(&results)
             .all_on(self)
             .await?;
         let done: HashMap<(JobId, i64), ()> = rows.into_iter().map(|key| (key, ())).collect();
-        self.fenced_results(leases, done).await
+        self.fenced_results(&leases, done).await
     }
 
-    /// Mark the job of `lease` succeeded inside the caller's transaction (SPEC §13), so that
-    /// the caller's own writes in it and the success commit together or not at all. Handlers
-    /// use [`crate::worker::JobContext::complete_and_commit`], which also commits.
+    /// A handler's result as the JSON text stored (`json`, so it comes back as written), or
+    /// `None` for JSON `null` (no result).
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming `result` when it is over
+    /// [`StoreConfig::max_result_bytes`](super::StoreConfig) or cannot be written as JSON.
+    pub fn result_text(&self, result: &serde_json::Value) -> Result<Option<String>, StoreError> {
+        if result.is_null() {
+            return Ok(None);
+        }
+        let text = serde_json::to_string(result).map_err(|e| {
+            StoreError::invalid("result", format!("cannot be written as JSON: {e}"))
+        })?;
+        let limit = self.config.max_result_bytes;
+        if text.len() > limit {
+            return Err(StoreError::invalid(
+                "result",
+                format!(
+                    "is {} bytes; at most {limit} allowed (--max-result-bytes); the result was \
+                     not recorded",
+                    text.len()
+                ),
+            ));
+        }
+        Ok(Some(text))
+    }
+
+    /// Mark the job of `lease` succeeded with `result` (JSON `null` for none) inside the
+    /// caller's transaction (SPEC §13), so that the caller's own writes in it and the success
+    /// commit together or not at all. Handlers use
+    /// [`crate::worker::JobContext::complete_and_commit`], which also commits.
     ///
     /// # Errors
     /// [`StoreError::LeaseLost`] when the lease no longer holds: nothing was changed by this
     /// call, and the caller must roll back (its writes were made without a lease).
+    /// [`StoreError::Invalid`] for a result over the limit (nothing changed).
     /// [`StoreError::Database`].
     pub async fn complete_in(
         &self,
         conn: &mut sqlx::PgConnection,
         lease: &Lease,
+        result: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        let text = self.result_text(result)?;
         let (ids, tokens) = unzip_leases(std::slice::from_ref(lease));
+        let (result_tokens, results): (Vec<i64>, Vec<&str>) =
+            text.as_deref().map(|t| (lease.token, t)).into_iter().unzip();
         let done: Vec<(JobId, i64)> = sqlx::query_as(COMPLETE_BATCH)
             .bind(&ids)
             .bind(&tokens)
             .bind(shard())
+            .bind(&result_tokens)
+            .bind(&results)
             .persistent(self.persistent())
             .fetch_all(conn)
             .await?;
@@ -587,17 +656,24 @@ pub const HEARTBEAT_BATCH: &str = "update faultline.jobs j
               and j.lease_expires_at is not null
             returning j.id, j.lease_token, j.lease_expires_at";
 
-/// Complete many leases: `$1` ids, `$2` tokens, `$3` the counter shard. The jobs move to
-/// history as `succeeded` (see `history.rs`). See the module docs ("Fenced batch reports").
+/// Complete many leases: `$1` ids, `$2` tokens, `$3` the counter shard, `$4`/`$5` the tokens
+/// that carry a result and their results (JSON text). The jobs move to history as `succeeded`
+/// (see `history.rs`). See the module docs ("Fenced batch reports").
 pub const COMPLETE_BATCH: &str = concat!(
-    "with moved as (
+    "with gone as (
     delete from faultline.jobs j
     where j.id = any($1::uuid[]) and j.lease_token = any($2::int8[])
       and j.lease_expires_at is not null
     returning j.*
 ),
+-- Results by token (a token names one lease); most batches carry none, and join nothing.
+moved as (
+    select gone.*, r.result as new_result
+    from gone left join unnest($4::int8[], $5::text[]) as r(token, result)
+      on r.token = gone.lease_token
+),
 ",
-    archive_moved!("succeeded", "last_error", "errors", "$3"),
+    archive_moved!("succeeded", "last_error", "errors", "$3", "new_result::json"),
     "
 select id, lease_token from archived"
 );

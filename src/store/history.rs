@@ -9,15 +9,21 @@
 /// The CTEs `archived` (the rows of `moved`, as `$state` in history, finished now) and
 /// `counted` (added to `queue_finished_counts` on shard `$shard`, a bind parameter chosen at
 /// random per statement so that concurrent completions rarely share a counter row).
-/// `$last_error` and `$errors` are SQL expressions over `moved`'s columns.
+/// `$last_error`, `$errors` and `$result` are SQL expressions over `moved`'s columns.
+///
+/// A moved job that has dependents fires `job_history_settle_dependents` (see the migration
+/// `results_and_dependencies`), which settles them in this same transaction.
 macro_rules! archive_moved {
     ($state:literal, $last_error:literal, $errors:literal, $shard:literal) => {
+        archive_moved!($state, $last_error, $errors, $shard, "result")
+    };
+    ($state:literal, $last_error:literal, $errors:literal, $shard:literal, $result:literal) => {
         concat!(
             "archived as (
     insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
         max_attempts, next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
         needs_recovery, idempotency_key, request_fingerprint, last_error, errors, created_at,
-        started_at, finished_at, updated_at, concurrency_key)
+        started_at, finished_at, updated_at, concurrency_key, result, depends_on, has_dependents)
     select id, queue, kind, payload, '",
             $state,
             "', priority, attempts, max_attempts, next_run_at,
@@ -26,7 +32,9 @@ macro_rules! archive_moved {
             $last_error,
             ", ",
             $errors,
-            ", created_at, started_at, now(), now(), concurrency_key
+            ", created_at, started_at, now(), now(), concurrency_key, ",
+            $result,
+            ", depends_on, has_dependents
     from moved
     returning *
 ),

@@ -21,6 +21,7 @@
 //! history refuses any change of state.
 
 mod control;
+mod dependencies;
 mod enqueue;
 pub(crate) mod exec;
 mod execution;
@@ -39,7 +40,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::job::DEFAULT_MAX_PAYLOAD_BYTES;
+use crate::job::{DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RESULT_BYTES};
 use crate::retry::Backoff;
 
 pub use enqueue::{BatchItem, Enqueued};
@@ -69,6 +70,9 @@ pub struct StoreConfig {
     pub backoff: Backoff,
     /// The largest payload accepted, in bytes of serialized JSON.
     pub max_payload_bytes: usize,
+    /// The largest handler result kept, in bytes of serialized JSON (SPEC §13): a larger
+    /// result fails the attempt rather than being truncated.
+    pub max_result_bytes: usize,
     /// Whether statements are prepared under a name and kept on the connection (default). Off
     /// behind a transaction-pooling PgBouncer older than 1.21, where a named statement may be
     /// missing from (or already exist on) the server connection the next transaction gets: every
@@ -81,6 +85,7 @@ impl Default for StoreConfig {
         StoreConfig {
             backoff: Backoff::default(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             prepared_statements: true,
         }
     }

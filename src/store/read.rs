@@ -79,6 +79,7 @@ impl Store {
                 select queue,
                        count(*) filter (where state = 'queued') as queued,
                        count(*) filter (where state = 'running') as running,
+                       count(*) filter (where state = 'waiting') as waiting,
                        coalesce(extract(epoch from now() - min(greatest(next_run_at, created_at))
                            filter (where state = 'queued' and next_run_at <= now())), 0)::float8
                            as oldest
@@ -95,16 +96,19 @@ impl Store {
             ),
             counted as (
                 select coalesce(l.queue, f.queue) as queue, coalesce(l.queued, 0) as queued,
-                       coalesce(l.running, 0) as running, coalesce(f.succeeded, 0) as succeeded,
+                       coalesce(l.running, 0) as running, coalesce(l.waiting, 0) as waiting,
+                       coalesce(f.succeeded, 0) as succeeded,
                        coalesce(f.failed, 0) as failed, coalesce(f.cancelled, 0) as cancelled,
                        coalesce(l.oldest, 0) as oldest
                 from live l full join finished f on f.queue = l.queue
-                where coalesce(l.queued, 0) + coalesce(l.running, 0) + coalesce(f.succeeded, 0)
+                where coalesce(l.queued, 0) + coalesce(l.running, 0) + coalesce(l.waiting, 0)
+                      + coalesce(f.succeeded, 0)
                       + coalesce(f.failed, 0) + coalesce(f.cancelled, 0) > 0
             )
             -- Queues that only have settings (no jobs yet) are listed too.
             select coalesce(c.queue, s.queue) as queue, coalesce(c.queued, 0) as queued,
-                   coalesce(c.running, 0) as running, coalesce(c.succeeded, 0) as succeeded,
+                   coalesce(c.running, 0) as running, coalesce(c.waiting, 0) as waiting,
+                   coalesce(c.succeeded, 0) as succeeded,
                    coalesce(c.failed, 0) as failed, coalesce(c.cancelled, 0) as cancelled,
                    coalesce(c.oldest, 0) as oldest, coalesce(s.paused, false) as paused,
                    s.concurrency_limit, s.rate_count, s.rate_period_ms, s.key_concurrency
@@ -119,6 +123,7 @@ impl Store {
                 queue: r.queue,
                 queued: r.queued,
                 running: r.running,
+                waiting: r.waiting,
                 succeeded: r.succeeded,
                 failed: r.failed,
                 cancelled: r.cancelled,
@@ -141,6 +146,7 @@ struct StatsRow {
     queue: String,
     queued: i64,
     running: i64,
+    waiting: i64,
     succeeded: i64,
     failed: i64,
     cancelled: i64,

@@ -17,7 +17,8 @@ use crate::store::Claimed;
 const STOP_GRACE: Duration = Duration::from_millis(500);
 
 enum Outcome {
-    Succeeded,
+    /// With the result as JSON text, checked against the size limit.
+    Succeeded(Option<String>),
     /// The handler completed the job in its own transaction (`complete_and_commit`).
     Committed,
     Failed(JobError),
@@ -93,7 +94,11 @@ async fn run_handler(
     };
     let outcome = tokio::select! {
         joined = &mut task => match joined {
-            Ok(Ok(())) => Outcome::Succeeded,
+            Ok(Ok(output)) => match shared.store.result_text(&output) {
+                Ok(text) => Outcome::Succeeded(text),
+                // Over the limit: a failed attempt, never a truncated result.
+                Err(e) => Outcome::Failed(JobError::retryable(e)),
+            },
             Ok(Err(error)) => Outcome::Failed(error),
             Err(e) if e.is_panic() => Outcome::Failed(JobError::retryable(format!(
                 "handler panicked: {}",
@@ -128,7 +133,7 @@ async fn run_handler(
     };
     if let (Some(hook), Some(hook_ctx)) = (&shared.hook, &hook_ctx) {
         let end = match &outcome {
-            Outcome::Succeeded | Outcome::Committed => RunEnd::Succeeded,
+            Outcome::Succeeded(_) | Outcome::Committed => RunEnd::Succeeded,
             Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
             Outcome::Stopped(_) => RunEnd::Stopped,
         };
@@ -150,7 +155,7 @@ fn report(shared: &Shared, claimed: Claimed, outcome: Outcome) {
             shared.active.remove(lease.token);
             return;
         }
-        Outcome::Succeeded => ReportKind::Complete,
+        Outcome::Succeeded(result) => ReportKind::Complete(result),
         Outcome::Failed(error) => ReportKind::Fail(error),
         Outcome::Stopped(StopReason::Lost(reason)) => {
             shared.active.remove(lease.token);

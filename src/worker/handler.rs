@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::JobId;
@@ -60,16 +61,18 @@ impl JobContext {
         &self.cancel
     }
 
-    /// Complete this job inside `tx`, under its fence, and commit: the handler's own writes in
-    /// `tx` and the job's success commit together, exactly once, or not at all (SPEC §13). The
-    /// worker then reports nothing more for this attempt, whatever the handler returns.
+    /// Complete this job inside `tx`, under its fence, with `result` (`()` for none), and
+    /// commit: the handler's own writes in `tx` and the job's success commit together, exactly
+    /// once, or not at all (SPEC §13). The worker then reports nothing more for this attempt,
+    /// whatever the handler returns.
     ///
     /// The transaction is taken by value, so it cannot be committed after a refusal: on
     /// [`StoreError::LeaseLost`] (the lease expired and was taken back, the job was cancelled,
     /// or another worker holds it now) it is rolled back here, and the handler's writes with it.
     ///
     /// # Errors
-    /// [`StoreError::LeaseLost`] (rolled back); [`StoreError::Database`] — if the commit itself
+    /// [`StoreError::LeaseLost`] (rolled back); [`StoreError::Invalid`] for a result over the
+    /// limit or not serialisable (rolled back); [`StoreError::Database`] — if the commit itself
     /// failed, whether it landed is unknown to this process; the fence settles it (a later
     /// report of this lease is refused if it did).
     ///
@@ -94,7 +97,7 @@ impl JobContext {
     ///                 .await?;
     ///             // The credit and the job's success commit together, or neither does: a
     ///             // worker that lost its lease gets LeaseLost here and its update rolls back.
-    ///             ctx.complete_and_commit(tx).await?;
+    ///             ctx.complete_and_commit(tx, ()).await?;
     ///             Ok(())
     ///         }
     ///     });
@@ -103,11 +106,15 @@ impl JobContext {
     pub async fn complete_and_commit(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        result: impl Serialize,
     ) -> Result<(), crate::StoreError> {
         let (store, lease) = self.fence.as_ref().ok_or_else(|| {
             crate::StoreError::invalid("lease", "this context has no lease to complete under")
         })?;
-        store.complete_in(&mut tx, lease).await?;
+        let result = serde_json::to_value(result).map_err(|e| {
+            crate::StoreError::invalid("result", format!("cannot be written as JSON: {e}"))
+        })?;
+        store.complete_in(&mut tx, lease, &result).await?;
         tx.commit().await?;
         self.committed
             .store(true, std::sync::atomic::Ordering::Release);
@@ -165,8 +172,9 @@ impl<E: std::error::Error> From<E> for JobError {
     }
 }
 
-/// What a handler returns.
-pub type JobResult = Result<(), JobError>;
+/// What a handler returns: its result on success (`()` for none; any other value is kept as
+/// the job's JSON `result`, SPEC §13), or why the attempt failed.
+pub type JobResult<T = ()> = Result<T, JobError>;
 
 /// Runs jobs of one kind, with a typed payload.
 ///
@@ -180,6 +188,7 @@ pub type JobResult = Result<(), JobError>;
 ///
 /// impl Handler for SendEmail {
 ///     type Payload = Email;
+///     type Output = ();
 ///     async fn handle(&self, ctx: JobContext, email: Email) -> JobResult {
 ///         tokio::select! {
 ///             _ = ctx.cancelled() => {}
@@ -194,12 +203,16 @@ pub trait Handler: Send + Sync + 'static {
     /// the job permanently, naming the kind and the problem.
     type Payload: DeserializeOwned + Send + 'static;
 
+    /// What a success returns, kept as the job's JSON `result` (`()` keeps none). A result
+    /// larger than the worker's `--max-result-bytes` fails the attempt (it is never truncated).
+    type Output: Serialize + Send + 'static;
+
     /// Run one attempt.
     fn handle(
         &self,
         ctx: JobContext,
         payload: Self::Payload,
-    ) -> impl Future<Output = JobResult> + Send;
+    ) -> impl Future<Output = JobResult<Self::Output>> + Send;
 }
 
 /// A handler made from an async closure; see [`HandlerRegistry::register_fn`].
@@ -208,19 +221,22 @@ pub struct FnHandler<P, F> {
     _payload: PhantomData<fn(P)>,
 }
 
-impl<P, F, Fut> Handler for FnHandler<P, F>
+impl<P, O, F, Fut> Handler for FnHandler<P, F>
 where
     P: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
     F: Fn(JobContext, P) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = JobResult> + Send + 'static,
+    Fut: Future<Output = JobResult<O>> + Send + 'static,
 {
     type Payload = P;
-    fn handle(&self, ctx: JobContext, payload: P) -> impl Future<Output = JobResult> + Send {
+    type Output = O;
+    fn handle(&self, ctx: JobContext, payload: P) -> impl Future<Output = JobResult<O>> + Send {
         (self.f)(ctx, payload)
     }
 }
 
-pub(crate) type BoxedJob = Pin<Box<dyn Future<Output = JobResult> + Send>>;
+/// A handler's run with its output as JSON (`null` for none).
+pub(crate) type BoxedJob = Pin<Box<dyn Future<Output = JobResult<serde_json::Value>> + Send>>;
 
 /// A handler with its payload type erased, so handlers of every kind live in one map.
 pub(crate) trait ErasedHandler: Send + Sync {
@@ -233,7 +249,11 @@ impl<H: Handler> ErasedHandler for H {
             let payload = serde_json::from_value::<H::Payload>(payload).map_err(|e| {
                 JobError::permanent(format!("invalid payload for kind {:?}: {e}", ctx.kind))
             })?;
-            self.handle(ctx, payload).await
+            let kind = ctx.kind.clone();
+            let output = self.handle(ctx, payload).await?;
+            serde_json::to_value(output).map_err(|e| {
+                JobError::permanent(format!("the result of kind {kind:?} is not JSON: {e}"))
+            })
         })
     }
 }
@@ -278,11 +298,12 @@ impl HandlerRegistry {
     ///     Ok(())
     /// });
     /// ```
-    pub fn register_fn<P, F, Fut>(&mut self, kind: impl Into<String>, f: F) -> &mut Self
+    pub fn register_fn<P, O, F, Fut>(&mut self, kind: impl Into<String>, f: F) -> &mut Self
     where
         P: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
         F: Fn(JobContext, P) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = JobResult> + Send + 'static,
+        Fut: Future<Output = JobResult<O>> + Send + 'static,
     {
         self.register(
             kind,

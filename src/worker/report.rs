@@ -5,7 +5,8 @@ use crate::lease::Lease;
 
 #[derive(Debug)]
 pub(crate) enum ReportKind {
-    Complete,
+    /// With the handler's result as JSON text, if it returned one.
+    Complete(Option<String>),
     Fail(JobError),
     Release,
 }
@@ -14,7 +15,7 @@ impl ReportKind {
     /// The operation's name in `faultline_db_errors_total{op}`.
     pub fn op(&self) -> &'static str {
         match self {
-            ReportKind::Complete => "complete",
+            ReportKind::Complete(_) => "complete",
             ReportKind::Fail(_) => "fail",
             ReportKind::Release => "release",
         }

@@ -77,12 +77,20 @@ pub(crate) async fn run(
 async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
     let (completes, mut others): (Vec<Report>, Vec<Report>) = pending
         .into_iter()
-        .partition(|r| matches!(r.what, ReportKind::Complete));
+        .partition(|r| matches!(r.what, ReportKind::Complete(_)));
     let mut retry = Vec::new();
 
     if !completes.is_empty() {
-        let leases: Vec<Lease> = completes.iter().map(|r| r.lease.clone()).collect();
-        match shared.store.complete_batch(&leases).await {
+        let items: Vec<(&Lease, Option<&str>)> = completes
+            .iter()
+            .map(|r| match &r.what {
+                ReportKind::Complete(result) => (&r.lease, result.as_deref()),
+                _ => (&r.lease, None),
+            })
+            .collect();
+        let outcome = shared.store.complete_many(&items).await;
+        drop(items);
+        match outcome {
             Ok(results) => {
                 shared.health.ok();
                 for (report, result) in completes.into_iter().zip(results) {
@@ -125,7 +133,12 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
                 .await
                 .map(Some),
             ReportKind::Release => shared.store.release(&report.lease).await.map(|()| None),
-            ReportKind::Complete => shared.store.complete(&report.lease).await.map(|()| None),
+            ReportKind::Complete(result) => shared
+                .store
+                .complete_many(&[(&report.lease, result.as_deref())])
+                .await
+                .and_then(|mut results| results.pop().expect("one result per lease"))
+                .map(|()| None),
         };
         match result {
             Ok(outcome) => {
@@ -178,7 +191,7 @@ fn refused(shared: &Shared, report: Report, error: &StoreError) -> Option<Report
     .unwrap_or_else(|| "none".to_owned());
     let fallback = match &report.what {
         _ if report.replaced => None,
-        ReportKind::Complete => Some(format!(
+        ReportKind::Complete(_) => Some(format!(
             "the database refused to record this attempt's success (SQLSTATE {code}); the \
              attempt is counted as failed"
         )),

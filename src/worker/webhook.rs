@@ -13,10 +13,11 @@
 //! only when configured explicitly (`--webhook-proxy`), and then the target's name is resolved
 //! and checked here before the request is handed to the proxy.
 //!
-//! The receiver's answer is outside input: at most [`MAX_ANSWER_BYTES`] of it are read (a
-//! receiver that answers with a gigabyte costs a kilobyte), and what is kept is made storable
-//! (invalid UTF-8 and NUL replaced), so a hostile answer can neither exhaust the worker nor make
-//! the database refuse the report.
+//! The receiver's answer is outside input: at most [`MAX_ANSWER_BYTES`] of an error answer and
+//! [`MAX_RESULT_BODY_BYTES`] of a successful one are read (a receiver that answers with a
+//! gigabyte costs kilobytes), and what is kept is made storable (invalid UTF-8 and NUL
+//! replaced), so a hostile answer can neither exhaust the worker nor make the database refuse
+//! the report. A success keeps `{"status", "body", "truncated"}` as the job's result.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -54,6 +55,20 @@ impl Default for WebhookConfig {
 pub const MAX_ANSWER_CHARS: usize = 200;
 /// Most bytes of a receiver's answer ever read (four per kept character, UTF-8's widest).
 pub const MAX_ANSWER_BYTES: usize = MAX_ANSWER_CHARS * 4;
+
+/// Most bytes of a successful answer kept in the job's result (SPEC §13).
+pub const MAX_RESULT_BODY_BYTES: usize = 4096;
+
+/// What a delivered webhook keeps as the job's result.
+#[derive(Debug, serde::Serialize)]
+pub struct WebhookResult {
+    /// The receiver's HTTP status.
+    pub status: u16,
+    /// The first [`MAX_RESULT_BODY_BYTES`] of its answer, as storable text.
+    pub body: String,
+    /// Whether the answer was longer than what is kept.
+    pub truncated: bool,
+}
 
 /// `webhook` payload.
 #[derive(Debug, Deserialize)]
@@ -147,8 +162,9 @@ impl Webhook {
 
 impl Handler for Webhook {
     type Payload = WebhookPayload;
+    type Output = WebhookResult;
 
-    async fn handle(&self, ctx: JobContext, hook: WebhookPayload) -> JobResult {
+    async fn handle(&self, ctx: JobContext, hook: WebhookPayload) -> JobResult<WebhookResult> {
         let url = reqwest::Url::parse(&hook.url)
             .map_err(|e| JobError::permanent(format!("invalid webhook url {:?}: {e}", hook.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -224,9 +240,14 @@ impl Handler for Webhook {
         let response = response.map_err(|e| describe_send_error(&e))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(());
+            let (body, truncated) = read_answer(response, &ctx, MAX_RESULT_BODY_BYTES).await;
+            return Ok(WebhookResult {
+                status: status.as_u16(),
+                body,
+                truncated,
+            });
         }
-        let answer = read_answer(response, &ctx).await;
+        let (answer, _) = read_answer(response, &ctx, MAX_ANSWER_BYTES).await;
         let snippet: String = answer.chars().take(MAX_ANSWER_CHARS).collect();
         let message = format!("webhook answered {status}: {snippet}");
         if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
@@ -237,25 +258,34 @@ impl Handler for Webhook {
     }
 }
 
-/// At most [`MAX_ANSWER_BYTES`] of the answer's body, as storable text; whatever comes after is
-/// never read (the connection is dropped). A body that stalls is bounded by the request timeout.
-async fn read_answer(mut response: reqwest::Response, ctx: &JobContext) -> String {
+/// At most `max` bytes of the answer's body, as storable text, and whether there was more;
+/// whatever comes after is never read (the connection is dropped). A body that stalls is
+/// bounded by the request timeout.
+async fn read_answer(
+    mut response: reqwest::Response,
+    ctx: &JobContext,
+    max: usize,
+) -> (String, bool) {
     let mut bytes: Vec<u8> = Vec::new();
-    while bytes.len() < MAX_ANSWER_BYTES {
+    let mut truncated = false;
+    // Up to `max` bytes, then one chunk more to tell whether there was more (bounded: a chunk
+    // is what one read returns).
+    while !truncated {
         let chunk = tokio::select! {
             chunk = response.chunk() => chunk,
             _ = ctx.cancelled() => break,
         };
         match chunk {
             Ok(Some(chunk)) => {
-                let room = MAX_ANSWER_BYTES - bytes.len();
+                let room = max - bytes.len();
+                truncated = chunk.len() > room;
                 bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             // The end, or a body cut off or timed out: keep what arrived.
             Ok(None) | Err(_) => break,
         }
     }
-    crate::text::from_remote(&bytes, MAX_ANSWER_BYTES)
+    (crate::text::from_remote(&bytes, max), truncated)
 }
 
 /// `error` and every cause below it, joined by ": " (reqwest's own message names none).

@@ -341,7 +341,7 @@ async fn shutdown_hands_back_jobs_that_outlive_the_grace_period_without_spending
     let mut registry = HandlerRegistry::new();
     registry.register_fn("hold", |ctx: JobContext, _: serde_json::Value| async move {
         ctx.cancelled().await;
-        Err(JobError::retryable("stopped"))
+        Err::<(), _>(JobError::retryable("stopped"))
     });
     let mut cfg = config("leaving");
     cfg.shutdown_grace = Duration::from_millis(200);
@@ -614,6 +614,17 @@ mod webhook {
                 }),
             )
             .route(
+                "/answer",
+                // 10,000 bytes with a NUL and invalid UTF-8 up front: the result keeps the
+                // first 4 KiB, made storable.
+                post(|s: State<Seen>, h: HeaderMap, b: String| async move {
+                    record(s, h, b).await;
+                    let mut body = b"ok\0\xff".to_vec();
+                    body.resize(10_000, b'a');
+                    (StatusCode::OK, body)
+                }),
+            )
+            .route(
                 "/missing",
                 post(|s: State<Seen>, h: HeaderMap, b: String| async move {
                     record(s, h, b).await;
@@ -660,8 +671,26 @@ mod webhook {
         )
         .await;
 
+        let answered = enqueue(
+            &store,
+            NewJob::new("webhook", json!({"url": format!("{base}/answer")})),
+        )
+        .await;
         let delivered =
             wait_for_state(&store, ok, JobState::Succeeded, Duration::from_secs(20)).await;
+        // SPEC §13: the status and the first 4 KiB of the answer are the job's result.
+        assert_eq!(
+            delivered.result,
+            Some(json!({"status": 204, "body": "", "truncated": false}))
+        );
+        let job =
+            wait_for_state(&store, answered, JobState::Succeeded, Duration::from_secs(20)).await;
+        let result = job.result.unwrap();
+        assert_eq!(result["status"], 200);
+        assert_eq!(result["truncated"], true);
+        let body = result["body"].as_str().unwrap();
+        assert!(body.starts_with("ok\u{fffd}\u{fffd}aaa"), "{:?}", &body[..20]);
+        assert!(body.len() <= 4096 && body.len() > 4000, "{}", body.len());
         let job = wait_for_state(&store, broken, JobState::Failed, Duration::from_secs(20)).await;
         assert_eq!(job.attempts, 2, "a 5xx is retried");
         assert!(job.last_error.unwrap().contains("500"));

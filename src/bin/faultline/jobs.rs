@@ -48,6 +48,9 @@ pub enum JobsCommand {
         /// At most the queue's key concurrency (default 1) jobs with this key run at once.
         #[arg(long)]
         concurrency_key: Option<String>,
+        /// Run only after this job has succeeded (a job id; repeat or comma-separate for more).
+        #[arg(long, value_delimiter = ',', value_name = "ID")]
+        depends_on: Vec<String>,
     },
     /// Show a job and its error history.
     Get { id: String },
@@ -83,7 +86,17 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
             idempotency_key,
             timeout_ms,
             concurrency_key,
+            depends_on,
         } => {
+            let depends_on = depends_on
+                .iter()
+                .map(|id| {
+                    id.trim()
+                        .parse()
+                        .map(faultline::Dependency::Job)
+                        .with_context(|| format!("--depends-on is not a job id (UUID): {id:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let payload: Value = serde_json::from_str(payload)
                 .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
             let run_at = run_at
@@ -104,6 +117,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
                 idempotency_key: idempotency_key.clone(),
                 timeout_ms: *timeout_ms,
                 concurrency_key: concurrency_key.clone(),
+                depends_on,
             };
             client
                 .send(
@@ -198,6 +212,9 @@ fn request_json(request: &EnqueueRequest) -> Value {
         "concurrency_key",
         request.concurrency_key.clone().map(Value::from),
     );
+    if !request.depends_on.is_empty() {
+        put("depends_on", serde_json::to_value(&request.depends_on).ok());
+    }
     Value::Object(map)
 }
 

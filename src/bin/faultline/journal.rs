@@ -34,7 +34,7 @@ pub fn register_credit(registry: &mut HandlerRegistry, store: Store) {
                 .await
                 .map_err(JobError::retryable)?;
             tokio::time::sleep(Duration::from_millis(credit.ms)).await;
-            ctx.complete_and_commit(tx)
+            ctx.complete_and_commit(tx, ())
                 .await
                 .map_err(JobError::retryable)?;
             Ok(())

@@ -113,6 +113,16 @@ pub struct WorkerOptions {
     #[arg(long, env = "FAULTLINE_WEBHOOK_PROXY", value_name = "URL")]
     pub webhook_proxy: Option<String>,
 
+    /// Largest handler result kept, in bytes of JSON (at most 16 MiB); a larger one fails the
+    /// attempt rather than being truncated.
+    #[arg(
+        long,
+        env = "FAULTLINE_MAX_RESULT_BYTES",
+        default_value_t = 65536,
+        value_parser = clap::value_parser!(u32).range(0..=16 * 1024 * 1024)
+    )]
+    pub max_result_bytes: u32,
+
     /// Webhook request timeout (a payload's timeout_ms overrides it).
     #[arg(long, env = "FAULTLINE_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub webhook_timeout: Duration,
@@ -133,6 +143,7 @@ impl WorkerOptions {
                 jitter: Jitter::Equal,
             },
             prepared_statements: !pooled,
+            max_result_bytes: self.max_result_bytes as usize,
             ..StoreConfig::default()
         })
     }

@@ -1,0 +1,117 @@
+//! Dependencies (SPEC §13): what an enqueue (or a retry) of a job with `depends_on` learns about
+//! its parents, under the locks that keep it true until commit.
+//!
+//! The other half, settling a finished parent's dependents, is in the database: the trigger
+//! `job_history_settle_dependents` and `faultline.cancel_dependents` (migration
+//! `results_and_dependencies`), which run in the transaction that finishes the parent, whatever
+//! statement finished it (completion, failure, reaper, cancel).
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+
+use crate::job::{JobId, JobState};
+
+/// The parents of jobs about to be inserted (or re-queued), by id: their state now, `None` for
+/// an id no job has (never existed, or pruned).
+pub(crate) struct Parents {
+    states: HashMap<JobId, JobState>,
+}
+
+/// What one job's parents mean for it.
+pub(crate) struct Standing {
+    /// Parents not yet succeeded: the job waits for this many.
+    pub pending: i32,
+    /// A parent that already failed or was cancelled (the job is cancelled at once).
+    pub failed: Option<(JobId, JobState)>,
+    /// The position of the first id that names no job.
+    pub unknown: Option<usize>,
+}
+
+impl Parents {
+    /// Read the parents `ids` (sorted and deduplicated here), locking every live one until the
+    /// caller's transaction ends.
+    ///
+    /// Why the answer stays true until commit: each live parent is marked `has_dependents`
+    /// under its row lock, so a transition that finishes it waits for the caller's commit, and
+    /// then (seeing the mark) settles the new dependent in its own transaction (see the trigger
+    /// `job_history_settle_dependents`). A parent not in the live table is read from history in
+    /// a second statement, with a new snapshot: one that left the live table while the first
+    /// statement waited for its lock is found there.
+    pub(crate) async fn read(
+        conn: &mut PgConnection,
+        ids: &[JobId],
+        persistent: bool,
+    ) -> Result<Parents, sqlx::Error> {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let live: Vec<(JobId, JobState)> = sqlx::query_as(
+            "update faultline.jobs set has_dependents = true
+             where id = any($1)
+             returning id, state",
+        )
+        .bind(&ids)
+        .persistent(persistent)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut states: HashMap<JobId, JobState> = live.into_iter().collect();
+        let rest: Vec<JobId> = ids
+            .into_iter()
+            .filter(|id| !states.contains_key(id))
+            .collect();
+        if !rest.is_empty() {
+            let finished: Vec<(JobId, JobState)> = sqlx::query_as(
+                "select distinct on (id) id, state from faultline.job_history where id = any($1)",
+            )
+            .bind(&rest)
+            .persistent(persistent)
+            .fetch_all(&mut *conn)
+            .await?;
+            states.extend(finished);
+        }
+        Ok(Parents { states })
+    }
+
+    /// What `parents` (one job's, deduplicated) mean for that job.
+    pub(crate) fn standing(&self, parents: &[JobId]) -> Standing {
+        let mut standing = Standing {
+            pending: 0,
+            failed: None,
+            unknown: None,
+        };
+        for (i, id) in parents.iter().enumerate() {
+            match self.states.get(id) {
+                None => {
+                    standing.unknown.get_or_insert(i);
+                }
+                Some(JobState::Succeeded) => {}
+                Some(state @ (JobState::Failed | JobState::Cancelled)) => {
+                    standing.pending += 1;
+                    standing.failed.get_or_insert((*id, *state));
+                }
+                Some(_) => standing.pending += 1,
+            }
+        }
+        standing
+    }
+}
+
+/// Cancel the just-inserted waiting jobs `children`, whose dependency `cause` had already
+/// failed or been cancelled (`state`), naming it in their errors.
+pub(crate) async fn cancel_for(
+    conn: &mut PgConnection,
+    children: &[JobId],
+    cause: JobId,
+    state: JobState,
+    persistent: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("select faultline.cancel_dependents($1, $2, $3)")
+        .bind(children)
+        .bind(cause)
+        .bind(state)
+        .persistent(persistent)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
