@@ -239,12 +239,21 @@ async fn enqueue_dependents(
     let mut start = 0;
     for i in 0..=prepared.len() {
         let closes = i == prepared.len()
-            || prepared[i].job.depends_on.iter().any(
-                |d| matches!(d, Dependency::Earlier(j) if (start..i).contains(j)),
-            );
+            || prepared[i]
+                .job
+                .depends_on
+                .iter()
+                .any(|d| matches!(d, Dependency::Earlier(j) if (start..i).contains(j)));
         if closes && start < i {
-            resolve_dependencies(conn, &mut prepared[start..i], start, &results, persistent, shape)
-                .await?;
+            resolve_dependencies(
+                conn,
+                &mut prepared[start..i],
+                start,
+                &results,
+                persistent,
+                shape,
+            )
+            .await?;
             let items = enqueue_rounds(conn, &prepared[start..i], notify, persistent).await?;
             let items = cancel_orphans(conn, &prepared[start..i], items, persistent).await?;
             for (k, item) in items.into_iter().enumerate() {

@@ -436,8 +436,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let text = self.result_text(result)?;
         let (ids, tokens) = unzip_leases(std::slice::from_ref(lease));
-        let (result_tokens, results): (Vec<i64>, Vec<&str>) =
-            text.as_deref().map(|t| (lease.token, t)).into_iter().unzip();
+        let (result_tokens, results): (Vec<i64>, Vec<&str>) = text
+            .as_deref()
+            .map(|t| (lease.token, t))
+            .into_iter()
+            .unzip();
         let done: Vec<(JobId, i64)> = sqlx::query_as(COMPLETE_BATCH)
             .bind(&ids)
             .bind(&tokens)
@@ -666,14 +669,22 @@ pub const COMPLETE_BATCH: &str = concat!(
       and j.lease_expires_at is not null
     returning j.*
 ),
--- Results by token (a token names one lease); most batches carry none, and join nothing.
+-- Results by token (a token names one lease); most batches carry none. A subquery, not a
+-- join, so the plan stays a probe of the primary key (see tests/integration/hot_path.rs).
 moved as (
-    select gone.*, r.result as new_result
-    from gone left join unnest($4::int8[], $5::text[]) as r(token, result)
-      on r.token = gone.lease_token
+    select gone.*,
+           (select r.result from unnest($4::int8[], $5::text[]) as r(token, result)
+            where r.token = gone.lease_token limit 1) as new_result
+    from gone
 ),
 ",
-    archive_moved!("succeeded", "last_error", "errors", "$3", "new_result::json"),
+    archive_moved!(
+        "succeeded",
+        "last_error",
+        "errors",
+        "$3",
+        "new_result::json"
+    ),
     "
 select id, lease_token from archived"
 );

@@ -42,7 +42,10 @@ async fn fail(store: &Store, id: JobId) {
         .await
         .unwrap();
     let mine = claimed.iter().find(|c| c.job.id == id).unwrap();
-    store.fail_attempt(&mine.lease, "boom", false).await.unwrap();
+    store
+        .fail_attempt(&mine.lease, "boom", false)
+        .await
+        .unwrap();
     for other in claimed.iter().filter(|c| c.job.id != id) {
         store.release(&other.lease).await.unwrap();
     }
@@ -85,7 +88,10 @@ async fn a_child_waits_for_every_parent_and_is_queued_when_the_last_succeeds() {
 
     run(&store, a.id).await;
     let now = store.get(child.id).await.unwrap();
-    assert_eq!((now.state, now.pending_dependencies), (JobState::Waiting, 1));
+    assert_eq!(
+        (now.state, now.pending_dependencies),
+        (JobState::Waiting, 1)
+    );
     run(&store, b.id).await;
     let now = store.get(child.id).await.unwrap();
     assert_eq!((now.state, now.pending_dependencies), (JobState::Queued, 0));
@@ -262,7 +268,10 @@ async fn a_dependency_already_finished_settles_the_new_job_at_once() {
     }
     store.retry(failed.id).await.unwrap();
     let again = store.retry(orphan.id).await.unwrap();
-    assert_eq!((again.state, again.pending_dependencies), (JobState::Waiting, 1));
+    assert_eq!(
+        (again.state, again.pending_dependencies),
+        (JobState::Waiting, 1)
+    );
     run(&store, failed.id).await;
     assert_eq!(state(&store, orphan.id).await, JobState::Queued);
 }
@@ -323,7 +332,10 @@ async fn the_database_refuses_waiting_to_running() {
     .execute(&db.pool)
     .await
     .unwrap_err();
-    assert!(refused.to_string().contains("illegal job state transition"), "{refused}");
+    assert!(
+        refused.to_string().contains("illegal job state transition"),
+        "{refused}"
+    );
     assert_eq!(state(&store, child.id).await, JobState::Waiting);
 }
 

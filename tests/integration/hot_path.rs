@@ -21,8 +21,12 @@ async fn plan(db: &TestDb, sql: &str, ids: &[uuid::Uuid], tokens: &[i64]) -> Val
         .bind(ids)
         .bind(tokens);
     // The third parameter: the TTL of a heartbeat, the counter shard of a completion.
-    let query = if sql.starts_with("with moved") {
-        query.bind(0i16)
+    // A completion's fourth and fifth: the tokens that carry results, and the results (none).
+    let query = if sql == COMPLETE_BATCH {
+        query
+            .bind(0i16)
+            .bind(Vec::<i64>::new())
+            .bind(Vec::<String>::new())
     } else {
         query.bind(30_000i64)
     };

@@ -24,7 +24,10 @@ async fn a_handler_result_is_kept_exactly_and_returned_by_get_and_http() {
     registry.register_fn("echo", |_ctx: JobContext, _: Value| async move {
         Ok(serde_json::from_str::<Value>(AWKWARD).unwrap())
     });
-    registry.register_fn("nothing", |_ctx: JobContext, _: Value| async move { Ok(()) });
+    registry.register_fn(
+        "nothing",
+        |_ctx: JobContext, _: Value| async move { Ok(()) },
+    );
     let worker = Running::start(&store, registry, config("results"));
     let echo = store
         .enqueue(NewJob::new("echo", json!({})))
@@ -36,10 +39,21 @@ async fn a_handler_result_is_kept_exactly_and_returned_by_get_and_http() {
         .await
         .unwrap()
         .into_job();
-    let done = wait_for_state(&store, echo.id, JobState::Succeeded, Duration::from_secs(20)).await;
+    let done = wait_for_state(
+        &store,
+        echo.id,
+        JobState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(serde_json::to_string(&done.result).unwrap(), AWKWARD);
-    let done =
-        wait_for_state(&store, nothing.id, JobState::Succeeded, Duration::from_secs(20)).await;
+    let done = wait_for_state(
+        &store,
+        nothing.id,
+        JobState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(done.result, None);
     worker.stop().await;
 
@@ -104,15 +118,14 @@ async fn a_result_over_the_limit_fails_the_attempt_and_is_not_truncated() {
     assert_eq!(job.result, Some(json!("x".repeat(50))));
     let first = &job.errors[0].error;
     assert!(
-        first.contains("202 bytes") && first.contains("at most 100") && first.contains("--max-result-bytes"),
+        first.contains("202 bytes")
+            && first.contains("at most 100")
+            && first.contains("--max-result-bytes"),
         "{first}"
     );
 
     // The store refuses it too, before writing anything.
-    store
-        .enqueue(NewJob::new("noop", json!({})))
-        .await
-        .unwrap();
+    store.enqueue(NewJob::new("noop", json!({}))).await.unwrap();
     let claimed = store
         .claim_batch(&default_queue(), "w", 1, Duration::from_secs(30))
         .await
@@ -125,7 +138,10 @@ async fn a_result_over_the_limit_fails_the_attempt_and_is_not_truncated() {
         Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "result"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(store.get(lease.job_id).await.unwrap().state, JobState::Running);
+    assert_eq!(
+        store.get(lease.job_id).await.unwrap().state,
+        JobState::Running
+    );
     store
         .complete_with_result(lease, &json!({"ok": true}))
         .await
@@ -138,10 +154,7 @@ async fn a_result_over_the_limit_fails_the_attempt_and_is_not_truncated() {
 async fn a_transactional_completion_keeps_its_result() {
     let db = TestDb::new().await;
     let store = db.store();
-    store
-        .enqueue(NewJob::new("noop", json!({})))
-        .await
-        .unwrap();
+    store.enqueue(NewJob::new("noop", json!({}))).await.unwrap();
     let claimed = store
         .claim_batch(&default_queue(), "w", 1, Duration::from_secs(30))
         .await
@@ -155,5 +168,4 @@ async fn a_transactional_completion_keeps_its_result() {
     let job = store.get(claimed[0].job.id).await.unwrap();
     assert_eq!(job.state, JobState::Succeeded);
     assert_eq!(job.result, Some(json!({"rows": 3})));
-
 }

@@ -133,13 +133,19 @@ async fn a_stalled_holder_is_refused_and_its_writes_roll_back_in_every_order() {
                 .execute(&mut *tx_b)
                 .await
                 .unwrap();
-            store.complete_in(&mut tx_b, &b, &serde_json::Value::Null).await.unwrap();
+            store
+                .complete_in(&mut tx_b, &b, &serde_json::Value::Null)
+                .await
+                .unwrap();
             tx_b.commit().await.unwrap();
         };
         if b_first {
             commit_b().await;
         }
-        match store.complete_in(&mut tx_a, &a, &serde_json::Value::Null).await {
+        match store
+            .complete_in(&mut tx_a, &a, &serde_json::Value::Null)
+            .await
+        {
             Err(StoreError::LeaseLost { reason, .. }) => {
                 // Another lease of the job exists, live or finished: superseded either way.
                 let expected = LeaseLostReason::Superseded;

@@ -683,13 +683,22 @@ mod webhook {
             delivered.result,
             Some(json!({"status": 204, "body": "", "truncated": false}))
         );
-        let job =
-            wait_for_state(&store, answered, JobState::Succeeded, Duration::from_secs(20)).await;
+        let job = wait_for_state(
+            &store,
+            answered,
+            JobState::Succeeded,
+            Duration::from_secs(20),
+        )
+        .await;
         let result = job.result.unwrap();
         assert_eq!(result["status"], 200);
         assert_eq!(result["truncated"], true);
         let body = result["body"].as_str().unwrap();
-        assert!(body.starts_with("ok\u{fffd}\u{fffd}aaa"), "{:?}", &body[..20]);
+        assert!(
+            body.starts_with("ok\u{fffd}\u{fffd}aaa"),
+            "{:?}",
+            &body[..20]
+        );
         assert!(body.len() <= 4096 && body.len() > 4000, "{}", body.len());
         let job = wait_for_state(&store, broken, JobState::Failed, Duration::from_secs(20)).await;
         assert_eq!(job.attempts, 2, "a 5xx is retried");
