@@ -135,6 +135,72 @@ fn http_cases() -> Vec<Case> {
             Field("jobs[0].concurrency_key"),
         ));
     }
+    // depends_on: up to 100 job ids; in a batch also indexes of earlier entries.
+    let unknown = format!("[\"{}\"]", uuid::Uuid::now_v7());
+    let too_many = format!(
+        "[{}]",
+        (0..101)
+            .map(|_| format!("\"{}\"", uuid::Uuid::now_v7()))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for (raw, field) in [
+        (r#""0193a5b6-0000-7000-8000-000000000000""#, "depends_on"),
+        ("{}", "depends_on"),
+        ("7", "depends_on"),
+        (r#"["nope"]"#, "depends_on[0]"),
+        (r#"["nul\u0000"]"#, "depends_on[0]"),
+        ("[-1]", "depends_on[0]"),
+        ("[1.5]", "depends_on[0]"),
+        ("[1e400]", "depends_on[0]"),
+        ("[null]", "depends_on[0]"),
+        ("[true]", "depends_on[0]"),
+        ("[[]]", "depends_on[0]"),
+        ("[0]", "depends_on[0]"),
+        (unknown.as_str(), "depends_on[0]"),
+        (too_many.as_str(), "depends_on"),
+    ] {
+        cases.push(post("/v1/jobs", job_with("depends_on", raw), Field(field)));
+    }
+    for (jobs, field) in [
+        (
+            vec![r#"{"kind": "noop", "depends_on": [0]}"#],
+            "jobs[0].depends_on[0]",
+        ),
+        (
+            vec![
+                r#"{"kind": "noop"}"#,
+                r#"{"kind": "noop", "depends_on": [0, 2]}"#,
+            ],
+            "jobs[1].depends_on[1]",
+        ),
+        (
+            vec![
+                r#"{"kind": "noop"}"#,
+                r#"{"kind": "noop", "depends_on": [18446744073709551616]}"#,
+            ],
+            "jobs[1].depends_on[0]",
+        ),
+        (
+            vec![
+                r#"{"kind": "noop"}"#,
+                r#"{"kind": "noop", "depends_on": [-1]}"#,
+            ],
+            "jobs[1].depends_on[0]",
+        ),
+    ] {
+        cases.push(post("/v1/jobs/batch", batch_of(&jobs), Field(field)));
+    }
+    // An unknown id in the last job of a batch: nothing of the batch is written.
+    let late_unknown = format!(
+        r#"{{"kind": "noop", "depends_on": [0, {}]}}"#,
+        &unknown[1..unknown.len() - 1]
+    );
+    cases.push(post(
+        "/v1/jobs/batch",
+        batch_of(&[r#"{"kind": "noop"}"#, &late_unknown]),
+        Field("jobs[1].depends_on[1]"),
+    ));
     for raw in ["40000", "-40000", "1.5", "\"1\"", "1e400", "null", "[]"] {
         // null is "not given" for optional fields: only the type errors are bad.
         if raw != "null" {
@@ -676,6 +742,24 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
         worker("--webhook-proxy", "ftp://proxy:21"),
         worker("--webhook-proxy", "not a url"),
         worker("--db-pool-size", "0"),
+        worker("--max-result-bytes", "16777217"),
+        worker("--max-result-bytes", "big"),
+        (
+            vec!["worker", "--max-result-bytes=-1"],
+            "--max-result-bytes",
+        ),
+        (
+            vec!["up", "--max-result-bytes", "1e9"],
+            "--max-result-bytes",
+        ),
+        (
+            vec!["jobs", "enqueue", "noop", "--depends-on", "nope"],
+            "--depends-on",
+        ),
+        (
+            vec!["jobs", "enqueue", "noop", "--depends-on", ""],
+            "--depends-on",
+        ),
         worker("--prefetch", "10001"),
         worker("--prefetch", "99999999999"),
         worker("--prefetch", "many"),
