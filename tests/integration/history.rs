@@ -335,3 +335,101 @@ async fn an_upgrade_to_keys_and_schedules_keeps_every_job_lease_and_setting() {
         Err(faultline::StoreError::IdempotencyConflict { .. })
     ));
 }
+
+#[tokio::test]
+async fn an_upgrade_to_results_and_dependencies_keeps_every_job_and_lease() {
+    // The schema before results and dependencies (20261202000006 on).
+    let db = schema_before(20261202000006).await;
+    sqlx::raw_sql(
+        "insert into faultline.jobs (id, kind, queue, state, attempts, lease_owner, lease_token,
+                                     lease_expires_at, started_at, payload, idempotency_key)
+         values ('00000000-0000-7000-8000-0000000000b1', 'k', 'default', 'queued', 0, null, null,
+                 null, null, '{\"n\": 1.50}', 'key-b1'),
+                ('00000000-0000-7000-8000-0000000000b2', 'k', 'default', 'running', 1, 'w', 51,
+                 now() + interval '1 hour', now(), '{}', null);
+         insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
+                 max_attempts, next_run_at, created_at, finished_at, updated_at, last_error)
+         values ('00000000-0000-7000-8000-0000000000b3', 'default', 'k', '{}', 'succeeded', 0, 1,
+                 5, now(), now(), now(), now(), null),
+                ('00000000-0000-7000-8000-0000000000b4', 'default', 'k', '{}', 'failed', 0, 5,
+                 5, now(), now(), now(), now(), 'boom'),
+                ('00000000-0000-7000-8000-0000000000b5', 'default', 'k', '{}', 'cancelled', 0, 0,
+                 5, now(), now(), now(), now(), null);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    faultline::db::migrate(&db.pool).await.unwrap();
+    assert!(faultline::db::schema_is_current(&db.pool).await.unwrap());
+
+    let store = db.store();
+    let id = |n: &str| -> faultline::JobId {
+        format!("00000000-0000-7000-8000-0000000000{n}")
+            .parse()
+            .unwrap()
+    };
+    for (n, state) in [
+        ("b1", JobState::Queued),
+        ("b2", JobState::Running),
+        ("b3", JobState::Succeeded),
+        ("b4", JobState::Failed),
+        ("b5", JobState::Cancelled),
+    ] {
+        let job = store.get(id(n)).await.unwrap();
+        assert_eq!(job.state, state, "job {n}");
+        assert_eq!(
+            (job.result, job.depends_on.len(), job.pending_dependencies),
+            (None, 0, 0),
+            "job {n}"
+        );
+    }
+    // The running job's lease holds across the upgrade, and it completes with a result.
+    let running = store.get(id("b2")).await.unwrap();
+    let lease = faultline::Lease {
+        job_id: running.id,
+        token: 51,
+        attempt: 1,
+        owner: "w".into(),
+        expires_at: running.lease_expires_at.unwrap(),
+    };
+    store
+        .complete_with_result(&lease, &json!({"rows": 3}))
+        .await
+        .unwrap();
+    let done = store.get(id("b2")).await.unwrap();
+    assert_eq!(
+        (done.state, done.result),
+        (JobState::Succeeded, Some(json!({"rows": 3})))
+    );
+    // Jobs from before the upgrade can be depended on: succeeded counts as done, failed cancels.
+    let after_success = store
+        .enqueue(NewJob::new("k", json!({})).with_dependency(id("b3")))
+        .await
+        .unwrap()
+        .into_job();
+    assert_eq!(after_success.state, JobState::Queued);
+    let after_failure = store
+        .enqueue(NewJob::new("k", json!({})).with_dependency(id("b4")))
+        .await
+        .unwrap()
+        .into_job();
+    assert_eq!(after_failure.state, JobState::Cancelled);
+    // A waiting job on the old queued one is promoted when it succeeds.
+    let waiting = store
+        .enqueue(NewJob::new("k", json!({})).with_dependency(id("b1")))
+        .await
+        .unwrap()
+        .into_job();
+    assert_eq!(waiting.state, JobState::Waiting);
+    let claimed = store
+        .claim_batch(&["default".into()], "w2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let old = claimed.iter().find(|c| c.job.id == id("b1")).unwrap();
+    store.complete(&old.lease).await.unwrap();
+    assert_eq!(store.get(waiting.id).await.unwrap().state, JobState::Queued);
+    // Old failed and cancelled jobs retry as before.
+    for n in ["b4", "b5"] {
+        assert_eq!(store.retry(id(n)).await.unwrap().state, JobState::Queued);
+    }
+}
