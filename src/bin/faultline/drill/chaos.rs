@@ -26,9 +26,21 @@ const KEYS: usize = 4;
 
 /// A job of the mix: mostly no-ops, some sleeps that outlive a stall, some that fail first,
 /// poison (hostile error texts, misbehaving webhook receivers, payloads that must stay exact),
-/// and short sleeps on the limited and the keyed queue.
-fn job(rng: &mut StdRng, receiver: &str) -> Value {
-    match rng.gen_range(0..15) {
+/// short sleeps on the limited and the keyed queue, transactional credits, and jobs that depend
+/// on one to three of the `recent` jobs (which may still run, or fail, or be done already).
+fn job(rng: &mut StdRng, receiver: &str, recent: &[JobId]) -> Value {
+    match rng.gen_range(0..16) {
+        15 if !recent.is_empty() => {
+            let parents: Vec<JobId> = (0..rng.gen_range(1..=3.min(recent.len())))
+                .map(|_| recent[rng.gen_range(0..recent.len())])
+                .collect();
+            let kind = if rng.gen_bool(0.5) {
+                "noop"
+            } else {
+                "drill_credit"
+            };
+            json!({"kind": kind, "payload": {"ms": rng.gen_range(0..100)}, "depends_on": parents})
+        }
         14 => json!({"kind": "drill_credit", "payload": {"ms": rng.gen_range(0..400)}}),
         12 => json!({"kind": "sleep", "queue": LIMITED, "payload": {"ms": rng.gen_range(50..300)}}),
         13 => json!({"kind": "sleep", "queue": KEYED,
@@ -73,8 +85,11 @@ pub async fn run(
     // is retried with the same key (safe by construction), so a job is acknowledged once.
     let enqueuer = {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_f10e);
-        Enqueuer::start(&env, Duration::from_millis(15), move |n| {
-            (format!("chaos-{seed}-{n}"), job(&mut rng, &receiver))
+        Enqueuer::start(&env, Duration::from_millis(15), move |n, recent| {
+            (
+                format!("chaos-{seed}-{n}"),
+                job(&mut rng, &receiver, recent),
+            )
         })
     };
     let started = Instant::now();
@@ -330,6 +345,47 @@ async fn check(
         "select count(*) from faultline.all_jobs where id = any($1) and kind = 'drill_credit'",
     )
     .await;
+    // Dependencies: no job left waiting once its dependencies are all finished (none of them
+    // live), none run before every dependency succeeded, and each dependent's outcome follows
+    // its dependencies' (succeeded only after all succeeded; cancelled only for a failed or
+    // cancelled one: nothing else cancels in this drill).
+    let waiting_on_finished = count(
+        "select count(*) from faultline.jobs j
+         where j.id = any($1) and j.state = 'waiting'
+           and not exists (select 1 from unnest(j.depends_on) p(id)
+                           join faultline.jobs l on l.id = p.id)",
+    )
+    .await;
+    let ran_early = count(
+        "select count(*) from faultline_drill.executions e
+         join faultline.all_jobs c on c.id = e.job_id
+         cross join lateral unnest(c.depends_on) p(id)
+         left join faultline.all_jobs pj on pj.id = p.id
+         where c.id = any($1) and e.event = 'started'
+           and (pj.state is distinct from 'succeeded' or e.at < pj.finished_at)",
+    )
+    .await;
+    let wrong_outcome = count(
+        "select count(*) from faultline.all_jobs c
+         where c.id = any($1) and cardinality(c.depends_on) > 0 and (
+             (c.state = 'succeeded' and exists (
+                 select 1 from unnest(c.depends_on) p(id)
+                 left join faultline.all_jobs pj on pj.id = p.id
+                 where pj.state is distinct from 'succeeded'))
+          or (c.state = 'cancelled' and not exists (
+                 select 1 from unnest(c.depends_on) p(id)
+                 join faultline.all_jobs pj on pj.id = p.id
+                 where pj.state in ('failed', 'cancelled'))))",
+    )
+    .await;
+    let dependents: Vec<(String, i64)> = sqlx::query_as(
+        "select state, count(*) from faultline.all_jobs
+         where id = any($1) and cardinality(depends_on) > 0 group by 1 order by 1",
+    )
+    .bind(&acked)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap_or_default();
     let (most_limited, most_per_key, unbounded) =
         most_at_once(env)
             .await
@@ -405,6 +461,21 @@ async fn check(
         ),
     );
     report.check(
+        "no job waiting on dependencies that all finished",
+        waiting_on_finished == 0,
+        format!("{waiting_on_finished}"),
+    );
+    report.check(
+        "no dependent ran before its dependencies succeeded (journal)",
+        ran_early == 0,
+        format!("{ran_early} runs"),
+    );
+    report.check(
+        "every dependent's outcome follows its dependencies'",
+        wrong_outcome == 0,
+        format!("{wrong_outcome} of the dependents {dependents:?}"),
+    );
+    report.check(
         "a concurrency limit held (journal)",
         most_limited <= LIMIT,
         format!("at most {most_limited} of {LIMITED} running at once (limit {LIMIT}); {unbounded} runs without a known end left out"),
@@ -429,6 +500,9 @@ async fn check(
         changed_payloads,
         credits_wrong,
         credits_stale,
+        waiting_on_finished,
+        ran_early,
+        wrong_outcome,
     ]
     .iter()
     .filter(|v| **v != 0)

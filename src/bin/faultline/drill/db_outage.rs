@@ -19,7 +19,7 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
     let mut env = Env::start_with_ttl(report, Duration::from_secs(4), db).await?;
     let pids = env.pids();
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let enqueuer = Enqueuer::start(&env, Duration::from_millis(25), move |n| {
+    let enqueuer = Enqueuer::start(&env, Duration::from_millis(25), move |n, _| {
         (
             format!("outage-{run}-{n}"),
             json!({"kind": "sleep", "payload": {"ms": 50}}),

@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::env::Env;
 
+/// How many of the latest acknowledged ids `next` is shown.
+pub const RECENT: usize = 8;
+
 /// What the stream saw.
 #[derive(Debug, Default, Clone)]
 pub struct Flow {
@@ -54,12 +57,13 @@ pub struct Enqueuer {
 }
 
 impl Enqueuer {
-    /// POST `next(n)` (the key and the body of job `n`) one after another, `pause` apart, until
-    /// stopped.
+    /// POST `next(n, recent)` (the key and the body of job `n`, given the ids of the last
+    /// [`RECENT`] acknowledged jobs, for bodies that depend on them) one after another, `pause`
+    /// apart, until stopped.
     pub fn start(
         env: &Env,
         pause: Duration,
-        mut next: impl FnMut(u64) -> (String, Value) + Send + 'static,
+        mut next: impl FnMut(u64, &[JobId]) -> (String, Value) + Send + 'static,
     ) -> Enqueuer {
         let flow = Arc::new(Mutex::new(Flow::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -69,9 +73,10 @@ impl Enqueuer {
             let (flow, stop) = (flow.clone(), stop.clone());
             async move {
                 let mut n = 0u64;
+                let mut recent: Vec<JobId> = Vec::with_capacity(RECENT);
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let (key, body) = next(n);
+                    let (key, body) = next(n, &recent);
                     loop {
                         let sent = http
                             .post(&url)
@@ -92,6 +97,10 @@ impl Enqueuer {
                                 let mut f = flow.lock().unwrap_or_else(|p| p.into_inner());
                                 f.acked.push((id, Instant::now()));
                                 f.bodies.insert(id, body);
+                                if recent.len() == RECENT {
+                                    recent.remove(0);
+                                }
+                                recent.push(id);
                             }
                             break;
                         }

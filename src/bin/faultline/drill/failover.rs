@@ -118,7 +118,7 @@ pub async fn run(report: &mut Report, db: Option<&str>, asynchronous: bool) -> a
     let mut env = Env::start(report, options, Some(&primary.url("postgres"))).await?;
     let pids = env.pids();
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let enqueuer = Enqueuer::start(&env, Duration::from_millis(20), move |n| {
+    let enqueuer = Enqueuer::start(&env, Duration::from_millis(20), move |n, _| {
         let body = match n % 10 {
             0 => json!({"kind": "sleep", "payload": {"ms": 2500}}),
             1..=4 => json!({"kind": "sleep", "payload": {"ms": 30}}),
