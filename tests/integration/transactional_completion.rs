@@ -8,7 +8,7 @@ use faultline::{JobState, LeaseLostReason, NewJob, StoreError};
 use rand::Rng;
 use serde_json::json;
 
-use crate::harness::{default_queue, TestDb};
+use crate::harness::{default_queue, wait_for, TestDb};
 use crate::worker::{builtins, config, wait_for_state, Running};
 
 async fn app_table(db: &TestDb) {
@@ -168,4 +168,154 @@ async fn a_stalled_holder_is_refused_and_its_writes_roll_back_in_every_order() {
         assert_eq!(job.state, JobState::Succeeded);
         assert_eq!(job.lease_token, Some(b.token));
     }
+}
+
+/// The journal's events for `job` by `worker`.
+async fn journal_of(db: &TestDb, job: faultline::JobId, worker: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "select event, token from faultline_drill.executions
+         where job_id = $1 and worker = $2 order by id",
+    )
+    .bind(job)
+    .bind(worker)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+/// Real worker processes, a real SIGSTOP: the holder of a `drill_credit` job (which inserts an
+/// application row, waits, and completes in the same transaction) is stopped at a random point
+/// of its run, past its lease; a second worker takes the job over and commits; the stalled one
+/// resumes and tries to commit. Round after round, with random pauses: exactly one application
+/// row, the second worker's, and one success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigstopped_holder_resumes_and_its_transaction_is_refused_round_after_round() {
+    use crate::procs::Proc;
+    use nix::sys::signal::Signal;
+
+    let db = TestDb::new().await;
+    sqlx::raw_sql(
+        "create schema faultline_drill;
+         create table faultline_drill.credits (job_id uuid not null, token bigint not null,
+                                               at timestamptz not null default now());
+         create table faultline_drill.executions (
+             id bigserial primary key, job_id uuid not null, token bigint not null,
+             attempt int not null, worker text not null, event text not null,
+             detail text, at timestamptz not null default now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let store = db.store();
+    // The first works without maintenance, so stopping it stops no reaper; the second reaps.
+    let first = Proc::worker(
+        &db.url,
+        "first",
+        &[
+            "--drill-journal",
+            "--lease-ttl",
+            "1s",
+            "--concurrency",
+            "1",
+            "--no-maintenance",
+        ],
+    );
+    let second = Proc::worker(
+        &db.url,
+        "second",
+        &[
+            "--drill-journal",
+            "--lease-ttl",
+            "1s",
+            "--concurrency",
+            "1",
+            "--reaper-interval",
+            "200ms",
+        ],
+    );
+    for proc in [&first, &second] {
+        wait_for(
+            &format!("{} to be up", proc.name),
+            Duration::from_secs(30),
+            || async { proc.metric("faultline_db_up").await.filter(|up| *up == 1.0) },
+        )
+        .await;
+    }
+    let mut rng = rand::thread_rng();
+    const ROUNDS: usize = 8;
+    for round in 0..ROUNDS {
+        second.signal(Signal::SIGSTOP);
+        let ms: u64 = rng.gen_range(200..800);
+        let id = store
+            .enqueue(NewJob::new("drill_credit", json!({ "ms": ms })).with_max_attempts(5))
+            .await
+            .unwrap()
+            .job()
+            .id;
+        let (_, stale_token) = wait_for(
+            &format!("round {round}: first to start the job"),
+            Duration::from_secs(30),
+            || async { journal_of(&db, id, "first").await.into_iter().next() },
+        )
+        .await;
+        // A random point of the run: before the insert, inside the transaction's wait, or
+        // about to commit (every other round, in its last 60 ms: on resume, the handler's commit
+        // then races the heartbeat that learns the lease is lost).
+        let pause = if round % 2 == 0 {
+            rng.gen_range(0..ms)
+        } else {
+            rng.gen_range(ms - 60..ms)
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        first.signal(Signal::SIGSTOP);
+        second.signal(Signal::SIGCONT);
+        let job = wait_for(
+            &format!("round {round}: second to take over and commit"),
+            Duration::from_secs(30),
+            || async {
+                let job = store.get(id).await.ok()?;
+                (job.state == JobState::Succeeded).then_some(job)
+            },
+        )
+        .await;
+        first.signal(Signal::SIGCONT);
+        // The stalled holder's run ends (refused at commit, or stopped by its heartbeat).
+        let ended = wait_for(
+            &format!("round {round}: the stalled run to end"),
+            Duration::from_secs(30),
+            || async {
+                let events = journal_of(&db, id, "first").await;
+                let end = events
+                    .into_iter()
+                    .find(|(event, token)| *token == stale_token && event != "started")?;
+                Some(end.0)
+            },
+        )
+        .await;
+        assert_ne!(ended, "succeeded", "round {round}: the stale run succeeded");
+        eprintln!("round {round}: stalled {pause} ms into a {ms} ms run; it ended {ended:?}");
+        assert_eq!(job.lease_owner.as_deref(), Some("second"), "round {round}");
+        assert!(job.lease_token.unwrap() > stale_token, "round {round}");
+        let rows: Vec<i64> =
+            sqlx::query_scalar("select token from faultline_drill.credits where job_id = $1")
+                .bind(id)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            vec![job.lease_token.unwrap()],
+            "round {round}: one row, the holder's"
+        );
+        let successes: i64 = sqlx::query_scalar(
+            "select count(*) from faultline_drill.executions where job_id = $1 and event = 'succeeded'",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(successes, 1, "round {round}: succeeded once");
+    }
+    first.kill().await;
+    second.kill().await;
 }
