@@ -40,10 +40,13 @@ create trigger jobs_state_transition
 
 -- A parent's dependents, found by `depends_on @> array[parent]`. Partial: jobs without
 -- dependencies (nearly all) are not in it, so their inserts and transitions never write it.
+-- `fastupdate = off`: a GIN index's pending list is scanned whole by every search, and every
+-- promotion (a non-HOT update of a dependent) appends to it, so with it on each lookup costs
+-- more than the last (measured: 0.42 against 0.18 ms per settled parent at 3,000).
 create index jobs_depends_on_idx on faultline.jobs using gin (depends_on)
-    where cardinality(depends_on) > 0;
+    with (fastupdate = off) where cardinality(depends_on) > 0;
 create index job_history_depends_on_idx on faultline.job_history using gin (depends_on)
-    where cardinality(depends_on) > 0;
+    with (fastupdate = off) where cardinality(depends_on) > 0;
 
 create or replace view faultline.all_jobs as
     select id, queue, kind, payload, state, priority, attempts, max_attempts, next_run_at,
@@ -61,33 +64,32 @@ create or replace view faultline.all_jobs as
 
 -- Cancel the waiting jobs `roots` and every waiting job that depends on them, directly or not:
 -- each is moved to history as `cancelled`, its errors naming the dependency it was cancelled
--- for (`p_cause` for the roots, in state `p_cause_state`; for the others, the cancelled job
--- through which they depend on it). Returns how many were cancelled.
-create function faultline.cancel_dependents(p_roots uuid[], p_cause uuid, p_cause_state text)
+-- for (for a root, its `p_causes` entry, in state `p_cause_states`; for the others, the
+-- cancelled job through which they depend on it). Returns how many were cancelled.
+create function faultline.cancel_dependents(p_roots uuid[], p_causes uuid[],
+                                            p_cause_states text[])
 returns bigint
 language plpgsql volatile
 as $$
 declare
     cancelled bigint;
 begin
-    with recursive doomed(id, via) as (
-        select r, p_cause from unnest(p_roots) r
+    with recursive doomed(id, via, via_state) as (
+        select r.id, r.cause, r.state from unnest(p_roots, p_causes, p_cause_states) r(id, cause, state)
         union
-        select c.id, d.id
+        select c.id, d.id, 'cancelled'
         from doomed d
         join faultline.jobs c
           on cardinality(c.depends_on) > 0 and c.depends_on @> array[d.id] and c.state = 'waiting'
     ),
     -- One row per job (a job reachable along two paths names one of them).
     chosen as (
-        select distinct on (id) id, via from doomed order by id, via
+        select distinct on (id) id, via, via_state from doomed order by id, via
     ),
     moved as (
         delete from faultline.jobs j using chosen c
         where j.id = c.id and j.state = 'waiting'
-        returning j.*, c.via,
-            format('dependency %s %s', c.via,
-                   case when c.via = p_cause then p_cause_state else 'cancelled' end) as why
+        returning j.*, c.via, format('dependency %s %s', c.via, c.via_state) as why
     ),
     archived as (
         insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
@@ -116,68 +118,86 @@ begin
 end;
 $$;
 
--- Settle the dependents of a job that just finished, in the transaction that finished it: on
--- success each waiting dependent counts one dependency less, and becomes `queued` (eligible now,
--- or at its own later `run_at`) when none is left; on failure or cancellation every waiting
--- dependent, and theirs, is cancelled.
+-- Settle the dependents of the jobs a statement just moved to history, in the transaction that
+-- moved them: each waiting dependent counts one dependency less per dependency that succeeded,
+-- and becomes `queued` (eligible now, or at its own later `run_at`) when none is left; a
+-- dependency that failed or was cancelled cancels its waiting dependents, and theirs.
+--
+-- Per statement, over its transition table, not per row: a worker reports a batch of
+-- completions in one statement, and one set-based update of their dependents costs a fraction
+-- of one call per parent (measured: per row, 0.18 ms per settled parent). A statement that
+-- finished no job with dependents (nearly all) costs one scan of its own rows.
 --
 -- Why no dependent is missed: an enqueue that adds a dependent sets `has_dependents` on the live
 -- parent (locking its row) before inserting the child, and commits both together. A transition
 -- that finishes the parent waits for that lock, and its DELETE then returns the row as the
--- enqueue left it (has_dependents set), so this trigger fires. This function's statements each
--- take a new snapshot (VOLATILE, READ COMMITTED), so they see the child the enqueue committed,
--- though the finishing statement's own snapshot predates it. An enqueue that finds the parent
--- already gone from the live table reads its final state from history instead.
+-- enqueue left it (has_dependents set). This function's statements each take a new snapshot
+-- (VOLATILE, READ COMMITTED), so they see the child the enqueue committed, though the finishing
+-- statement's own snapshot predates it. An enqueue that finds the parent already gone from the
+-- live table reads its final state from history instead.
 --
 -- Why each dependency is counted once: a job succeeds at most once (no transition leaves
--- `succeeded`), and the decrement runs under the child's row lock, so two parents finishing at
--- once decrement one after the other and exactly one of them sees the count reach zero.
+-- `succeeded`), and the decrement is applied under the child's row lock to the child's current
+-- row (a concurrent decrement is waited for, and the update re-evaluated on its result), so two
+-- parents finishing at once decrement one after the other and exactly one sees zero.
 create function faultline.settle_dependents() returns trigger
 language plpgsql volatile
 as $$
 declare
-    doomed uuid[];
+    roots uuid[];
+    causes uuid[];
+    states text[];
     woken bigint;
 begin
     -- Jobs cancelled by cancel_dependents land here too; that call has already cancelled
     -- everything downstream of them.
-    if pg_trigger_depth() > 1 then
+    if pg_trigger_depth() > 1 or not exists (select 1 from finished where has_dependents) then
         return null;
     end if;
-    if new.state = 'succeeded' then
-        with promoted as (
-            update faultline.jobs c
-            set pending_dependencies = c.pending_dependencies - 1,
-                state = case when c.pending_dependencies = 1 then 'queued' else 'waiting' end,
-                next_run_at = case when c.pending_dependencies = 1
-                                   then greatest(c.next_run_at, now())
-                                   else c.next_run_at end,
-                updated_at = now()
-            where cardinality(c.depends_on) > 0 and c.depends_on @> array[new.id]
-              and c.state = 'waiting'
-            returning c.queue, c.state, c.next_run_at
-        )
-        select count(*) into woken
-        from (select distinct queue from promoted
-              where state = 'queued' and next_run_at <= now()) q,
-             lateral (select pg_notify('faultline_jobs', q.queue)) notified;
-    else
-        select array_agg(c.id) into doomed
-        from faultline.jobs c
-        where cardinality(c.depends_on) > 0 and c.depends_on @> array[new.id]
-          and c.state = 'waiting';
-        if doomed is not null then
-            perform faultline.cancel_dependents(doomed, new.id, new.state);
-        end if;
+    with succeeded as (
+        select id from finished where has_dependents and state = 'succeeded'
+    ),
+    counts as (
+        select c.id, count(*)::int as n
+        from succeeded s
+        join faultline.jobs c
+          on cardinality(c.depends_on) > 0 and c.depends_on @> array[s.id]
+        where c.state = 'waiting'
+        group by c.id
+    ),
+    promoted as (
+        update faultline.jobs c
+        set pending_dependencies = c.pending_dependencies - k.n,
+            state = case when c.pending_dependencies = k.n then 'queued' else 'waiting' end,
+            next_run_at = case when c.pending_dependencies = k.n
+                               then greatest(c.next_run_at, now())
+                               else c.next_run_at end,
+            updated_at = now()
+        from counts k
+        where c.id = k.id and c.state = 'waiting'
+        returning c.queue, c.state, c.next_run_at
+    )
+    select count(*) into woken
+    from (select distinct queue from promoted
+          where state = 'queued' and next_run_at <= now()) q,
+         lateral (select pg_notify('faultline_jobs', q.queue)) notified;
+
+    select array_agg(c.id), array_agg(f.id), array_agg(f.state)
+    into roots, causes, states
+    from finished f
+    join faultline.jobs c
+      on cardinality(c.depends_on) > 0 and c.depends_on @> array[f.id] and c.state = 'waiting'
+    where f.has_dependents and f.state in ('failed', 'cancelled');
+    if roots is not null then
+        perform faultline.cancel_dependents(roots, causes, states);
     end if;
     return null;
 end;
 $$;
 
--- On the partitioned table: Postgres gives every partition, present and future, the trigger.
--- The WHEN clause keeps jobs without dependents (nearly all) from even queueing the call.
+-- On the partitioned table, so every partition, present and future, is covered.
 create trigger job_history_settle_dependents
     after insert on faultline.job_history
-    for each row
-    when (new.has_dependents)
+    referencing new table as finished
+    for each statement
     execute function faultline.settle_dependents();

@@ -108,8 +108,8 @@ pub(crate) async fn cancel_for(
 ) -> Result<(), sqlx::Error> {
     sqlx::query("select faultline.cancel_dependents($1, $2, $3)")
         .bind(children)
-        .bind(cause)
-        .bind(state)
+        .bind(vec![cause; children.len()])
+        .bind(vec![state.as_str(); children.len()])
         .persistent(persistent)
         .execute(conn)
         .await?;

@@ -423,3 +423,44 @@ async fn a_replayed_batch_with_dependencies_returns_the_same_jobs() {
     let child = store.get(first[1]).await.unwrap();
     assert_eq!(child.depends_on, vec![first[0]]);
 }
+
+/// The settle trigger runs once per statement over every job the statement finished: parents
+/// completed together in one batch report count once each, a child of two of them included.
+#[tokio::test]
+async fn parents_completed_in_one_batch_settle_their_children_together() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let parents = ids(&store.enqueue_batch(vec![job(); 3]).await.unwrap());
+    let both = add(
+        &store,
+        job()
+            .with_dependency(parents[0])
+            .with_dependency(parents[1]),
+    )
+    .await;
+    let one = add(&store, job().with_dependency(parents[2])).await;
+    let also_waits = add(
+        &store,
+        job()
+            .with_dependency(parents[0])
+            .with_dependency(one.id),
+    )
+    .await;
+    let claimed = store
+        .claim_batch(&default_queue(), "w", 10, TTL)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3, "only the parents are eligible");
+    let leases: Vec<_> = claimed.iter().map(|c| c.lease.clone()).collect();
+    for result in store.complete_batch(&leases).await.unwrap() {
+        result.unwrap();
+    }
+    for (id, expect, pending) in [
+        (both.id, JobState::Queued, 0),
+        (one.id, JobState::Queued, 0),
+        (also_waits.id, JobState::Waiting, 1),
+    ] {
+        let job = store.get(id).await.unwrap();
+        assert_eq!((job.state, job.pending_dependencies), (expect, pending));
+    }
+}

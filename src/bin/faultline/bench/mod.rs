@@ -39,8 +39,8 @@ pub struct BenchArgs {
     #[arg(long = "database-url", env = "DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
 
-    /// Phases to run, comma-separated: enqueue, drain, latency, recovery, backlog, soak
-    /// (default: the first four).
+    /// Phases to run, comma-separated: enqueue, drain, latency, recovery, backlog, soak,
+    /// dependents (default: the first four).
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<Phase>,
 
@@ -79,6 +79,9 @@ pub enum Phase {
     /// Enqueue and drain at half the peak rate for `--soak`, with a short retention: table
     /// sizes, dead tuples and the drain rate sampled every 10 s.
     Soak,
+    /// The drain of jobs half of which wait for the other half (one dependency each), beside
+    /// the same drain without dependencies, alternated in one run (the last `--sweep` entry).
+    Dependents,
 }
 
 #[derive(Debug, Serialize)]
@@ -323,6 +326,33 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     format!("backlog: drain rate of {window} jobs from a {backlog}-job backlog, 1 worker × 128"),
                     "jobs/s",
                     phases::backlog(&bench, backlog, window, &progress).await?,
+                );
+            }
+        }
+        if wants(Phase::Dependents) {
+            let (workers, concurrency, prefetch) = *sweep.last().expect("a sweep");
+            let shape = format!("{workers} × {concurrency} + {prefetch}");
+            for with_dependents in [false, true] {
+                step(&format!(
+                    "drain {jobs} jobs {}, {shape}",
+                    if with_dependents { "with dependents" } else { "without" }
+                ));
+                bench.reset().await?;
+                let name = if with_dependents {
+                    format!("dependents: drain, half the jobs waiting on the other half, {shape}")
+                } else {
+                    format!("dependents: the same drain without dependencies, {shape}")
+                };
+                record(
+                    name,
+                    "jobs/s",
+                    phases::drain_dependents(
+                        &bench,
+                        jobs,
+                        (workers, concurrency, prefetch),
+                        with_dependents,
+                    )
+                    .await?,
                 );
             }
         }

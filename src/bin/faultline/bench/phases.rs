@@ -294,6 +294,46 @@ pub async fn drain(
     prefetch: u32,
 ) -> anyhow::Result<f64> {
     bench.prefill(jobs).await?;
+    drain_prefilled(bench, jobs, workers, concurrency, prefetch).await
+}
+
+/// The drain of `jobs` noop jobs; `with_dependents`: half of them parents, each with one child
+/// waiting on it (promoted by the database when its parent succeeds), else all independent.
+/// Both are inserted straight into the table, as `prefill` does.
+pub async fn drain_dependents(
+    bench: &Bench,
+    jobs: usize,
+    (workers, concurrency, prefetch): (usize, u32, u32),
+    with_dependents: bool,
+) -> anyhow::Result<f64> {
+    if with_dependents {
+        sqlx::query(
+            "with parents as (
+                 insert into faultline.jobs (id, kind, has_dependents)
+                 select gen_random_uuid(), 'noop', true from generate_series(1, $1)
+                 returning id)
+             insert into faultline.jobs (id, kind, state, depends_on, pending_dependencies)
+             select gen_random_uuid(), 'noop', 'waiting', array[id], 1 from parents",
+        )
+        .bind((jobs / 2) as i64)
+        .execute(&bench.pool)
+        .await?;
+        sqlx::query("vacuum analyze faultline.jobs")
+            .execute(&bench.pool)
+            .await?;
+    } else {
+        bench.prefill(jobs / 2 * 2).await?;
+    }
+    drain_prefilled(bench, jobs / 2 * 2, workers, concurrency, prefetch).await
+}
+
+async fn drain_prefilled(
+    bench: &Bench,
+    jobs: usize,
+    workers: usize,
+    concurrency: u32,
+    prefetch: u32,
+) -> anyhow::Result<f64> {
     let (concurrency, prefetch) = (concurrency.to_string(), prefetch.to_string());
     let children = (1..=workers)
         .map(|w| {
