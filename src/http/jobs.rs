@@ -265,6 +265,32 @@ pub async fn get(
     state.db("get", state.store.get(id).await).map(Json)
 }
 
+/// The jobs that wait (or waited) for a job.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DependentsResponse {
+    /// Oldest first, at most 1,000; empty for an unknown id.
+    pub jobs: Vec<Job>,
+}
+
+/// The jobs that depend on a job (its `depends_on` dependents), live or in history.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/dependents", tag = "jobs",
+    params(("id" = String, Path, description = "job id (UUID)")),
+    responses(
+        (status = 200, body = DependentsResponse),
+        (status = 400, description = "not a UUID", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn dependents(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+) -> Result<Json<DependentsResponse>, ApiError> {
+    let jobs = state.db("dependents", state.store.dependents(id).await)?;
+    Ok(Json(DependentsResponse { jobs }))
+}
+
 /// Listing filters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

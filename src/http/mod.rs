@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod queues;
 pub mod schedules;
 mod server;
+mod ui;
 pub mod workers;
 
 use std::sync::Arc;
@@ -135,6 +136,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/dependents", get(jobs::dependents))
+        .route("/v1/throughput", get(queues::throughput))
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{name}", patch(queues::update))
         .route("/v1/queues/{name}/pause", post(queues::pause))
@@ -157,7 +160,11 @@ pub fn app(state: AppState) -> Router {
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style));
     open.merge(protected)
         // After routing, so the matched route template is known; wraps auth, so 401s count.
         .route_layer(middleware::from_fn_with_state(

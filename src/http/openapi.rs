@@ -6,14 +6,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorDetail, ErrorResponse};
-use super::jobs::{BatchRequest, BatchResponse, BatchResult, EnqueueRequest};
-use super::queues::{QueuePatch, QueuesResponse};
+use super::jobs::{BatchRequest, BatchResponse, BatchResult, DependentsResponse, EnqueueRequest};
+use super::queues::{QueuePatch, QueuesResponse, ThroughputResponse};
 use super::schedules::SchedulesResponse;
 use super::workers::WorkersResponse;
 use super::{health, jobs, queues, schedules, workers};
 use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats, RateLimit};
 use crate::schedule::{Misfire, Schedule, ScheduleSpec};
-use crate::store::{LeaderInfo, WorkerInfo};
+use crate::store::{LeaderInfo, ThroughputSample, WorkerInfo};
 
 /// The document.
 #[derive(OpenApi)]
@@ -27,7 +27,7 @@ use crate::store::{LeaderInfo, WorkerInfo};
     paths(
         health::health, health::ready, health::metrics,
         jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry,
-        queues::list, queues::update, queues::pause, queues::resume, workers::list,
+        jobs::dependents, queues::throughput, queues::list, queues::update, queues::pause, queues::resume, workers::list,
         schedules::put, schedules::list, schedules::get, schedules::delete, schedules::pause,
         schedules::resume, document,
     ),
@@ -35,7 +35,7 @@ use crate::store::{LeaderInfo, WorkerInfo};
         Job, JobId, JobState, AttemptError, Page, QueueStats, QueuesResponse,
         EnqueueRequest, BatchRequest, BatchResponse, BatchResult, ErrorResponse, ErrorDetail,
         WorkersResponse, WorkerInfo, LeaderInfo, QueuePatch, RateLimit, Schedule, ScheduleSpec,
-        SchedulesResponse, Misfire,
+        SchedulesResponse, Misfire, DependentsResponse, ThroughputResponse, ThroughputSample,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -4,13 +4,13 @@
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorResponse};
-use super::extract::{JsonBody, PathName};
+use super::extract::{JsonBody, PathName, QueryParams};
 use super::AppState;
 use crate::job::{QueueStats, RateLimit};
-use crate::store::QueueSettingsPatch;
+use crate::store::{QueueSettingsPatch, ThroughputSample};
 
 /// Every queue that holds jobs or has settings.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -28,6 +28,50 @@ pub struct QueuesResponse {
 pub async fn list(State(state): State<AppState>) -> Result<Json<QueuesResponse>, ApiError> {
     let queues = state.db("queue_stats", state.store.queue_stats().await)?;
     Ok(Json(QueuesResponse { queues }))
+}
+
+/// `GET /v1/throughput` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ThroughputParams {
+    /// How many minutes back, 1 to 1,440 (default 60).
+    pub minutes: Option<u32>,
+}
+
+/// Jobs finished per queue and minute.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ThroughputResponse {
+    /// Oldest first; a minute in which a queue finished nothing is absent. The current minute
+    /// and the one before are not counted yet.
+    pub minutes: Vec<ThroughputSample>,
+}
+
+/// Per queue and minute, the jobs that succeeded, failed and were cancelled (counted from
+/// history once a minute by the elected maintainer).
+#[utoipa::path(
+    get, path = "/v1/throughput", tag = "queues",
+    params(ThroughputParams),
+    responses(
+        (status = 200, body = ThroughputResponse),
+        (status = 400, description = "bad minutes", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn throughput(
+    State(state): State<AppState>,
+    QueryParams(params): QueryParams<ThroughputParams>,
+) -> Result<Json<ThroughputResponse>, ApiError> {
+    let minutes = params.minutes.unwrap_or(60);
+    if !(1..=1440).contains(&minutes) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("minutes must be between 1 and 1440, got {minutes}"),
+        ));
+    }
+    let minutes = state.db("throughput", state.store.throughput(minutes).await)?;
+    Ok(Json(ThroughputResponse { minutes }))
 }
 
 /// A change to a queue's settings: an absent field is kept, `null` clears a limit.

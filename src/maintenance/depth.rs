@@ -55,6 +55,9 @@ impl DepthSampler {
     /// # Errors
     /// [`StoreError::Database`]; the gauges keep their last values.
     pub async fn run_once(&self) -> Result<Vec<QueueStats>, StoreError> {
+        // The dashboard's per-minute throughput, counted here because this pass runs on the
+        // elected maintainer only, every few seconds (a minute is counted once; see the store).
+        self.store.sample_throughput().await?;
         let stats = self.store.queue_stats().await?;
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         let current: HashSet<String> = stats.iter().map(|s| s.queue.clone()).collect();

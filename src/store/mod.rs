@@ -33,6 +33,7 @@ mod partitions;
 mod read;
 mod schedules;
 mod settings;
+mod throughput;
 mod workers;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub use enqueue::{BatchItem, Enqueued};
 pub use leader::{LeaderInfo, Term};
 pub use schedules::{FireOutcome, UP_GAP};
 pub use settings::{QueueSettingsPatch, Throttle, MAX_LIMIT, MAX_RATE_PERIOD_MS};
+pub use throughput::ThroughputSample;
 pub use workers::{WorkerBeat, WorkerInfo};
 
 /// The hot path's batch statements, for tests that check their plans.

@@ -23,6 +23,24 @@ impl Store {
             .ok_or(StoreError::NotFound(id))
     }
 
+    /// The jobs that depend on `id` (live or in history), oldest first, at most
+    /// [`MAX_PAGE_SIZE`]. Empty for an unknown id.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn dependents(&self, id: JobId) -> Result<Vec<Job>, StoreError> {
+        // `cardinality(depends_on) > 0` is the GIN indexes' predicate: it lets both be used.
+        Ok(sqlx::query_as(
+            "select * from faultline.all_jobs
+             where cardinality(depends_on) > 0 and depends_on @> array[$1::uuid]
+             order by id limit $2",
+        )
+        .bind(id)
+        .bind(MAX_PAGE_SIZE as i64)
+        .all_on(self)
+        .await?)
+    }
+
     /// Jobs matching `filter`, newest first, `limit` per page (1 to 1,000). Pass the returned
     /// `next_cursor` as `cursor` for the next page. Keyset pagination on the time-ordered id:
     /// pages stay stable while jobs are added, and deep pages cost no more than the first.

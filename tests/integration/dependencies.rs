@@ -441,9 +441,7 @@ async fn parents_completed_in_one_batch_settle_their_children_together() {
     let one = add(&store, job().with_dependency(parents[2])).await;
     let also_waits = add(
         &store,
-        job()
-            .with_dependency(parents[0])
-            .with_dependency(one.id),
+        job().with_dependency(parents[0]).with_dependency(one.id),
     )
     .await;
     let claimed = store

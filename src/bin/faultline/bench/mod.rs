@@ -335,7 +335,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             for with_dependents in [false, true] {
                 step(&format!(
                     "drain {jobs} jobs {}, {shape}",
-                    if with_dependents { "with dependents" } else { "without" }
+                    if with_dependents {
+                        "with dependents"
+                    } else {
+                        "without"
+                    }
                 ));
                 bench.reset().await?;
                 let name = if with_dependents {
