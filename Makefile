@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: up test migrate lint drill bench check-deploy
+.PHONY: up test migrate lint drill bench check-deploy screenshots
 
 ## Run Faultline: API, workers and a private Postgres (unless DATABASE_URL is set).
 up:
@@ -13,7 +13,14 @@ up:
 test:
 	./scripts/ensure-postgres
 	./scripts/ensure-pgbouncer
+	./scripts/ensure-chromium
 	$(CARGO) test --locked
+
+## Refresh the README's dashboard screenshots (docs/ui/*.png) from the browser test.
+screenshots:
+	./scripts/ensure-postgres
+	./scripts/ensure-chromium
+	FAULTLINE_UI_SCREENSHOTS=$(CURDIR)/docs/ui $(CARGO) test --locked --test integration -- dashboard
 
 ## Apply the schema: to $$DATABASE_URL when set, else to the compose stack's Postgres.
 migrate:

@@ -440,6 +440,8 @@ async function refresh(force) {
     if (banner.dataset.kind === "down") { banner.hidden = true; banner.dataset.kind = ""; }
     document.getElementById("refreshed").textContent = "refreshed " + new Date().toLocaleTimeString();
     document.body.dataset.loaded = nav;
+    // The first render with data, for the page's time-to-first-render figure.
+    if (!performance.getEntriesByName("faultline-rendered").length) performance.mark("faultline-rendered");
   } catch (err) {
     if (mine !== generation) return;
     if (err instanceof NeedToken) { askForToken(); return; }

@@ -191,6 +191,18 @@ fn http_cases() -> Vec<Case> {
     ] {
         cases.push(post("/v1/jobs/batch", batch_of(&jobs), Field(field)));
     }
+    // The dashboard's reads.
+    for query in [
+        "minutes=0",
+        "minutes=1441",
+        "minutes=abc",
+        "minutes=-1",
+        "minutes=",
+        "other=1",
+    ] {
+        cases.push(get(&format!("/v1/throughput?{query}"), Status(400)));
+    }
+    cases.push(get("/v1/jobs/not-a-uuid/dependents", Status(400)));
     // An unknown id in the last job of a batch: nothing of the batch is written.
     let late_unknown = format!(
         r#"{{"kind": "noop", "depends_on": [0, {}]}}"#,

@@ -15,6 +15,7 @@ mod prefetch;
 mod claim;
 mod cluster;
 mod concurrency_keys;
+mod dashboard;
 mod dependencies;
 mod fencing;
 mod flow_control;

@@ -128,3 +128,41 @@ async fn queue_stats_count_by_state_and_age_the_oldest_eligible_job() {
         "not yet eligible"
     );
 }
+
+/// The dashboard's throughput: each finished minute of the last hour is counted once, from
+/// history, per queue and outcome; the minutes still open are not counted yet.
+#[tokio::test]
+async fn throughput_counts_each_finished_minute_once() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    sqlx::raw_sql(
+        "insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
+                 max_attempts, next_run_at, created_at, finished_at, updated_at)
+         select gen_random_uuid(), q, 'k', '{}', s, 0, 1, 5, now(), now(),
+                date_trunc('minute', now()) - make_interval(mins => m) + interval '10 seconds',
+                now()
+         from (values ('a', 'succeeded', 5, 3), ('a', 'failed', 5, 1), ('b', 'succeeded', 7, 2),
+                      ('a', 'succeeded', 0, 4), ('a', 'cancelled', 90, 1)) v(q, s, m, n),
+              generate_series(1, n)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert!(store.sample_throughput().await.unwrap() >= 58);
+    assert_eq!(
+        store.sample_throughput().await.unwrap(),
+        0,
+        "a minute is counted once"
+    );
+    let samples = store.throughput(60).await.unwrap();
+    let got: Vec<(String, i64, i64, i64)> = samples
+        .iter()
+        .map(|s| (s.queue.clone(), s.succeeded, s.failed, s.cancelled))
+        .collect();
+    // Minute 7 (b), minute 5 (a); the current minute is open and minute 90 is beyond an hour.
+    assert_eq!(
+        got,
+        vec![("b".to_owned(), 2, 0, 0), ("a".to_owned(), 3, 1, 0)]
+    );
+    assert!(samples[0].minute < samples[1].minute);
+}
