@@ -29,9 +29,32 @@ pub(crate) fn fingerprint(job: &NewJob) -> Vec<u8> {
     if !job.depends_on.is_empty() {
         canonical["depends_on"] = serde_json::json!(job.depends_on);
     }
+    if let Some(unique) = &job.unique {
+        canonical["unique"] = serde_json::json!(unique);
+    }
     let mut text = String::new();
     write_canonical(&canonical, &mut text);
     Sha256::digest(text.as_bytes()).to_vec()
+}
+
+/// The uniqueness key derived from what the job is (SPEC §5 `unique_scope` without a
+/// `unique_key`): `sha256:` and the hex digest of its kind, queue and payload in canonical form,
+/// so the same arguments with object keys in another order give the same key.
+pub(crate) fn derived_unique_key(job: &NewJob) -> String {
+    let canonical = serde_json::json!({
+        "kind": job.kind,
+        "queue": job.queue,
+        "payload": job.payload,
+    });
+    let mut text = String::new();
+    write_canonical(&canonical, &mut text);
+    let digest = Sha256::digest(text.as_bytes());
+    let mut key = String::with_capacity(7 + 64);
+    key.push_str("sha256:");
+    for byte in digest {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
 }
 
 // serde_json sorts object keys only while its `preserve_order` feature is off, and any crate in

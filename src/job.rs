@@ -308,6 +308,14 @@ pub struct Job {
     #[sqlx(default)]
     #[serde(default)]
     pub pending_dependencies: i32,
+    /// Its uniqueness key (given or derived), if it was enqueued with a [`UniqueScope`].
+    #[sqlx(default)]
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// The period of its uniqueness in milliseconds (`None`: unique while live, or no key).
+    #[sqlx(default)]
+    #[serde(default)]
+    pub unique_period_ms: Option<i64>,
 }
 
 /// A job to enqueue. Build one with [`NewJob::new`] and the `with_*` methods.
@@ -346,7 +354,40 @@ pub struct NewJob {
     /// cancelled.
     #[serde(default)]
     pub depends_on: Vec<Dependency>,
+    /// Uniqueness (see [`UniqueScope`]): at most one job per key in the scope; a duplicate
+    /// returns the existing job instead of creating one.
+    #[serde(default)]
+    pub unique: Option<Unique>,
 }
+
+/// A job's uniqueness: a key and the scope in which it is unique. Independent of the idempotency
+/// key, which stays unique for as long as its job is retained.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unique {
+    /// The key; `None` derives it from the job's kind, queue and payload (object keys in any
+    /// order give the same key).
+    pub key: Option<String>,
+    /// Where the key is unique.
+    pub scope: UniqueScope,
+}
+
+/// Where a uniqueness key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UniqueScope {
+    /// At most one live job (queued, waiting or running) per key: the usual "one pending refresh
+    /// per account". Once that job has finished, a new one may be created.
+    Active,
+    /// At most one job per key enqueued within `period_ms` milliseconds of the enqueue that
+    /// created the last one, whatever became of it.
+    Period {
+        /// The period, 1 ms to [`MAX_UNIQUE_PERIOD_MS`].
+        period_ms: i64,
+    },
+}
+
+/// The longest uniqueness period: 366 days.
+pub const MAX_UNIQUE_PERIOD_MS: i64 = 366 * 24 * 3600 * 1000;
 
 /// Most dependencies one job may have.
 pub const MAX_DEPENDENCIES: usize = 100;
@@ -416,7 +457,42 @@ impl NewJob {
             timeout_ms: None,
             concurrency_key: None,
             depends_on: Vec::new(),
+            unique: None,
         }
+    }
+
+    /// At most one live job (queued, waiting or running) with this job's uniqueness key: while
+    /// one exists, enqueueing another returns it ([`crate::Enqueued::Duplicate`]). The key is
+    /// the one given with [`NewJob::with_unique_key`], else derived from kind, queue and payload.
+    pub fn unique_while_active(mut self) -> Self {
+        let key = self.unique.take().and_then(|u| u.key);
+        self.unique = Some(Unique {
+            key,
+            scope: UniqueScope::Active,
+        });
+        self
+    }
+
+    /// At most one job with this job's uniqueness key enqueued within `period` (rounded down to
+    /// whole milliseconds) of the enqueue that created the last one.
+    pub fn unique_for(mut self, period: std::time::Duration) -> Self {
+        let key = self.unique.take().and_then(|u| u.key);
+        let period_ms = i64::try_from(period.as_millis()).unwrap_or(i64::MAX);
+        self.unique = Some(Unique {
+            key,
+            scope: UniqueScope::Period { period_ms },
+        });
+        self
+    }
+
+    /// Use `key` as the uniqueness key (scope: active unless [`NewJob::unique_for`] is called).
+    pub fn with_unique_key(mut self, key: impl Into<String>) -> Self {
+        let scope = self.unique.take().map_or(UniqueScope::Active, |u| u.scope);
+        self.unique = Some(Unique {
+            key: Some(key.into()),
+            scope,
+        });
+        self
     }
 
     /// Put it on `queue`.

@@ -12,7 +12,8 @@ use super::error::{ApiError, ErrorResponse};
 use super::extract::{JsonBody, PathJobId, QueryParams};
 use super::AppState;
 use crate::job::{
-    Job, JobFilter, JobId, JobState, NewJob, Page, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE,
+    Job, JobFilter, JobId, JobState, NewJob, Page, Unique, UniqueScope, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
 };
 use crate::names::name_problem;
 use crate::store::{BatchItem, Enqueued};
@@ -21,6 +22,8 @@ use crate::store::{BatchItem, Enqueued};
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Response header set on a replay.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// Response header set when a job with the same uniqueness key exists in its scope.
+pub const UNIQUE_DUPLICATE: &str = "unique-duplicate";
 /// Most jobs in one batch.
 pub const MAX_BATCH: usize = 1000;
 
@@ -63,6 +66,42 @@ pub struct EnqueueRequest {
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
     pub depends_on: Vec<crate::job::Dependency>,
+    /// Uniqueness key (1–255 bytes): at most one job per key in `unique_scope`; a duplicate
+    /// returns the existing job (200, header `Unique-Duplicate: true`). Without it, a
+    /// `unique_scope` derives the key from kind, queue and payload.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// `active` (default when a `unique_key` is given): at most one queued, waiting or running
+    /// job per key; `period`: at most one job per key enqueued within `unique_period_ms`.
+    #[serde(default)]
+    pub unique_scope: Option<UniqueScopeName>,
+    /// The period of a `period` scope, 1 ms to 366 days.
+    #[serde(default)]
+    pub unique_period_ms: Option<i64>,
+}
+
+/// The scopes of uniqueness, as named in the enqueue body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum UniqueScopeName {
+    /// While the job is queued, waiting or running.
+    Active,
+    /// Within `unique_period_ms` of the enqueue that created the job.
+    Period,
+}
+
+// Read as a string first: serde's enum path calls any other JSON token malformed (400), while
+// a wrong type or name here is a wrong field (422 naming it).
+impl<'de> Deserialize<'de> for UniqueScopeName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "active" => Ok(UniqueScopeName::Active),
+            "period" => Ok(UniqueScopeName::Period),
+            other => Err(serde::de::Error::custom(format!(
+                "expected \"active\" or \"period\", got {other:?}"
+            ))),
+        }
+    }
 }
 
 fn empty_object() -> serde_json::Value {
@@ -70,8 +109,33 @@ fn empty_object() -> serde_json::Value {
 }
 
 impl EnqueueRequest {
-    fn into_new_job(self) -> NewJob {
-        NewJob {
+    /// The job, or the field whose combination with the others is wrong (named as given, for
+    /// the caller to prefix in a batch).
+    fn into_new_job(self) -> Result<NewJob, (&'static str, String)> {
+        let scope = match (self.unique_scope, self.unique_period_ms) {
+            (Some(UniqueScopeName::Period), Some(period_ms)) => {
+                Some(UniqueScope::Period { period_ms })
+            }
+            (Some(UniqueScopeName::Period), None) => {
+                return Err((
+                    "unique_period_ms",
+                    "is required when unique_scope is \"period\"".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err((
+                    "unique_period_ms",
+                    "is allowed only with unique_scope \"period\"".into(),
+                ))
+            }
+            (Some(UniqueScopeName::Active), None) => Some(UniqueScope::Active),
+            (None, None) => self.unique_key.as_ref().map(|_| UniqueScope::Active),
+        };
+        let unique = scope.map(|scope| Unique {
+            key: self.unique_key,
+            scope,
+        });
+        Ok(NewJob {
             kind: self.kind,
             payload: self.payload,
             queue: self.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
@@ -82,7 +146,8 @@ impl EnqueueRequest {
             timeout_ms: self.timeout_ms,
             concurrency_key: self.concurrency_key,
             depends_on: self.depends_on,
-        }
+            unique,
+        })
     }
 }
 
@@ -93,7 +158,7 @@ impl EnqueueRequest {
     params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key")),
     responses(
         (status = 201, description = "created", body = Job),
-        (status = 200, description = "replay of an earlier request with the same key (header Idempotent-Replayed: true)", body = Job),
+        (status = 200, description = "replay of an earlier request with the same key (header Idempotent-Replayed: true), or a job with the same uniqueness key in its scope (header Unique-Duplicate: true)", body = Job),
         (status = 400, description = "malformed JSON, or header and body keys differ", body = ErrorResponse),
         (status = 409, description = "the key is used by a different request", body = ErrorResponse),
         (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
@@ -121,7 +186,13 @@ pub async fn enqueue(
             _ => request.idempotency_key = Some(header_key.to_owned()),
         }
     }
-    let outcome = state.db("enqueue", state.store.enqueue(request.into_new_job()).await)?;
+    let job = request
+        .into_new_job()
+        .map_err(|(field, message)| ApiError::Invalid {
+            field: field.into(),
+            message: format!("{field} {message}"),
+        })?;
+    let outcome = state.db("enqueue", state.store.enqueue(job).await)?;
     Ok(match outcome {
         Enqueued::Created(job) => {
             state.count_created(&job);
@@ -139,6 +210,15 @@ pub async fn enqueue(
             (
                 StatusCode::OK,
                 [(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"))],
+                Json(job),
+            )
+                .into_response()
+        }
+        Enqueued::Duplicate(job) => {
+            state.count_replayed(&job);
+            (
+                StatusCode::OK,
+                [(UNIQUE_DUPLICATE, HeaderValue::from_static("true"))],
                 Json(job),
             )
                 .into_response()
@@ -169,6 +249,11 @@ pub enum BatchResult {
         /// The job.
         job: Job,
     },
+    /// A job with the same uniqueness key exists in its scope: that job.
+    Duplicate {
+        /// The job.
+        job: Job,
+    },
     /// The key is used by a different request; nothing was written for this job.
     Conflict {
         /// The key.
@@ -190,7 +275,7 @@ pub struct BatchResponse {
     post, path = "/v1/jobs/batch", tag = "jobs",
     request_body = BatchRequest,
     responses(
-        (status = 200, description = "per-job results (created / replayed / conflict)", body = BatchResponse),
+        (status = 200, description = "per-job results (created / replayed / duplicate / conflict)", body = BatchResponse),
         (status = 400, description = "malformed JSON, or an Idempotency-Key header (give each job its own key)", body = ErrorResponse),
         (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
         (status = 422, description = "a job is invalid, named as jobs[i].field (nothing written)", body = ErrorResponse),
@@ -224,8 +309,15 @@ pub async fn enqueue_batch(
     let jobs = request
         .jobs
         .into_iter()
-        .map(EnqueueRequest::into_new_job)
-        .collect();
+        .enumerate()
+        .map(|(i, job)| {
+            job.into_new_job()
+                .map_err(|(field, message)| ApiError::Invalid {
+                    field: format!("jobs[{i}].{field}"),
+                    message: format!("jobs[{i}].{field} {message}"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let items = state.db("enqueue_batch", state.store.enqueue_batch(jobs).await)?;
     let results = items
         .into_iter()
@@ -237,6 +329,10 @@ pub async fn enqueue_batch(
             BatchItem::Replayed(job) => {
                 state.count_replayed(&job);
                 BatchResult::Replayed { job }
+            }
+            BatchItem::Duplicate(job) => {
+                state.count_replayed(&job);
+                BatchResult::Duplicate { job }
             }
             BatchItem::Conflict { key, existing } => BatchResult::Conflict {
                 idempotency_key: key,

@@ -101,6 +101,7 @@ impl Pass for HistoryOutcome {
             dropped = self.dropped,
             dropped_jobs = self.dropped_jobs,
             deleted = self.deleted,
+            unique_periods = self.unique_periods,
             "history retention pass"
         );
     }

@@ -7,8 +7,10 @@ use sqlx::{Connection, PgConnection};
 use super::dependencies::{cancel_for, Parents};
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
-use crate::fingerprint::fingerprint;
-use crate::job::{Dependency, Job, JobId, JobState, NewJob, MAX_DEPENDENCIES};
+use crate::fingerprint::{derived_unique_key, fingerprint};
+use crate::job::{
+    Dependency, Job, JobId, JobState, NewJob, UniqueScope, MAX_DEPENDENCIES, MAX_UNIQUE_PERIOD_MS,
+};
 use crate::names::{label_problem, name_problem};
 use crate::time_range::time_problem;
 
@@ -20,26 +22,34 @@ pub enum Enqueued {
     /// A job with the same idempotency key and the same request already existed; it is returned
     /// unchanged and nothing was written.
     Replayed(Job),
+    /// A job with the same uniqueness key exists in the job's scope (SPEC §5 `unique_scope`); it
+    /// is returned unchanged and nothing was written.
+    Duplicate(Job),
 }
 
 impl Enqueued {
     /// The job, new or existing.
     pub fn job(&self) -> &Job {
         match self {
-            Enqueued::Created(job) | Enqueued::Replayed(job) => job,
+            Enqueued::Created(job) | Enqueued::Replayed(job) | Enqueued::Duplicate(job) => job,
         }
     }
 
     /// The job, new or existing.
     pub fn into_job(self) -> Job {
         match self {
-            Enqueued::Created(job) | Enqueued::Replayed(job) => job,
+            Enqueued::Created(job) | Enqueued::Replayed(job) | Enqueued::Duplicate(job) => job,
         }
     }
 
-    /// Whether the job already existed.
+    /// Whether the job already existed under the same idempotency key.
     pub fn was_replayed(&self) -> bool {
         matches!(self, Enqueued::Replayed(_))
+    }
+
+    /// Whether a job with the same uniqueness key already existed in its scope.
+    pub fn was_duplicate(&self) -> bool {
+        matches!(self, Enqueued::Duplicate(_))
     }
 }
 
@@ -50,6 +60,9 @@ pub enum BatchItem {
     Created(Job),
     /// Same key and same request as an existing job: that job, unchanged.
     Replayed(Job),
+    /// Same uniqueness key as a job in the scope (possibly an earlier job of the same batch):
+    /// that job, unchanged; nothing was written for this one.
+    Duplicate(Job),
     /// The key is taken by a job created from a different request; nothing was written for it.
     Conflict {
         /// The key.
@@ -72,6 +85,16 @@ struct Prepared {
     pending: i32,
     /// A parent that had already failed or been cancelled: the job is cancelled once created.
     orphaned_by: Option<(JobId, JobState)>,
+    /// The uniqueness key as stored (given or derived), and the period (`None`: active scope).
+    unique_key: Option<String>,
+    unique_period_ms: Option<i64>,
+}
+
+impl Prepared {
+    /// Unique while live: settled by the live table's partial unique index.
+    fn unique_while_active(&self) -> bool {
+        self.unique_key.is_some() && self.unique_period_ms.is_none()
+    }
 }
 
 // A job inserted, or found by its key, with the fingerprint of the request that created it.
@@ -189,6 +212,21 @@ impl Store {
                     .and_then(|()| dependencies_problem(&job, i, shape))
                     .and_then(|()| self.payload_text(&job));
                 let payload = checked.map_err(|e| shape.name(i, e))?;
+                let (unique_key, unique_period_ms) = match &job.unique {
+                    None => (None, None),
+                    Some(unique) => (
+                        Some(
+                            unique
+                                .key
+                                .clone()
+                                .unwrap_or_else(|| derived_unique_key(&job)),
+                        ),
+                        match unique.scope {
+                            UniqueScope::Active => None,
+                            UniqueScope::Period { period_ms } => Some(period_ms),
+                        },
+                    ),
+                };
                 Ok(Prepared {
                     id: JobId::new(),
                     fingerprint: fingerprint(&job),
@@ -197,6 +235,8 @@ impl Store {
                     depends_on: Vec::new(),
                     pending: 0,
                     orphaned_by: None,
+                    unique_key,
+                    unique_period_ms,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -213,7 +253,11 @@ impl Store {
         // caller's): a key won in the live table must be checked against history before anyone
         // can see the new job (see `shadowed_by_history`).
         // Behind PgBouncer, every statement runs in a transaction (see `exec.rs`).
-        if !self.persistent() || prepared.iter().any(|p| p.job.idempotency_key.is_some()) {
+        // So are jobs with a uniqueness key: a duplicate found after the insert is undone there.
+        let keyed = prepared
+            .iter()
+            .any(|p| p.job.idempotency_key.is_some() || p.unique_key.is_some());
+        if !self.persistent() || keyed {
             let mut tx = conn.begin().await?;
             let items = enqueue_rounds(&mut tx, &prepared, notify, self.persistent()).await?;
             tx.commit().await?;
@@ -423,30 +467,65 @@ async fn enqueue_rounds(
             .iter()
             .filter_map(|&i| prepared[i].job.idempotency_key.clone())
             .collect();
-        let holders: HashMap<String, KeyedRow> = sqlx::query_as::<_, KeyedRow>(
-            "select * from faultline.all_jobs where idempotency_key = any($1)",
-        )
-        .bind(&keys)
-        .persistent(persistent)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .filter_map(|row| Some((row.job.idempotency_key.clone()?, row)))
-        .collect();
+        let holders: HashMap<String, KeyedRow> = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, KeyedRow>(
+                "select * from faultline.all_jobs where idempotency_key = any($1)",
+            )
+            .bind(&keys)
+            .persistent(persistent)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .filter_map(|row| Some((row.job.idempotency_key.clone()?, row)))
+            .collect()
+        };
+        // The idempotency key is settled first: a replay is a replay, whatever its scope.
+        let unique_keys: Vec<&str> = keyed
+            .iter()
+            .map(|&i| &prepared[i])
+            .filter(|p| {
+                p.unique_while_active()
+                    && p.job
+                        .idempotency_key
+                        .as_ref()
+                        .map_or(true, |key| !holders.contains_key(key))
+            })
+            .filter_map(|p| p.unique_key.as_deref())
+            .collect();
+        let live: HashMap<String, Job> = if unique_keys.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, Job>(
+                "select * from faultline.jobs
+                 where unique_key = any($1) and unique_period_ms is null",
+            )
+            .bind(&unique_keys)
+            .persistent(persistent)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .filter_map(|job| Some((job.unique_key.clone()?, job)))
+            .collect()
+        };
         for i in keyed {
             let p = &prepared[i];
-            let key = p.job.idempotency_key.clone().unwrap_or_default();
-            match holders.get(&key) {
+            let key = p.job.idempotency_key.clone();
+            match key.as_ref().and_then(|key| holders.get(key)) {
                 Some(holder) if holder.request_fingerprint.as_deref() == Some(&p.fingerprint) => {
                     results[i] = Some(BatchItem::Replayed(holder.job.clone()))
                 }
                 Some(holder) => {
                     results[i] = Some(BatchItem::Conflict {
-                        key,
+                        key: key.unwrap_or_default(),
                         existing: holder.job.id,
                     })
                 }
-                None => pending.push(i),
+                None => match p.unique_key.as_ref().and_then(|key| live.get(key)) {
+                    Some(holder) => results[i] = Some(BatchItem::Duplicate(holder.clone())),
+                    None => pending.push(i),
+                },
             }
         }
     }
@@ -455,7 +534,106 @@ async fn enqueue_rounds(
             "idempotency keys kept vanishing between insert and look-up after {MAX_ROUNDS} rounds"
         ))));
     }
+    for (p, result) in prepared.iter().zip(results.iter_mut()) {
+        if let (Some(key), Some(period_ms), Some(BatchItem::Created(job))) =
+            (&p.unique_key, p.unique_period_ms, result.as_ref())
+        {
+            if let Some(holder) = take_period(conn, key, job.id, period_ms, persistent).await? {
+                *result = Some(BatchItem::Duplicate(holder));
+            }
+        }
+    }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// Open the period of uniqueness key `key` for the just-inserted job `id`, or find the job that
+/// holds it: `None` when `id` now holds the key; else the holder, and `id`'s row is deleted
+/// again (inside the caller's transaction, so nobody ever saw it).
+///
+/// Why it is safe: the upsert overwrites the key's row only when its period has ended.
+/// Concurrent enqueues of one key serialise on that row (`on conflict` waits for the
+/// transaction that holds it, then re-checks the `where` against the committed row), so exactly
+/// one of them opens a period. The `where` reads only the row itself: a sub-select there would
+/// run in the statement's older snapshot, miss the holder's just-committed job and take the
+/// key from it. Whether the holder's job still exists is asked in a new statement instead, and
+/// a key whose job is gone (pruned before its period ended) is taken over by compare-and-set.
+async fn take_period(
+    conn: &mut PgConnection,
+    key: &str,
+    id: JobId,
+    period_ms: i64,
+    persistent: bool,
+) -> Result<Option<Job>, StoreError> {
+    for _ in 0..MAX_ROUNDS {
+        let taken: Option<JobId> = sqlx::query_scalar(
+            "insert into faultline.unique_periods as u (unique_key, job_id, expires_at)
+             values ($1, $2, statement_timestamp() + $3 * interval '1 millisecond')
+             on conflict (unique_key) do update
+                 set job_id = excluded.job_id, expires_at = excluded.expires_at
+                 where u.expires_at <= statement_timestamp()
+             returning job_id",
+        )
+        .bind(key)
+        .bind(id)
+        .bind(period_ms)
+        .persistent(persistent)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if taken.is_some() {
+            return Ok(None);
+        }
+        // A new statement, so a new snapshot (READ COMMITTED): it sees the holder's row and its
+        // job, committed together.
+        let holder: Option<JobId> =
+            sqlx::query_scalar("select job_id from faultline.unique_periods where unique_key = $1")
+                .bind(key)
+                .persistent(persistent)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let holder = match holder {
+            Some(holder) => Some((
+                holder,
+                sqlx::query_as::<_, Job>("select * from faultline.all_jobs where id = $1")
+                    .bind(holder)
+                    .persistent(persistent)
+                    .fetch_optional(&mut *conn)
+                    .await?,
+            )),
+            None => None,
+        };
+        match holder {
+            Some((_, Some(job))) => {
+                sqlx::query("delete from faultline.jobs where id = $1")
+                    .bind(id)
+                    .persistent(persistent)
+                    .execute(&mut *conn)
+                    .await?;
+                return Ok(Some(job));
+            }
+            Some((gone, None)) => {
+                let took = sqlx::query(
+                    "update faultline.unique_periods
+                     set job_id = $2, expires_at = statement_timestamp() + $3 * interval '1 millisecond'
+                     where unique_key = $1 and job_id = $4",
+                )
+                .bind(key)
+                .bind(id)
+                .bind(period_ms)
+                .bind(gone)
+                .persistent(persistent)
+                .execute(&mut *conn)
+                .await?;
+                if took.rows_affected() == 1 {
+                    return Ok(None);
+                }
+            }
+            // The row was deleted in between (its period had ended): the next upsert inserts.
+            None => {}
+        }
+    }
+    Err(StoreError::Database(sqlx::Error::Protocol(format!(
+        "the holder of uniqueness key {key:?} kept changing after {MAX_ROUNDS} rounds"
+    ))))
 }
 
 impl Store {
@@ -495,6 +673,19 @@ impl Store {
         }
         if let Some(problem) = job.run_at.and_then(time_problem) {
             return Err(StoreError::invalid("run_at", problem));
+        }
+        if let Some(unique) = &job.unique {
+            if let Some(problem) = unique.key.as_deref().and_then(label_problem) {
+                return Err(StoreError::invalid("unique_key", problem));
+            }
+            if let UniqueScope::Period { period_ms } = unique.scope {
+                if !(1..=MAX_UNIQUE_PERIOD_MS).contains(&period_ms) {
+                    return Err(StoreError::invalid(
+                        "unique_period_ms",
+                        format!("must be 1 to {MAX_UNIQUE_PERIOD_MS} (366 days), got {period_ms}"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -631,6 +822,7 @@ fn single(mut items: Vec<BatchItem>, key: Option<String>) -> Result<Enqueued, St
     match items.pop() {
         Some(BatchItem::Created(job)) => Ok(Enqueued::Created(job)),
         Some(BatchItem::Replayed(job)) => Ok(Enqueued::Replayed(job)),
+        Some(BatchItem::Duplicate(job)) => Ok(Enqueued::Duplicate(job)),
         Some(BatchItem::Conflict { existing, .. }) => Err(StoreError::IdempotencyConflict {
             key: key.unwrap_or_default(),
             existing,
@@ -698,6 +890,9 @@ async fn insert<'a>(
     let mut concurrency_keys = Vec::new();
     let mut depends_on = Vec::new();
     let mut pending = Vec::new();
+    let mut unique_keys = Vec::new();
+    let mut unique_periods = Vec::new();
+    let mut unique_active = false;
     for p in jobs {
         ids.push(p.id);
         queues.push(p.job.queue.as_str());
@@ -712,11 +907,18 @@ async fn insert<'a>(
         concurrency_keys.push(p.job.concurrency_key.as_deref());
         depends_on.push(depends_on_literal(&p.depends_on));
         pending.push((p.pending > 0).then_some(p.pending));
+        unique_keys.push(p.unique_key.as_deref());
+        unique_periods.push(p.unique_period_ms);
+        unique_active |= p.unique_while_active();
     }
     mark_keyed(conn, &queues, &concurrency_keys, persistent).await?;
-    let sql = match notify {
-        Notify::InTransaction => INSERT_AND_NOTIFY,
-        Notify::AfterCommit => INSERT,
+    // Only a batch with a job unique while active names no conflict target, so that every
+    // other insert keeps the idempotency index as its only arbiter (no extra probe per row).
+    let sql = match (notify, unique_active) {
+        (Notify::InTransaction, false) => INSERT_AND_NOTIFY,
+        (Notify::AfterCommit, false) => INSERT,
+        (Notify::InTransaction, true) => INSERT_UNIQUE_AND_NOTIFY,
+        (Notify::AfterCommit, true) => INSERT_UNIQUE,
     };
     let query = sqlx::query_as::<_, Job>(sql)
         .bind(ids)
@@ -731,7 +933,9 @@ async fn insert<'a>(
         .bind(timeouts)
         .bind(concurrency_keys)
         .bind(pending)
-        .bind(depends_on);
+        .bind(depends_on)
+        .bind(unique_keys)
+        .bind(unique_periods);
     let query = match notify {
         Notify::InTransaction => query.bind(JOB_CHANNEL),
         Notify::AfterCommit => query,
@@ -758,48 +962,72 @@ macro_rules! input_cte {
     select *
     from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
                 $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[], $11::text[],
-                $12::int4[], $13::text[])
+                $12::int4[], $13::text[], $14::text[], $15::int8[])
          with ordinality
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
-              fingerprint, timeout_ms, concurrency_key, pending, depends_on, ord)
+              fingerprint, timeout_ms, concurrency_key, pending, depends_on, unique_key,
+              unique_period_ms, ord)
 )"
     };
 }
 
-/// The insert itself, shared by both statements: rows whose key is taken are skipped.
+/// The insert itself, shared by every statement below: rows whose key is taken are skipped
+/// (`$conflict`: the idempotency index alone, or every unique index).
 macro_rules! insert_rows {
-    () => {
-        "insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
+    ($conflict:expr) => {
+        concat!(
+            "insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
                             idempotency_key, request_fingerprint, timeout_ms, concurrency_key,
-                            state, pending_dependencies, depends_on)
+                            state, pending_dependencies, depends_on, unique_key, unique_period_ms)
 select id, queue, kind, payload::json, priority, max_attempts, coalesce(run_at, now()),
        idempotency_key, fingerprint, timeout_ms, concurrency_key,
        case when pending > 0 then 'waiting' else 'queued' end, coalesce(pending, 0),
-       coalesce(depends_on::uuid[], '{}')
+       coalesce(depends_on::uuid[], '{}'), unique_key, unique_period_ms
 from input
 order by ord
-on conflict (idempotency_key) where idempotency_key is not null do nothing
+on conflict ",
+            $conflict,
+            " do nothing
 returning *"
+        )
     };
 }
 
-/// The insert alone.
-const INSERT: &str = concat!(input_cte!(), "\n", insert_rows!());
+/// The conflict target of an insert without jobs unique while active.
+macro_rules! on_idempotency_key {
+    () => {
+        "(idempotency_key) where idempotency_key is not null"
+    };
+}
 
 /// The insert with an in-transaction `NOTIFY` per queue that got an eligible job.
-const INSERT_AND_NOTIFY: &str = concat!(
-    input_cte!(),
-    ",
+macro_rules! insert_and_notify {
+    ($conflict:expr) => {
+        concat!(
+            input_cte!(),
+            ",
 inserted as (
 ",
-    insert_rows!(),
-    "
+            insert_rows!($conflict),
+            "
 ),
 -- A data-modifying CTE always runs, a plain one only when referenced: the scalar sub-select in
 -- the final WHERE is that reference. pg_notify folds repeats of one queue in a transaction.
 notified as (
-    select pg_notify($14, q.queue)
+    select pg_notify($16, q.queue)
     from (select distinct queue from inserted where state = 'queued' and next_run_at <= now()) q
 )
 select * from inserted where (select count(*) from notified) >= 0"
-);
+        )
+    };
+}
+
+/// The insert alone.
+const INSERT: &str = concat!(input_cte!(), "\n", insert_rows!(on_idempotency_key!()));
+/// The insert, with a `NOTIFY`.
+const INSERT_AND_NOTIFY: &str = insert_and_notify!(on_idempotency_key!());
+/// The insert of a batch with a job unique while active: any unique index is an arbiter (the
+/// idempotency key's and `jobs_unique_active_idx`).
+const INSERT_UNIQUE: &str = concat!(input_cte!(), "\n", insert_rows!(""));
+/// The same, with a `NOTIFY`.
+const INSERT_UNIQUE_AND_NOTIFY: &str = insert_and_notify!("");

@@ -23,7 +23,8 @@ macro_rules! archive_moved {
     insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
         max_attempts, next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
         needs_recovery, idempotency_key, request_fingerprint, last_error, errors, created_at,
-        started_at, finished_at, updated_at, concurrency_key, result, depends_on, has_dependents)
+        started_at, finished_at, updated_at, concurrency_key, result, depends_on, has_dependents,
+        unique_key, unique_period_ms)
     select id, queue, kind, payload, '",
             $state,
             "', priority, attempts, max_attempts, next_run_at,
@@ -34,7 +35,7 @@ macro_rules! archive_moved {
             $errors,
             ", created_at, started_at, now(), now(), concurrency_key, ",
             $result,
-            ", depends_on, has_dependents
+            ", depends_on, has_dependents, unique_key, unique_period_ms
     from moved
     returning *
 ),

@@ -135,7 +135,21 @@ impl Store {
         retention: Duration,
         limit: u32,
     ) -> Result<HistoryOutcome, StoreError> {
-        super::partitions::maintain(self, retention, limit).await
+        let mut outcome = super::partitions::maintain(self, retention, limit).await?;
+        // Periods of uniqueness that have ended: a later enqueue would overwrite each one
+        // anyway (see `take_period`), so deleting them only keeps the table small.
+        outcome.unique_periods = sqlx::query(
+            "delete from faultline.unique_periods where unique_key in (
+                 select unique_key from faultline.unique_periods
+                 where expires_at < statement_timestamp() limit $1
+                 for update skip locked)",
+        )
+        .bind(i64::from(limit))
+        .persistent(self.persistent())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(outcome)
     }
 }
 
@@ -150,6 +164,8 @@ pub struct HistoryOutcome {
     pub dropped_jobs: u64,
     /// Jobs deleted from the default partition past retention.
     pub deleted: u64,
+    /// Ended periods of uniqueness deleted.
+    pub unique_periods: u64,
 }
 
 impl HistoryOutcome {

@@ -343,7 +343,7 @@ impl Store {
                 }
                 // The slot has its job already (a replay, or the key holds a job of the
                 // schedule's earlier definition): fired before, by this or another process.
-                Ok(Enqueued::Replayed(job)) => {
+                Ok(Enqueued::Replayed(job) | Enqueued::Duplicate(job)) => {
                     outcome.already += 1;
                     last = Some((*slot, job.id));
                 }

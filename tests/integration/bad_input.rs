@@ -191,6 +191,56 @@ fn http_cases() -> Vec<Case> {
     ] {
         cases.push(post("/v1/jobs/batch", batch_of(&jobs), Field(field)));
     }
+    // Uniqueness (issue 17): unique_key a label; unique_scope active|period; a period of
+    // 1 ms to 366 days, only with scope period.
+    for (raw_fields, field) in [
+        (r#""unique_key": """#, "unique_key"),
+        (r#""unique_key": "  ""#, "unique_key"),
+        (r#""unique_key": "nul\u0000""#, "unique_key"),
+        (r#""unique_key": 5"#, "unique_key"),
+        (r#""unique_key": {}"#, "unique_key"),
+        (r#""unique_scope": "forever""#, "unique_scope"),
+        (r#""unique_scope": 1"#, "unique_scope"),
+        (r#""unique_scope": "ACTIVE""#, "unique_scope"),
+        (r#""unique_scope": "period""#, "unique_period_ms"),
+        (r#""unique_period_ms": 1000"#, "unique_period_ms"),
+        (
+            r#""unique_scope": "active", "unique_period_ms": 1000"#,
+            "unique_period_ms",
+        ),
+        (
+            r#""unique_scope": "period", "unique_period_ms": 0"#,
+            "unique_period_ms",
+        ),
+        (
+            r#""unique_scope": "period", "unique_period_ms": -5"#,
+            "unique_period_ms",
+        ),
+        (
+            r#""unique_scope": "period", "unique_period_ms": 31622400001"#,
+            "unique_period_ms",
+        ),
+        (
+            r#""unique_scope": "period", "unique_period_ms": 1e30"#,
+            "unique_period_ms",
+        ),
+        (
+            r#""unique_scope": "period", "unique_period_ms": 1.5"#,
+            "unique_period_ms",
+        ),
+        (
+            r#""unique_scope": "period", "unique_period_ms": "60000""#,
+            "unique_period_ms",
+        ),
+    ] {
+        let body = format!(r#"{{"kind": "noop", {raw_fields}}}"#);
+        cases.push(post("/v1/jobs", body.clone(), Field(field)));
+        cases.push(post(
+            "/v1/jobs/batch",
+            batch_of(&[&body]),
+            Field(Box::leak(format!("jobs[0].{field}").into_boxed_str())),
+        ));
+    }
     // The dashboard's reads.
     for query in [
         "minutes=0",
@@ -771,6 +821,18 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
         (
             vec!["jobs", "enqueue", "noop", "--depends-on", ""],
             "--depends-on",
+        ),
+        (
+            vec!["jobs", "enqueue", "noop", "--unique-for", "soon"],
+            "--unique-for",
+        ),
+        (
+            vec!["jobs", "enqueue", "noop", "--unique-for=-5s"],
+            "--unique-for",
+        ),
+        (
+            vec!["jobs", "enqueue", "noop", "--unique", "--unique=yes"],
+            "--unique",
         ),
         worker("--prefetch", "10001"),
         worker("--prefetch", "99999999999"),

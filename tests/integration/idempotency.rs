@@ -27,6 +27,7 @@ async fn fifty_concurrent_enqueues_with_one_key_make_one_job() {
         match outcome {
             Enqueued::Created(_) => created += 1,
             Enqueued::Replayed(_) => replayed += 1,
+            Enqueued::Duplicate(_) => panic!("no uniqueness key was given"),
         }
     }
     assert_eq!((created, replayed), (1, 49));

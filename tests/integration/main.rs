@@ -29,6 +29,7 @@ mod schedules;
 mod transactional_completion;
 mod transactions;
 mod transitions;
+mod uniqueness;
 mod worker;
 mod worker_binary;
 

@@ -51,6 +51,16 @@ pub enum JobsCommand {
         /// Run only after this job has succeeded (a job id; repeat or comma-separate for more).
         #[arg(long, value_delimiter = ',', value_name = "ID")]
         depends_on: Vec<String>,
+        /// At most one queued, waiting or running job with this key (or, with --unique-for,
+        /// one per period); a duplicate prints the existing job.
+        #[arg(long, value_name = "KEY")]
+        unique_key: Option<String>,
+        /// Unique while live, the key derived from kind, queue and payload (unless --unique-key).
+        #[arg(long)]
+        unique: bool,
+        /// Unique within this period of the enqueue that created the job (e.g. 10m).
+        #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+        unique_for: Option<std::time::Duration>,
     },
     /// Show a job and its error history.
     Get { id: String },
@@ -87,7 +97,19 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
             timeout_ms,
             concurrency_key,
             depends_on,
+            unique_key,
+            unique,
+            unique_for,
         } => {
+            use faultline::http::jobs::UniqueScopeName;
+            let (unique_scope, unique_period_ms) = match unique_for {
+                Some(period) => (
+                    Some(UniqueScopeName::Period),
+                    Some(i64::try_from(period.as_millis()).unwrap_or(i64::MAX)),
+                ),
+                None if *unique => (Some(UniqueScopeName::Active), None),
+                None => (None, None),
+            };
             let depends_on = depends_on
                 .iter()
                 .map(|id| {
@@ -118,6 +140,9 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
                 timeout_ms: *timeout_ms,
                 concurrency_key: concurrency_key.clone(),
                 depends_on,
+                unique_key: unique_key.clone(),
+                unique_scope,
+                unique_period_ms,
             };
             client
                 .send(
@@ -215,6 +240,20 @@ fn request_json(request: &EnqueueRequest) -> Value {
     if !request.depends_on.is_empty() {
         put("depends_on", serde_json::to_value(&request.depends_on).ok());
     }
+    put("unique_key", request.unique_key.clone().map(Value::from));
+    put(
+        "unique_scope",
+        request.unique_scope.map(|scope| {
+            Value::from(match scope {
+                faultline::http::jobs::UniqueScopeName::Active => "active",
+                faultline::http::jobs::UniqueScopeName::Period => "period",
+            })
+        }),
+    );
+    put(
+        "unique_period_ms",
+        request.unique_period_ms.map(Value::from),
+    );
     Value::Object(map)
 }
 
