@@ -54,6 +54,7 @@ pub mod error;
 mod fingerprint;
 pub mod http;
 pub mod job;
+pub mod job_args;
 pub mod lease;
 pub mod maintenance;
 pub mod metrics;
@@ -62,6 +63,8 @@ pub mod pg;
 pub mod retry;
 pub mod schedule;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod text;
 pub mod time_range;
 pub mod worker;
@@ -69,7 +72,9 @@ pub mod worker;
 pub use error::StoreError;
 pub use job::{
     AttemptError, Dependency, Job, JobFilter, JobId, JobState, NewJob, Page, QueueStats, RateLimit,
+    Unique, UniqueScope,
 };
+pub use job_args::{IntoNewJob, JobArgs, JobOptions};
 pub use lease::{Lease, LeaseLostReason};
 pub use retry::{Backoff, Jitter};
 pub use store::{

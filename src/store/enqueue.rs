@@ -11,6 +11,7 @@ use crate::fingerprint::{derived_unique_key, fingerprint};
 use crate::job::{
     Dependency, Job, JobId, JobState, NewJob, UniqueScope, MAX_DEPENDENCIES, MAX_UNIQUE_PERIOD_MS,
 };
+use crate::job_args::IntoNewJob;
 use crate::names::{label_problem, name_problem};
 use crate::time_range::time_problem;
 
@@ -111,7 +112,7 @@ struct KeyedRow {
 const MAX_ROUNDS: usize = 3;
 
 impl Store {
-    /// Enqueue `job` on the store's pool.
+    /// Enqueue `job` (a [`NewJob`], or a typed [`crate::JobArgs`] value) on the store's pool.
     ///
     /// With an idempotency key: if a job with that key exists and was created from the same
     /// request, it is returned as [`Enqueued::Replayed`] and nothing is written; if it was
@@ -122,7 +123,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Invalid`] naming the field when the job is out of bounds (nothing written),
     /// [`StoreError::IdempotencyConflict`], or [`StoreError::Database`].
-    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
+    pub async fn enqueue(&self, job: impl IntoNewJob) -> Result<Enqueued, StoreError> {
+        let job = job.into_new_job()?;
         let mut conn = self.pool.acquire().await?;
         let key = job.idempotency_key.clone();
         // One autocommit statement without a key; with one, a short transaction (the insert,
@@ -144,8 +146,9 @@ impl Store {
     pub async fn enqueue_in(
         &self,
         conn: &mut PgConnection,
-        job: NewJob,
+        job: impl IntoNewJob,
     ) -> Result<Enqueued, StoreError> {
+        let job = job.into_new_job()?;
         let key = job.idempotency_key.clone();
         let items = self
             .enqueue_rows(conn, vec![job], Notify::InTransaction, Shape::Single)

@@ -327,6 +327,15 @@ impl HandlerRegistry {
         kinds
     }
 
+    pub(crate) fn insert_erased(
+        &mut self,
+        kind: impl Into<String>,
+        handler: Arc<dyn ErasedHandler>,
+    ) -> &mut Self {
+        self.handlers.insert(kind.into(), handler);
+        self
+    }
+
     pub(crate) fn get(&self, kind: &str) -> Option<Arc<dyn ErasedHandler>> {
         self.handlers.get(kind).cloned()
     }

@@ -32,6 +32,7 @@ mod report;
 mod reporter;
 mod runtime;
 mod shared;
+mod typed;
 pub mod webhook;
 
 pub use builtin::{builtin_registry, register_builtins};

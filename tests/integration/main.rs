@@ -29,6 +29,7 @@ mod schedules;
 mod transactional_completion;
 mod transactions;
 mod transitions;
+mod typed_jobs;
 mod uniqueness;
 mod worker;
 mod worker_binary;
