@@ -50,7 +50,7 @@ pub(crate) async fn run_job(shared: Arc<Shared>, claimed: Claimed, stop: Arc<Sto
 }
 
 /// The handler in its own task (a panic is caught, not fatal), under its timeout and its stop
-/// signal, between the execution hook's two calls.
+/// signal, wrapped by the execution hooks and between their `started` and `finished` calls.
 async fn run_handler(
     shared: &Shared,
     claimed: &Claimed,
@@ -80,12 +80,19 @@ async fn run_handler(
         .and_then(|ms| u64::try_from(ms).ok())
         .map(Duration::from_millis)
         .or_else(|| shared.registry.timeout(&job.kind));
-    if let Some(hook) = &shared.hook {
+    for hook in &shared.hooks {
         hook.started(&ctx).await;
     }
-    // Only with a hook: the context is not cloned on the hot path otherwise.
-    let hook_ctx = shared.hook.as_ref().map(|_| ctx.clone());
-    let mut task = tokio::spawn(handler.call(ctx, job.payload.clone()));
+    // Only with hooks: the context is not cloned on the hot path otherwise.
+    let hook_ctx = (!shared.hooks.is_empty()).then(|| ctx.clone());
+    let mut run = handler.call(ctx, job.payload.clone());
+    if let Some(hook_ctx) = &hook_ctx {
+        // The first hook added is the outermost.
+        for hook in shared.hooks.iter().rev() {
+            run = hook.wrap(hook_ctx, run);
+        }
+    }
+    let mut task = tokio::spawn(run);
     let expired = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -131,13 +138,15 @@ async fn run_handler(
         (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
         (outcome, _) => outcome,
     };
-    if let (Some(hook), Some(hook_ctx)) = (&shared.hook, &hook_ctx) {
+    if let Some(hook_ctx) = &hook_ctx {
         let end = match &outcome {
             Outcome::Succeeded(_) | Outcome::Committed => RunEnd::Succeeded,
             Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
             Outcome::Stopped(_) => RunEnd::Stopped,
         };
-        hook.finished(hook_ctx, &end).await;
+        for hook in shared.hooks.iter().rev() {
+            hook.finished(hook_ctx, &end).await;
+        }
     }
     outcome
 }

@@ -236,7 +236,7 @@ where
 }
 
 /// A handler's run with its output as JSON (`null` for none).
-pub(crate) type BoxedJob = Pin<Box<dyn Future<Output = JobResult<serde_json::Value>> + Send>>;
+pub(crate) type BoxedJob = super::hook::RunFuture;
 
 /// A handler with its payload type erased, so handlers of every kind live in one map.
 pub(crate) trait ErasedHandler: Send + Sync {

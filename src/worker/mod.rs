@@ -38,6 +38,6 @@ pub mod webhook;
 pub use builtin::{builtin_registry, register_builtins};
 pub use config::{default_worker_id, ConfigError, Listen, WorkerConfig};
 pub use handler::{FnHandler, Handler, HandlerRegistry, JobContext, JobError, JobResult};
-pub use hook::{ExecutionHook, HookFuture, RunEnd};
+pub use hook::{ExecutionHook, HookFuture, RunEnd, RunFuture};
 pub use runtime::Worker;
 pub use webhook::{ProxyError, WebhookConfig};

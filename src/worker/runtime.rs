@@ -41,7 +41,7 @@ pub struct Worker {
     registry: Arc<HandlerRegistry>,
     config: WorkerConfig,
     metrics: Arc<Metrics>,
-    hook: Option<Arc<dyn ExecutionHook>>,
+    hooks: Vec<Arc<dyn ExecutionHook>>,
 }
 
 impl Worker {
@@ -60,13 +60,14 @@ impl Worker {
             registry: Arc::new(registry),
             config,
             metrics: Arc::new(Metrics::new()),
-            hook: None,
+            hooks: Vec::new(),
         })
     }
 
-    /// Await `hook` around every handler run (see [`ExecutionHook`]).
+    /// Run `hook` around every handler run, inside the hooks added before it (see
+    /// [`ExecutionHook`] for the order).
     pub fn with_hook(mut self, hook: Arc<dyn ExecutionHook>) -> Self {
-        self.hook = Some(hook);
+        self.hooks.push(hook);
         self
     }
 
@@ -96,7 +97,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            hook: self.hook,
+            hooks: self.hooks,
             worker_id: Arc::from(self.config.worker_id.as_str()),
             instance: uuid::Uuid::now_v7(),
             started_at: chrono::Utc::now(),

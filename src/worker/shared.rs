@@ -31,7 +31,7 @@ pub(crate) const DB_RETRY: Backoff = Backoff {
 
 /// State shared by the claim loop, the job tasks and the helper tasks.
 pub(crate) struct Shared {
-    pub hook: Option<Arc<dyn ExecutionHook>>,
+    pub hooks: Vec<Arc<dyn ExecutionHook>>,
     pub store: Store,
     pub registry: Arc<HandlerRegistry>,
     pub config: WorkerConfig,

@@ -7,6 +7,7 @@ mod http_live;
 
 mod bad_input;
 mod history;
+mod hooks;
 mod hostile;
 mod hot_path;
 mod http_transport;
