@@ -42,7 +42,8 @@ drill:
 	./scripts/ensure-pgbouncer
 	$(CARGO) run --release -- drill all
 
-## Formatting and lints, as CI runs them.
+## Formatting, lints (examples included) and the API docs without a warning, as CI runs them.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --features testing

@@ -48,6 +48,7 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
+#![warn(clippy::missing_errors_doc)]
 
 pub mod db;
 pub mod error;

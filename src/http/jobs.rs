@@ -152,6 +152,9 @@ impl EnqueueRequest {
 }
 
 /// Enqueue a job.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
     request_body = EnqueueRequest,
@@ -271,6 +274,9 @@ pub struct BatchResponse {
 }
 
 /// Enqueue up to 1,000 jobs in one transaction.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     post, path = "/v1/jobs/batch", tag = "jobs",
     request_body = BatchRequest,
@@ -344,6 +350,9 @@ pub async fn enqueue_batch(
 }
 
 /// A job with its error history.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "job id (UUID)")),
@@ -369,6 +378,9 @@ pub struct DependentsResponse {
 }
 
 /// The jobs that depend on a job (its `depends_on` dependents), live or in history.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/dependents", tag = "jobs",
     params(("id" = String, Path, description = "job id (UUID)")),
@@ -405,6 +417,9 @@ pub struct ListParams {
 }
 
 /// Jobs, newest first, cursor-paginated.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     get, path = "/v1/jobs", tag = "jobs",
     params(ListParams),
@@ -463,6 +478,9 @@ pub async fn list(
 }
 
 /// Cancel a queued or running job (a running one stops at its next heartbeat).
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "job id (UUID)")),
@@ -482,6 +500,9 @@ pub async fn cancel(
 }
 
 /// Re-queue a failed or cancelled job with a fresh attempt budget.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/retry", tag = "jobs",
     params(("id" = String, Path, description = "job id (UUID)")),

@@ -20,6 +20,9 @@ pub struct QueuesResponse {
 }
 
 /// Per queue: jobs by state and the age of the oldest eligible job.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     get, path = "/v1/queues", tag = "queues",
     responses((status = 200, body = QueuesResponse), (status = 503, body = ErrorResponse)),
@@ -49,6 +52,9 @@ pub struct ThroughputResponse {
 
 /// Per queue and minute, the jobs that succeeded, failed and were cancelled (counted from
 /// history once a minute by the elected maintainer).
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     get, path = "/v1/throughput", tag = "queues",
     params(ThroughputParams),
@@ -108,6 +114,9 @@ where
 
 /// Change a queue's settings (creating them for a queue that has none). Workers see the change
 /// at their next claim.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     patch, path = "/v1/queues/{name}", tag = "queues",
     params(("name" = String, Path, description = "queue name")),
@@ -136,6 +145,9 @@ pub async fn update(
 
 /// Pause a queue: no job of it starts until it is resumed; running ones finish; enqueues are
 /// accepted.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     post, path = "/v1/queues/{name}/pause", tag = "queues",
     params(("name" = String, Path, description = "queue name")),
@@ -152,6 +164,9 @@ pub async fn pause(
 }
 
 /// Resume a paused queue.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     post, path = "/v1/queues/{name}/resume", tag = "queues",
     params(("name" = String, Path, description = "queue name")),

@@ -20,6 +20,9 @@ pub struct SchedulesResponse {
 
 /// Create or replace a schedule. Replacing it with the same cron and time zone keeps what it has
 /// fired; a new cron or zone starts from now.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     put, path = "/v1/schedules/{name}", tag = "schedules",
     params(("name" = String, Path, description = "schedule name (1–200 bytes)")),
@@ -47,6 +50,9 @@ pub async fn put(
 }
 
 /// Every schedule, with its next and last runs.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     get, path = "/v1/schedules", tag = "schedules",
     responses((status = 200, body = SchedulesResponse), (status = 503, body = ErrorResponse)),
@@ -58,6 +64,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SchedulesRespons
 }
 
 /// One schedule.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     get, path = "/v1/schedules/{name}", tag = "schedules",
     params(("name" = String, Path, description = "schedule name")),
@@ -75,6 +84,9 @@ pub async fn get(
 }
 
 /// Delete a schedule (the jobs it enqueued stay).
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     delete, path = "/v1/schedules/{name}", tag = "schedules",
     params(("name" = String, Path, description = "schedule name")),
@@ -92,6 +104,9 @@ pub async fn delete(
 
 /// Pause a schedule: it fires nothing until resumed, and the slots of the pause are not
 /// misfires.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     post, path = "/v1/schedules/{name}/pause", tag = "schedules",
     params(("name" = String, Path, description = "schedule name")),
@@ -108,6 +123,9 @@ pub async fn pause(
 }
 
 /// Resume a paused schedule, from now.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     post, path = "/v1/schedules/{name}/resume", tag = "schedules",
     params(("name" = String, Path, description = "schedule name")),

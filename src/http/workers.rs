@@ -22,6 +22,9 @@ pub struct WorkersResponse {
 
 /// The live workers (id, queues, concurrency, jobs held, start, last refresh, whether it leads)
 /// and the current maintainer.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
     get, path = "/v1/workers", tag = "workers",
     responses((status = 200, body = WorkersResponse), (status = 503, body = ErrorResponse)),

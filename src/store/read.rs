@@ -24,7 +24,7 @@ impl Store {
     }
 
     /// The jobs that depend on `id` (live or in history), oldest first, at most
-    /// [`MAX_PAGE_SIZE`]. Empty for an unknown id.
+    /// 1,000. Empty for an unknown id.
     ///
     /// # Errors
     /// [`StoreError::Database`].

@@ -77,6 +77,7 @@ impl JobContext {
     ///
     /// [`StoreError::LeaseLost`]: crate::StoreError::LeaseLost
     /// [`StoreError::Database`]: crate::StoreError::Database
+    /// [`StoreError::Invalid`]: crate::StoreError::Invalid
     ///
     /// ```no_run
     /// use faultline::worker::{HandlerRegistry, JobContext, JobError};

@@ -18,6 +18,7 @@ mod cluster;
 mod concurrency_keys;
 mod dashboard;
 mod dependencies;
+mod examples;
 mod fencing;
 mod flow_control;
 mod idempotency;
