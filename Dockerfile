@@ -8,11 +8,11 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin/faultline \
     && echo 'fn main() {}' > src/bin/faultline/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --features otel \
     && rm -rf src
 COPY migrations migrations
 COPY src src
-RUN touch src/lib.rs src/bin/faultline/main.rs && cargo build --release --locked
+RUN touch src/lib.rs src/bin/faultline/main.rs && cargo build --release --locked --features otel
 
 # --- runtime: slim, non-root.
 FROM debian:bookworm-slim

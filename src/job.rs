@@ -316,6 +316,11 @@ pub struct Job {
     #[sqlx(default)]
     #[serde(default)]
     pub unique_period_ms: Option<i64>,
+    /// The W3C `traceparent` of the context that enqueued it, if any: the worker runs the
+    /// handler in a span whose parent it is (feature `otel`).
+    #[sqlx(default)]
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// A job to enqueue. Build one with [`NewJob::new`] and the `with_*` methods.
@@ -358,6 +363,11 @@ pub struct NewJob {
     /// returns the existing job instead of creating one.
     #[serde(default)]
     pub unique: Option<Unique>,
+    /// The W3C `traceparent` (`00-<trace id>-<span id>-<flags>`) of the context enqueueing it;
+    /// with the `otel` feature, the current span's when `None`. Not part of the request an
+    /// idempotency key stands for.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 /// A job's uniqueness: a key and the scope in which it is unique. Independent of the idempotency
@@ -458,7 +468,14 @@ impl NewJob {
             concurrency_key: None,
             depends_on: Vec::new(),
             unique: None,
+            traceparent: None,
         }
+    }
+
+    /// Continue the trace `traceparent` (a W3C `traceparent` header value) in the worker.
+    pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
     }
 
     /// At most one live job (queued, waiting or running) with this job's uniqueness key: while

@@ -60,6 +60,8 @@ pub mod lease;
 pub mod maintenance;
 pub mod metrics;
 pub mod names;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod pg;
 pub mod retry;
 pub mod schedule;
@@ -68,6 +70,7 @@ pub mod store;
 pub mod testing;
 pub mod text;
 pub mod time_range;
+pub mod traceparent;
 pub mod worker;
 
 pub use error::StoreError;

@@ -156,6 +156,7 @@ async fn run_claimed(
         lease_token: lease.token,
         worker_id: Arc::from(TEST_WORKER),
         concurrency_key: job.concurrency_key.clone(),
+        traceparent: job.traceparent.clone(),
         cancel: CancellationToken::new(),
         fence: Some((store.clone(), lease.clone())),
         committed: committed.clone(),

@@ -24,6 +24,8 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// Response header set when a job with the same uniqueness key exists in its scope.
 pub const UNIQUE_DUPLICATE: &str = "unique-duplicate";
+/// Request header with the caller's W3C trace context, kept with the jobs it enqueues.
+pub const TRACEPARENT: &str = "traceparent";
 /// Most jobs in one batch.
 pub const MAX_BATCH: usize = 1000;
 
@@ -104,6 +106,51 @@ impl<'de> Deserialize<'de> for UniqueScopeName {
     }
 }
 
+/// The request's `traceparent`, if it is a valid one. A malformed header is ignored, as the W3C
+/// recommendation asks (a tracing proxy's mistake must not fail an enqueue): the job simply
+/// starts no trace of its own.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
+    crate::traceparent::Traceparent::parse(value)
+        .ok()
+        .map(|t| t.to_string())
+}
+
+/// Run `enqueue` so that the jobs it creates continue the request's trace. With the `otel`
+/// feature, inside a span `faultline.enqueue` whose parent is the request's `traceparent` (or,
+/// without one, the request's own span): the jobs keep that span's context. Without it, the
+/// header itself is what the jobs keep (see [`traceparent`]).
+async fn in_trace<F: std::future::Future>(headers: &HeaderMap, enqueue: F) -> F::Output {
+    #[cfg(feature = "otel")]
+    {
+        use tracing::Instrument;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let span = tracing::info_span!("faultline.enqueue", otel.kind = "producer");
+        if let Some(parent) = traceparent(headers)
+            .as_deref()
+            .and_then(crate::otel::parent_context)
+        {
+            let _ = span.set_parent(parent);
+        }
+        enqueue.instrument(span).await
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = headers;
+        enqueue.await
+    }
+}
+
+/// The trace context the jobs of this request keep: the header's, unless the `otel` feature
+/// takes the current span's (see [`in_trace`]).
+fn job_traceparent(headers: &HeaderMap) -> Option<String> {
+    if cfg!(feature = "otel") {
+        None
+    } else {
+        traceparent(headers)
+    }
+}
+
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
@@ -147,6 +194,7 @@ impl EnqueueRequest {
             concurrency_key: self.concurrency_key,
             depends_on: self.depends_on,
             unique,
+            traceparent: None,
         })
     }
 }
@@ -158,7 +206,10 @@ impl EnqueueRequest {
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
     request_body = EnqueueRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "idempotency key")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "idempotency key"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, kept with the job (ignored when malformed)"),
+    ),
     responses(
         (status = 201, description = "created", body = Job),
         (status = 200, description = "replay of an earlier request with the same key (header Idempotent-Replayed: true), or a job with the same uniqueness key in its scope (header Unique-Duplicate: true)", body = Job),
@@ -189,13 +240,17 @@ pub async fn enqueue(
             _ => request.idempotency_key = Some(header_key.to_owned()),
         }
     }
-    let job = request
+    let mut job = request
         .into_new_job()
         .map_err(|(field, message)| ApiError::Invalid {
             field: field.into(),
             message: format!("{field} {message}"),
         })?;
-    let outcome = state.db("enqueue", state.store.enqueue(job).await)?;
+    job.traceparent = job_traceparent(&headers);
+    let outcome = state.db(
+        "enqueue",
+        in_trace(&headers, state.store.enqueue(job)).await,
+    )?;
     Ok(match outcome {
         Enqueued::Created(job) => {
             state.count_created(&job);
@@ -312,19 +367,26 @@ pub async fn enqueue_batch(
             ),
         });
     }
+    let trace = job_traceparent(&headers);
     let jobs = request
         .jobs
         .into_iter()
         .enumerate()
         .map(|(i, job)| {
-            job.into_new_job()
+            let mut job = job
+                .into_new_job()
                 .map_err(|(field, message)| ApiError::Invalid {
                     field: format!("jobs[{i}].{field}"),
                     message: format!("jobs[{i}].{field} {message}"),
-                })
+                })?;
+            job.traceparent = trace.clone();
+            Ok(job)
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let items = state.db("enqueue_batch", state.store.enqueue_batch(jobs).await)?;
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let items = state.db(
+        "enqueue_batch",
+        in_trace(&headers, state.store.enqueue_batch(jobs)).await,
+    )?;
     let results = items
         .into_iter()
         .map(|item| match item {

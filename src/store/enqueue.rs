@@ -206,10 +206,18 @@ impl Store {
         notify: Notify,
         shape: Shape,
     ) -> Result<Vec<BatchItem>, StoreError> {
+        // With traces on, a job without a trace context continues the caller's.
+        #[cfg(feature = "otel")]
+        let current = crate::otel::current_traceparent();
         let prepared = jobs
             .into_iter()
             .enumerate()
             .map(|(i, job)| {
+                #[cfg(feature = "otel")]
+                let job = NewJob {
+                    traceparent: job.traceparent.or_else(|| current.clone()),
+                    ..job
+                };
                 let checked = self
                     .validate(&job)
                     .and_then(|()| dependencies_problem(&job, i, shape))
@@ -677,6 +685,13 @@ impl Store {
         if let Some(problem) = job.run_at.and_then(time_problem) {
             return Err(StoreError::invalid("run_at", problem));
         }
+        if let Some(problem) = job
+            .traceparent
+            .as_deref()
+            .and_then(|t| crate::traceparent::Traceparent::parse(t).err())
+        {
+            return Err(StoreError::invalid("traceparent", problem));
+        }
         if let Some(unique) = &job.unique {
             if let Some(problem) = unique.key.as_deref().and_then(label_problem) {
                 return Err(StoreError::invalid("unique_key", problem));
@@ -896,6 +911,7 @@ async fn insert<'a>(
     let mut unique_keys = Vec::new();
     let mut unique_periods = Vec::new();
     let mut unique_active = false;
+    let mut traceparents = Vec::new();
     for p in jobs {
         ids.push(p.id);
         queues.push(p.job.queue.as_str());
@@ -913,6 +929,7 @@ async fn insert<'a>(
         unique_keys.push(p.unique_key.as_deref());
         unique_periods.push(p.unique_period_ms);
         unique_active |= p.unique_while_active();
+        traceparents.push(p.job.traceparent.as_deref());
     }
     mark_keyed(conn, &queues, &concurrency_keys, persistent).await?;
     // Only a batch with a job unique while active names no conflict target, so that every
@@ -938,7 +955,8 @@ async fn insert<'a>(
         .bind(pending)
         .bind(depends_on)
         .bind(unique_keys)
-        .bind(unique_periods);
+        .bind(unique_periods)
+        .bind(traceparents);
     let query = match notify {
         Notify::InTransaction => query.bind(JOB_CHANNEL),
         Notify::AfterCommit => query,
@@ -965,11 +983,12 @@ macro_rules! input_cte {
     select *
     from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
                 $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[], $11::text[],
-                $12::int4[], $13::text[], $14::text[], $15::int8[])
+                $12::int4[], $13::text[], $14::text[], $15::int8[],
+                $16::text[])
          with ordinality
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
               fingerprint, timeout_ms, concurrency_key, pending, depends_on, unique_key,
-              unique_period_ms, ord)
+              unique_period_ms, traceparent, ord)
 )"
     };
 }
@@ -981,11 +1000,12 @@ macro_rules! insert_rows {
         concat!(
             "insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
                             idempotency_key, request_fingerprint, timeout_ms, concurrency_key,
-                            state, pending_dependencies, depends_on, unique_key, unique_period_ms)
+                            state, pending_dependencies, depends_on, unique_key, unique_period_ms,
+                            traceparent)
 select id, queue, kind, payload::json, priority, max_attempts, coalesce(run_at, now()),
        idempotency_key, fingerprint, timeout_ms, concurrency_key,
        case when pending > 0 then 'waiting' else 'queued' end, coalesce(pending, 0),
-       coalesce(depends_on::uuid[], '{}'), unique_key, unique_period_ms
+       coalesce(depends_on::uuid[], '{}'), unique_key, unique_period_ms, traceparent
 from input
 order by ord
 on conflict ",
@@ -1017,7 +1037,7 @@ inserted as (
 -- A data-modifying CTE always runs, a plain one only when referenced: the scalar sub-select in
 -- the final WHERE is that reference. pg_notify folds repeats of one queue in a transaction.
 notified as (
-    select pg_notify($16, q.queue)
+    select pg_notify($17, q.queue)
     from (select distinct queue from inserted where state = 'queued' and next_run_at <= now()) q
 )
 select * from inserted where (select count(*) from notified) >= 0"

@@ -117,7 +117,8 @@ macro_rules! claim_update {
                       j.max_attempts, j.next_run_at, j.timeout_ms, j.lease_owner,
                       j.lease_expires_at, j.lease_token, j.idempotency_key, j.last_error,
                       '[]'::jsonb as errors, j.created_at, j.started_at, j.finished_at,
-                      j.updated_at, j.concurrency_key, next.needs_recovery as recovered"
+                      j.updated_at, j.concurrency_key, j.traceparent,
+                      next.needs_recovery as recovered"
     };
 }
 

@@ -24,7 +24,7 @@ macro_rules! archive_moved {
         max_attempts, next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
         needs_recovery, idempotency_key, request_fingerprint, last_error, errors, created_at,
         started_at, finished_at, updated_at, concurrency_key, result, depends_on, has_dependents,
-        unique_key, unique_period_ms)
+        unique_key, unique_period_ms, traceparent)
     select id, queue, kind, payload, '",
             $state,
             "', priority, attempts, max_attempts, next_run_at,
@@ -35,7 +35,7 @@ macro_rules! archive_moved {
             $errors,
             ", created_at, started_at, now(), now(), concurrency_key, ",
             $result,
-            ", depends_on, has_dependents, unique_key, unique_period_ms
+            ", depends_on, has_dependents, unique_key, unique_period_ms, traceparent
     from moved
     returning *
 ),

@@ -71,6 +71,7 @@ async fn run_handler(
         lease_token: lease.token,
         worker_id: shared.worker_id.clone(),
         concurrency_key: job.concurrency_key.clone(),
+        traceparent: job.traceparent.clone(),
         cancel: cancel.clone(),
         fence: Some((shared.store.clone(), lease.clone())),
         committed: committed.clone(),

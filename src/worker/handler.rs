@@ -34,6 +34,10 @@ pub struct JobContext {
     pub worker_id: Arc<str>,
     /// Its concurrency key (SPEC §12), if it has one.
     pub concurrency_key: Option<String>,
+    /// The W3C `traceparent` of the context that enqueued it, if any (see
+    /// [`crate::traceparent`]); with the `otel` feature the handler already runs in a span
+    /// whose parent it is.
+    pub traceparent: Option<String>,
     pub(crate) cancel: CancellationToken,
     /// What [`JobContext::complete_and_commit`] needs: the store and this attempt's lease.
     pub(crate) fence: Option<(crate::store::Store, crate::lease::Lease)>,

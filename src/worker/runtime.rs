@@ -60,6 +60,10 @@ impl Worker {
             registry: Arc::new(registry),
             config,
             metrics: Arc::new(Metrics::new()),
+            // With traces on, the outermost hook: every other hook's work is inside the span.
+            #[cfg(feature = "otel")]
+            hooks: vec![Arc::new(crate::otel::TracingHook)],
+            #[cfg(not(feature = "otel"))]
             hooks: Vec::new(),
         })
     }

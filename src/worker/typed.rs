@@ -134,6 +134,7 @@ mod tests {
             lease_token: 1,
             worker_id: Arc::from("w"),
             concurrency_key: None,
+            traceparent: None,
             cancel: CancellationToken::new(),
             fence: None,
             committed: Default::default(),

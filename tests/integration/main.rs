@@ -28,6 +28,7 @@ mod reaper;
 mod results;
 mod retries;
 mod schedules;
+mod traces;
 mod transactional_completion;
 mod transactions;
 mod transitions;

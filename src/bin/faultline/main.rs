@@ -37,12 +37,34 @@ async fn main() -> ExitCode {
         | Command::Bench(_) => "error",
         _ => "info",
     };
-    init_tracing(default_level);
-    match run(cli).await {
+    let exporter = match init_tracing(default_level) {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match run(cli).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    };
+    exporter.flush();
+    code
+}
+
+/// The trace exporter, when one is configured (feature `otel`): flushed before exit.
+struct Exporter(#[cfg(feature = "otel")] Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Exporter {
+    fn flush(self) {
+        #[cfg(feature = "otel")]
+        if let Some(provider) = self.0 {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("warning: traces not all exported: {e}");
+            }
         }
     }
 }
@@ -87,15 +109,33 @@ pub async fn wait_for_schema(pool: &PgPool, shutdown: &CancellationToken) -> any
     }
 }
 
-fn init_tracing(default_level: &str) {
+/// Logs to stderr, filtered by `FAULTLINE_LOG` (or `RUST_LOG`); with the `otel` feature and
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported over OTLP.
+fn init_tracing(default_level: &str) -> Result<Exporter, String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FAULTLINE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_level));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    #[cfg(feature = "otel")]
+    {
+        use opentelemetry::trace::TracerProvider;
+        let provider = faultline::otel::otlp_from_env()?;
+        let layer = provider
+            .as_ref()
+            .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("faultline")));
+        registry.with(layer).init();
+        Ok(Exporter(provider))
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        registry.init();
+        Ok(Exporter())
+    }
 }
