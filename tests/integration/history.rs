@@ -433,3 +433,75 @@ async fn an_upgrade_to_results_and_dependencies_keeps_every_job_and_lease() {
         assert_eq!(store.retry(id(n)).await.unwrap().state, JobState::Queued);
     }
 }
+
+#[tokio::test]
+async fn an_upgrade_to_uniqueness_and_traces_keeps_every_job_and_lease() {
+    // The schema before uniqueness scopes and trace contexts (20261203000002 on).
+    let db = schema_before(20261203000002).await;
+    sqlx::raw_sql(
+        "insert into faultline.jobs (id, kind, queue, state, attempts, lease_owner, lease_token,
+                                     lease_expires_at, started_at, payload, idempotency_key)
+         values ('00000000-0000-7000-8000-0000000000c1', 'k', 'lim', 'queued', 0, null, null,
+                 null, null, '{\"n\": 1.50}', 'key-c1'),
+                ('00000000-0000-7000-8000-0000000000c2', 'k', 'default', 'running', 1, 'w', 61,
+                 now() + interval '1 hour', now(), '{}', null);
+         insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
+                 max_attempts, next_run_at, created_at, finished_at, updated_at, last_error)
+         values ('00000000-0000-7000-8000-0000000000c3', 'default', 'k', '{}', 'succeeded', 0, 1,
+                 5, now(), now(), now(), now(), null);
+         insert into faultline.queue_settings (queue, concurrency_limit) values ('lim', 2);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    faultline::db::migrate(&db.pool).await.unwrap();
+    assert!(faultline::db::schema_is_current(&db.pool).await.unwrap());
+
+    let store = db.store();
+    let id = |n: &str| -> faultline::JobId {
+        format!("00000000-0000-7000-8000-0000000000{n}")
+            .parse()
+            .unwrap()
+    };
+    for (n, state) in [
+        ("c1", JobState::Queued),
+        ("c2", JobState::Running),
+        ("c3", JobState::Succeeded),
+    ] {
+        let job = store.get(id(n)).await.unwrap();
+        assert_eq!(job.state, state, "job {n}");
+        assert_eq!(
+            (job.unique_key, job.unique_period_ms, job.traceparent),
+            (None, None, None),
+            "job {n}"
+        );
+    }
+    assert_eq!(
+        store.get(id("c1")).await.unwrap().payload.to_string(),
+        r#"{"n":1.50}"#
+    );
+    // The running job's lease holds across the upgrade.
+    let running = store.get(id("c2")).await.unwrap();
+    let lease = faultline::Lease {
+        job_id: running.id,
+        token: 61,
+        attempt: 1,
+        owner: "w".into(),
+        expires_at: running.lease_expires_at.unwrap(),
+    };
+    store.complete(&lease).await.unwrap();
+    // The limited queue's old job is claimed by the new claim_limited (it returns traces now).
+    let claimed = store
+        .claim_batch(&["lim".into()], "w2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].job.id, id("c1"));
+    store.complete(&claimed[0].lease).await.unwrap();
+    // Old jobs have no uniqueness key: a unique job with any key is created beside them.
+    let unique = store
+        .enqueue(NewJob::new("k", json!({})).unique_while_active())
+        .await
+        .unwrap();
+    assert!(matches!(unique, faultline::Enqueued::Created(_)));
+}

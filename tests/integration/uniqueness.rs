@@ -14,6 +14,7 @@ use crate::http_api::{call, router};
 
 /// `n` concurrent enqueues of `job`: (created ids, duplicate ids).
 async fn race(store: &Store, job: &NewJob, n: usize) -> (Vec<JobId>, Vec<JobId>) {
+    let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
         let (store, job) = (store.clone(), job.clone());
@@ -27,6 +28,12 @@ async fn race(store: &Store, job: &NewJob, n: usize) -> (Vec<JobId>, Vec<JobId>)
             other => panic!("expected created or duplicate, got {other:?}"),
         }
     }
+    eprintln!(
+        "{n} concurrent enqueues: {} created, {} duplicates, {} ms",
+        created.len(),
+        duplicates.len(),
+        started.elapsed().as_millis()
+    );
     (created, duplicates)
 }
 
