@@ -147,20 +147,14 @@ async fn run_claimed(
         return Ok(RunResult::Failed(message));
     };
     let committed = Arc::new(AtomicBool::new(false));
-    let ctx = JobContext {
-        job_id: job.id,
-        kind: job.kind.clone(),
-        queue: job.queue.clone(),
-        attempt: lease.attempt,
-        max_attempts: job.max_attempts,
-        lease_token: lease.token,
-        worker_id: Arc::from(TEST_WORKER),
-        concurrency_key: job.concurrency_key.clone(),
-        traceparent: job.traceparent.clone(),
-        cancel: CancellationToken::new(),
-        fence: Some((store.clone(), lease.clone())),
-        committed: committed.clone(),
-    };
+    let ctx = JobContext::for_attempt(
+        &job,
+        &lease,
+        Arc::from(TEST_WORKER),
+        CancellationToken::new(),
+        store.clone(),
+        committed.clone(),
+    );
     // In a task of its own, as in a worker, so a panic is a failed attempt, not a failed test.
     let outcome = tokio::spawn(handler.call(ctx, job.payload.clone())).await;
     if committed.load(Ordering::Acquire) {

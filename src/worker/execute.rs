@@ -62,20 +62,14 @@ async fn run_handler(
     // cancel it alone.
     let cancel = stop.token.child_token();
     let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ctx = JobContext {
-        job_id: job.id,
-        kind: job.kind.clone(),
-        queue: job.queue.clone(),
-        attempt: lease.attempt,
-        max_attempts: job.max_attempts,
-        lease_token: lease.token,
-        worker_id: shared.worker_id.clone(),
-        concurrency_key: job.concurrency_key.clone(),
-        traceparent: job.traceparent.clone(),
-        cancel: cancel.clone(),
-        fence: Some((shared.store.clone(), lease.clone())),
-        committed: committed.clone(),
-    };
+    let ctx = JobContext::for_attempt(
+        job,
+        lease,
+        shared.worker_id.clone(),
+        cancel.clone(),
+        shared.store.clone(),
+        committed.clone(),
+    );
     let timeout = job
         .timeout_ms
         .and_then(|ms| u64::try_from(ms).ok())

@@ -47,6 +47,32 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The context of one attempt of `job` under `lease`, run by `worker_id`, stopped by
+    /// `cancel`; `committed` is set once the handler completed the job in its own transaction.
+    pub(crate) fn for_attempt(
+        job: &crate::job::Job,
+        lease: &crate::lease::Lease,
+        worker_id: Arc<str>,
+        cancel: CancellationToken,
+        store: crate::store::Store,
+        committed: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        JobContext {
+            job_id: job.id,
+            kind: job.kind.clone(),
+            queue: job.queue.clone(),
+            attempt: lease.attempt,
+            max_attempts: job.max_attempts,
+            lease_token: lease.token,
+            worker_id,
+            concurrency_key: job.concurrency_key.clone(),
+            traceparent: job.traceparent.clone(),
+            cancel,
+            fence: Some((store, lease.clone())),
+            committed,
+        }
+    }
+
     /// Resolves when the handler must stop: the job was cancelled, the lease was lost, or the
     /// worker is shutting down past its grace period. Whatever the handler returns afterwards
     /// is not recorded.
