@@ -245,10 +245,21 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = JobResult<Self::Output>> + Send;
 }
 
-/// A handler made from an async closure; see [`HandlerRegistry::register_fn`].
+/// A handler made from an async closure; see [`HandlerRegistry::register_fn`] and
+/// [`HandlerRegistry::register_job_fn`].
 pub struct FnHandler<P, F> {
     f: F,
     _payload: PhantomData<fn(P)>,
+}
+
+impl<P, F> FnHandler<P, F> {
+    /// `f` as a handler of payload `P`.
+    pub(crate) fn new(f: F) -> Self {
+        FnHandler {
+            f,
+            _payload: PhantomData,
+        }
+    }
 }
 
 impl<P, O, F, Fut> Handler for FnHandler<P, F>
@@ -335,13 +346,7 @@ impl HandlerRegistry {
         F: Fn(JobContext, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = JobResult<O>> + Send + 'static,
     {
-        self.register(
-            kind,
-            FnHandler {
-                f,
-                _payload: PhantomData,
-            },
-        )
+        self.register(kind, FnHandler::new(f))
     }
 
     /// Default timeout for jobs of `kind` that set none of their own.

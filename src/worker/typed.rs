@@ -17,12 +17,11 @@
 //! ```
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::handler::{BoxedJob, ErasedHandler, Handler, HandlerRegistry, JobContext};
+use super::handler::{BoxedJob, ErasedHandler, FnHandler, Handler, HandlerRegistry, JobContext};
 use super::handler::{JobError, JobResult};
 use crate::job_args::JobArgs;
 
@@ -57,26 +56,6 @@ where
     }
 }
 
-/// A typed handler made from an async closure; see [`HandlerRegistry::register_job_fn`].
-struct TypedFn<A, F> {
-    f: F,
-    _args: PhantomData<fn(A)>,
-}
-
-impl<A, O, F, Fut> Handler for TypedFn<A, F>
-where
-    A: JobArgs,
-    O: Serialize + Send + 'static,
-    F: Fn(JobContext, A) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = JobResult<O>> + Send + 'static,
-{
-    type Payload = A;
-    type Output = O;
-    fn handle(&self, ctx: JobContext, args: A) -> impl Future<Output = JobResult<O>> + Send {
-        (self.f)(ctx, args)
-    }
-}
-
 impl HandlerRegistry {
     /// Run `handler` for jobs of its payload type's kind (`H::Payload::KIND`), replacing any
     /// handler registered for that kind. A job whose payload does not deserialise into the type,
@@ -103,10 +82,7 @@ impl HandlerRegistry {
         F: Fn(JobContext, A) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = JobResult<O>> + Send + 'static,
     {
-        self.register_job(TypedFn {
-            f,
-            _args: PhantomData,
-        })
+        self.register_job(FnHandler::new(f))
     }
 }
 
@@ -146,10 +122,7 @@ mod tests {
     }
 
     fn handler() -> Arc<dyn ErasedHandler> {
-        Arc::new(Typed(TypedFn {
-            f: plus_one,
-            _args: PhantomData,
-        }))
+        Arc::new(Typed(FnHandler::new(plus_one)))
     }
 
     #[tokio::test]
