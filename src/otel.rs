@@ -10,7 +10,8 @@
 //!   `faultline` binary installs it, so nothing is exported otherwise.
 //!
 //! Without a `tracing-opentelemetry` layer in the subscriber, spans have no OpenTelemetry
-//! context: enqueue keeps nothing, and the handler's span has no remote parent.
+//! context: enqueue keeps the API's `traceparent` header if there was one (else nothing), and
+//! the handler's span has no remote parent.
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Instrument;
@@ -19,8 +20,30 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::traceparent::Traceparent;
 use crate::worker::{ExecutionHook, JobContext, RunFuture};
 
-/// The current `tracing` span's OpenTelemetry context as a `traceparent`, if it has a valid one.
+tokio::task_local! {
+    /// A context that an enqueue continues when the current span has none: the API's
+    /// `traceparent` header, so that a request's context is kept as sent even when no
+    /// OpenTelemetry layer is installed (its `faultline.enqueue` span then has no context).
+    static FALLBACK: Option<String>;
+}
+
+/// Run `enqueue` with `traceparent` as the context its jobs keep when the current span has no
+/// valid one of its own (see [`current_traceparent`]).
+pub async fn with_fallback<F: std::future::Future>(
+    traceparent: Option<String>,
+    enqueue: F,
+) -> F::Output {
+    FALLBACK.scope(traceparent, enqueue).await
+}
+
+/// The current `tracing` span's OpenTelemetry context as a `traceparent`, if it has a valid one;
+/// else the fallback that [`with_fallback`] set, if any.
 pub fn current_traceparent() -> Option<String> {
+    span_traceparent().or_else(|| FALLBACK.try_with(Clone::clone).ok().flatten())
+}
+
+/// The current `tracing` span's OpenTelemetry context as a `traceparent`, if it has a valid one.
+fn span_traceparent() -> Option<String> {
     let cx = tracing::Span::current().context();
     let span = cx.span();
     let sc = span.span_context();

@@ -118,21 +118,21 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
 
 /// Run `enqueue` so that the jobs it creates continue the request's trace. With the `otel`
 /// feature, inside a span `faultline.enqueue` whose parent is the request's `traceparent` (or,
-/// without one, the request's own span): the jobs keep that span's context. Without it, the
-/// header itself is what the jobs keep (see [`traceparent`]).
+/// without one, the request's own span): the jobs keep that span's context, or the header
+/// itself when no OpenTelemetry layer gives the span one. Without the feature, the header
+/// itself is what the jobs keep (see [`traceparent`]).
 async fn in_trace<F: std::future::Future>(headers: &HeaderMap, enqueue: F) -> F::Output {
     #[cfg(feature = "otel")]
     {
         use tracing::Instrument;
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         let span = tracing::info_span!("faultline.enqueue", otel.kind = "producer");
-        if let Some(parent) = traceparent(headers)
-            .as_deref()
-            .and_then(crate::otel::parent_context)
-        {
+        let header = traceparent(headers);
+        if let Some(parent) = header.as_deref().and_then(crate::otel::parent_context) {
             let _ = span.set_parent(parent);
         }
-        enqueue.instrument(span).await
+        // Without an OpenTelemetry layer the span has no context: the header is kept as sent.
+        crate::otel::with_fallback(header, enqueue.instrument(span)).await
     }
     #[cfg(not(feature = "otel"))]
     {

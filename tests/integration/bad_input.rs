@@ -193,7 +193,19 @@ fn http_cases() -> Vec<Case> {
     }
     // Uniqueness (issue 17): unique_key a label; unique_scope active|period; a period of
     // 1 ms to 366 days, only with scope period.
+    let long_key = format!(r#""unique_key": "{}""#, "k".repeat(256));
     for (raw_fields, field) in [
+        (long_key.as_str(), "unique_key"),
+        (r#""unique_key": "two\nlines""#, "unique_key"),
+        (r#""unique_scope": """#, "unique_scope"),
+        (
+            r#""unique_scope": "period", "unique_period_ms": null"#,
+            "unique_period_ms",
+        ),
+        (
+            r#""unique_scope": "period", "unique_period_ms": 9223372036854775808"#,
+            "unique_period_ms",
+        ),
         (r#""unique_key": """#, "unique_key"),
         (r#""unique_key": "  ""#, "unique_key"),
         (r#""unique_key": "nul\u0000""#, "unique_key"),

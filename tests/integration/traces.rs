@@ -145,3 +145,49 @@ async fn a_handler_runs_in_a_span_whose_parent_is_the_enqueuers_context() {
         .expect("the handler's own span");
     assert_eq!(inner.parent_span_id, in_process.span_context.span_id());
 }
+
+// No OpenTelemetry layer in the subscriber (the binary built with `otel` but no exporter
+// configured): the spans have no context, so the request's header is what the jobs keep, as
+// sent, in a single enqueue and in a batch.
+#[tokio::test]
+async fn without_a_layer_the_header_is_kept_as_sent() {
+    let db = TestDb::new().await;
+    let (app, _) = router(&db, ApiConfig::default());
+    let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, _, single) = call(
+        &app,
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "traced"})),
+        &[("traceparent", header)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{single}");
+    assert_eq!(single["traceparent"], header);
+    let (status, _, batch) = call(
+        &app,
+        Method::POST,
+        "/v1/jobs/batch",
+        Some(json!({"jobs": [{"kind": "traced"}, {"kind": "traced"}]})),
+        &[("traceparent", header)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    let store = db.store();
+    for item in batch["results"].as_array().expect("batch results") {
+        let id: JobId = item["job"]["id"].as_str().unwrap().parse().unwrap();
+        let job = store.get(id).await.unwrap();
+        assert_eq!(job.traceparent.as_deref(), Some(header));
+    }
+    // A malformed header is ignored (W3C): no context at all.
+    let (status, _, malformed) = call(
+        &app,
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "traced"})),
+        &[("traceparent", "00-nope")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(malformed["traceparent"].is_null(), "{malformed}");
+}

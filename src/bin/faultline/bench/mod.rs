@@ -45,7 +45,7 @@ pub struct BenchArgs {
     pub only: Vec<Phase>,
 
     /// Drain configurations as WORKERSxCONCURRENCY[+PREFETCH], comma-separated (default
-    /// 1x8,1x32,1x128,2x8,2x32,2x128,2x512,2x256+256; 1x16,2x32 with --quick).
+    /// 1x8,1x32,1x128,2x8,2x32,2x128,2x512,2x1024+1024,2x256+256; 1x16,2x32 with --quick).
     #[arg(long, value_delimiter = ',', value_parser = drain_config)]
     pub sweep: Vec<(usize, u32, u32)>,
 
@@ -171,6 +171,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             (2, 32, 0),
             (2, 128, 0),
             (2, 512, 0),
+            // The peak on this machine (BENCHMARKS.md, issue 12, 2026-12-04).
+            (2, 1024, 1024),
             (2, 256, 256),
         ]
     };

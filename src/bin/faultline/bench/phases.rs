@@ -89,15 +89,35 @@ impl Bench {
         Ok(())
     }
 
-    /// Insert `n` queued noop jobs directly (set-up, not measured).
+    /// Enqueue `n` queued noop jobs (set-up, not measured) through [`Store::enqueue_batch`] in
+    /// batches of 1,000 from four producers: the jobs are exactly what a producer makes
+    /// (time-ordered UUIDv7 ids, fingerprints, every column as the API writes it), as the peers'
+    /// harnesses pre-insert through their own bulk APIs. Random (v4) ids, which an earlier
+    /// version inserted straight into the table, scatter a drain's claims over the whole heap
+    /// and understate the drain by about a fifth.
     pub async fn prefill(&self, n: usize) -> anyhow::Result<()> {
-        sqlx::query(
-            "insert into faultline.jobs (id, kind)
-             select gen_random_uuid(), 'noop' from generate_series(1, $1)",
-        )
-        .bind(n as i64)
-        .execute(&self.pool)
-        .await?;
+        const BATCH: usize = 1000;
+        let batches = n.div_ceil(BATCH);
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let store = self.store.clone();
+            let next = next.clone();
+            tasks.spawn(async move {
+                loop {
+                    let b = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if b >= batches {
+                        return anyhow::Ok(());
+                    }
+                    let size = BATCH.min(n - b * BATCH);
+                    let jobs = (0..size).map(|_| NewJob::new("noop", json!({}))).collect();
+                    store.enqueue_batch(jobs).await?;
+                }
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result??;
+        }
         sqlx::query("vacuum analyze faultline.jobs")
             .execute(&self.pool)
             .await?;
@@ -299,7 +319,7 @@ pub async fn drain(
 
 /// The drain of `jobs` noop jobs; `with_dependents`: half of them parents, each with one child
 /// waiting on it (promoted by the database when its parent succeeds), else all independent.
-/// Both are inserted straight into the table, as `prefill` does.
+/// Parents and children are inserted straight into the table with time-ordered ids.
 pub async fn drain_dependents(
     bench: &Bench,
     jobs: usize,
@@ -307,15 +327,19 @@ pub async fn drain_dependents(
     with_dependents: bool,
 ) -> anyhow::Result<f64> {
     if with_dependents {
+        // Time-ordered ids, as a producer makes them (see `Bench::prefill`).
+        let ids = |n: usize| -> Vec<uuid::Uuid> { (0..n).map(|_| uuid::Uuid::now_v7()).collect() };
         sqlx::query(
             "with parents as (
                  insert into faultline.jobs (id, kind, has_dependents)
-                 select gen_random_uuid(), 'noop', true from generate_series(1, $1)
+                 select p, 'noop', true from unnest($1::uuid[]) as p
                  returning id)
              insert into faultline.jobs (id, kind, state, depends_on, pending_dependencies)
-             select gen_random_uuid(), 'noop', 'waiting', array[id], 1 from parents",
+             select c, 'noop', 'waiting', array[p], 1
+             from unnest($1::uuid[], $2::uuid[]) as pc(p, c)",
         )
-        .bind((jobs / 2) as i64)
+        .bind(ids(jobs / 2))
+        .bind(ids(jobs / 2))
         .execute(&bench.pool)
         .await?;
         sqlx::query("vacuum analyze faultline.jobs")
