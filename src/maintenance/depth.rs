@@ -1,10 +1,20 @@
 //! The depth sampler: reads per-queue counts from the database on an interval and sets
 //! `faultline_queue_depth{queue,state}` and `faultline_queue_oldest_age_seconds{queue}`, so a
 //! scrape never runs a query (and many scrapers cost the database nothing).
+//!
+//! Live jobs are counted (finished ones come from counters), so a sample costs O(live jobs):
+//! about a second and a half with a 10,000,000-job backlog on a 2-core machine. Sampled every
+//! 5 s, that was a third of a core taken from the very workers draining the backlog (their
+//! drain fell to 73 % of its rate at a small backlog; BENCHMARKS.md, issue 12). So the sampler
+//! waits at least [`DUTY_FACTOR`] times as long as its last sample took: it never spends more
+//! than a twentieth of its time sampling, and the gauges are as fresh as that allows. Before
+//! its first sample it knows no duration, so it estimates one from the planner's row count of
+//! the live table ([`ROW_COST`] a row): a maintainer elected over a large backlog does not
+//! open its term with a second of full-table counting, but spaces even its first sample.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +39,23 @@ impl Default for DepthSamplerConfig {
     }
 }
 
+/// The sampler waits at least this many times as long as its last sample took (module docs).
+pub const DUTY_FACTOR: u32 = 20;
+
+/// What counting one live row costs, for the estimate before the first sample (measured here:
+/// 1.8–2.0 s for 10,000,000 rows on one core).
+pub const ROW_COST: Duration = Duration::from_nanos(200);
+
+/// The longest that a slow sample spaces out the next one: the gauges are never older than
+/// this (plus a sample) because of it.
+pub const MAX_SPACING: Duration = Duration::from_secs(300);
+
+/// The wait before the next sample: the configured interval, or [`DUTY_FACTOR`] times the
+/// last sample's duration (at most [`MAX_SPACING`]) when that is longer.
+pub fn next_interval(configured: Duration, last_sample: Duration) -> Duration {
+    configured.max(last_sample.saturating_mul(DUTY_FACTOR).min(MAX_SPACING))
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct DepthSampler {
@@ -37,6 +64,8 @@ pub struct DepthSampler {
     metrics: Arc<Metrics>,
     /// Queues set last time, so that a queue that emptied out entirely drops its series.
     known: Mutex<HashSet<String>>,
+    /// How long the last sample took (see [`next_interval`]).
+    last_took: Mutex<Duration>,
 }
 
 impl DepthSampler {
@@ -47,6 +76,7 @@ impl DepthSampler {
             config,
             metrics,
             known: Mutex::default(),
+            last_took: Mutex::default(),
         }
     }
 
@@ -137,7 +167,8 @@ impl Service for DepthSampler {
     const OP: &'static str = "sample";
 
     fn interval(&self) -> Duration {
-        self.config.interval
+        let last = *self.last_took.lock().unwrap_or_else(|p| p.into_inner());
+        next_interval(self.config.interval, last)
     }
 
     fn starts_at_once(&self) -> bool {
@@ -145,6 +176,47 @@ impl Service for DepthSampler {
     }
 
     async fn run_once(&self) -> Result<Sampled, StoreError> {
-        DepthSampler::run_once(self).await.map(|_| Sampled)
+        let first = self
+            .last_took
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_zero();
+        if first {
+            let rows = self.store.live_rows_estimate().await?;
+            let estimate = ROW_COST.saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX));
+            if next_interval(self.config.interval, estimate) > self.config.interval {
+                // Too large to count at once: wait as long as that count's share allows.
+                *self.last_took.lock().unwrap_or_else(|p| p.into_inner()) = estimate;
+                return Ok(Sampled);
+            }
+        }
+        let started = Instant::now();
+        let result = DepthSampler::run_once(self).await.map(|_| Sampled);
+        // Never zero once sampled, so the estimate above is made once.
+        *self.last_took.lock().unwrap_or_else(|p| p.into_inner()) =
+            started.elapsed().max(Duration::from_nanos(1));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_sample_spaces_the_next_one_out() {
+        let five = Duration::from_secs(5);
+        // Quick samples keep the configured interval.
+        assert_eq!(next_interval(five, Duration::from_millis(3)), five);
+        assert_eq!(next_interval(five, Duration::from_millis(250)), five);
+        // A 1.5 s sample (a 10M backlog) waits 30 s: a twentieth of the time spent sampling.
+        assert_eq!(
+            next_interval(five, Duration::from_millis(1500)),
+            Duration::from_secs(30)
+        );
+        // Bounded, and never shorter than what was configured.
+        assert_eq!(next_interval(five, Duration::MAX), MAX_SPACING);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(next_interval(hour, Duration::from_secs(60)), hour);
     }
 }

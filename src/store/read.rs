@@ -84,6 +84,20 @@ impl Store {
         Ok(Page { jobs, next_cursor })
     }
 
+    /// The planner's estimate of the live table's rows (`pg_class.reltuples`, kept by vacuum
+    /// and analyze): a catalog read, whatever the table's size; 0 before the first analyze.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn live_rows_estimate(&self) -> Result<u64, StoreError> {
+        let rows: f32 = sqlx::query_scalar(
+            "select greatest(reltuples, 0) from pg_class where oid = 'faultline.jobs'::regclass",
+        )
+        .one_on(self)
+        .await?;
+        Ok(rows as u64)
+    }
+
     /// Per queue: jobs by state, and how long the oldest eligible job has waited.
     ///
     /// # Errors
