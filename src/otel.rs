@@ -29,7 +29,7 @@ tokio::task_local! {
 
 /// Run `enqueue` with `traceparent` as the context its jobs keep when the current span has no
 /// valid one of its own (see [`current_traceparent`]).
-pub async fn with_fallback<F: std::future::Future>(
+pub(crate) async fn with_fallback<F: std::future::Future>(
     traceparent: Option<String>,
     enqueue: F,
 ) -> F::Output {
@@ -37,7 +37,7 @@ pub async fn with_fallback<F: std::future::Future>(
 }
 
 /// The current `tracing` span's OpenTelemetry context as a `traceparent`, if it has a valid one;
-/// else the fallback that [`with_fallback`] set, if any.
+/// else the fallback that the API set around its enqueue (`with_fallback`), if any.
 pub fn current_traceparent() -> Option<String> {
     span_traceparent().or_else(|| FALLBACK.try_with(Clone::clone).ok().flatten())
 }

@@ -56,6 +56,14 @@ pub fn next_interval(configured: Duration, last_sample: Duration) -> Duration {
     configured.max(last_sample.saturating_mul(DUTY_FACTOR).min(MAX_SPACING))
 }
 
+/// Before the first sample: the estimated duration of counting `live_rows` live jobs, when
+/// that count is too long to take at once (the wait it calls for is longer than `configured`);
+/// `None`: sample now.
+pub fn first_sample_deferral(configured: Duration, live_rows: u64) -> Option<Duration> {
+    let estimate = ROW_COST.saturating_mul(u32::try_from(live_rows).unwrap_or(u32::MAX));
+    (next_interval(configured, estimate) > configured).then_some(estimate)
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct DepthSampler {
@@ -130,6 +138,15 @@ impl DepthSampler {
         }
     }
 
+    /// How long the last sample took (its estimate before the first one; zero before that).
+    fn last_took(&self) -> Duration {
+        *self.last_took.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_last_took(&self, took: Duration) {
+        *self.last_took.lock().unwrap_or_else(|p| p.into_inner()) = took;
+    }
+
     fn remove_series(&self, queue: &str) {
         for state in JobState::ALL {
             let _ = self
@@ -167,8 +184,7 @@ impl Service for DepthSampler {
     const OP: &'static str = "sample";
 
     fn interval(&self) -> Duration {
-        let last = *self.last_took.lock().unwrap_or_else(|p| p.into_inner());
-        next_interval(self.config.interval, last)
+        next_interval(self.config.interval, self.last_took())
     }
 
     fn starts_at_once(&self) -> bool {
@@ -176,25 +192,18 @@ impl Service for DepthSampler {
     }
 
     async fn run_once(&self) -> Result<Sampled, StoreError> {
-        let first = self
-            .last_took
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_zero();
-        if first {
+        if self.last_took().is_zero() {
             let rows = self.store.live_rows_estimate().await?;
-            let estimate = ROW_COST.saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX));
-            if next_interval(self.config.interval, estimate) > self.config.interval {
+            if let Some(estimate) = first_sample_deferral(self.config.interval, rows) {
                 // Too large to count at once: wait as long as that count's share allows.
-                *self.last_took.lock().unwrap_or_else(|p| p.into_inner()) = estimate;
+                self.set_last_took(estimate);
                 return Ok(Sampled);
             }
         }
         let started = Instant::now();
         let result = DepthSampler::run_once(self).await.map(|_| Sampled);
         // Never zero once sampled, so the estimate above is made once.
-        *self.last_took.lock().unwrap_or_else(|p| p.into_inner()) =
-            started.elapsed().max(Duration::from_nanos(1));
+        self.set_last_took(started.elapsed().max(Duration::from_nanos(1)));
         result
     }
 }
@@ -218,5 +227,21 @@ mod tests {
         assert_eq!(next_interval(five, Duration::MAX), MAX_SPACING);
         let hour = Duration::from_secs(3600);
         assert_eq!(next_interval(hour, Duration::from_secs(60)), hour);
+    }
+
+    #[test]
+    fn a_large_live_table_defers_even_the_first_sample() {
+        let five = Duration::from_secs(5);
+        // Up to 1.25M live rows (an estimated 250 ms): sampled at once.
+        assert_eq!(first_sample_deferral(five, 0), None);
+        assert_eq!(first_sample_deferral(five, 1_000_000), None);
+        assert_eq!(first_sample_deferral(five, 1_250_000), None);
+        // 10M rows: an estimated 2 s, so the first sample waits 40 s.
+        let estimate = first_sample_deferral(five, 10_000_000).expect("deferred");
+        assert_eq!(estimate, Duration::from_secs(2));
+        assert_eq!(next_interval(five, estimate), Duration::from_secs(40));
+        // Beyond u32 rows it saturates, bounded by MAX_SPACING.
+        let huge = first_sample_deferral(five, u64::MAX).expect("deferred");
+        assert_eq!(next_interval(five, huge), MAX_SPACING);
     }
 }

@@ -166,3 +166,41 @@ async fn throughput_counts_each_finished_minute_once() {
     );
     assert!(samples[0].minute < samples[1].minute);
 }
+
+// The depth sampler's first pass decides from the planner's row count whether it may count the
+// live table at once (BENCHMARKS.md, issue 12: a count of 10M live jobs is a second of both
+// cores). A small table is counted at once and keeps the configured interval; the estimate it
+// reads follows `analyze`.
+#[tokio::test]
+async fn the_depth_sampler_counts_a_small_live_table_at_once_from_the_planners_estimate() {
+    use faultline::maintenance::{DepthSampler, DepthSamplerConfig, Service};
+    use faultline::metrics::Metrics;
+    use std::sync::Arc;
+
+    let db = TestDb::new().await;
+    let store = db.store();
+    let jobs = (0..2000)
+        .map(|i| NewJob::new("k", json!({ "i": i })))
+        .collect();
+    store.enqueue_batch(jobs).await.unwrap();
+    sqlx::query("analyze faultline.jobs")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(store.live_rows_estimate().await.unwrap(), 2000);
+
+    let metrics = Arc::new(Metrics::new());
+    let config = DepthSamplerConfig::default();
+    let sampler = DepthSampler::new(store.clone(), config.clone(), metrics.clone());
+    <DepthSampler as Service>::run_once(&sampler).await.unwrap();
+    let text = metrics.render();
+    assert!(
+        text.contains("faultline_queue_depth{queue=\"default\",state=\"queued\"} 2000"),
+        "{text}"
+    );
+    // A quick sample keeps the configured interval.
+    assert_eq!(
+        <DepthSampler as Service>::interval(&sampler),
+        config.interval
+    );
+}

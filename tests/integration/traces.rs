@@ -27,6 +27,24 @@ async fn succeeded(store: &Store, id: JobId) {
     .await;
 }
 
+/// POST `body` to `path` with `traceparent` as the header of that name.
+async fn post_traced(
+    app: &axum::Router,
+    path: &str,
+    body: serde_json::Value,
+    traceparent: &str,
+) -> (StatusCode, serde_json::Value) {
+    let (status, _, answer) = call(
+        app,
+        Method::POST,
+        path,
+        Some(body),
+        &[("traceparent", traceparent)],
+    )
+    .await;
+    (status, answer)
+}
+
 // One thread: the subscriber below is this thread's default, and the worker's tasks run here.
 #[tokio::test(flavor = "current_thread")]
 async fn a_handler_runs_in_a_span_whose_parent_is_the_enqueuers_context() {
@@ -70,28 +88,16 @@ async fn a_handler_runs_in_a_span_whose_parent_is_the_enqueuers_context() {
     // Over HTTP: the caller's header is kept; a malformed one is ignored (W3C), not refused.
     let (app, _) = router(&db, ApiConfig::default());
     let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let (status, _, over_http) = call(
-        &app,
-        Method::POST,
-        "/v1/jobs",
-        Some(json!({"kind": "traced"})),
-        &[("traceparent", header)],
-    )
-    .await;
+    let (status, over_http) =
+        post_traced(&app, "/v1/jobs", json!({"kind": "traced"}), header).await;
     assert_eq!(status, StatusCode::CREATED);
     // The job keeps the API's enqueue span, a child of the caller's: the same trace.
     let from_http = Traceparent::parse(header).unwrap();
     let kept = Traceparent::parse(over_http["traceparent"].as_str().unwrap()).unwrap();
     assert_eq!(kept.trace_id, from_http.trace_id);
     assert_ne!(kept.span_id, from_http.span_id);
-    let (status, _, malformed) = call(
-        &app,
-        Method::POST,
-        "/v1/jobs",
-        Some(json!({"kind": "traced"})),
-        &[("traceparent", "00-nope")],
-    )
-    .await;
+    let (status, malformed) =
+        post_traced(&app, "/v1/jobs", json!({"kind": "traced"}), "00-nope").await;
     assert_eq!(status, StatusCode::CREATED);
     // A new trace starts at the API.
     let fresh = Traceparent::parse(malformed["traceparent"].as_str().unwrap()).unwrap();
@@ -154,22 +160,14 @@ async fn without_a_layer_the_header_is_kept_as_sent() {
     let db = TestDb::new().await;
     let (app, _) = router(&db, ApiConfig::default());
     let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let (status, _, single) = call(
-        &app,
-        Method::POST,
-        "/v1/jobs",
-        Some(json!({"kind": "traced"})),
-        &[("traceparent", header)],
-    )
-    .await;
+    let (status, single) = post_traced(&app, "/v1/jobs", json!({"kind": "traced"}), header).await;
     assert_eq!(status, StatusCode::CREATED, "{single}");
     assert_eq!(single["traceparent"], header);
-    let (status, _, batch) = call(
+    let (status, batch) = post_traced(
         &app,
-        Method::POST,
         "/v1/jobs/batch",
-        Some(json!({"jobs": [{"kind": "traced"}, {"kind": "traced"}]})),
-        &[("traceparent", header)],
+        json!({"jobs": [{"kind": "traced"}, {"kind": "traced"}]}),
+        header,
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{batch}");
@@ -180,14 +178,8 @@ async fn without_a_layer_the_header_is_kept_as_sent() {
         assert_eq!(job.traceparent.as_deref(), Some(header));
     }
     // A malformed header is ignored (W3C): no context at all.
-    let (status, _, malformed) = call(
-        &app,
-        Method::POST,
-        "/v1/jobs",
-        Some(json!({"kind": "traced"})),
-        &[("traceparent", "00-nope")],
-    )
-    .await;
+    let (status, malformed) =
+        post_traced(&app, "/v1/jobs", json!({"kind": "traced"}), "00-nope").await;
     assert_eq!(status, StatusCode::CREATED);
     assert!(malformed["traceparent"].is_null(), "{malformed}");
 }
