@@ -56,6 +56,15 @@ pub enum StoreError {
         state: JobState,
     },
 
+    /// A retry of a job unique while live (`UniqueScope::Active`) while another live job holds
+    /// its uniqueness key: two live jobs would share it. Nothing changed; retry it once that
+    /// job has finished.
+    #[error("job {id} cannot be retried: another live job holds its uniqueness key")]
+    UniqueKeyHeld {
+        /// The job.
+        id: JobId,
+    },
+
     /// The caller's lease (id + fencing token) is no longer the job's live lease: the report was
     /// rejected and changed nothing.
     #[error("lease on job {id} lost: {reason}")]

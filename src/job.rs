@@ -291,34 +291,27 @@ pub struct Job {
     /// When the row last changed.
     pub updated_at: DateTime<Utc>,
     /// At most the queue's `key_concurrency` running jobs share this key (SPEC §12).
-    #[sqlx(default)]
     #[serde(default)]
     pub concurrency_key: Option<String>,
     /// What the handler returned on success (SPEC §13), exactly as it was sent; `None` before
     /// success, or when the handler returned nothing.
-    #[sqlx(default)]
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     /// The jobs this one waits for (SPEC §13): it runs once every one has succeeded.
-    #[sqlx(default)]
     #[serde(default)]
     pub depends_on: Vec<JobId>,
     /// How many of `depends_on` have not succeeded yet (0 unless `waiting`).
-    #[sqlx(default)]
     #[serde(default)]
     pub pending_dependencies: i32,
     /// Its uniqueness key (given or derived), if it was enqueued with a [`UniqueScope`].
-    #[sqlx(default)]
     #[serde(default)]
     pub unique_key: Option<String>,
     /// The period of its uniqueness in milliseconds (`None`: unique while live, or no key).
-    #[sqlx(default)]
     #[serde(default)]
     pub unique_period_ms: Option<i64>,
     /// The W3C `traceparent` of the context that enqueued it, if any: the worker runs the
     /// handler in a span whose parent it is (feature `otel`).
-    #[sqlx(default)]
     #[serde(default)]
     pub traceparent: Option<String>,
 }

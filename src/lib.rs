@@ -71,6 +71,7 @@ pub mod testing;
 pub mod text;
 pub mod time_range;
 pub mod traceparent;
+mod webhook_headers;
 pub mod worker;
 
 pub use error::StoreError;

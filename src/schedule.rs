@@ -149,6 +149,13 @@ impl CronTab {
     /// # Errors
     /// [`StoreError::Invalid`] naming `cron` or `timezone`.
     pub fn parse(cron: &str, timezone: &str) -> Result<CronTab, StoreError> {
+        // Every listing returns the text: a megabyte of whitespace and commas is no schedule.
+        if cron.len() > MAX_CRON_LEN {
+            return Err(StoreError::invalid(
+                "cron",
+                format!("is {} bytes; at most {MAX_CRON_LEN} allowed", cron.len()),
+            ));
+        }
         let fields = cron.split_whitespace().count();
         if !(fields == 5 || fields == 6 || cron.trim_start().starts_with('@')) {
             return Err(StoreError::invalid(
@@ -217,10 +224,17 @@ impl CronTab {
     }
 }
 
+/// The longest cron text accepted.
+pub const MAX_CRON_LEN: usize = 1024;
+
+/// The start of every schedule slot's idempotency key: reserved, a client's key may not start
+/// with it (SPEC §12).
+pub const SLOT_KEY_PREFIX: &str = "schedule:";
+
 /// The idempotency key of `schedule`'s job for `slot`.
 pub fn slot_key(schedule: &str, slot: DateTime<Utc>) -> String {
     format!(
-        "schedule:{schedule}:{}",
+        "{SLOT_KEY_PREFIX}{schedule}:{}",
         slot.to_rfc3339_opts(SecondsFormat::Secs, true)
     )
 }
@@ -321,6 +335,16 @@ impl ScheduleFile {
                     )))
                 }
             };
+            // JSON has no NaN or infinity: serde_json would store `null` in its place, a
+            // payload other than the one written.
+            if let Some(field) = table.get("payload").and_then(|p| non_finite(p, "payload")) {
+                return Err(ScheduleFileError::Invalid {
+                    path: shown.clone(),
+                    name,
+                    field,
+                    message: "is nan or inf, which JSON cannot hold".into(),
+                });
+            }
             let spec: ScheduleSpec = toml::Value::Table(table)
                 .try_into()
                 .map_err(|e| parse_error(format!("schedule {name:?}: {e}")))?;
@@ -348,6 +372,21 @@ impl ScheduleFile {
             }
         }
         Ok(file)
+    }
+}
+
+/// The path (`payload.a[2].b`) of the first float in `value` that is NaN or infinite.
+fn non_finite(value: &toml::Value, path: &str) -> Option<String> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => Some(path.to_owned()),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| non_finite(v, &format!("{path}[{i}]"))),
+        toml::Value::Table(table) => table
+            .iter()
+            .find_map(|(k, v)| non_finite(v, &format!("{path}.{k}"))),
+        _ => None,
     }
 }
 

@@ -20,7 +20,8 @@ class ApiDown extends Error {}
 async function call(method, path, body) {
   const headers = { Accept: "application/json" };
   if (token) headers.Authorization = "Bearer " + token;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  // Every mutating route asks for JSON, a body-less one included (the API's CSRF rule).
+  if (method !== "GET") headers["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(path, {

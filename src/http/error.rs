@@ -162,6 +162,11 @@ impl From<StoreError> for ApiError {
                 message: e.to_string(),
                 job_id: Some(dependency),
             },
+            e @ StoreError::UniqueKeyHeld { id } => ApiError::Conflict {
+                code: "unique_key_held",
+                message: e.to_string(),
+                job_id: Some(id),
+            },
             e @ StoreError::LeaseLost { id, .. } => ApiError::Conflict {
                 code: "lease_lost",
                 message: e.to_string(),

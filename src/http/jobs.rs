@@ -109,8 +109,15 @@ impl<'de> Deserialize<'de> for UniqueScopeName {
 /// The request's `traceparent`, if it is a valid one. A malformed header is ignored, as the W3C
 /// recommendation asks (a tracing proxy's mistake must not fail an enqueue): the job simply
 /// starts no trace of its own.
+/// Two `traceparent` headers are ignored both (W3C Trace Context: a receiver that cannot tell
+/// which one is meant starts a new trace).
 fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let value = value.to_str().ok()?.trim();
     crate::traceparent::Traceparent::parse(value)
         .ok()
         .map(|t| t.to_string())
@@ -226,6 +233,13 @@ pub async fn enqueue(
     headers: HeaderMap,
     JsonBody(mut request): JsonBody<EnqueueRequest>,
 ) -> Result<Response, ApiError> {
+    if headers.get_all(IDEMPOTENCY_KEY).iter().nth(1).is_some() {
+        // Using either one silently could file the job under a key the client did not mean.
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            "Idempotency-Key is given more than once; send exactly one",
+        ));
+    }
     if let Some(header_key) = headers.get(IDEMPOTENCY_KEY) {
         let header_key = header_key.to_str().map_err(|_| {
             ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")

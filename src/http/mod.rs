@@ -6,6 +6,7 @@
 //! `Retry-After`; `/health` stays 200 and `/ready` turns 503.
 
 mod auth;
+mod browser_guard;
 mod error;
 mod extract;
 mod health;
@@ -31,6 +32,7 @@ use axum::{middleware, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub use browser_guard::{allowed_host_problem, HostPolicy};
 pub use error::{ApiError, ErrorDetail, ErrorResponse};
 pub use server::{serve, serve_with, ServerConfig};
 
@@ -51,6 +53,9 @@ pub struct ApiConfig {
     pub max_batch_body_bytes: usize,
     /// Requests taking longer are answered 408.
     pub request_timeout: Duration,
+    /// Which `Host` names are answered (DNS rebinding; see `browser_guard.rs`). The default
+    /// answers any: set `loopback_only` when serving on a loopback address.
+    pub hosts: HostPolicy,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +65,7 @@ impl Default for ApiConfig {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_batch_body_bytes: 32 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            hosts: HostPolicy::default(),
         }
     }
 }
@@ -173,6 +179,10 @@ pub fn app(state: AppState) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            browser_guard::check,
+        ))
         .layer(DefaultBodyLimit::max(single_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -3,7 +3,7 @@
 
 use super::dependencies::Parents;
 use super::exec::OnStore;
-use super::history::{archive_moved, shard};
+use super::history::{archive_moved, carried_columns, job_fields, shard};
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::job::{Job, JobId, JobState};
@@ -28,7 +28,9 @@ impl Store {
             ",
             archive_moved!("cancelled", "last_error", "errors", "$2"),
             "
-            select * from archived"
+            select ",
+            job_fields!("0"),
+            " from archived"
         ))
         .bind(id)
         .bind(shard())
@@ -48,6 +50,7 @@ impl Store {
     /// [`StoreError::NotFound`]; [`StoreError::InvalidTransition`] when the job is queued,
     /// running, waiting or succeeded (nothing changed); [`StoreError::DependencyFailed`] when
     /// one of its dependencies failed or was cancelled (retry that one first);
+    /// [`StoreError::UniqueKeyHeld`] when another live job holds its uniqueness key;
     /// [`StoreError::Database`].
     pub async fn retry(&self, id: JobId) -> Result<Job, StoreError> {
         let depends_on: Option<Vec<JobId>> = sqlx::query_scalar(
@@ -66,7 +69,8 @@ impl Store {
             .bind(shard())
             .bind(0i32)
             .optional_on(self)
-            .await?;
+            .await
+            .map_err(|e| unique_refusal(id, e))?;
         match job {
             Some(job) => Ok(job),
             None => Err(self.refusal(id, "retry").await?),
@@ -96,7 +100,8 @@ impl Store {
             .bind(standing.pending)
             .persistent(persistent)
             .fetch_optional(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| unique_refusal(id, e))?;
         tx.commit().await?;
         match job {
             Some(job) => Ok(job),
@@ -118,25 +123,36 @@ impl Store {
     }
 }
 
+/// A retry refused by the live table's uniqueness index (scope `active`): another live job
+/// holds the job's key, and two live jobs must never share it. The statement changed nothing
+/// (one statement, rolled back whole).
+fn unique_refusal(id: JobId, error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.constraint() == Some("jobs_unique_active_idx") => {
+            StoreError::UniqueKeyHeld { id }
+        }
+        _ => StoreError::Database(error),
+    }
+}
+
 /// Out of history and back into the live table in one statement, its finished count going down
 /// with it: `$1` the job, `$2` the channel to notify, `$3` the counter shard, `$4` its pending
 /// dependencies (`waiting` when any). The result is not kept: a new attempt makes a new one.
-const RETRY: &str = "with moved as (
+const RETRY: &str = concat!(
+    "with moved as (
                 delete from faultline.job_history
                 where id = $1 and state in ('failed', 'cancelled')
                 returning *
             ),
             retried as (
-                insert into faultline.jobs (id, queue, kind, payload, state, priority, attempts,
-                    max_attempts, next_run_at, timeout_ms, lease_owner, lease_expires_at,
-                    lease_token, needs_recovery, idempotency_key, request_fingerprint, last_error,
-                    errors, created_at, started_at, finished_at, updated_at, concurrency_key,
-                    depends_on, pending_dependencies, has_dependents)
-                select id, queue, kind, payload,
-                    case when $4 > 0 then 'waiting' else 'queued' end, priority, 0,
-                    max_attempts, now(), timeout_ms, lease_owner, null, lease_token, false,
-                    idempotency_key, request_fingerprint, last_error, errors, created_at,
-                    started_at, null, now(), concurrency_key, depends_on, $4, has_dependents
+                insert into faultline.jobs (",
+    carried_columns!(),
+    ", state, attempts, next_run_at, lease_expires_at, needs_recovery, last_error, errors,
+                    finished_at, updated_at, pending_dependencies)
+                select ",
+    carried_columns!(),
+    ", case when $4 > 0 then 'waiting' else 'queued' end, 0, now(), null, false, last_error,
+                    errors, null, now(), $4
                 from moved
                 returning *
             ),
@@ -147,4 +163,5 @@ const RETRY: &str = "with moved as (
             )
             select retried.* from retried left join lateral (
                 select pg_notify($2, retried.queue) where retried.state = 'queued'
-            ) n on true";
+            ) n on true"
+);

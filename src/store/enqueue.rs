@@ -13,6 +13,7 @@ use crate::job::{
 };
 use crate::job_args::IntoNewJob;
 use crate::names::{label_problem, name_problem};
+use crate::schedule::SLOT_KEY_PREFIX;
 use crate::time_range::time_problem;
 
 /// The result of enqueueing one job.
@@ -131,7 +132,13 @@ impl Store {
         // the check against history, a look-up if the key was taken): committed when this
         // returns.
         let items = self
-            .enqueue_rows(&mut conn, vec![job], Notify::AfterCommit, Shape::Single)
+            .enqueue_rows(
+                &mut conn,
+                vec![job],
+                Notify::AfterCommit,
+                Shape::Single,
+                Origin::Client,
+            )
             .await?;
         self.notify_created(&items);
         single(items, key)
@@ -151,7 +158,33 @@ impl Store {
         let job = job.into_new_job()?;
         let key = job.idempotency_key.clone();
         let items = self
-            .enqueue_rows(conn, vec![job], Notify::InTransaction, Shape::Single)
+            .enqueue_rows(
+                conn,
+                vec![job],
+                Notify::InTransaction,
+                Shape::Single,
+                Origin::Client,
+            )
+            .await?;
+        single(items, key)
+    }
+
+    /// [`Store::enqueue_in`] for the scheduler: the one caller allowed a key in the reserved
+    /// `schedule:` namespace (its slot keys, see `schedule.rs`).
+    pub(crate) async fn enqueue_scheduled_in(
+        &self,
+        conn: &mut PgConnection,
+        job: NewJob,
+    ) -> Result<Enqueued, StoreError> {
+        let key = job.idempotency_key.clone();
+        let items = self
+            .enqueue_rows(
+                conn,
+                vec![job],
+                Notify::InTransaction,
+                Shape::Single,
+                Origin::Scheduler,
+            )
             .await?;
         single(items, key)
     }
@@ -166,7 +199,13 @@ impl Store {
     pub async fn enqueue_batch(&self, jobs: Vec<NewJob>) -> Result<Vec<BatchItem>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let items = self
-            .enqueue_rows(&mut tx, jobs, Notify::AfterCommit, Shape::Batch)
+            .enqueue_rows(
+                &mut tx,
+                jobs,
+                Notify::AfterCommit,
+                Shape::Batch,
+                Origin::Client,
+            )
             .await?;
         tx.commit().await?;
         self.notify_created(&items);
@@ -195,8 +234,14 @@ impl Store {
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<BatchItem>, StoreError> {
-        self.enqueue_rows(conn, jobs, Notify::InTransaction, Shape::Batch)
-            .await
+        self.enqueue_rows(
+            conn,
+            jobs,
+            Notify::InTransaction,
+            Shape::Batch,
+            Origin::Client,
+        )
+        .await
     }
 
     async fn enqueue_rows(
@@ -205,6 +250,7 @@ impl Store {
         jobs: Vec<NewJob>,
         notify: Notify,
         shape: Shape,
+        origin: Origin,
     ) -> Result<Vec<BatchItem>, StoreError> {
         // With traces on, a job without a trace context continues the caller's.
         #[cfg(feature = "otel")]
@@ -220,6 +266,7 @@ impl Store {
                 };
                 let checked = self
                     .validate(&job)
+                    .and_then(|()| origin.key_problem(&job))
                     .and_then(|()| dependencies_problem(&job, i, shape))
                     .and_then(|()| self.payload_text(&job));
                 let payload = checked.map_err(|e| shape.name(i, e))?;
@@ -663,6 +710,11 @@ impl Store {
                 return Err(StoreError::invalid("idempotency_key", problem));
             }
         }
+        if job.kind == "webhook" {
+            if let Some((field, message)) = crate::webhook_headers::payload_problem(&job.payload) {
+                return Err(StoreError::invalid(field, message));
+            }
+        }
         if let Some(key) = &job.concurrency_key {
             if let Some(problem) = label_problem(key) {
                 return Err(StoreError::invalid("concurrency_key", problem));
@@ -726,6 +778,31 @@ impl Store {
             ));
         }
         Ok(text)
+    }
+}
+
+/// Who enqueues: a client (the API, the CLI, a library caller), or the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Client,
+    Scheduler,
+}
+
+impl Origin {
+    /// A client's idempotency key in the scheduler's namespace (SPEC §12): one could take a
+    /// schedule's slot before it comes due, and the schedule would fire nothing for it.
+    fn key_problem(self, job: &NewJob) -> Result<(), StoreError> {
+        match &job.idempotency_key {
+            Some(key) if self == Origin::Client && key.starts_with(SLOT_KEY_PREFIX) => {
+                Err(StoreError::invalid(
+                    "idempotency_key",
+                    format!(
+                        "keys starting with {SLOT_KEY_PREFIX:?} are reserved for schedules' jobs"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

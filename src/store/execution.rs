@@ -31,7 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::exec::OnStore;
-use super::history::{archive_moved, shard};
+use super::history::{archive_moved, job_fields, shard};
 use super::settings::Throttle;
 use super::{millis, Store, JOB_CHANNEL};
 use crate::error::StoreError;
@@ -117,7 +117,8 @@ macro_rules! claim_update {
                       j.max_attempts, j.next_run_at, j.timeout_ms, j.lease_owner,
                       j.lease_expires_at, j.lease_token, j.idempotency_key, j.last_error,
                       '[]'::jsonb as errors, j.created_at, j.started_at, j.finished_at,
-                      j.updated_at, j.concurrency_key, j.traceparent,
+                      j.updated_at, j.concurrency_key, j.traceparent, j.result, j.depends_on,
+                      j.pending_dependencies, j.unique_key, j.unique_period_ms,
                       next.needs_recovery as recovered"
     };
 }
@@ -515,17 +516,13 @@ impl Store {
                 "$6"
             ),
             "
-            select id, queue, kind, payload, state, priority, attempts, max_attempts,
-                   next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
-                   idempotency_key, last_error, errors, created_at, started_at, finished_at,
-                   updated_at, concurrency_key
-            from retried
+            select ",
+            job_fields!("pending_dependencies"),
+            " from retried
             union all
-            select id, queue, kind, payload, state, priority, attempts, max_attempts,
-                   next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
-                   idempotency_key, last_error, errors, created_at, started_at, finished_at,
-                   updated_at, concurrency_key
-            from archived"
+            select ",
+            job_fields!("0"),
+            " from archived"
         ))
         .bind(lease.job_id)
         .bind(lease.token)

@@ -6,6 +6,38 @@
 //! per-queue finished counts. One statement, so a job is always in exactly one of the two
 //! tables, for every reader (a statement sees one snapshot).
 
+/// The columns every move between the live table and history copies as they are (live →
+/// history when a job finishes, history → live when it is retried): one list, so that a column
+/// added to both tables is carried by every move once it is added here. The columns a move
+/// does change (state, attempts, times, the lease's expiry, errors, result, pending
+/// dependencies) are written by each move itself, next to why. The test
+/// `moves::every_move_keeps_every_column` fails for a column that neither names.
+macro_rules! carried_columns {
+    () => {
+        "id, queue, kind, payload, priority, max_attempts, timeout_ms, lease_owner, lease_token,
+        idempotency_key, request_fingerprint, created_at, started_at, concurrency_key,
+        depends_on, has_dependents, unique_key, unique_period_ms, traceparent"
+    };
+}
+pub(crate) use carried_columns;
+
+/// Every field of [`crate::Job`], for a statement that returns jobs from both tables or from a
+/// CTE: `$pending` is `pending_dependencies` for a live row, `0` for a history row (history
+/// has no such column: a finished job waits for nothing). `errors` as stored.
+macro_rules! job_fields {
+    ($pending:literal) => {
+        concat!(
+            "id, queue, kind, payload, state, priority, attempts, max_attempts, next_run_at,
+            timeout_ms, lease_owner, lease_expires_at, lease_token, idempotency_key, last_error,
+            errors, created_at, started_at, finished_at, updated_at, concurrency_key, result,
+            depends_on, ",
+            $pending,
+            " as pending_dependencies, unique_key, unique_period_ms, traceparent"
+        )
+    };
+}
+pub(crate) use job_fields;
+
 /// The CTEs `archived` (the rows of `moved`, as `$state` in history, finished now) and
 /// `counted` (added to `queue_finished_counts` on shard `$shard`, a bind parameter chosen at
 /// random per statement so that concurrent completions rarely share a counter row).
@@ -20,22 +52,21 @@ macro_rules! archive_moved {
     ($state:literal, $last_error:literal, $errors:literal, $shard:literal, $result:literal) => {
         concat!(
             "archived as (
-    insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
-        max_attempts, next_run_at, timeout_ms, lease_owner, lease_expires_at, lease_token,
-        needs_recovery, idempotency_key, request_fingerprint, last_error, errors, created_at,
-        started_at, finished_at, updated_at, concurrency_key, result, depends_on, has_dependents,
-        unique_key, unique_period_ms, traceparent)
-    select id, queue, kind, payload, '",
+    insert into faultline.job_history (",
+            $crate::store::history::carried_columns!(),
+            ", state, attempts, next_run_at, lease_expires_at, needs_recovery, last_error, errors,
+        finished_at, updated_at, result)
+    select ",
+            $crate::store::history::carried_columns!(),
+            ", '",
             $state,
-            "', priority, attempts, max_attempts, next_run_at,
-        timeout_ms, lease_owner, null, lease_token, needs_recovery, idempotency_key,
-        request_fingerprint, ",
+            "', attempts, next_run_at, null, needs_recovery, ",
             $last_error,
             ", ",
             $errors,
-            ", created_at, started_at, now(), now(), concurrency_key, ",
+            ", now(), now(), ",
             $result,
-            ", depends_on, has_dependents, unique_key, unique_period_ms, traceparent
+            "
     from moved
     returning *
 ),

@@ -336,7 +336,7 @@ impl Store {
                 idempotency_key: Some(slot_key(&due.name, *slot)),
                 ..NewJob::new(due.kind.clone(), due.payload.clone())
             };
-            match self.enqueue_in(&mut tx, job).await {
+            match self.enqueue_scheduled_in(&mut tx, job).await {
                 Ok(Enqueued::Created(job)) => {
                     outcome.enqueued.push((due.name.clone(), *slot, job.id));
                     last = Some((*slot, job.id));

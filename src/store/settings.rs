@@ -245,7 +245,8 @@ impl Store {
 
     /// Claim up to `want` jobs of one paused, limited or keyed queue, within its limits, all
     /// workers together: one call of `faultline.claim_limited` (see its migration,
-    /// `20261202000003_concurrency_keys.sql`, for why it is race-free). Returns the claimed rows
+    /// `20261202000003_concurrency_keys.sql`, for why it is race-free; its current row type is in
+    /// `20261206000001_complete_claims.sql`). Returns the claimed rows
     /// and, when a limit held the claim back, why.
     ///
     /// # Errors

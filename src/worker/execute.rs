@@ -98,8 +98,9 @@ async fn run_handler(
         joined = &mut task => match joined {
             Ok(Ok(output)) => match shared.store.result_text(&output) {
                 Ok(text) => Outcome::Succeeded(text),
-                // Over the limit: a failed attempt, never a truncated result.
-                Err(e) => Outcome::Failed(JobError::retryable(e)),
+                // Over the limit: a failed attempt, never a truncated result. Permanent: the
+                // same handler would return the same result again (a webhook delivered twice).
+                Err(e) => Outcome::Failed(JobError::permanent(e)),
             },
             Ok(Err(error)) => Outcome::Failed(error),
             Err(e) if e.is_panic() => Outcome::Failed(JobError::retryable(format!(

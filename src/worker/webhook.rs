@@ -191,6 +191,12 @@ impl Handler for Webhook {
         }
         // Headers from the payload are checked here, each named: a bad one is the payload's
         // fault, permanent, not a "builder error" retried four times.
+        if let Some(name) = crate::webhook_headers::refused(hook.headers.keys().map(String::as_str))
+        {
+            return Err(JobError::permanent(format!(
+                "webhook header {name:?} cannot be set: the HTTP client frames the request"
+            )));
+        }
         let mut headers = reqwest::header::HeaderMap::new();
         for (name, value) in &hook.headers {
             let header =
@@ -408,6 +414,8 @@ fn is_refused_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
         || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
         || first == 0x0064 && ip.segments()[1] == 0xff9b // NAT64 (may map to private v4)
+        || first == 0x2002 // 6to4: embeds an IPv4 address (possibly private) in bits 16..48
+        || ip.segments()[..6] == [0; 6] // IPv4-compatible ::/96 (deprecated): ::a.b.c.d
 }
 
 #[cfg(test)]
@@ -435,6 +443,12 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.1.2.3",
             "64:ff9b::a00:1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:808:808::1",
         ] {
             assert!(is_refused(ip.parse().unwrap()), "{ip} must be refused");
         }

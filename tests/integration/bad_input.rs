@@ -485,6 +485,7 @@ fn http_cases() -> Vec<Case> {
         for action in ["cancel", "retry"] {
             let mut case = get(&format!("/v1/jobs/{id}/{action}"), Status(400));
             case.method = Method::POST;
+            case.content_type = Some("application/json");
             cases.push(case);
         }
     }
@@ -492,6 +493,7 @@ fn http_cases() -> Vec<Case> {
     cases.push(get(&format!("/v1/jobs/{unknown}"), Status(404)));
     let mut cancel = get(&format!("/v1/jobs/{unknown}/cancel"), Status(404));
     cancel.method = Method::POST;
+    cancel.content_type = Some("application/json");
     cases.push(cancel);
     // PATCH /v1/queues/{name}, POST …/pause and …/resume: every field, and the name.
     let patch = |uri: &str, body: String, expect: Expect| {
@@ -675,9 +677,19 @@ fn http_cases() -> Vec<Case> {
             Field("name"),
         ));
     }
+    // A cron text is bounded: every listing returns it.
+    cases.push(put(
+        "/v1/schedules/s",
+        format!(
+            r#"{{"cron": "{}* * * * *", "kind": "noop"}}"#,
+            " ".repeat(1100)
+        ),
+        Field("cron"),
+    ));
     cases.push(get("/v1/schedules/none", Status(404)));
     let mut delete_schedule = get("/v1/schedules/none", Status(404));
     delete_schedule.method = Method::DELETE;
+    delete_schedule.content_type = Some("application/json");
     cases.push(delete_schedule);
     cases.push(post("/v1/schedules/none/pause", "", Status(404)));
     cases.push(post("/v1/schedules/none/resume", "", Status(404)));
@@ -685,7 +697,87 @@ fn http_cases() -> Vec<Case> {
     cases.push(get("/v1/nothing", Status(404)));
     let mut delete = get("/v1/jobs", Status(405));
     delete.method = Method::DELETE;
+    delete.content_type = Some("application/json");
     cases.push(delete);
+
+    // The scheduler's key namespace (SPEC §12): a client key there could squat a slot.
+    cases.push(post(
+        "/v1/jobs",
+        job_with("idempotency_key", r#""schedule:sq:2026-12-06T00:00:00Z""#),
+        Field("idempotency_key"),
+    ));
+    let mut squat = post("/v1/jobs", r#"{"kind": "noop"}"#, Field("idempotency_key"));
+    squat
+        .headers
+        .push(("idempotency-key", "schedule:sq:2026-12-06T00:00:00Z".into()));
+    cases.push(squat);
+    cases.push(post(
+        "/v1/jobs/batch",
+        batch_of(&[
+            r#"{"kind": "noop"}"#,
+            r#"{"kind": "noop", "idempotency_key": "schedule:x"}"#,
+        ]),
+        Field("jobs[1].idempotency_key"),
+    ));
+    // Two Idempotency-Key headers: which one was meant?
+    let mut twice = post("/v1/jobs", r#"{"kind": "noop"}"#, Status(400));
+    twice.headers.push(("idempotency-key", "a".into()));
+    twice.headers.push(("idempotency-key", "b".into()));
+    cases.push(twice);
+    // Webhook headers that frame the request or belong to one hop.
+    for name in [
+        "Content-Length",
+        "host",
+        "Transfer-Encoding",
+        "Connection",
+        "TE",
+        "Upgrade",
+    ] {
+        let hook = format!(
+            r#"{{"kind": "webhook", "payload": {{"url": "https://x.example/", "headers": {{"{name}": "2"}}}}}}"#
+        );
+        cases.push(post(
+            "/v1/jobs",
+            hook.clone(),
+            Field(Box::leak(
+                format!("payload.headers.{name}").into_boxed_str(),
+            )),
+        ));
+        cases.push(post(
+            "/v1/jobs/batch",
+            batch_of(&[&hook]),
+            Field(Box::leak(
+                format!("jobs[0].payload.headers.{name}").into_boxed_str(),
+            )),
+        ));
+    }
+    // CSRF (SPEC §5): a cross-site form post, and any change from another origin.
+    for uri in [
+        "/v1/queues/q3/pause",
+        "/v1/queues/q3/resume",
+        "/v1/jobs/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/cancel",
+        "/v1/jobs/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/retry",
+        "/v1/schedules/s/pause",
+        "/v1/schedules/s/resume",
+        "/v1/jobs",
+    ] {
+        for content_type in [
+            None,
+            Some("application/x-www-form-urlencoded"),
+            Some("text/plain"),
+            Some("multipart/form-data; boundary=x"),
+        ] {
+            let mut form = post(uri, "", Status(415));
+            form.content_type = content_type;
+            cases.push(form);
+        }
+        for origin in ["https://evil.example", "null", "http://localhost:9999"] {
+            let mut cross = post(uri, "", Status(403));
+            cross.headers.push(("host", "localhost:8000".into()));
+            cross.headers.push(("origin", origin.into()));
+            cases.push(cross);
+        }
+    }
     cases
 }
 
@@ -700,7 +792,7 @@ async fn every_bad_request_answers_4xx_json_naming_the_problem_and_writes_nothin
         let mut request = Request::builder()
             .method(case.method.clone())
             .uri(case.uri.as_str());
-        if let (Some(ct), Some(_)) = (case.content_type, &case.body) {
+        if let Some(ct) = case.content_type {
             request = request.header("content-type", ct);
         }
         for (name, value) in &case.headers {
@@ -792,6 +884,9 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
     let worker = |flag: &'static str, value: &'static str| (vec!["worker", flag, value], flag);
     let serve = |flag: &'static str, value: &'static str| (vec!["serve", flag, value], flag);
     vec![
+        serve("--allowed-hosts", "a b"),
+        serve("--allowed-hosts", "x.example,,y"),
+        serve("--allowed-hosts", "x.example/path"),
         worker("--lease-ttl", "300000years"),
         worker("--lease-ttl", "0s"),
         worker("--lease-ttl", "abc"),
@@ -995,6 +1090,15 @@ async fn a_bad_schedules_file_stops_the_process_naming_the_schedule_and_field() 
             "[[schedule]]\nname = 'x'\ncron = '* * * * *'\nkind = 'noop'\nmisfire = 'later'",
             "misfire",
         ),
+        // JSON has no NaN or infinity: never stored as null.
+        (
+            "[[schedule]]\nname = 'x'\ncron = '* * * * *'\nkind = 'noop'\npayload = {x = nan}",
+            "payload.x",
+        ),
+        (
+            "[[schedule]]\nname = 'x'\ncron = '* * * * *'\nkind = 'noop'\npayload = {a = [1, {b = -inf}]}",
+            "payload.a[1].b",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (text, expect)) in cases.iter().enumerate() {
@@ -1032,4 +1136,86 @@ async fn a_bad_schedules_file_stops_the_process_naming_the_schedule_and_field() 
         let _ = std::fs::remove_file(&path);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn on_loopback_a_foreign_host_reads_nothing_and_a_cross_site_form_changes_nothing() {
+    let db = TestDb::new().await;
+    let config = ApiConfig {
+        hosts: faultline::http::HostPolicy {
+            loopback_only: true,
+            allowed: vec!["queue.internal".into()],
+        },
+        ..ApiConfig::default()
+    };
+    let (router, _) = router(&db, config);
+    let send = |method: Method, uri: &str, headers: Vec<(&str, &str)>| {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Body::empty()).unwrap();
+        let router = router.clone();
+        async move { router.oneshot(request).await.unwrap().status().as_u16() }
+    };
+    // DNS rebinding: the browser sends the attacker's name.
+    for uri in [
+        "/v1/queues",
+        "/v1/jobs",
+        "/v1/workers",
+        "/openapi.json",
+        "/ui",
+    ] {
+        assert_eq!(
+            send(Method::GET, uri, vec![("host", "attacker.example")]).await,
+            403,
+            "{uri}"
+        );
+        assert_eq!(
+            send(Method::GET, uri, vec![("host", "127.0.0.1:8000")]).await,
+            200,
+            "{uri}"
+        );
+        assert_eq!(
+            send(Method::GET, uri, vec![("host", "localhost:8000")]).await,
+            200,
+            "{uri}"
+        );
+        assert_eq!(
+            send(Method::GET, uri, vec![("host", "queue.internal")]).await,
+            200,
+            "{uri}"
+        );
+    }
+    for uri in ["/health", "/ready", "/metrics"] {
+        assert_eq!(
+            send(Method::GET, uri, vec![("host", "attacker.example")]).await,
+            200,
+            "{uri}"
+        );
+    }
+    // A cross-site form post: no JSON content type, a foreign origin.
+    let form = vec![
+        ("host", "localhost:8000"),
+        ("origin", "https://evil.example"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    assert_eq!(send(Method::POST, "/v1/queues/q3/pause", form).await, 403);
+    let form = vec![
+        ("host", "localhost:8000"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    assert_eq!(send(Method::POST, "/v1/queues/q3/pause", form).await, 415);
+    let settings: i64 = sqlx::query_scalar("select count(*) from faultline.queue_settings")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(settings, 0, "a refused request paused the queue");
+    // The server's own page (same origin, JSON) may.
+    let own = vec![
+        ("host", "localhost:8000"),
+        ("origin", "http://localhost:8000"),
+        ("content-type", "application/json"),
+    ];
+    assert_eq!(send(Method::POST, "/v1/queues/q3/pause", own).await, 200);
 }

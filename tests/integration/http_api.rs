@@ -47,8 +47,11 @@ pub async fn send_raw(
     content_type: Option<&str>,
     headers: &[(&str, &str)],
 ) -> (StatusCode, HeaderMap, Value) {
+    let mutating = method != Method::GET;
     let mut request = Request::builder().method(method).uri(uri);
-    if body.is_some() {
+    // A JSON client names its content type on every mutating request, a body-less one
+    // included (SPEC §5); on reads it has nothing to name.
+    if body.is_some() || mutating {
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
@@ -521,8 +524,15 @@ async fn malformed_requests_answer_4xx_naming_the_problem_and_write_nothing() {
         (Method::GET, "/v1/jobs?cursor=abc", None, None, 400),
         (Method::GET, "/v1/jobs?colour=red", None, None, 400),
         (Method::GET, "/v1/jobs/not-a-uuid", None, None, 400),
-        (Method::POST, "/v1/jobs/not-a-uuid/cancel", None, None, 400),
-        (Method::POST, "/v1/jobs/%ZZ/retry", None, None, 400),
+        (
+            Method::POST,
+            "/v1/jobs/not-a-uuid/cancel",
+            json_ct,
+            None,
+            400,
+        ),
+        (Method::POST, "/v1/jobs/%ZZ/retry", json_ct, None, 400),
+        (Method::POST, "/v1/jobs/not-a-uuid/cancel", None, None, 415),
     ];
     assert!(cases.len() >= 25);
     for (method, path, content_type, body, expected) in cases {

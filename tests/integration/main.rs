@@ -23,6 +23,7 @@ mod fencing;
 mod flow_control;
 mod idempotency;
 mod migrations;
+mod moves;
 mod reads;
 mod reaper;
 mod results;

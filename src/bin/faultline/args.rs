@@ -260,12 +260,16 @@ impl Client {
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
         use anyhow::Context;
+        let mutating = method != reqwest::Method::GET;
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {
             request = request.json(&body);
+        } else if mutating {
+            // Every mutating route asks for JSON, a body-less one included (SPEC §5).
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
         }
         let response = request
             .send()

@@ -55,6 +55,21 @@ pub struct ApiOptions {
     /// How long a client may take to send a request's headers (also the idle keep-alive time).
     #[arg(long, env = "FAULTLINE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
+
+    /// Host names answered besides loopback ones while --listen is a loopback address
+    /// (comma-separated; DNS rebinding protection). Ignored on other addresses.
+    #[arg(long, env = "FAULTLINE_ALLOWED_HOSTS", value_delimiter = ',', value_parser = allowed_host)]
+    pub allowed_hosts: Vec<String>,
+}
+
+fn allowed_host(entry: &str) -> Result<String, String> {
+    let entry = entry.trim();
+    match http::allowed_host_problem(entry) {
+        Some(problem) => Err(problem),
+        None => Ok(entry
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_ascii_lowercase()),
+    }
 }
 
 impl ApiOptions {
@@ -63,6 +78,10 @@ impl ApiOptions {
             api_token: self.api_token.clone().filter(|t| !t.is_empty()),
             max_payload_bytes: self.max_payload_bytes,
             request_timeout: self.request_timeout,
+            hosts: http::HostPolicy {
+                loopback_only: self.listen.ip().is_loopback(),
+                allowed: self.allowed_hosts.clone(),
+            },
             ..ApiConfig::default()
         }
     }
