@@ -4,24 +4,30 @@
 
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::AppState;
 
-/// Answer `408` with the JSON body when the request takes longer than the configured timeout
-/// (reading its body included).
+/// Answer `408` with the JSON body when a request takes longer than the configured timeout —
+/// but never after a write may have happened (SPEC §5: an error answer means nothing was
+/// written; a write that committed is answered as a success).
+///
+/// A read (GET, HEAD, OPTIONS) is bounded as a whole. A write is bounded while it arrives: its
+/// body must be in within the timeout, or it is answered 408 having touched nothing. Once in,
+/// it runs to its end in a task of its own — dropping a handler mid-statement would not stop
+/// Postgres from committing what it was sent — and is answered with what happened, however
+/// long that took.
 pub async fn within_timeout(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let timeout = state.config.request_timeout;
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Refused {
+    let timed_out = || {
+        ApiError::Refused {
             status: StatusCode::REQUEST_TIMEOUT,
             code: "request_timeout",
             message: format!(
@@ -29,7 +35,37 @@ pub async fn within_timeout(
                 humantime::format_duration(timeout)
             ),
         }
-        .into_response(),
+        .into_response()
+    };
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => timed_out(),
+        };
+    }
+    // The largest body any route takes; each route's own limit is applied again when its
+    // handler reads the buffered body.
+    let limit = (state.config.max_payload_bytes + 64 * 1024).max(state.config.max_batch_body_bytes);
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if format!("{e:?}").contains("LengthLimit") => {
+            return ApiError::PayloadTooLarge("request body is larger than the limit".into())
+                .into_response()
+        }
+        Ok(Err(e)) => {
+            return ApiError::bad_request("unreadable_body", e.to_string()).into_response()
+        }
+        Err(_) => return timed_out(),
+    };
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    match tokio::spawn(next.run(request)).await {
+        Ok(response) => response,
+        // A handler never panics by design; if one did, nothing is known about the write.
+        Err(_) => ApiError::Internal.into_response(),
     }
 }
 

@@ -227,3 +227,64 @@ async fn a_retry_never_makes_two_live_jobs_share_a_unique_key() {
     let retried = store.retry(first).await.unwrap();
     assert_eq!(retried.unique_key.as_deref(), Some("one-refresh"));
 }
+
+/// SPEC §5: an error answer means nothing was written; a write that committed is answered as a
+/// success — even when it outlasts `--request-timeout` (here 1 ms, shorter than any write).
+#[tokio::test]
+async fn a_write_is_never_answered_with_an_error_after_it_committed() {
+    use axum::http::{Method, StatusCode};
+    use faultline::http::ApiConfig;
+    let db = TestDb::new().await;
+    let store = db.store();
+    let parent = store
+        .enqueue(NewJob::new("noop", json!({})).with_queue("slow-cancel"))
+        .await
+        .unwrap()
+        .into_job()
+        .id;
+    let children: Vec<NewJob> = (0..1000)
+        .map(|_| NewJob {
+            depends_on: vec![Dependency::Job(parent)],
+            ..NewJob::new("noop", json!({})).with_queue("slow-cancel")
+        })
+        .collect();
+    store.enqueue_batch(children).await.unwrap();
+    let (router, _) = crate::http_api::router(
+        &db,
+        ApiConfig {
+            request_timeout: Duration::from_millis(1),
+            ..ApiConfig::default()
+        },
+    );
+    let (status, _, body) = crate::http_api::call(
+        &router,
+        Method::POST,
+        &format!("/v1/jobs/{parent}/cancel"),
+        None,
+        &[],
+    )
+    .await;
+    let state = store.get(parent).await.unwrap().state;
+    if status.is_success() {
+        assert_eq!(state, JobState::Cancelled);
+    } else {
+        assert_eq!(
+            state,
+            JobState::Queued,
+            "answered {status} {body} after the cancel committed"
+        );
+    }
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // An enqueue likewise: answered 201, and the job is there.
+    let (status, _, body) = crate::http_api::call(
+        &router,
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "noop", "queue": "slow-enqueue"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id: JobId = body["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(store.get(id).await.unwrap().state, JobState::Queued);
+}
