@@ -1,7 +1,7 @@
 //! Transitions on request: cancel (queued | running | waiting → cancelled) and retry
 //! (failed | cancelled → queued, or → waiting while dependencies are pending).
 
-use super::dependencies::Parents;
+use super::dependencies::{record_edges, Parents};
 use super::exec::OnStore;
 use super::history::{archive_moved, carried_columns, job_fields, shard};
 use super::{Store, JOB_CHANNEL};
@@ -102,6 +102,9 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| unique_refusal(id, e))?;
+        if job.as_ref().is_some_and(|j| j.state == JobState::Waiting) {
+            record_edges(&mut tx, parents, &vec![id; parents.len()], persistent).await?;
+        }
         tx.commit().await?;
         match job {
             Some(job) => Ok(job),

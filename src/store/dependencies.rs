@@ -46,16 +46,33 @@ impl Parents {
         let mut ids = ids.to_vec();
         ids.sort();
         ids.dedup();
-        let live: Vec<(JobId, JobState)> = sqlx::query_as(
-            "update faultline.jobs set has_dependents = true
+        // Locked, then marked only where not marked yet: a batch whose every job depends on
+        // the same parents reads them once per segment, and an update each time would stack
+        // one row version per segment on each parent (this transaction's own versions, which
+        // nothing can prune before it ends): each read walking longer chains than the last.
+        let live: Vec<(JobId, JobState, bool)> = sqlx::query_as(
+            "select id, state, has_dependents from faultline.jobs
              where id = any($1)
-             returning id, state",
+             for update",
         )
         .bind(&ids)
         .persistent(persistent)
         .fetch_all(&mut *conn)
         .await?;
-        let mut states: HashMap<JobId, JobState> = live.into_iter().collect();
+        let unmarked: Vec<JobId> = live
+            .iter()
+            .filter(|(_, _, marked)| !marked)
+            .map(|(id, _, _)| *id)
+            .collect();
+        if !unmarked.is_empty() {
+            sqlx::query("update faultline.jobs set has_dependents = true where id = any($1)")
+                .bind(&unmarked)
+                .persistent(persistent)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let mut states: HashMap<JobId, JobState> =
+            live.into_iter().map(|(id, state, _)| (id, state)).collect();
         let rest: Vec<JobId> = ids
             .into_iter()
             .filter(|id| !states.contains_key(id))
@@ -95,6 +112,34 @@ impl Parents {
         }
         standing
     }
+}
+
+/// Record that `children[i]` waits for `parents[i]`, for each pair whose parent is live: the
+/// edge the transaction that finishes the parent consumes to settle the child (migration
+/// `dependency_edges`). Called in the transaction that inserted (or re-queued) the children,
+/// after [`Parents::read`] locked the parents, so a parent found live here stays live until
+/// commit.
+pub(crate) async fn record_edges(
+    conn: &mut PgConnection,
+    parents: &[JobId],
+    children: &[JobId],
+    persistent: bool,
+) -> Result<(), sqlx::Error> {
+    if parents.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into faultline.job_edges (parent, child)
+         select e.parent, e.child from unnest($1::uuid[], $2::uuid[]) as e(parent, child)
+         where exists (select 1 from faultline.jobs p where p.id = e.parent)
+         on conflict do nothing",
+    )
+    .bind(parents)
+    .bind(children)
+    .persistent(persistent)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Cancel the just-inserted waiting jobs `children`, whose dependency `cause` had already

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::{Connection, PgConnection};
 
-use super::dependencies::{cancel_for, Parents};
+use super::dependencies::{cancel_for, record_edges, Parents};
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::fingerprint::{derived_unique_key, fingerprint};
@@ -358,6 +358,7 @@ async fn enqueue_dependents(
             .await?;
             let items = enqueue_rounds(conn, &prepared[start..i], notify, persistent).await?;
             let items = cancel_orphans(conn, &prepared[start..i], items, persistent).await?;
+            record_waiting_edges(conn, &prepared[start..i], &items, persistent).await?;
             for (k, item) in items.into_iter().enumerate() {
                 results[start + k] = Some(item);
             }
@@ -365,6 +366,28 @@ async fn enqueue_dependents(
         }
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// The edges of the jobs of `segment` that were created waiting (see `record_edges`).
+async fn record_waiting_edges(
+    conn: &mut PgConnection,
+    segment: &[Prepared],
+    items: &[BatchItem],
+    persistent: bool,
+) -> Result<(), StoreError> {
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    for (p, item) in segment.iter().zip(items) {
+        if let BatchItem::Created(job) = item {
+            if job.state == JobState::Waiting {
+                for parent in &p.depends_on {
+                    parents.push(*parent);
+                    children.push(job.id);
+                }
+            }
+        }
+    }
+    record_edges(conn, &parents, &children, persistent).await?;
+    Ok(())
 }
 
 /// Resolve the dependencies of `segment` (whose first job is at `offset` of the request) to

@@ -288,3 +288,39 @@ async fn a_write_is_never_answered_with_an_error_after_it_committed() {
     let id: JobId = body["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(store.get(id).await.unwrap().state, JobState::Queued);
 }
+
+/// The database's own moves (a dependent cancelled with its parent, in `cancel_dependents`)
+/// keep every column too.
+#[tokio::test]
+async fn a_dependent_cancelled_with_its_parent_keeps_every_column() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let parent = store
+        .enqueue(NewJob::new("noop", json!({})).with_queue("moves-dep"))
+        .await
+        .unwrap()
+        .into_job()
+        .id;
+    let child = store
+        .enqueue(NewJob {
+            priority: 2,
+            timeout_ms: Some(1_000),
+            concurrency_key: Some("k".into()),
+            depends_on: vec![Dependency::Job(parent)],
+            unique: Some(Unique {
+                key: Some("dep-unique".into()),
+                scope: UniqueScope::Period { period_ms: 60_000 },
+            }),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..NewJob::new("mover", json!({"x": 1})).with_idempotency_key("dep-child")
+        })
+        .await
+        .unwrap()
+        .into_job()
+        .id;
+    let before = fixed_columns(&db, child).await;
+    store.cancel(parent).await.unwrap();
+    let after = store.get(child).await.unwrap();
+    assert_eq!(after.state, JobState::Cancelled);
+    assert_eq!(fixed_columns(&db, child).await, before);
+}

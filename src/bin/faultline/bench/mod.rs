@@ -362,6 +362,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        if wants(Phase::Dependents) {
+            step("dependency work: 1,000 x 100 in a batch, 10,000 dependents succeed / cancel");
+            bench.reset().await?;
+            let [dense, succeed, cancel] = phases::dependency_work(&bench).await?;
+            record(
+                "dependents: enqueue a batch of 1,000 jobs, each depending on the 100 before it"
+                    .into(),
+                "s",
+                dense,
+            );
+            record(
+                "dependents: complete a parent with 10,000 waiting dependents".into(),
+                "s",
+                succeed,
+            );
+            record(
+                "dependents: cancel a parent with 10,000 waiting dependents".into(),
+                "s",
+                cancel,
+            );
+        }
         if wants(Phase::Soak) {
             step("soak");
             bench.reset().await?;

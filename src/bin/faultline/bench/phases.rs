@@ -333,10 +333,13 @@ pub async fn drain_dependents(
             "with parents as (
                  insert into faultline.jobs (id, kind, has_dependents)
                  select p, 'noop', true from unnest($1::uuid[]) as p
-                 returning id)
-             insert into faultline.jobs (id, kind, state, depends_on, pending_dependencies)
-             select c, 'noop', 'waiting', array[p], 1
-             from unnest($1::uuid[], $2::uuid[]) as pc(p, c)",
+                 returning id),
+             children as (
+                 insert into faultline.jobs (id, kind, state, depends_on, pending_dependencies)
+                 select c, 'noop', 'waiting', array[p], 1
+                 from unnest($1::uuid[], $2::uuid[]) as pc(p, c))
+             insert into faultline.job_edges (parent, child)
+             select p, c from unnest($1::uuid[], $2::uuid[]) as pc(p, c)",
         )
         .bind(ids(jobs / 2))
         .bind(ids(jobs / 2))
@@ -349,6 +352,73 @@ pub async fn drain_dependents(
         bench.prefill(jobs / 2 * 2).await?;
     }
     drain_prefilled(bench, jobs / 2 * 2, workers, concurrency, prefetch).await
+}
+
+/// Dependency work at the sizes the limits allow (issue 28): seconds to enqueue a batch of
+/// 1,000 jobs each depending on the 100 before it; to complete a parent with 10,000 waiting
+/// dependents (all promoted in that completion); to cancel one (all cancelled with it).
+pub async fn dependency_work(bench: &Bench) -> anyhow::Result<[f64; 3]> {
+    use faultline::Dependency;
+    let store = Store::new(bench.pool.clone());
+    let dense: Vec<NewJob> = (0..1000)
+        .map(|i: usize| NewJob {
+            depends_on: (i.saturating_sub(100)..i)
+                .map(Dependency::Earlier)
+                .collect(),
+            ..NewJob::new("noop", serde_json::json!({})).with_queue("deps-dense")
+        })
+        .collect();
+    let started = Instant::now();
+    store.enqueue_batch(dense).await?;
+    let dense = started.elapsed().as_secs_f64();
+
+    let mut timed = Vec::new();
+    for cancel in [false, true] {
+        let queue = if cancel {
+            "deps-cancel"
+        } else {
+            "deps-succeed"
+        };
+        let parent = store
+            .enqueue(NewJob::new("noop", serde_json::json!({})).with_queue(queue))
+            .await?
+            .into_job()
+            .id;
+        for chunk in 0..10 {
+            let children: Vec<NewJob> = (0..1000)
+                .map(|_| NewJob {
+                    depends_on: vec![Dependency::Job(parent)],
+                    ..NewJob::new("noop", serde_json::json!({ "chunk": chunk })).with_queue(queue)
+                })
+                .collect();
+            store.enqueue_batch(children).await?;
+        }
+        let started = if cancel {
+            let started = Instant::now();
+            store.cancel(parent).await?;
+            started
+        } else {
+            let claimed = store
+                .claim_batch(&[queue.to_owned()], "bench", 1, Duration::from_secs(60))
+                .await?;
+            let lease = &claimed.first().context("the parent was not claimed")?.lease;
+            let started = Instant::now();
+            store.complete(lease).await?;
+            started
+        };
+        timed.push(started.elapsed().as_secs_f64());
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from faultline.jobs where queue = $1 and state = 'waiting'",
+        )
+        .bind(queue)
+        .fetch_one(&bench.pool)
+        .await?;
+        anyhow::ensure!(
+            waiting == 0,
+            "{waiting} dependents of {queue} were left waiting"
+        );
+    }
+    Ok([dense, timed[0], timed[1]])
 }
 
 async fn drain_prefilled(
