@@ -256,6 +256,7 @@ pub struct Job {
     pub kind: String,
     /// The handler's input.
     #[schema(value_type = Object)]
+    #[serde(default)]
     pub payload: serde_json::Value,
     /// Where it is in its life.
     pub state: JobState,
@@ -281,6 +282,7 @@ pub struct Job {
     pub last_error: Option<String>,
     /// Every failed attempt, oldest first.
     #[sqlx(json)]
+    #[serde(default)]
     pub errors: Vec<AttemptError>,
     /// When it was enqueued.
     pub created_at: DateTime<Utc>,

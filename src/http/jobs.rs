@@ -490,6 +490,41 @@ pub struct ListParams {
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Bulky fields to include, comma-separated: `payload`, `result`, `errors`, or `all`. By
+    /// default a listing leaves them out (a page of 50 jobs with 1 MiB payloads would be
+    /// 50 MiB); `GET /v1/jobs/{id}` always has them.
+    pub fields: Option<String>,
+}
+
+/// The bulky fields a listing leaves out unless asked.
+const BULKY: [&str; 3] = ["payload", "result", "errors"];
+
+/// The bulky fields asked for by `fields`.
+fn bulky_fields(fields: Option<&str>) -> Result<Vec<&'static str>, ApiError> {
+    let mut wanted = Vec::new();
+    for name in fields
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        if name == "all" {
+            return Ok(BULKY.to_vec());
+        }
+        match BULKY.iter().find(|b| **b == name) {
+            Some(b) => wanted.push(*b),
+            None => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!(
+                        "fields: unknown field {:?} (expected payload, result, errors or all)",
+                        crate::text::storable(name)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(wanted)
 }
 
 /// Jobs, newest first, cursor-paginated.
@@ -500,8 +535,8 @@ pub struct ListParams {
     get, path = "/v1/jobs", tag = "jobs",
     params(ListParams),
     responses(
-        (status = 200, body = Page),
-        (status = 400, description = "bad filter, limit or cursor", body = ErrorResponse),
+        (status = 200, description = "a page of jobs; payload, result and errors only when asked for with `fields`", body = Page),
+        (status = 400, description = "bad filter, limit, cursor or fields", body = ErrorResponse),
         (status = 503, body = ErrorResponse),
     ),
     security((), ("bearer" = []))
@@ -509,7 +544,7 @@ pub struct ListParams {
 pub async fn list(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<ListParams>,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let job_state = params
         .state
         .as_deref()
@@ -543,14 +578,28 @@ pub async fn list(
             ));
         }
     }
+    let wanted = bulky_fields(params.fields.as_deref())?;
     let filter = JobFilter {
         state: job_state,
         queue: params.queue,
         kind: params.kind,
     };
-    state
-        .db("list", state.store.list(&filter, cursor, limit).await)
-        .map(Json)
+    let page = state.db(
+        "list",
+        state
+            .store
+            .list_page(&filter, cursor, limit, !wanted.is_empty())
+            .await,
+    )?;
+    let mut body = serde_json::to_value(&page).map_err(|_| ApiError::Internal)?;
+    if let Some(jobs) = body.get_mut("jobs").and_then(|j| j.as_array_mut()) {
+        for job in jobs.iter_mut().filter_map(|j| j.as_object_mut()) {
+            for field in BULKY.iter().filter(|f| !wanted.contains(f)) {
+                job.remove(*field);
+            }
+        }
+    }
+    Ok(Json(body))
 }
 
 /// Cancel a queued or running job (a running one stops at its next heartbeat).

@@ -104,6 +104,12 @@ pub async fn serve_with(
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.effective_max_connections()));
     let config = Arc::new(config);
+    // The first request of a connection is checked by `read_head`; the ones after it on a
+    // kept-alive connection are parsed by hyper, and held to the same limits here.
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        config.clone(),
+        within_head_limits,
+    ));
     let connections = TaskTracker::new();
     let mut accept_failing = false;
     loop {
@@ -142,6 +148,50 @@ pub async fn serve_with(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// 414 or 431, with the JSON error body, for a request (the second or later of a kept-alive
+/// connection) whose request line or head is over the limits `read_head` holds the first to.
+async fn within_head_limits(
+    axum::extract::State(config): axum::extract::State<Arc<ServerConfig>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // As sent: `METHOD SP target SP HTTP/1.1`.
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 10;
+    let head = line
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
+        + 2;
+    let refusal = if line > config.max_uri_bytes {
+        Some(HeadError::UriTooLong)
+    } else if head > config.max_header_bytes {
+        Some(HeadError::TooLarge)
+    } else {
+        None
+    };
+    match refusal {
+        None => next.run(request).await,
+        Some(refusal) => {
+            let (status, code, message) = refusal.parts(&config);
+            let mut response = super::error::ApiError::Refused {
+                status: axum::http::StatusCode::from_u16(status)
+                    .unwrap_or(axum::http::StatusCode::BAD_REQUEST),
+                code,
+                message,
+            }
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// Over the connection limit: answer 503 if the socket takes it now, and close.
@@ -186,6 +236,8 @@ async fn connection(
         prefix: head,
         offset: 0,
         inner: stream,
+        config: config.clone(),
+        replacing: None,
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -232,35 +284,63 @@ enum HeadError {
 }
 
 impl HeadError {
-    fn response(&self, config: &ServerConfig) -> Vec<u8> {
+    /// Status, code and message.
+    fn parts(&self, config: &ServerConfig) -> (u16, &'static str, String) {
         match self {
-            HeadError::TooLarge => error_response(
+            HeadError::TooLarge => (
                 431,
-                "Request Header Fields Too Large",
                 "headers_too_large",
-                &format!(
+                format!(
                     "the request head is larger than {} bytes",
                     config.max_header_bytes
                 ),
             ),
-            HeadError::UriTooLong => error_response(
+            HeadError::UriTooLong => (
                 414,
-                "URI Too Long",
                 "uri_too_long",
-                &format!(
+                format!(
                     "the request line is longer than {} bytes",
                     config.max_uri_bytes
                 ),
             ),
-            HeadError::Malformed(why) => error_response(
+            HeadError::Malformed(why) => (
                 400,
-                "Bad Request",
                 "malformed_request",
-                &format!("not an HTTP/1.1 request: {why}"),
+                format!("not an HTTP/1.1 request: {why}"),
             ),
-            HeadError::Closed => Vec::new(),
+            HeadError::Closed => (400, "malformed_request", String::new()),
         }
     }
+
+    fn response(&self, config: &ServerConfig) -> Vec<u8> {
+        if let HeadError::Closed = self {
+            return Vec::new();
+        }
+        let (status, code, message) = self.parts(config);
+        let reason = axum::http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        error_response(status, reason, code, &message)
+    }
+}
+
+/// hyper's own answer to a request it could not parse (a kept-alive connection's later
+/// request over its buffer, or malformed): a 4xx head with no body. Given the JSON error body
+/// every other error has, naming what is wrong.
+fn json_for_bare_error(written: &[u8], config: &ServerConfig) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(written).ok()?;
+    let status: u16 = head.strip_prefix("HTTP/1.1 4")?.get(..2)?.parse().ok()?;
+    let status = 400 + status;
+    if !head.ends_with("\r\n\r\n") || !head.to_ascii_lowercase().contains("content-length: 0\r\n") {
+        return None;
+    }
+    let error = match status {
+        431 => HeadError::TooLarge,
+        414 => HeadError::UriTooLong,
+        _ => HeadError::Malformed("the request could not be parsed".into()),
+    };
+    Some(error.response(config))
 }
 
 /// Read until the end of the first request head (`\r\n\r\n`), and check it. Returns every byte
@@ -331,11 +411,16 @@ fn error_response(status: u16, reason: &str, code: &str, message: &str) -> Vec<u
     response
 }
 
-/// The connection with the bytes already read put back in front.
+/// The connection with the bytes already read put back in front; hyper's own bodiless error
+/// answers are given the JSON body on the way out (see [`json_for_bare_error`]).
 struct Rewind {
     prefix: Vec<u8>,
     offset: usize,
     inner: TcpStream,
+    config: Arc<ServerConfig>,
+    /// A replacement being written: its bytes, how many are out, and the length hyper asked
+    /// to write (reported once the replacement is out).
+    replacing: Option<(Vec<u8>, usize, usize)>,
 }
 
 impl AsyncRead for Rewind {
@@ -366,19 +451,31 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.replacing.is_none() {
+            if let Some(json) = json_for_bare_error(buf, &this.config) {
+                this.replacing = Some((json, 0, buf.len()));
+            }
+        }
+        if let Some((bytes, out, asked)) = &mut this.replacing {
+            while *out < bytes.len() {
+                match Pin::new(&mut this.inner).poll_write(cx, &bytes[*out..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => *out += n,
+                    other => return other,
+                }
+            }
+            let asked = *asked;
+            this.replacing = None;
+            return Poll::Ready(Ok(asked));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
+    // Not vectored: hyper then hands every response head over as one buffer, which is what
+    // `json_for_bare_error` looks at.
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -15,8 +15,9 @@ use crate::StoreError;
 /// Scheduler settings.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
-    /// Time between passes: a slot's job is enqueued within about this of its time. Must stay
-    /// well under [`crate::store::UP_GAP`], or the scheduler's own pauses would read as downtime.
+    /// Time between passes: a slot's job is enqueued within about this of its time. Kept under
+    /// [`crate::store::UP_GAP`] / 3, so that a scheduler of a new term that takes over at once
+    /// is not mistaken for downtime.
     pub interval: Duration,
 }
 
@@ -34,6 +35,9 @@ pub struct Scheduler {
     store: Store,
     config: SchedulerConfig,
     metrics: Arc<Metrics>,
+    /// This scheduler's tenure: its passes follow each other without downtime, however long
+    /// one takes (see [`Store::fire_schedules_in`]). A maintainer makes one scheduler per term.
+    tenure: uuid::Uuid,
 }
 
 impl Scheduler {
@@ -47,6 +51,7 @@ impl Scheduler {
             store,
             config,
             metrics,
+            tenure: uuid::Uuid::new_v4(),
         }
     }
 
@@ -56,7 +61,7 @@ impl Scheduler {
     /// # Errors
     /// [`StoreError::Database`]; schedules fired before the error stay fired.
     pub async fn run_once(&self) -> Result<FireOutcome, StoreError> {
-        let outcome = self.store.fire_schedules().await?;
+        let outcome = self.store.fire_schedules_in(self.tenure).await?;
         // Every schedule's series exist from its first pass, at zero: "nothing fired" reads as
         // 0, not as a missing series (alerts on rates need that).
         for schedule in &outcome.schedules {

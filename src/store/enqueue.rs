@@ -169,24 +169,21 @@ impl Store {
         single(items, key)
     }
 
-    /// [`Store::enqueue_in`] for the scheduler: the one caller allowed a key in the reserved
-    /// `schedule:` namespace (its slot keys, see `schedule.rs`).
-    pub(crate) async fn enqueue_scheduled_in(
+    /// [`Store::enqueue_batch_in`] for the scheduler: the one caller allowed keys in the
+    /// reserved `schedule:` namespace (its slot keys, see `schedule.rs`).
+    pub(crate) async fn enqueue_scheduled_batch_in(
         &self,
         conn: &mut PgConnection,
-        job: NewJob,
-    ) -> Result<Enqueued, StoreError> {
-        let key = job.idempotency_key.clone();
-        let items = self
-            .enqueue_rows(
-                conn,
-                vec![job],
-                Notify::InTransaction,
-                Shape::Single,
-                Origin::Scheduler,
-            )
-            .await?;
-        single(items, key)
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<BatchItem>, StoreError> {
+        self.enqueue_rows(
+            conn,
+            jobs,
+            Notify::InTransaction,
+            Shape::Batch,
+            Origin::Scheduler,
+        )
+        .await
     }
 
     /// Enqueue many jobs in one statement on the store's pool. Jobs without a key, or with a

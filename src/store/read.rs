@@ -53,6 +53,19 @@ impl Store {
         cursor: Option<JobId>,
         limit: u32,
     ) -> Result<Page, StoreError> {
+        self.list_page(filter, cursor, limit, true).await
+    }
+
+    /// [`Store::list`]; without `bulk`, every job's payload and result read as JSON `null` and
+    /// its error history as empty, so that a listing of jobs with megabyte payloads reads and
+    /// sends none of them (the API's default summaries).
+    pub(crate) async fn list_page(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<JobId>,
+        limit: u32,
+        bulk: bool,
+    ) -> Result<Page, StoreError> {
         if !(1..=MAX_PAGE_SIZE).contains(&limit) {
             return Err(StoreError::invalid(
                 "limit",
@@ -60,7 +73,14 @@ impl Store {
             ));
         }
         let mut jobs: Vec<Job> = sqlx::query_as(
-            "select * from faultline.all_jobs
+            "select id, queue, kind, priority, state, attempts, max_attempts, next_run_at,
+                   timeout_ms, lease_owner, lease_expires_at, lease_token, idempotency_key,
+                   last_error, created_at, started_at, finished_at, updated_at, concurrency_key,
+                   depends_on, pending_dependencies, unique_key, unique_period_ms, traceparent,
+                   case when $6 then payload else 'null'::json end as payload,
+                   case when $6 then result end as result,
+                   case when $6 then errors else '[]'::jsonb end as errors
+            from faultline.all_jobs
             where ($1::text is null or state = $1)
               and ($2::text is null or queue = $2)
               and ($3::text is null or kind = $3)
@@ -73,6 +93,7 @@ impl Store {
         .bind(filter.kind.as_deref())
         .bind(cursor)
         .bind(i64::from(limit) + 1)
+        .bind(bulk)
         .all_on(self)
         .await?;
         let next_cursor = if jobs.len() > limit as usize {

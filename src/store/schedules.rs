@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::exec::{ExecuteOnStore, OnStore};
-use super::{Enqueued, Store};
+use super::{BatchItem, Store};
 use crate::error::StoreError;
 use crate::job::{JobId, NewJob, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE};
 use crate::schedule::{schedule_name_problem, slot_key, CronTab, Misfire, Schedule, ScheduleSpec};
@@ -229,157 +229,253 @@ impl Store {
         Ok(schedule)
     }
 
-    /// Fire every due schedule: one transaction per schedule, under its row lock, enqueueing
-    /// each due slot's job with the slot's idempotency key and moving the schedule's progress in
-    /// the same transaction (see the module docs).
+    /// Fire every due schedule: in chunks of schedules, each in one transaction under their row
+    /// locks, enqueueing every due slot's job with the slot's idempotency key (one statement for
+    /// the chunk's jobs) and moving each schedule's progress in the same transaction (see the
+    /// module docs). Downtime is judged by the gap since the last tick ([`UP_GAP`]); a
+    /// scheduler that runs passes continuously uses [`Store::fire_schedules_in`], whose own
+    /// passes never count as downtime however long they take.
     ///
     /// # Errors
-    /// [`StoreError::Database`]; schedules fired before the error stay fired.
+    /// [`StoreError::Database`]; chunks fired before the error stay fired.
     pub async fn fire_schedules(&self) -> Result<FireOutcome, StoreError> {
+        self.fire(None).await
+    }
+
+    /// [`Store::fire_schedules`] by the scheduler of one tenure (`tenure`, unique to it: one
+    /// maintainer's term). Ticks of the same tenure follow each other without downtime, whatever
+    /// a pass's duration: a pass that took longer than [`UP_GAP`] (1,500 schedules due at
+    /// once on a loaded machine) must not turn the next pass's slots into misfires. A tick of
+    /// another tenure (a new term, another process) is judged by the gap since the last tick.
+    ///
+    /// # Errors
+    /// As [`Store::fire_schedules`].
+    pub async fn fire_schedules_in(&self, tenure: uuid::Uuid) -> Result<FireOutcome, StoreError> {
+        self.fire(Some(tenure)).await
+    }
+
+    async fn fire(&self, tenure: Option<uuid::Uuid>) -> Result<FireOutcome, StoreError> {
         let (now, up_since): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(
-            "insert into faultline.scheduler_clock as c (singleton, ticked_at, up_since)
-             values (true, now(), now())
+            "insert into faultline.scheduler_clock as c (singleton, ticked_at, up_since, tenure)
+             values (true, now(), now(), $2)
              on conflict (singleton) do update set
-                up_since = case when c.ticked_at >= now() - $1 * interval '1 millisecond'
+                up_since = case when c.tenure = $2
+                                  or c.ticked_at >= now() - $1 * interval '1 millisecond'
                                 then c.up_since else now() end,
-                ticked_at = greatest(c.ticked_at, now())
+                ticked_at = greatest(c.ticked_at, now()),
+                tenure = $2
              returning now(), up_since",
         )
         .bind(super::millis(UP_GAP))
+        .bind(tenure)
         .one_on(self)
         .await?;
         let listed: Vec<(String, bool)> = sqlx::query_as(
             "select name, coalesce(next_run_at <= $1, false) from faultline.schedules
-             where not paused order by next_run_at",
+             where not paused order by name",
         )
         .bind(now)
         .all_on(self)
         .await?;
         let mut outcome = FireOutcome::default();
-        for (name, due) in listed {
-            if due {
-                self.fire_one(&name, up_since, &mut outcome).await?;
-            }
-            outcome.schedules.push(name);
+        let due: Vec<String> = listed
+            .iter()
+            .filter(|(_, due)| *due)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for chunk in due.chunks(FIRE_CHUNK) {
+            self.fire_chunk(chunk, up_since, &mut outcome).await?;
         }
+        outcome.schedules = listed.into_iter().map(|(name, _)| name).collect();
         Ok(outcome)
     }
 
-    async fn fire_one(
+    /// Fire the schedules `names` (sorted: two firers lock in the same order) in one
+    /// transaction.
+    async fn fire_chunk(
         &self,
-        name: &str,
+        names: &[String],
         up_since: DateTime<Utc>,
         outcome: &mut FireOutcome,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        // A firer that stalls inside this transaction must not hold the schedule's row for
-        // long: the server ends the session after 5 s idle in it (rolled back, lock freed).
+        // A firer that stalls inside this transaction must not hold the schedules' rows for
+        // long: the server ends the session after 5 s idle in it (rolled back, locks freed).
         sqlx::query("set local idle_in_transaction_session_timeout = '5s'")
             .persistent(self.persistent())
             .execute(&mut *tx)
             .await?;
         // Locked, and read after the lock: another firer that got here first has moved
         // `considered_until` past the slots it fired.
-        let due: Option<(Due, DateTime<Utc>)> = sqlx::query_as::<_, DueRow>(
+        let rows: Vec<DueRow> = sqlx::query_as(
             "select s.*, now() as now from faultline.schedules s
-             where name = $1 and not paused for update",
+             where name = any($1) and not paused
+             order by name
+             for update",
         )
-        .bind(name)
+        .bind(names)
         .persistent(self.persistent())
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| (r.due, r.now));
-        let Some((due, now)) = due else {
-            tx.commit().await?;
-            return Ok(());
-        };
-        let Ok(tab) = CronTab::parse(&due.cron, &due.timezone) else {
-            // Stored by an older version with rules it no longer accepts: leave it alone
-            // (it is listed, so an operator can see and replace it).
-            tx.commit().await?;
-            return Ok(());
-        };
-        let from = due.considered_until;
-        // Slots that came due before the schedulers' current up period: nothing was up to
-        // fire them. `run_once` fires the latest of them; the rest are counted.
-        let mut fire = Vec::new();
-        let mut missed = 0u64;
-        if from < up_since {
-            let gone: Vec<DateTime<Utc>> = tab
-                .slots(from, up_since, MAX_SLOTS)
-                .into_iter()
-                .filter(|s| *s < up_since)
-                .collect();
-            missed = gone.len() as u64;
-            if missed > 0 && due.misfire == Misfire::RunOnce {
-                if let Some(latest) = tab.latest_before(from, up_since) {
-                    fire.push(latest);
-                    missed -= 1;
-                }
-            }
-        }
-        // Slots that came due while schedulers were up fire, every one, however late.
-        let after = from.max(up_since - chrono::Duration::microseconds(1));
-        let on_time = tab.slots(after, now, MAX_SLOTS);
-        // Slots beyond MAX_SLOTS in one pass wait for the next pass.
-        let through = match on_time.last() {
-            Some(last) if on_time.len() == MAX_SLOTS => *last,
-            _ => now,
-        };
-        fire.extend(on_time);
-        let mut last: Option<(DateTime<Utc>, JobId)> = None;
-        for slot in &fire {
-            let job = NewJob {
-                queue: due.queue.clone(),
-                priority: due.priority,
-                max_attempts: due.max_attempts,
-                idempotency_key: Some(slot_key(&due.name, *slot)),
-                ..NewJob::new(due.kind.clone(), due.payload.clone())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut jobs = Vec::new();
+        let mut slots: Vec<(usize, DateTime<Utc>)> = Vec::new();
+        let mut progress: Vec<Progress> = Vec::new();
+        for row in &rows {
+            let Some(plan) = plan(&row.due, row.now, up_since) else {
+                continue;
             };
-            match self.enqueue_scheduled_in(&mut tx, job).await {
-                Ok(Enqueued::Created(job)) => {
-                    outcome.enqueued.push((due.name.clone(), *slot, job.id));
-                    last = Some((*slot, job.id));
+            if plan.missed > 0 {
+                outcome.misfires.push((row.due.name.clone(), plan.missed));
+            }
+            for slot in plan.fire {
+                let job = NewJob {
+                    queue: row.due.queue.clone(),
+                    priority: row.due.priority,
+                    max_attempts: row.due.max_attempts,
+                    idempotency_key: Some(slot_key(&row.due.name, slot)),
+                    ..NewJob::new(row.due.kind.clone(), row.due.payload.clone())
+                };
+                // The job cannot be stored any more (a payload over a lowered limit): a
+                // permanent refusal, so the slot is passed over rather than retried forever.
+                if let Err(StoreError::Invalid { field, message }) = self
+                    .validate(&job)
+                    .and_then(|()| self.payload_text(&job).map(drop))
+                {
+                    tracing::warn!(schedule = %row.due.name, %slot, %field, %message,
+                        "schedule's job refused; slot passed over");
+                    continue;
+                }
+                jobs.push(job);
+                slots.push((progress.len(), slot));
+            }
+            progress.push(Progress {
+                name: row.due.name.clone(),
+                through: plan.through,
+                next: plan.next,
+                last: None,
+            });
+        }
+        let items = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.enqueue_scheduled_batch_in(&mut tx, jobs).await?
+        };
+        for (item, (i, slot)) in items.into_iter().zip(slots) {
+            let id = match item {
+                BatchItem::Created(job) => {
+                    outcome
+                        .enqueued
+                        .push((progress[i].name.clone(), slot, job.id));
+                    job.id
                 }
                 // The slot has its job already (a replay, or the key holds a job of the
                 // schedule's earlier definition): fired before, by this or another process.
-                Ok(Enqueued::Replayed(job) | Enqueued::Duplicate(job)) => {
+                BatchItem::Replayed(job) | BatchItem::Duplicate(job) => {
                     outcome.already += 1;
-                    last = Some((*slot, job.id));
+                    job.id
                 }
-                Err(StoreError::IdempotencyConflict { existing, .. }) => {
+                BatchItem::Conflict { existing, .. } => {
                     outcome.already += 1;
-                    last = Some((*slot, existing));
+                    existing
                 }
-                // The job cannot be stored any more (a payload over a lowered limit): a
-                // permanent refusal, so the slot is passed over rather than retried forever.
-                Err(StoreError::Invalid { field, message }) => {
-                    tracing::warn!(schedule = %due.name, %slot, %field, %message,
-                        "schedule's job refused; slot passed over");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        if missed > 0 {
-            outcome.misfires.push((due.name.clone(), missed));
+            };
+            progress[i].last = Some((slot, id));
         }
         sqlx::query(
-            "update faultline.schedules
-             set considered_until = $2, next_run_at = $3,
-                 last_run_at = coalesce($4, last_run_at), last_job_id = coalesce($5, last_job_id)
-             where name = $1",
+            "update faultline.schedules s
+             set considered_until = u.through, next_run_at = u.next,
+                 last_run_at = coalesce(u.last_at, s.last_run_at),
+                 last_job_id = coalesce(u.last_job, s.last_job_id)
+             from unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[],
+                         $5::uuid[]) as u(name, through, next, last_at, last_job)
+             where s.name = u.name",
         )
-        .bind(&due.name)
-        .bind(through)
-        .bind(tab.next_after(through))
-        .bind(last.map(|l| l.0))
-        .bind(last.map(|l| l.1))
+        .bind(progress.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.through).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.next).collect::<Vec<_>>())
+        .bind(
+            progress
+                .iter()
+                .map(|p| p.last.map(|l| l.0))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            progress
+                .iter()
+                .map(|p| p.last.map(|l| l.1))
+                .collect::<Vec<_>>(),
+        )
         .persistent(self.persistent())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Schedules fired per transaction: their jobs go in one statement.
+const FIRE_CHUNK: usize = 500;
+
+/// A schedule's progress after a pass.
+struct Progress {
+    name: String,
+    through: DateTime<Utc>,
+    next: Option<DateTime<Utc>>,
+    /// The last slot fired and its job.
+    last: Option<(DateTime<Utc>, JobId)>,
+}
+
+/// What one pass does with one due schedule.
+struct Plan {
+    /// The slots to fire, oldest first.
+    fire: Vec<DateTime<Utc>>,
+    /// Missed slots that get no job.
+    missed: u64,
+    /// The schedule is considered up to here.
+    through: DateTime<Utc>,
+    /// Its next slot after that.
+    next: Option<DateTime<Utc>>,
+}
+
+/// The slots of `due` to fire at `now`, given that schedulers have been up since `up_since`;
+/// `None` for a cron this version no longer accepts (stored by an older one: left alone, and
+/// listed, so an operator can see and replace it).
+fn plan(due: &Due, now: DateTime<Utc>, up_since: DateTime<Utc>) -> Option<Plan> {
+    let tab = CronTab::parse(&due.cron, &due.timezone).ok()?;
+    let from = due.considered_until;
+    // Slots that came due before the schedulers' current up period: nothing was up to fire
+    // them. `run_once` fires the latest of them; the rest are counted.
+    let mut fire = Vec::new();
+    let mut missed = 0u64;
+    if from < up_since {
+        let gone: Vec<DateTime<Utc>> = tab
+            .slots(from, up_since, MAX_SLOTS)
+            .into_iter()
+            .filter(|s| *s < up_since)
+            .collect();
+        missed = gone.len() as u64;
+        if missed > 0 && due.misfire == Misfire::RunOnce {
+            if let Some(latest) = tab.latest_before(from, up_since) {
+                fire.push(latest);
+                missed -= 1;
+            }
+        }
+    }
+    // Slots that came due while schedulers were up fire, every one, however late.
+    let after = from.max(up_since - chrono::Duration::microseconds(1));
+    let on_time = tab.slots(after, now, MAX_SLOTS);
+    // Slots beyond MAX_SLOTS in one pass wait for the next pass.
+    let through = match on_time.last() {
+        Some(last) if on_time.len() == MAX_SLOTS => *last,
+        _ => now,
+    };
+    fire.extend(on_time);
+    Some(Plan {
+        fire,
+        missed,
+        through,
+        next: tab.next_after(through),
+    })
 }
 
 /// A schedule checked for [`Store::put_schedule`].

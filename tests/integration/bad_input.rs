@@ -469,6 +469,9 @@ fn http_cases() -> Vec<Case> {
         "cursor=%00",
         "unknown=1",
         "queue=%FF",
+        "fields=bogus",
+        "fields=payload,%00",
+        "fields=payload,secret",
     ] {
         cases.push(get(&format!("/v1/jobs?{query}"), Status(400)));
     }

@@ -144,7 +144,26 @@ async fn every_route_answers_its_happy_path_and_its_errors() {
     let (status, _, page) = call(&api, Method::GET, "/v1/jobs?limit=2", None, &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["jobs"].as_array().unwrap().len(), 2);
-    assert_eq!(page["jobs"][0]["payload"], json!({"i": 2}), "newest first");
+    // A listing is a summary: payloads, results and error histories only when asked for.
+    for bulky in ["payload", "result", "errors"] {
+        assert!(
+            page["jobs"][0].get(bulky).is_none(),
+            "{bulky} listed: {page}"
+        );
+    }
+    let (_, _, full) = call(
+        &api,
+        Method::GET,
+        "/v1/jobs?limit=2&fields=payload",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(full["jobs"][0]["payload"], json!({"i": 2}), "newest first");
+    assert!(full["jobs"][0].get("errors").is_none(), "{full}");
+    let (_, _, all) = call(&api, Method::GET, "/v1/jobs?limit=2&fields=all", None, &[]).await;
+    assert_eq!(all["jobs"][1]["payload"], json!({"i": 1}));
+    assert!(all["jobs"][0]["errors"].is_array(), "{all}");
     let cursor = page["next_cursor"].as_str().unwrap();
     let (_, _, next) = call(
         &api,

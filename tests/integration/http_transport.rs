@@ -265,3 +265,66 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
     );
     shutdown.cancel();
 }
+
+/// The second and later requests of a kept-alive connection are held to the first's limits,
+/// with the same JSON error body (hyper, which parses them, would let a 20 KB request line or
+/// an 80 KB header through, and answers what it refuses with an empty body).
+#[tokio::test]
+async fn every_request_of_a_kept_alive_connection_is_held_to_the_same_limits() {
+    let db = TestDb::new().await;
+    let (addr, shutdown) = serve_with(&db, ServerConfig::default()).await;
+    let first = "GET /health HTTP/1.1\r\nhost: x\r\n\r\n";
+    let cases = [
+        (
+            format!(
+                "GET /v1/jobs?q={} HTTP/1.1\r\nhost: x\r\n\r\n",
+                "a".repeat(20_000)
+            ),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!(
+                "GET /health HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+                "b".repeat(66_000)
+            ),
+            431,
+            "headers_too_large",
+        ),
+        (
+            format!(
+                "GET /health HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+                "b".repeat(80_000)
+            ),
+            431,
+            "headers_too_large",
+        ),
+        (
+            format!(
+                "GET /health HTTP/1.1\r\n{}\r\n",
+                (0..150)
+                    .map(|i| format!("x-{i}: v\r\n"))
+                    .collect::<String>()
+            ),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "GET /health HTTP/1.1\r\nbad header\r\n\r\n".to_owned(),
+            400,
+            "malformed_request",
+        ),
+    ];
+    for (second, status, code) in cases {
+        let answer = exchange(addr, format!("{first}{second}").as_bytes()).await;
+        let later = answer
+            .match_indices("HTTP/1.1 ")
+            .nth(1)
+            .map(|(at, _)| &answer[at..])
+            .unwrap_or_else(|| panic!("no second answer: {answer:.300}"));
+        let (got, body) = parse_answer(later);
+        assert_eq!(got, status, "{later:.300}");
+        assert_eq!(body["error"]["code"], code, "{later:.300}");
+    }
+    shutdown.cancel();
+}

@@ -460,3 +460,57 @@ async fn two_processes_that_both_fire_every_slot_make_one_job_per_slot() {
         assert_every_second(&slots_of(&db, name).await, first_up, last);
     }
 }
+
+/// A pass that took longer than the up gap (1,500 schedules on a loaded machine) is not
+/// downtime for the scheduler that ran it: the next pass of the same tenure fires every slot
+/// that came due meanwhile. Another tenure after the same gap is judged by the gap.
+#[tokio::test]
+async fn a_slow_pass_is_not_downtime_for_its_own_tenure() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    store
+        .put_schedule("canary", &every_second(Misfire::Skip))
+        .await
+        .unwrap();
+    let tenure = uuid::Uuid::new_v4();
+    store.fire_schedules_in(tenure).await.unwrap();
+    // The last pass ticked 10 s ago (it took that long), after 20 s of up-time, and the
+    // canary was considered up to 5 s ago.
+    let rewind = |ticked: i64, up: i64, considered: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(
+                "update faultline.scheduler_clock
+                 set ticked_at = now() - $1 * interval '1 second',
+                     up_since = now() - $2 * interval '1 second'",
+            )
+            .bind(ticked)
+            .bind(up)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "update faultline.schedules
+                 set considered_until = now() - $1 * interval '1 second',
+                     next_run_at = now() - $1 * interval '1 second'",
+            )
+            .bind(considered)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    rewind(10, 20, 5).await;
+    let outcome = store.fire_schedules_in(tenure).await.unwrap();
+    assert!(outcome.misfires.is_empty(), "{outcome:?}");
+    assert!(slots_of(&db, "canary").await.len() >= 4, "{outcome:?}");
+    // Another tenure after a 10 s gap: downtime, and `skip` fires none of its slots.
+    sqlx::query("delete from faultline.jobs")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    rewind(10, 20, 5).await;
+    let outcome = store.fire_schedules_in(uuid::Uuid::new_v4()).await.unwrap();
+    let missed: BTreeMap<String, u64> = outcome.misfires.into_iter().collect();
+    assert!(missed["canary"] >= 4, "{missed:?}");
+}

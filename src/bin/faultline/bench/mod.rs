@@ -80,8 +80,11 @@ pub enum Phase {
     /// sizes, dead tuples and the drain rate sampled every 10 s.
     Soak,
     /// The drain of jobs half of which wait for the other half (one dependency each), beside
-    /// the same drain without dependencies, alternated in one run (the last `--sweep` entry).
+    /// the same drain without dependencies, alternated in one run (the last `--sweep` entry);
+    /// then dependency work at the limits (a dense batch, 10,000 dependents settled at once).
     Dependents,
+    /// 10,000 schedules due in the same second: how long until every one has its job.
+    Schedules,
 }
 
 #[derive(Debug, Serialize)]
@@ -381,6 +384,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 "dependents: cancel a parent with 10,000 waiting dependents".into(),
                 "s",
                 cancel,
+            );
+        }
+        if wants(Phase::Schedules) {
+            step("schedules: 10,000 due in the same second");
+            bench.reset().await?;
+            let (took, missed) = phases::schedule_burst(&bench, 10_000).await?;
+            record(
+                "schedules: 10,000 due in the same second, seconds until every job exists".into(),
+                "s",
+                took,
+            );
+            record(
+                "schedules: slots missed in that burst".into(),
+                "slots",
+                missed as f64,
             );
         }
         if wants(Phase::Soak) {

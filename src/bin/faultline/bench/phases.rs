@@ -78,7 +78,8 @@ impl Bench {
     /// Empty the job table and vacuum it, so every phase starts from the same state.
     pub async fn reset(&self) -> anyhow::Result<()> {
         sqlx::query(
-            "truncate faultline.jobs, faultline.job_history, faultline.queue_finished_counts",
+            "truncate faultline.jobs, faultline.job_history, faultline.queue_finished_counts,
+                      faultline.job_edges",
         )
         .execute(&self.pool)
         .await?;
@@ -419,6 +420,74 @@ pub async fn dependency_work(bench: &Bench) -> anyhow::Result<[f64; 3]> {
         );
     }
     Ok([dense, timed[0], timed[1]])
+}
+
+/// `n` schedules due in the same second (issue 28): the seconds from that second until every one
+/// of their jobs exists, with scheduler passes every 200 ms as the maintainer runs them, and the
+/// slots missed (must be 0).
+pub async fn schedule_burst(bench: &Bench, n: usize) -> anyhow::Result<(f64, u64)> {
+    use faultline::schedule::{Misfire, ScheduleSpec};
+    let store = Store::new(bench.pool.clone());
+    // Declared with a yearly cron, then all moved to one slot a few seconds ahead in one
+    // statement, so that declaring them takes no part of the measured window.
+    let spec = ScheduleSpec {
+        cron: "0 0 1 1 *".into(),
+        kind: "noop".into(),
+        payload: json!({}),
+        queue: Some("burst".into()),
+        priority: None,
+        max_attempts: None,
+        timezone: None,
+        misfire: Some(Misfire::Skip),
+        paused: None,
+    };
+    let names: Vec<String> = (0..n).map(|i| format!("burst-{i:05}")).collect();
+    // Sixteen at a time.
+    for batch in names.chunks(16) {
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|name| {
+                let (store, spec, name) = (store.clone(), spec.clone(), name.clone());
+                tokio::spawn(async move { store.put_schedule(&name, &spec).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+    }
+    let tenure = uuid::Uuid::new_v4();
+    store.fire_schedules_in(tenure).await?;
+    let slot: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "with slot as (select date_trunc('second', now()) + interval '3 seconds' as at)
+         update faultline.schedules
+         set cron = extract(second from (select at from slot))::int || ' * * * * *',
+             considered_until = now(), next_run_at = (select at from slot)
+         where name like 'burst-%'
+         returning (select at from slot)",
+    )
+    .fetch_one(&bench.pool)
+    .await?;
+    let mut missed = 0;
+    loop {
+        let outcome = store.fire_schedules_in(tenure).await?;
+        missed += outcome.misfires.iter().map(|m| m.1).sum::<u64>();
+        let made: i64 =
+            sqlx::query_scalar("select count(*) from faultline.jobs where queue = 'burst'")
+                .fetch_one(&bench.pool)
+                .await?;
+        if made as usize >= n {
+            break;
+        }
+        if chrono::Utc::now() > slot + chrono::Duration::seconds(60) {
+            bail!("{made} of {n} schedules fired within 60 s of their slot");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = (chrono::Utc::now() - slot).num_milliseconds() as f64 / 1000.0;
+    sqlx::query("delete from faultline.schedules where name like 'burst-%'")
+        .execute(&bench.pool)
+        .await?;
+    Ok((took, missed))
 }
 
 async fn drain_prefilled(
