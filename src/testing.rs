@@ -188,7 +188,9 @@ async fn run_claimed(
 pub async fn make_due(store: &Store, queues: &[&str]) -> Result<u64, StoreError> {
     let queues: Vec<&str> = queues.to_vec();
     let done = sqlx::query(
-        "update faultline.jobs set next_run_at = now(), updated_at = now()
+        "update faultline.jobs
+         set next_run_at = now(), eligible_at = faultline.lane_clock(queue, priority),
+             updated_at = now()
          where state = 'queued' and queue = any($1) and next_run_at > now()",
     )
     .bind(&queues)

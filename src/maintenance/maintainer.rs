@@ -28,8 +28,8 @@ use uuid::Uuid;
 
 use super::service::{drive, Service};
 use super::{
-    DepthSampler, DepthSamplerConfig, Janitor, JanitorConfig, Pruner, PrunerConfig, Reaper,
-    ReaperConfig, Scheduler, SchedulerConfig,
+    DepthSampler, DepthSamplerConfig, Janitor, JanitorConfig, LaneMarker, LaneMarkerConfig, Pruner,
+    PrunerConfig, Reaper, ReaperConfig, Scheduler, SchedulerConfig,
 };
 use crate::metrics::Metrics;
 use crate::store::{Store, Term};
@@ -54,6 +54,9 @@ pub struct MaintainerConfig {
     pub janitor: Option<JanitorConfig>,
     /// The scheduler (default on).
     pub scheduler: Option<SchedulerConfig>,
+    /// The lane marker (default on): claims start at each lane's low-water mark rather than
+    /// at the head of the claim index (what keeps them fast under a held MVCC horizon).
+    pub lanes: Option<LaneMarkerConfig>,
 }
 
 impl Default for MaintainerConfig {
@@ -65,6 +68,7 @@ impl Default for MaintainerConfig {
             depth: Some(DepthSamplerConfig::default()),
             janitor: Some(JanitorConfig::default()),
             scheduler: Some(SchedulerConfig::default()),
+            lanes: Some(LaneMarkerConfig::default()),
         }
     }
 }
@@ -251,6 +255,9 @@ impl Maintainer {
         if let Some(config) = self.config.scheduler.clone() {
             let scheduler = Scheduler::new(store.clone(), config, metrics.clone());
             tasks.push(self.spawn(Arc::new(scheduler), &stop));
+        }
+        if let Some(config) = self.config.lanes.clone() {
+            tasks.push(self.spawn(Arc::new(LaneMarker::new(store.clone(), config)), &stop));
         }
         if let Some(config) = self.config.janitor.clone() {
             tasks.push(self.spawn(Arc::new(Janitor::new(store.clone(), config)), &stop));

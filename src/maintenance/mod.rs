@@ -5,6 +5,7 @@
 //! at once, so a term that lapses mid-pass does no harm.
 
 mod depth;
+mod lanes;
 mod maintainer;
 mod pruner;
 mod reaper;
@@ -13,6 +14,7 @@ mod service;
 mod workers;
 
 pub use depth::{DepthSampler, DepthSamplerConfig, Sampled};
+pub use lanes::{LaneMarker, LaneMarkerConfig, Marked};
 pub use maintainer::{Maintainer, MaintainerConfig, MAINTAINER_ROLE};
 pub use pruner::{Pruner, PrunerConfig};
 pub use reaper::{Reaper, ReaperConfig};

@@ -151,11 +151,12 @@ const RETRY: &str = concat!(
                 insert into faultline.jobs (",
     carried_columns!(),
     ", state, attempts, next_run_at, lease_expires_at, needs_recovery, last_error, errors,
-                    finished_at, updated_at, pending_dependencies)
+                    finished_at, updated_at, pending_dependencies, eligible_at)
                 select ",
     carried_columns!(),
     ", case when $4 > 0 then 'waiting' else 'queued' end, 0, now(), null, false, last_error,
-                    errors, null, now(), $4
+                    errors, null, now(), $4,
+                    case when $4 = 0 then faultline.lane_clock(queue, priority) end
                 from moved
                 returning *
             ),

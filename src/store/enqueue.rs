@@ -1098,11 +1098,17 @@ macro_rules! insert_rows {
             "insert into faultline.jobs (id, queue, kind, payload, priority, max_attempts, next_run_at,
                             idempotency_key, request_fingerprint, timeout_ms, concurrency_key,
                             state, pending_dependencies, depends_on, unique_key, unique_period_ms,
-                            traceparent)
+                            traceparent, eligible_at)
 select id, queue, kind, payload::json, priority, max_attempts, coalesce(run_at, now()),
        idempotency_key, fingerprint, timeout_ms, concurrency_key,
        case when pending > 0 then 'waiting' else 'queued' end, coalesce(pending, 0),
-       coalesce(depends_on::uuid[], '{}'), unique_key, unique_period_ms, traceparent
+       coalesce(depends_on::uuid[], '{}'), unique_key, unique_period_ms, traceparent,
+       -- A queued job enters its lane at the statement's one reading of the lanes' clock (see
+       -- the migration `lane_marks`); a waiting one when it is promoted.
+       case when pending > 0 then null
+            else greatest(coalesce(run_at, now()),
+                          (select faultline.lanes_clock(array_agg(queue), array_agg(priority))
+                           from input)) end
 from input
 order by ord
 on conflict ",

@@ -250,18 +250,35 @@ impl Store {
         // The `attempts < max_attempts` test can never fail for a queued job (every transition
         // to queued checks it, and a CHECK constraint backs it); it is here so that a row that
         // somehow broke the invariant stays visible as queued instead of failing every claim.
+        //
+        // Each lane (queue, priority) is scanned from its newest low-water mark, not from the
+        // head of the index: under a held MVCC horizon the head is every job finished since,
+        // none of whose entries can be marked dead (see the migration `lane_marks` for why a
+        // mark never hides a job). A lane without a mark is scanned from its head.
         Ok(sqlx::query_as(concat!(
             "with next as (
                 select j.id, j.needs_recovery, clock_timestamp() as at
                 from unnest($1::text[]) as q(name)
                 cross join lateral (
-                    select id, needs_recovery, priority, next_run_at
+                    select l.priority,
+                           coalesce((select m.low from faultline.lane_marks m
+                                     where m.queue = l.queue and m.priority = l.priority
+                                     order by m.at desc limit 1), '-infinity') as low
+                    from faultline.lanes l
+                    where l.queue = q.name
+                ) lane
+                cross join lateral (
+                    select id, needs_recovery, priority,
+                           coalesce(eligible_at, next_run_at) as e, next_run_at
                     from faultline.jobs
                     where state = 'queued'
                       and queue = q.name
+                      and priority = lane.priority
+                      and coalesce(eligible_at, next_run_at) >= lane.low
+                      and coalesce(eligible_at, next_run_at) <= now()
                       and next_run_at <= now()
                       and attempts < max_attempts
-                    order by priority, next_run_at, id
+                    order by coalesce(eligible_at, next_run_at), next_run_at, id
                     limit $3
                     for update skip locked
                 ) j
@@ -271,7 +288,7 @@ impl Store {
                       and (s.paused or s.keyed or s.concurrency_limit is not null
                            or s.rate_count is not null)
                 )
-                order by j.priority, j.next_run_at, j.id
+                order by j.priority, j.e, j.next_run_at, j.id
                 limit $3
             )
             ",
@@ -492,6 +509,8 @@ impl Store {
                 update faultline.jobs j
                 set state = 'queued',
                     next_run_at = now() + $5 * interval '1 millisecond',
+                    eligible_at = greatest(now() + $5 * interval '1 millisecond',
+                                           faultline.lane_clock(j.queue, j.priority)),
                     lease_expires_at = null,
                     last_error = $3,
                     errors = j.errors || jsonb_build_array(jsonb_build_object(
@@ -553,6 +572,7 @@ impl Store {
                 set state = 'queued',
                     attempts = attempts - 1,
                     next_run_at = now(),
+                    eligible_at = faultline.lane_clock(queue, priority),
                     lease_expires_at = null,
                     updated_at = now()
                 where id = $1 and lease_token = $2 and lease_expires_at is not null

@@ -26,6 +26,7 @@ mod enqueue;
 pub(crate) mod exec;
 mod execution;
 mod history;
+mod lanes;
 mod leader;
 mod maintenance;
 mod notifier;

@@ -22,6 +22,7 @@ mod examples;
 mod fencing;
 mod flow_control;
 mod idempotency;
+mod lanes;
 mod migrations;
 mod moves;
 mod reads;

@@ -12,7 +12,8 @@ use crate::harness::TestDb;
 
 /// The columns a transition may change; every other column (a new one included) must survive
 /// every move unchanged.
-const CHANGING: [&str; 14] = [
+const CHANGING: [&str; 15] = [
+    "eligible_at",
     "state",
     "attempts",
     "next_run_at",

@@ -106,6 +106,12 @@ pub struct MaintainerOptions {
     #[arg(long, env = "FAULTLINE_DEPTH_INTERVAL", default_value = "5s", value_parser = duration)]
     pub depth_interval: Duration,
 
+    /// Claims scan each lane (queue, priority) from the head of the claim index instead of
+    /// from its low-water mark: how claims worked before marks (a diagnostic, and the
+    /// "before" of `faultline bench --only pressure --pressure-compare`).
+    #[arg(long, env = "FAULTLINE_NO_LANE_MARKS")]
+    pub no_lane_marks: bool,
+
     /// Declare the schedules of this TOML file (`[[schedule]]` tables) at start: each is created,
     /// or replaced keeping what it has fired; schedules not in the file are left alone.
     #[arg(long, env = "FAULTLINE_SCHEDULES", value_name = "FILE")]
@@ -202,6 +208,7 @@ impl MaintainerOptions {
             depth: Some(DepthSamplerConfig {
                 interval: self.depth_interval,
             }),
+            lanes: (!self.no_lane_marks).then(faultline::maintenance::LaneMarkerConfig::default),
             ..MaintainerConfig::default()
         }))
     }

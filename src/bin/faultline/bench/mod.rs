@@ -3,6 +3,7 @@
 //! truncated and vacuumed; each figure is the median of `--runs`, with min and max.
 
 mod phases;
+mod pressure;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,9 +28,23 @@ pub struct BenchArgs {
     #[arg(long)]
     pub runs: Option<usize>,
 
-    /// Offered rate of the latency phase, jobs/s.
-    #[arg(long, default_value_t = 200)]
-    pub rate: u32,
+    /// Offered rate, jobs/s: of the latency phase (default 200) and of the pressure phase
+    /// (default half the peak drain of its worker, measured in the same run).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate: Option<u32>,
+
+    /// The pressure phase's scenarios, comma-separated (default all three).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub pressure_scenarios: Vec<pressure::Scenario>,
+
+    /// The pressure phase's clean, stress and recovery lengths (default 60s,180s,90s).
+    #[arg(long, value_delimiter = ',', value_parser = crate::args::duration, num_args = 1..)]
+    pub pressure_phases: Vec<Duration>,
+
+    /// Run each pressure scenario twice, lane marks off (claims from the head of the index,
+    /// as before marks) then on, and report both.
+    #[arg(long)]
+    pub pressure_compare: bool,
 
     /// Jobs per drain; default 100,000, 10,000 with --quick.
     #[arg(long)]
@@ -85,6 +100,9 @@ pub enum Phase {
     Dependents,
     /// 10,000 schedules due in the same second: how long until every one has its job.
     Schedules,
+    /// Clean → stress → recovery at a fixed offered rate while something holds the MVCC
+    /// horizon (`--pressure-scenarios`, `--pressure-phases`, `--pressure-compare`).
+    Pressure,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +124,9 @@ struct Figure {
 struct Results {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     soak_samples: Vec<phases::SoakSample>,
+    /// Every 10 s sample of the pressure phase (printed as it runs, too).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pressure_samples: Vec<pressure::Sample>,
     server: String,
     cores: usize,
     runs: usize,
@@ -211,6 +232,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .await?;
     }
     let mut soak_samples: Vec<phases::SoakSample> = Vec::new();
+    let mut pressure_samples: Vec<pressure::Sample> = Vec::new();
 
     let mut raw: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
     let mut record = |name: String, unit: &'static str, value: f64| match raw
@@ -298,11 +320,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if wants(Phase::Latency) {
             step("latency");
             bench.reset().await?;
-            let [p50, p95, p99, max] = phases::latency(&bench, args.rate, samples).await?;
-            record(format!("latency p50 at {}/s offered", args.rate), "ms", p50);
-            record(format!("latency p95 at {}/s offered", args.rate), "ms", p95);
-            record(format!("latency p99 at {}/s offered", args.rate), "ms", p99);
-            record(format!("latency max at {}/s offered", args.rate), "ms", max);
+            let rate = args.rate.unwrap_or(200);
+            let [p50, p95, p99, max] = phases::latency(&bench, rate, samples).await?;
+            record(format!("latency p50 at {rate}/s offered"), "ms", p50);
+            record(format!("latency p95 at {rate}/s offered"), "ms", p95);
+            record(format!("latency p99 at {rate}/s offered"), "ms", p99);
+            record(format!("latency max at {rate}/s offered"), "ms", max);
         }
         if wants(Phase::Recovery) {
             step("recovery of a crashed worker's job");
@@ -401,6 +424,74 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 missed as f64,
             );
         }
+        if wants(Phase::Pressure) {
+            step("pressure: the peak drain of its worker");
+            let rate = match args.rate {
+                Some(rate) => f64::from(rate),
+                None => (pressure::peak(&bench).await? / 2.0).max(100.0),
+            };
+            record("pressure: offered rate".into(), "jobs/s", rate);
+            let scenarios = if args.pressure_scenarios.is_empty() {
+                vec![
+                    pressure::Scenario::IdleInTx,
+                    pressure::Scenario::ActiveReaders,
+                    pressure::Scenario::HighLoad,
+                ]
+            } else {
+                args.pressure_scenarios.clone()
+            };
+            let lengths = match args.pressure_phases[..] {
+                [] => pressure::Lengths {
+                    clean: Duration::from_secs(60),
+                    stress: Duration::from_secs(180),
+                    recovery: Duration::from_secs(90),
+                },
+                [clean, stress, recovery] => pressure::Lengths {
+                    clean,
+                    stress,
+                    recovery,
+                },
+                _ => anyhow::bail!("--pressure-phases takes three lengths: clean,stress,recovery"),
+            };
+            for scenario in scenarios {
+                let modes: &[bool] = if args.pressure_compare {
+                    &[false, true]
+                } else {
+                    &[true]
+                };
+                for &marks in modes {
+                    let label = format!(
+                        "pressure {}{}",
+                        serde_json::to_value(scenario)?.as_str().unwrap_or("?"),
+                        if marks { "" } else { " (lane marks off)" }
+                    );
+                    step(&label);
+                    let outcome =
+                        pressure::run(&bench, scenario, marks, rate, lengths, &progress).await?;
+                    record(
+                        format!("{label}: completions, stress ÷ clean"),
+                        "ratio",
+                        outcome.completions_ratio,
+                    );
+                    record(
+                        format!("{label}: pickup p99, stress ÷ clean"),
+                        "ratio",
+                        outcome.p99_ratio,
+                    );
+                    record(
+                        format!("{label}: backlog at the end of the stress"),
+                        "s of offered load",
+                        outcome.backlog_seconds,
+                    );
+                    record(
+                        format!("{label}: from the release until p99 is within 1.5 × clean"),
+                        "s",
+                        outcome.recovery_seconds,
+                    );
+                    pressure_samples.extend(outcome.samples);
+                }
+            }
+        }
         if wants(Phase::Soak) {
             step("soak");
             bench.reset().await?;
@@ -456,6 +547,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let results = Results {
         soak_samples,
+        pressure_samples,
         server: bench.server.clone(),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         runs,

@@ -79,7 +79,7 @@ impl Bench {
     pub async fn reset(&self) -> anyhow::Result<()> {
         sqlx::query(
             "truncate faultline.jobs, faultline.job_history, faultline.queue_finished_counts,
-                      faultline.job_edges",
+                      faultline.job_edges, faultline.lane_marks",
         )
         .execute(&self.pool)
         .await?;
@@ -125,7 +125,7 @@ impl Bench {
         Ok(())
     }
 
-    fn worker(&self, id: &str, args: &[&str]) -> anyhow::Result<Child> {
+    pub fn worker(&self, id: &str, args: &[&str]) -> anyhow::Result<Child> {
         let mut command = Command::new(&self.exe);
         command
             .args([
@@ -162,7 +162,12 @@ impl Bench {
         )
     }
 
-    async fn wait_for_count(&self, state: &str, n: i64, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_for_count(
+        &self,
+        state: &str,
+        n: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while self.count(state).await? < n {
             if Instant::now() > deadline {
@@ -172,6 +177,11 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// Kill the worker processes `children` and reap them.
+pub fn stop_children(children: Vec<Child>) {
+    stop(children)
 }
 
 fn stop(children: Vec<Child>) {

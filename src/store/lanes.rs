@@ -1,0 +1,114 @@
+//! Lanes and their low-water marks (migration `lane_marks`; the design and its measurements are
+//! in `docs/design/mvcc-horizon.md`): where each (queue, priority)'s claims start, so that a
+//! claim's cost does not grow with the dead row versions a held MVCC horizon keeps.
+
+use chrono::{DateTime, Utc};
+
+use super::exec::{ExecuteOnStore, OnStore};
+use super::Store;
+use crate::error::StoreError;
+
+/// Marks kept per lane when old ones are deleted; the claim reads only the newest.
+const KEPT_MARKS: i64 = 10;
+
+/// One lane as the first statement of [`Store::mark_lanes`] reads it.
+#[derive(sqlx::FromRow)]
+struct LaneRead {
+    queue: String,
+    priority: i16,
+    t1: DateTime<Utc>,
+    holders: Option<DateTime<Utc>>,
+    previous: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Move every lane's low-water mark up to where its first queued job is, appending a mark
+    /// where it moved. Returns how many marks were appended. Safe to run in several processes
+    /// at once and at any time (each mark is a lower bound on its own; the claim uses the
+    /// newest), and it never waits for a lane's writers.
+    ///
+    /// Two statements, in this order (the argument is in the migration `lane_marks`): the
+    /// first reads, at `t1`, which sessions hold each lane's lock and since when; the second,
+    /// on a later snapshot, finds each lane's first queued job at or above its previous mark.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn mark_lanes(&self) -> Result<u64, StoreError> {
+        let lanes: Vec<LaneRead> = sqlx::query_as(
+            "with holders as (
+                 select ((k.classid::bigint << 32) | k.objid::bigint) as key,
+                        -- A holder whose start is hidden from this role holds every mark back.
+                        min(coalesce(a.xact_start, '-infinity'::timestamptz)) as since
+                 from pg_locks k
+                 left join pg_stat_activity a on a.pid = k.pid
+                 where k.locktype = 'advisory' and k.granted and k.objsubid = 1
+                 group by 1
+             )
+             select l.queue, l.priority, statement_timestamp() as t1, h.since as holders,
+                    (select m.low from faultline.lane_marks m
+                     where m.queue = l.queue and m.priority = l.priority
+                     order by m.at desc limit 1) as previous
+             from faultline.lanes l
+             left join holders h on h.key = faultline.lane_key(l.queue, l.priority)",
+        )
+        .all_on(self)
+        .await?;
+        if lanes.is_empty() {
+            return Ok(0);
+        }
+        let column = |f: fn(&LaneRead) -> Option<DateTime<Utc>>| -> Vec<Option<DateTime<Utc>>> {
+            lanes.iter().map(f).collect()
+        };
+        let appended = sqlx::query(
+            "insert into faultline.lane_marks (queue, priority, low)
+             select x.queue, x.priority, x.low
+             from (
+                 select l.queue, l.priority, l.previous,
+                        least(l.t1, coalesce(l.holders, 'infinity'),
+                              coalesce((select coalesce(j.eligible_at, j.next_run_at)
+                                        from faultline.jobs j
+                                        where j.state = 'queued' and j.queue = l.queue
+                                          and j.priority = l.priority
+                                          and coalesce(j.eligible_at, j.next_run_at)
+                                              >= coalesce(l.previous, '-infinity')
+                                        order by coalesce(j.eligible_at, j.next_run_at)
+                                        limit 1), 'infinity')) as low
+                 from unnest($1::text[], $2::int2[], $3::timestamptz[], $4::timestamptz[],
+                             $5::timestamptz[]) as l(queue, priority, t1, holders, previous)
+             ) x
+             where x.previous is null or x.low > x.previous",
+        )
+        .bind(lanes.iter().map(|l| l.queue.clone()).collect::<Vec<_>>())
+        .bind(lanes.iter().map(|l| l.priority).collect::<Vec<_>>())
+        .bind(column(|l| Some(l.t1)))
+        .bind(column(|l| l.holders))
+        .bind(column(|l| l.previous))
+        .execute_on(self)
+        .await?;
+        Ok(appended.rows_affected())
+    }
+
+    /// Delete every lane's marks but the newest few (the claim reads only the newest). Returns
+    /// how many were deleted.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn forget_old_marks(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "delete from faultline.lane_marks m
+             using (
+                 select queue, priority,
+                        (select k.at from faultline.lane_marks k
+                         where k.queue = l.queue and k.priority = l.priority
+                         order by k.at desc offset $1 - 1 limit 1) as oldest_kept
+                 from faultline.lanes l
+             ) keep
+             where m.queue = keep.queue and m.priority = keep.priority
+               and m.at < keep.oldest_kept",
+        )
+        .bind(KEPT_MARKS)
+        .execute_on(self)
+        .await?
+        .rows_affected())
+    }
+}

@@ -1,0 +1,167 @@
+//! Lanes and low-water marks (issue 29): a claim starts at its lane's mark, and a mark never
+//! hides a job — not one enqueued by a transaction that started long before the mark and
+//! commits after it, nor a retried, released or promoted one.
+
+use std::time::Duration;
+
+use faultline::{Dependency, JobState, NewJob, Store};
+use serde_json::json;
+
+use crate::harness::TestDb;
+
+async fn newest_mark(db: &TestDb, queue: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar(
+        "select low from faultline.lane_marks where queue = $1 order by at desc limit 1",
+    )
+    .bind(queue)
+    .fetch_optional(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn claim(store: &Store, queue: &str) -> Vec<faultline::Claimed> {
+    store
+        .claim_batch(&[queue.to_owned()], "lanes", 10, Duration::from_secs(30))
+        .await
+        .unwrap()
+}
+
+/// Finish `n` jobs of `queue` (enqueue, claim, complete), marking the lanes after each.
+async fn churn(store: &Store, queue: &str, n: usize) {
+    for i in 0..n {
+        store
+            .enqueue(NewJob::new("noop", json!({"i": i})).with_queue(queue))
+            .await
+            .unwrap();
+        for claimed in claim(store, queue).await {
+            store.complete(&claimed.lease).await.unwrap();
+        }
+        store.mark_lanes().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_mark_never_hides_a_job_whose_enqueue_committed_after_it() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    churn(&store, "lanes", 3).await;
+    let first = newest_mark(&db, "lanes").await.expect("a mark");
+
+    // A producer's transaction enqueues a job, then stays open while the queue churns on and
+    // the marks move.
+    let mut tx = db.pool.begin().await.unwrap();
+    let late = store
+        .enqueue_in(
+            &mut tx,
+            NewJob::new("noop", json!({"late": true})).with_queue("lanes"),
+        )
+        .await
+        .unwrap()
+        .into_job();
+    churn(&store, "lanes", 5).await;
+    let held = newest_mark(&db, "lanes").await.unwrap();
+    let entered: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select eligible_at from faultline.jobs where id = $1")
+            .bind(late.id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert!(
+        held <= entered,
+        "the mark {held} passed the open transaction's job, in its lane at {entered}"
+    );
+    tx.commit().await.unwrap();
+    let claimed = claim(&store, "lanes").await;
+    assert_eq!(claimed.len(), 1, "the late job was not claimed");
+    assert_eq!(claimed[0].job.id, late.id);
+    store.complete(&claimed[0].lease).await.unwrap();
+
+    // With the producer gone, the mark moves past what finished.
+    churn(&store, "lanes", 3).await;
+    let moved = newest_mark(&db, "lanes").await.unwrap();
+    assert!(moved > entered && moved > first, "{moved}");
+}
+
+#[tokio::test]
+async fn retried_released_reaped_and_promoted_jobs_are_claimed_past_the_marks() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    churn(&store, "lanes2", 3).await;
+    let parent = store
+        .enqueue(NewJob::new("noop", json!({})).with_queue("lanes2-parent"))
+        .await
+        .unwrap()
+        .into_job()
+        .id;
+    let child = store
+        .enqueue(NewJob {
+            depends_on: vec![Dependency::Job(parent)],
+            ..NewJob::new("noop", json!({"child": true})).with_queue("lanes2")
+        })
+        .await
+        .unwrap()
+        .into_job()
+        .id;
+    let job = store
+        .enqueue(NewJob::new("noop", json!({"x": 1})).with_queue("lanes2"))
+        .await
+        .unwrap()
+        .into_job()
+        .id;
+    // Released: back in the lane, past every mark.
+    let claimed = claim(&store, "lanes2").await;
+    assert_eq!(claimed.len(), 1);
+    churn(&store, "lanes2-other", 1).await;
+    store.mark_lanes().await.unwrap();
+    store.release(&claimed[0].lease).await.unwrap();
+    store.mark_lanes().await.unwrap();
+    let claimed = claim(&store, "lanes2").await;
+    assert_eq!(claimed.len(), 1, "released job hidden");
+    // Failed with retry (backoff 0 is not possible: made due), then cancelled and retried.
+    store
+        .fail_attempt(&claimed[0].lease, "again", true)
+        .await
+        .unwrap();
+    store.mark_lanes().await.unwrap();
+    faultline::testing::make_due(&store, &["lanes2"])
+        .await
+        .unwrap();
+    store.mark_lanes().await.unwrap();
+    let claimed = claim(&store, "lanes2").await;
+    assert_eq!(claimed.len(), 1, "retried job hidden");
+    store.cancel(job).await.unwrap();
+    store.mark_lanes().await.unwrap();
+    store.retry(job).await.unwrap();
+    store.mark_lanes().await.unwrap();
+    let claimed = claim(&store, "lanes2").await;
+    assert_eq!(claimed.len(), 1, "job retried from history hidden");
+    store.complete(&claimed[0].lease).await.unwrap();
+    // Promoted when its parent succeeds.
+    let lease = claim(&store, "lanes2-parent").await.pop().unwrap().lease;
+    store.mark_lanes().await.unwrap();
+    store.complete(&lease).await.unwrap();
+    store.mark_lanes().await.unwrap();
+    let claimed = claim(&store, "lanes2").await;
+    assert_eq!(claimed.len(), 1, "promoted job hidden");
+    assert_eq!(claimed[0].job.id, child);
+    store.complete(&claimed[0].lease).await.unwrap();
+    assert_eq!(store.get(child).await.unwrap().state, JobState::Succeeded);
+}
+
+#[tokio::test]
+async fn old_marks_are_forgotten_but_the_newest_kept() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    churn(&store, "lanes3", 15).await;
+    let before: i64 = sqlx::query_scalar("select count(*) from faultline.lane_marks")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let newest = newest_mark(&db, "lanes3").await;
+    let forgotten = store.forget_old_marks().await.unwrap();
+    assert!(
+        forgotten > 0 && before - forgotten as i64 >= 1,
+        "{before} {forgotten}"
+    );
+    assert_eq!(newest_mark(&db, "lanes3").await, newest);
+}
