@@ -25,7 +25,7 @@ pub async fn health() -> Json<serde_json::Value> {
 /// 200 when the database answers and the schema is current, else 503 with the reason.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
-        (status = 200, description = "`{\"status\":\"ready\"}`"),
+        (status = 200, description = "`{\"status\":\"ready\"}`, with `warnings` naming server settings that work against the queue (autovacuum off)"),
         (status = 503, description = "`{\"status\":\"unavailable\",\"reason\":…}`"),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
@@ -34,7 +34,16 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let reason = match check {
         Ok(Ok(true)) => {
             state.metrics.db_up.set(1.0);
-            return Json(json!({"status": "ready"})).into_response();
+            // Ready, with what in the server's settings works against the queue, if anything.
+            let warnings = tokio::time::timeout(READY_TIMEOUT, state.store.server_warnings())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            if warnings.is_empty() {
+                return Json(json!({"status": "ready"})).into_response();
+            }
+            return Json(json!({"status": "ready", "warnings": warnings})).into_response();
         }
         Ok(Ok(false)) => {
             state.metrics.db_up.set(1.0);

@@ -88,6 +88,40 @@ impl Store {
         Ok(appended.rows_affected())
     }
 
+    /// What in the server's settings works against the queue, one sentence each (empty when
+    /// nothing does): autovacuum switched off, for the server or for the live table, leaves
+    /// every dead row version of every finished job in the live table for good — claims stay
+    /// fast (they start at their lane's mark), but the table and its indexes only grow.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn server_warnings(&self) -> Result<Vec<String>, StoreError> {
+        let (server, table): (bool, bool) = sqlx::query_as(
+            "select current_setting('autovacuum')::bool,
+                    coalesce((select o.option_value::bool
+                              from pg_class c, pg_options_to_table(c.reloptions) o
+                              where c.oid = 'faultline.jobs'::regclass
+                                and o.option_name = 'autovacuum_enabled'), true)",
+        )
+        .one_on(self)
+        .await?;
+        let mut warnings = Vec::new();
+        if !server {
+            warnings.push(
+                "autovacuum is off on this server: the live table keeps the dead row versions \
+                 of every finished job and only grows (set autovacuum = on)"
+                    .to_owned(),
+            );
+        } else if !table {
+            warnings.push(
+                "autovacuum is off for faultline.jobs (autovacuum_enabled = false): the live \
+                 table keeps the dead row versions of every finished job and only grows"
+                    .to_owned(),
+            );
+        }
+        Ok(warnings)
+    }
+
     /// Delete every lane's marks but the newest few (the claim reads only the newest). Returns
     /// how many were deleted.
     ///

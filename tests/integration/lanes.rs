@@ -165,3 +165,22 @@ async fn old_marks_are_forgotten_but_the_newest_kept() {
     );
     assert_eq!(newest_mark(&db, "lanes3").await, newest);
 }
+
+#[tokio::test]
+async fn ready_names_autovacuum_switched_off_for_the_live_table() {
+    use axum::http::Method;
+    let db = TestDb::new().await;
+    let (router, _) = crate::http_api::router(&db, faultline::http::ApiConfig::default());
+    sqlx::query("alter table faultline.jobs set (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (status, _, body) = crate::http_api::call(&router, Method::GET, "/ready", None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ready");
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings[0].as_str().unwrap().contains("autovacuum"),
+        "{body}"
+    );
+}

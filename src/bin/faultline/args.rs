@@ -108,7 +108,7 @@ pub struct MaintainerOptions {
 
     /// Claims scan each lane (queue, priority) from the head of the claim index instead of
     /// from its low-water mark: how claims worked before marks (a diagnostic, and the
-    /// "before" of `faultline bench --only pressure --pressure-compare`).
+    /// "before" of the benchmark's pressure comparison).
     #[arg(long, env = "FAULTLINE_NO_LANE_MARKS")]
     pub no_lane_marks: bool,
 

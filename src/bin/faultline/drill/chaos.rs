@@ -93,7 +93,24 @@ pub async fn run(
         })
     };
     let started = Instant::now();
-    let faults = inject(&mut env, report, seed, duration, ttl).await?;
+    // A hostile neighbour too: from a quarter to three quarters of the run, a session holds the
+    // MVCC horizon (idle in a transaction that has an xid), so claims and marks run with dead
+    // row versions that nothing may remove.
+    let pinned = tokio_util::sync::CancellationToken::new();
+    let pin = tokio::spawn(hold_horizon(
+        env.url.clone(),
+        duration / 4,
+        duration * 3 / 4,
+        pinned.clone(),
+    ));
+    let faults = inject(&mut env, report, seed, duration, ttl).await;
+    pinned.cancel();
+    let held = pin.await.unwrap_or_default();
+    report.event(format!(
+        "the MVCC horizon was held {} in all (idle in transaction)",
+        seconds(held)
+    ));
+    let faults = faults?;
     let flow = enqueuer.stop().await;
     let acked = flow.ids();
     report.event(format!(
@@ -198,6 +215,58 @@ async fn most_at_once(env: &Env) -> anyhow::Result<(usize, usize, usize)> {
     };
     let per_key = keyed.into_values().map(most).max().unwrap_or(0);
     Ok((most(limited), per_key, unbounded))
+}
+
+/// Hold the horizon from `from` to `until` (after the start) with an idle transaction that has
+/// an xid, again after each Postgres restart ends it. Returns how long it was held.
+async fn hold_horizon(
+    url: String,
+    from: Duration,
+    until: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Duration {
+    use sqlx::Connection;
+    let started = Instant::now();
+    let mut held = Duration::ZERO;
+    tokio::select! {
+        _ = tokio::time::sleep(from) => {}
+        _ = stop.cancelled() => return held,
+    }
+    while started.elapsed() < until && !stop.is_cancelled() {
+        let pinned = async {
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query("begin").execute(&mut conn).await?;
+            sqlx::query("select txid_current()")
+                .execute(&mut conn)
+                .await?;
+            anyhow::Ok(conn)
+        }
+        .await;
+        let since = Instant::now();
+        if let Ok(mut conn) = pinned {
+            // Until the end of the window, or until a restart ends the session.
+            let deadline = until.saturating_sub(started.elapsed());
+            let end = tokio::time::sleep(deadline);
+            tokio::pin!(end);
+            loop {
+                tokio::select! {
+                    _ = &mut end => break,
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        // A check that does not end the transaction: is the session alive?
+                        if sqlx::query("select 1").execute(&mut conn).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            held += since.elapsed();
+            let _ = sqlx::query("rollback").execute(&mut conn).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    held
 }
 
 /// The seeded schedule of faults, until `duration` has passed: kill and restart a worker,
