@@ -27,8 +27,13 @@
 -- A session that only holds the horizon (idle in transaction, a reader) holds no lane lock and
 -- does not hold the marks back. Without a mark (a new lane, no maintainer) a claim starts at the
 -- head, as before; a stale mark only costs the dead entries above it.
--- Rows from before this migration (and rows an operator inserts by hand) have no
--- `eligible_at`; their `next_run_at` stands in for it.
+-- Rows from before this migration have no `eligible_at`; their `next_run_at` stands in for it
+-- (they are all visible to the maintainer's first mark, which starts below them).
+--
+-- Marks are times on the server's clock. A clock stepped back would place new rows below a
+-- mark: marks stay a second behind the clock, and a step back of more than a marker's interval
+-- (seen as a clock reading earlier than the newest mark's own) resets the lane's mark to 1970,
+-- from where the next mark finds every queued row again.
 
 alter table faultline.jobs add column eligible_at timestamptz;
 -- The claim index, by lane: replaces `jobs_claim_idx` (same rows, the lane's order).
@@ -53,10 +58,13 @@ create function faultline.note_lanes() returns trigger
 language plpgsql volatile
 as $$
 begin
+    -- In key order: two batches that bring the same new lanes wait for each other in one order,
+    -- never in a cycle.
     insert into faultline.lanes (queue, priority)
     select distinct a.queue, a.priority from added a
     where not exists (select 1 from faultline.lanes l
                       where l.queue = a.queue and l.priority = a.priority)
+    order by 1, 2
     on conflict do nothing;
     return null;
 end;
@@ -72,12 +80,14 @@ create trigger jobs_note_lanes
 -- maintainer deletes all but the newest few now and then, whose dead entries sit at the far
 -- end of that scan.
 create table faultline.lane_marks (
+    -- The order of the marks (the newest has the largest), whatever the clock did.
+    id       bigint      generated always as identity,
     queue    text        not null,
     priority smallint    not null,
     at       timestamptz not null default clock_timestamp(),
     low      timestamptz not null
 );
-create index lane_marks_newest_idx on faultline.lane_marks (queue, priority, at desc);
+create index lane_marks_newest_idx on faultline.lane_marks (queue, priority, id desc);
 
 -- The advisory lock key of a lane (a collision between two lanes only makes marks more
 -- conservative).
@@ -95,6 +105,31 @@ begin
     return clock_timestamp();
 end;
 $$;
+
+-- A row that becomes queued without its writer having placed it in its lane (an operator's
+-- INSERT or UPDATE, or a process of an earlier release still running during an upgrade: its
+-- release, retry or reaper leave `eligible_at` as it was) is placed here, under the lane's lock,
+-- so no path can put a queued row below a mark. Our own statements set `eligible_at` themselves
+-- (the WHEN clauses are false for them, and for claims), so the hot path calls nothing.
+create function faultline.place_in_lane() returns trigger
+language plpgsql volatile
+as $$
+begin
+    new.eligible_at := greatest(new.next_run_at, faultline.lane_clock(new.queue, new.priority));
+    return new;
+end;
+$$;
+create trigger jobs_place_inserted
+    before insert on faultline.jobs
+    for each row
+    when (new.state = 'queued' and new.eligible_at is null)
+    execute function faultline.place_in_lane();
+create trigger jobs_place_requeued
+    before update of state on faultline.jobs
+    for each row
+    when (new.state = 'queued' and old.state is distinct from 'queued'
+          and new.eligible_at is not distinct from old.eligible_at)
+    execute function faultline.place_in_lane();
 
 -- The same for every lane of a batch at once (`p_queues[i]`, `p_priorities[i]`), one reading
 -- for all its rows: an enqueue calls it once per statement.

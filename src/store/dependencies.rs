@@ -90,6 +90,12 @@ impl Parents {
         Ok(Parents { states })
     }
 
+    /// Add parents whose state the caller knows without reading it (jobs its own transaction
+    /// created).
+    pub(crate) fn extend(&mut self, known: impl IntoIterator<Item = (JobId, JobState)>) {
+        self.states.extend(known);
+    }
+
     /// What `parents` (one job's, deduplicated) mean for that job.
     pub(crate) fn standing(&self, parents: &[JobId]) -> Standing {
         let mut standing = Standing {
@@ -116,9 +122,10 @@ impl Parents {
 
 /// Record that `children[i]` waits for `parents[i]`, for each pair whose parent is live: the
 /// edge the transaction that finishes the parent consumes to settle the child (migration
-/// `dependency_edges`). Called in the transaction that inserted (or re-queued) the children,
-/// after [`Parents::read`] locked the parents, so a parent found live here stays live until
-/// commit.
+/// `dependency_edges`), and mark each such parent `has_dependents` if it is not yet (a parent
+/// this transaction created; [`Parents::read`] marked the others). Called in the transaction
+/// that inserted (or re-queued) the children, after [`Parents::read`] locked the parents it
+/// read, so a parent found live here stays live until commit.
 pub(crate) async fn record_edges(
     conn: &mut PgConnection,
     parents: &[JobId],
@@ -129,7 +136,11 @@ pub(crate) async fn record_edges(
         return Ok(());
     }
     sqlx::query(
-        "insert into faultline.job_edges (parent, child)
+        "with marked as (
+             update faultline.jobs set has_dependents = true
+             where id = any($1) and not has_dependents
+         )
+         insert into faultline.job_edges (parent, child)
          select e.parent, e.child from unnest($1::uuid[], $2::uuid[]) as e(parent, child)
          where exists (select 1 from faultline.jobs p where p.id = e.parent)
          on conflict do nothing",

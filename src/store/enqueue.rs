@@ -424,8 +424,30 @@ async fn resolve_dependencies(
         }
         p.depends_on = ids;
     }
-    let all: Vec<JobId> = segment.iter().flat_map(|p| p.depends_on.clone()).collect();
-    let parents = Parents::read(conn, &all, persistent).await?;
+    // Parents this batch created itself (in an earlier segment) are invisible to every other
+    // transaction until commit, so nothing can finish them meanwhile: their state is the one
+    // just written, and they need no lock and no read (a dense batch — each job depending on
+    // the hundred before it — would otherwise lock and read the same parents once per job).
+    let created: HashMap<JobId, JobState> = earlier
+        .iter()
+        .flatten()
+        .filter_map(|item| match item {
+            BatchItem::Created(job) => Some((job.id, job.state)),
+            _ => None,
+        })
+        .collect();
+    let all: Vec<JobId> = segment
+        .iter()
+        .flat_map(|p| p.depends_on.iter().copied())
+        .filter(|id| !created.contains_key(id))
+        .collect();
+    let mut parents = Parents::read(conn, &all, persistent).await?;
+    parents.extend(
+        segment
+            .iter()
+            .flat_map(|p| p.depends_on.iter())
+            .filter_map(|id| Some((*id, *created.get(id)?))),
+    );
     for (k, p) in segment.iter_mut().enumerate() {
         let standing = parents.standing(&p.depends_on);
         if let Some(d) = standing.unknown {

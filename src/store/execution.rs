@@ -263,7 +263,7 @@ impl Store {
                     select l.priority,
                            coalesce((select m.low from faultline.lane_marks m
                                      where m.queue = l.queue and m.priority = l.priority
-                                     order by m.at desc limit 1), '-infinity') as low
+                                     order by m.id desc limit 1), '-infinity') as low
                     from faultline.lanes l
                     where l.queue = q.name
                 ) lane

@@ -19,6 +19,7 @@ struct LaneRead {
     t1: DateTime<Utc>,
     holders: Option<DateTime<Utc>>,
     previous: Option<DateTime<Utc>>,
+    previous_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -37,18 +38,23 @@ impl Store {
         let lanes: Vec<LaneRead> = sqlx::query_as(
             "with holders as (
                  select ((k.classid::bigint << 32) | k.objid::bigint) as key,
-                        -- A holder whose start is hidden from this role holds every mark back.
-                        min(coalesce(a.xact_start, '-infinity'::timestamptz)) as since
+                        -- A holder whose start this role cannot see (another role without
+                        -- pg_read_all_stats, a prepared transaction) holds the mark at 1970:
+                        -- the lane's claims start at its head while it lasts.
+                        min(coalesce(a.xact_start, '1970-01-01'::timestamptz)) as since
                  from pg_locks k
                  left join pg_stat_activity a on a.pid = k.pid
                  where k.locktype = 'advisory' and k.granted and k.objsubid = 1
                  group by 1
              )
              select l.queue, l.priority, statement_timestamp() as t1, h.since as holders,
-                    (select m.low from faultline.lane_marks m
-                     where m.queue = l.queue and m.priority = l.priority
-                     order by m.at desc limit 1) as previous
+                    m.low as previous, m.at as previous_at
              from faultline.lanes l
+             left join lateral (
+                 select k.low, k.at from faultline.lane_marks k
+                 where k.queue = l.queue and k.priority = l.priority
+                 order by k.id desc limit 1
+             ) m on true
              left join holders h on h.key = faultline.lane_key(l.queue, l.priority)",
         )
         .all_on(self)
@@ -60,11 +66,15 @@ impl Store {
             lanes.iter().map(f).collect()
         };
         let appended = sqlx::query(
+            // A second behind the clock; and a clock read earlier than the newest mark's own
+            // (the server's clock stepped back) resets the lane to 1970, from where the next
+            // mark finds every queued row again (see the migration `lane_marks`).
             "insert into faultline.lane_marks (queue, priority, low)
              select x.queue, x.priority, x.low
              from (
-                 select l.queue, l.priority, l.previous,
-                        least(l.t1, coalesce(l.holders, 'infinity'),
+                 select l.queue, l.priority, l.previous, l.reset,
+                        case when l.reset then '1970-01-01'::timestamptz
+                        else least(l.t1 - interval '1 second', coalesce(l.holders, 'infinity'),
                               coalesce((select coalesce(j.eligible_at, j.next_run_at)
                                         from faultline.jobs j
                                         where j.state = 'queued' and j.queue = l.queue
@@ -72,17 +82,20 @@ impl Store {
                                           and coalesce(j.eligible_at, j.next_run_at)
                                               >= coalesce(l.previous, '-infinity')
                                         order by coalesce(j.eligible_at, j.next_run_at)
-                                        limit 1), 'infinity')) as low
-                 from unnest($1::text[], $2::int2[], $3::timestamptz[], $4::timestamptz[],
-                             $5::timestamptz[]) as l(queue, priority, t1, holders, previous)
+                                        limit 1), 'infinity')) end as low
+                 from (select u.*, coalesce(u.t1 < u.previous_at, false) as reset
+                       from unnest($1::text[], $2::int2[], $3::timestamptz[], $4::timestamptz[],
+                                   $5::timestamptz[], $6::timestamptz[])
+                            as u(queue, priority, t1, holders, previous, previous_at)) l
              ) x
-             where x.previous is null or x.low > x.previous",
+             where x.previous is null or x.reset or x.low > x.previous",
         )
         .bind(lanes.iter().map(|l| l.queue.clone()).collect::<Vec<_>>())
         .bind(lanes.iter().map(|l| l.priority).collect::<Vec<_>>())
         .bind(column(|l| Some(l.t1)))
         .bind(column(|l| l.holders))
         .bind(column(|l| l.previous))
+        .bind(column(|l| l.previous_at))
         .execute_on(self)
         .await?;
         Ok(appended.rows_affected())
@@ -132,13 +145,13 @@ impl Store {
             "delete from faultline.lane_marks m
              using (
                  select queue, priority,
-                        (select k.at from faultline.lane_marks k
+                        (select k.id from faultline.lane_marks k
                          where k.queue = l.queue and k.priority = l.priority
-                         order by k.at desc offset $1 - 1 limit 1) as oldest_kept
+                         order by k.id desc offset $1 - 1 limit 1) as oldest_kept
                  from faultline.lanes l
              ) keep
              where m.queue = keep.queue and m.priority = keep.priority
-               and m.at < keep.oldest_kept",
+               and m.id < keep.oldest_kept",
         )
         .bind(KEPT_MARKS)
         .execute_on(self)

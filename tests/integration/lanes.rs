@@ -11,7 +11,7 @@ use crate::harness::TestDb;
 
 async fn newest_mark(db: &TestDb, queue: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     sqlx::query_scalar(
-        "select low from faultline.lane_marks where queue = $1 order by at desc limit 1",
+        "select low from faultline.lane_marks where queue = $1 order by id desc limit 1",
     )
     .bind(queue)
     .fetch_optional(&db.pool)
@@ -76,10 +76,17 @@ async fn a_mark_never_hides_a_job_whose_enqueue_committed_after_it() {
     assert_eq!(claimed[0].job.id, late.id);
     store.complete(&claimed[0].lease).await.unwrap();
 
-    // With the producer gone, the mark moves past what finished.
-    churn(&store, "lanes", 3).await;
-    let moved = newest_mark(&db, "lanes").await.unwrap();
-    assert!(moved > entered && moved > first, "{moved}");
+    // With the producer gone, the mark moves past what finished (marks stay a second behind
+    // the clock).
+    let moved =
+        crate::harness::wait_for("the mark to move on", Duration::from_secs(20), || async {
+            churn(&store, "lanes", 1).await;
+            newest_mark(&db, "lanes")
+                .await
+                .filter(|m| *m > entered && *m > first)
+        })
+        .await;
+    assert!(moved > entered);
 }
 
 #[tokio::test]
@@ -182,5 +189,86 @@ async fn ready_names_autovacuum_switched_off_for_the_live_table() {
     assert!(
         warnings[0].as_str().unwrap().contains("autovacuum"),
         "{body}"
+    );
+}
+
+/// Writers that know nothing of lanes (an operator's SQL, a process of an earlier release
+/// during an upgrade) are placed in their lane by the database itself.
+#[tokio::test]
+async fn rows_queued_by_hand_or_by_an_older_release_are_never_hidden() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    churn(&store, "lanes4", 2).await;
+    // A hand-written insert in a transaction left open while the marks move on.
+    let mut tx = db.pool.begin().await.unwrap();
+    let by_hand = uuid::Uuid::now_v7();
+    sqlx::query("insert into faultline.jobs (id, kind, queue) values ($1, 'noop', 'lanes4')")
+        .bind(by_hand)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let inserted: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select clock_timestamp()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    // Marks computed well after the insert (they stay a second behind the clock; without the
+    // lane's lock, taken for the row by the database, they would pass it): churn and mark until
+    // the database's clock is two seconds past the insert.
+    crate::harness::wait_for(
+        "the clock 2 s past the insert",
+        Duration::from_secs(20),
+        || {
+            let (db, store) = (&db, &store);
+            async move {
+                churn(store, "lanes4", 1).await;
+                let past: bool =
+                    sqlx::query_scalar("select clock_timestamp() > $1 + interval '2 seconds'")
+                        .bind(inserted)
+                        .fetch_one(&db.pool)
+                        .await
+                        .unwrap();
+                past.then_some(())
+            }
+        },
+    )
+    .await;
+    tx.commit().await.unwrap();
+    let claimed = claim(&store, "lanes4").await;
+    assert_eq!(claimed.len(), 1, "the hand-inserted job was hidden");
+    assert_eq!(claimed[0].job.id.0, by_hand);
+    // An older release's release: back to queued, `eligible_at` untouched, after the marks
+    // have passed it.
+    let lease = claimed[0].lease.clone();
+    crate::harness::wait_for("the marks to pass the job", Duration::from_secs(20), || {
+        let (db, store) = (&db, &store);
+        async move {
+            churn(store, "lanes4", 1).await;
+            let mark = newest_mark(db, "lanes4").await?;
+            let entered: chrono::DateTime<chrono::Utc> =
+                sqlx::query_scalar("select eligible_at from faultline.jobs where id = $1")
+                    .bind(by_hand)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            (mark > entered).then_some(())
+        }
+    })
+    .await;
+    sqlx::query(
+        "update faultline.jobs set state = 'queued', attempts = attempts - 1,
+             next_run_at = now(), lease_expires_at = null, updated_at = now()
+         where id = $1 and lease_token = $2",
+    )
+    .bind(by_hand)
+    .bind(lease.token)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    store.mark_lanes().await.unwrap();
+    let claimed = claim(&store, "lanes4").await;
+    assert_eq!(
+        claimed.len(),
+        1,
+        "the job an older release put back was hidden"
     );
 }

@@ -566,6 +566,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "{:<58} {:>12} {:>25}  of ceiling",
             "figure", "median", "min … max"
         );
+        for s in &results.pressure_samples {
+            println!("{}", s.line());
+        }
+        if !results.pressure_samples.is_empty() {
+            println!();
+        }
         if !results.soak_samples.is_empty() {
             println!(
                 "soak samples: {:>6} {:>10} {:>10} {:>12} {:>12} {:>10}",

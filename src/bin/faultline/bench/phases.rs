@@ -127,16 +127,12 @@ impl Bench {
 
     pub fn worker(&self, id: &str, args: &[&str]) -> anyhow::Result<Child> {
         let mut command = Command::new(&self.exe);
+        command.args(["worker", "--worker-id", id, "--poll-interval", "1s"]);
+        // An eager reaper (the recovery phase) unless the phase sets its own.
+        if !args.contains(&"--reaper-interval") {
+            command.args(["--reaper-interval", "250ms"]);
+        }
         command
-            .args([
-                "worker",
-                "--worker-id",
-                id,
-                "--poll-interval",
-                "1s",
-                "--reaper-interval",
-                "250ms",
-            ])
             .args(args)
             .env("DATABASE_URL", &self.url)
             .env("FAULTLINE_LOG", "error")
