@@ -505,3 +505,99 @@ async fn an_upgrade_to_uniqueness_and_traces_keeps_every_job_and_lease() {
         .unwrap();
     assert!(matches!(unique, faultline::Enqueued::Created(_)));
 }
+
+#[tokio::test]
+async fn an_upgrade_to_edges_lanes_and_marks_keeps_every_job_lease_dependency_and_schedule() {
+    // The schema before this wave's migrations (20261206000001 on).
+    let db = schema_before(20261206000001).await;
+    sqlx::raw_sql(
+        "insert into faultline.jobs (id, kind, queue, state, attempts, lease_owner, lease_token,
+                                     lease_expires_at, started_at, payload, idempotency_key,
+                                     priority, has_dependents)
+         values ('00000000-0000-7000-8000-0000000000d1', 'k', 'default', 'queued', 0, null, null,
+                 null, null, '{\"n\": 1.50}', 'key-d1', 0, true),
+                ('00000000-0000-7000-8000-0000000000d2', 'k', 'default', 'running', 1, 'w', 71,
+                 now() + interval '1 hour', now(), '{}', null, 0, false),
+                ('00000000-0000-7000-8000-0000000000d4', 'k', 'hi', 'queued', 0, null, null,
+                 null, null, '{}', null, -3, false);
+         insert into faultline.jobs (id, kind, queue, state, depends_on, pending_dependencies)
+         values ('00000000-0000-7000-8000-0000000000d3', 'k', 'default', 'waiting',
+                 '{00000000-0000-7000-8000-0000000000d1}', 1);
+         insert into faultline.queue_settings (queue, concurrency_limit) values ('lim', 2);
+         insert into faultline.schedules (name, cron, timezone, kind, payload, queue, priority,
+                 max_attempts, misfire, paused, considered_until, next_run_at)
+         values ('nightly', '0 3 * * *', 'UTC', 'k', '{}', 'default', 0, 5, 'run_once', false,
+                 now(), now() + interval '1 day');
+         insert into faultline.scheduler_clock (singleton, ticked_at, up_since)
+         values (true, now(), now() - interval '1 hour');",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    faultline::db::migrate(&db.pool).await.unwrap();
+    assert!(faultline::db::schema_is_current(&db.pool).await.unwrap());
+
+    let store = db.store();
+    let id = |n: &str| -> faultline::JobId {
+        format!("00000000-0000-7000-8000-0000000000{n}")
+            .parse()
+            .unwrap()
+    };
+    // Every lane of the live jobs is known, and a mark does not hide the old rows.
+    store.mark_lanes().await.unwrap();
+    let lanes: i64 = sqlx::query_scalar("select count(*) from faultline.lanes")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(lanes, 2);
+    // The running job's lease holds across the upgrade.
+    let running = store.get(id("d2")).await.unwrap();
+    let lease = faultline::Lease {
+        job_id: running.id,
+        token: 71,
+        attempt: 1,
+        owner: "w".into(),
+        expires_at: running.lease_expires_at.unwrap(),
+    };
+    store.complete(&lease).await.unwrap();
+    // The old queued jobs are claimed, in priority order, and the waiting one is promoted
+    // through the edge the migration made for it when its parent succeeds.
+    let claimed = store
+        .claim_batch(
+            &["default".into(), "hi".into()],
+            "w2",
+            10,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.job.id).collect();
+    assert_eq!(ids, [id("d4"), id("d1")]);
+    assert_eq!(claimed[1].job.payload.to_string(), r#"{"n":1.50}"#);
+    for c in &claimed {
+        store.complete(&c.lease).await.unwrap();
+    }
+    assert_eq!(store.get(id("d3")).await.unwrap().state, JobState::Queued);
+    // The key (held by the old job: a new request with it conflicts), the setting and the
+    // schedule are kept.
+    match store
+        .enqueue(NewJob::new("k", json!({"n": 2})).with_idempotency_key("key-d1"))
+        .await
+    {
+        Err(faultline::StoreError::IdempotencyConflict { existing, .. }) => {
+            assert_eq!(existing, id("d1"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let schedule = store.schedule("nightly").await.unwrap();
+    assert_eq!(schedule.cron, "0 3 * * *");
+    let settings: Option<i32> = sqlx::query_scalar(
+        "select concurrency_limit from faultline.queue_settings where queue = 'lim'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(settings, Some(2));
+    // The clock row has no tenure yet: its next tick is judged by the gap, as before.
+    store.fire_schedules().await.unwrap();
+}
