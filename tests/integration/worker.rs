@@ -455,15 +455,25 @@ async fn lost_lease_stops_the_handler_and_its_result_is_discarded_as_stale() {
     let id = enqueue(&store, NewJob::new("hold-once", json!({}))).await;
     wait_for_state(&store, id, JobState::Running, Duration::from_secs(10)).await;
 
-    // The lease is taken away behind the worker's back (as a reaper would after a stall).
-    sqlx::query(
-        "update faultline.jobs set lease_expires_at = now() - interval '1 second' where id = $1",
+    // The lease is taken away behind the worker's back (as a reaper would after a stall). The
+    // worker's heartbeat may extend it again between the two statements: then again.
+    let reaped = wait_for(
+        "the reaper to take the lease",
+        Duration::from_secs(10),
+        || async {
+            sqlx::query(
+                "update faultline.jobs set lease_expires_at = now() - interval '1 second'
+             where id = $1 and state = 'running'",
+            )
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+            let reaped = store.reap_expired(10).await.unwrap();
+            (!reaped.requeued.is_empty()).then_some(reaped)
+        },
     )
-    .bind(id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let reaped = store.reap_expired(10).await.unwrap();
+    .await;
     assert_eq!(reaped.requeued.len(), 1);
 
     let job = wait_for_state(&store, id, JobState::Succeeded, Duration::from_secs(20)).await;
