@@ -46,6 +46,11 @@ impl Parents {
         let mut ids = ids.to_vec();
         ids.sort();
         ids.dedup();
+        if ids.is_empty() {
+            return Ok(Parents {
+                states: HashMap::new(),
+            });
+        }
         // Locked, then marked only where not marked yet: a batch whose every job depends on
         // the same parents reads them once per segment, and an update each time would stack
         // one row version per segment on each parent (this transaction's own versions, which
