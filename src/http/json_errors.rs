@@ -52,7 +52,7 @@ pub async fn within_timeout(
     let (parts, body) = request.into_parts();
     let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) if format!("{e:?}").contains("LengthLimit") => {
+        Ok(Err(e)) if is_over_limit(&e) => {
             return ApiError::PayloadTooLarge("request body is larger than the limit".into())
                 .into_response()
         }
@@ -67,6 +67,19 @@ pub async fn within_timeout(
         // A handler never panics by design; if one did, nothing is known about the write.
         Err(_) => ApiError::Internal.into_response(),
     }
+}
+
+/// Whether reading a body failed because it is over the limit (rather than, say, because the
+/// client hung up).
+fn is_over_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Give an error response without a JSON body the body for its status.
