@@ -5,8 +5,8 @@
 -- of the claim index visits every job finished since the horizon was pinned: each claim costs
 -- more than the last. Here a claim starts instead at its lane's low-water mark: a lane is a
 -- (queue, priority), and a mark is a time below which no queued job of the lane has — or can
--- come to have — its `next_run_at`. The claim scans `next_run_at >= low`, skipping the dead
--- entries below.
+-- come to have — its `eligible_at` (below). The claim scans `eligible_at >= low`, skipping the
+-- dead entries below.
 --
 -- `eligible_at` (internal) is when a queued row entered its lane: every statement that makes a
 -- row queued takes its lane's advisory lock (shared: writers never wait for each other) and only
@@ -20,8 +20,7 @@
 -- Why a mark never hides a job. The maintainer computes a lane's mark as the least of (1) the
 -- time t1 of a statement that reads which sessions hold the lane's lock, (2) the transaction
 -- start of every such holder, and (3) the first queued `eligible_at` of the lane seen by a
--- later statement. Take a row made
--- queued at e by a writer W: if W took the lock after the read, e > t1 >= low; if W held it at
+-- later statement. Take a row made queued at e by a writer W: if W took the lock after the read, e > t1 >= low; if W held it at
 -- the read, e >= W's start >= low; if W had released it, W had committed before the later
 -- statement's snapshot, which sees the row (queued, or a claim of it in flight), so low <= e.
 -- A session that only holds the horizon (idle in transaction, a reader) holds no lane lock and

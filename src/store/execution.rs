@@ -130,8 +130,9 @@ const MAX_ERROR_LEN: usize = 4096;
 impl Store {
     /// Claim up to `limit` eligible jobs from `queues` for `worker`, leasing each for `ttl`.
     ///
-    /// Eligible means `queued` with `next_run_at <= now()`, taken in (priority, next_run_at, id)
-    /// order. Safe with any number of concurrent claimers: rows are locked with
+    /// Eligible means `queued` with `next_run_at <= now()`, taken by priority, then in the order
+    /// the jobs were queued (an enqueue's jobs in their `next_run_at` order, then by id; a job
+    /// retried or released queues again when that happens). Safe with any number of concurrent claimers: rows are locked with
     /// `for update skip locked`, so each job goes to exactly one claimer and no claimer waits on
     /// another. Each claimed job gets `attempts + 1`, a fresh fencing token from
     /// `faultline.lease_token_seq`, and `lease_expires_at = now() + ttl` on the database clock.
