@@ -42,8 +42,9 @@ create index jobs_lane_idx on faultline.jobs
 drop index faultline.jobs_claim_idx;
 
 -- The lanes that exist: one row per (queue, priority) ever enqueued, never updated (so nothing
--- dead accumulates here). Kept by a statement trigger on the live table, so every insert path
--- (the API, the library, an operator's SQL) registers its lane.
+-- dead accumulates here). Our enqueue and retry statements register their lanes; any other
+-- insert of a queued row (an operator's SQL, an earlier release during an upgrade) is placed by
+-- `faultline.place_in_lane` below, which registers its lane too.
 create table faultline.lanes (
     queue    text     not null,
     priority smallint not null,
@@ -52,27 +53,6 @@ create table faultline.lanes (
 insert into faultline.lanes (queue, priority)
 select distinct queue, priority from faultline.jobs
 on conflict do nothing;
-
-create function faultline.note_lanes() returns trigger
-language plpgsql volatile
-as $$
-begin
-    -- In key order: two batches that bring the same new lanes wait for each other in one order,
-    -- never in a cycle.
-    insert into faultline.lanes (queue, priority)
-    select distinct a.queue, a.priority from added a
-    where not exists (select 1 from faultline.lanes l
-                      where l.queue = a.queue and l.priority = a.priority)
-    order by 1, 2
-    on conflict do nothing;
-    return null;
-end;
-$$;
-create trigger jobs_note_lanes
-    after insert on faultline.jobs
-    referencing new table as added
-    for each statement
-    execute function faultline.note_lanes();
 
 -- Marks, appended only (a mark row is never updated: a hot row would grow a version chain
 -- under a pinned horizon, as an index head does). The claim reads the newest per lane; the
@@ -114,14 +94,20 @@ create function faultline.place_in_lane() returns trigger
 language plpgsql volatile
 as $$
 begin
-    new.eligible_at := greatest(new.next_run_at, faultline.lane_clock(new.queue, new.priority));
+    if new.state = 'queued' then
+        new.eligible_at := greatest(new.next_run_at,
+                                    faultline.lane_clock(new.queue, new.priority));
+    end if;
+    insert into faultline.lanes (queue, priority) values (new.queue, new.priority)
+    on conflict do nothing;
     return new;
 end;
 $$;
 create trigger jobs_place_inserted
     before insert on faultline.jobs
     for each row
-    when (new.state = 'queued' and new.eligible_at is null)
+    -- Waiting rows too (ours among them: few), so that the lane of a job promoted later is known.
+    when (new.eligible_at is null)
     execute function faultline.place_in_lane();
 create trigger jobs_place_requeued
     before update of state on faultline.jobs

@@ -160,6 +160,12 @@ const RETRY: &str = concat!(
                 from moved
                 returning *
             ),
+            -- Its lane is known to the claims (a job from before lanes may be the first of it).
+            noted_lanes as (
+                insert into faultline.lanes (queue, priority)
+                select queue, priority from moved
+                on conflict do nothing
+            ),
             uncounted as (
                 insert into faultline.queue_finished_counts as c (queue, state, shard, n)
                 select queue, state, $3::int2, -count(*) from moved group by queue, state

@@ -1108,6 +1108,14 @@ macro_rules! input_cte {
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
               fingerprint, timeout_ms, concurrency_key, pending, depends_on, unique_key,
               unique_period_ms, traceparent, ord)
+),
+-- Every lane (queue, priority) of the batch is known to the claims (see the migration
+-- `lane_marks`); in key order, so that two batches bringing the same new lanes wait for each
+-- other in one order. A lane that exists costs an index probe and writes nothing.
+noted_lanes as (
+    insert into faultline.lanes (queue, priority)
+    select distinct queue, priority from input order by 1, 2
+    on conflict do nothing
 )"
     };
 }

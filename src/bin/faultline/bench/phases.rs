@@ -697,9 +697,11 @@ pub async fn ceiling_claim_complete(
             loop {
                 let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
                     "with c as (
+                        -- The claim index's order (lanes: see the migration `lane_marks`).
                         select id from faultline.jobs
                         where state = 'queued' and queue = 'default' and next_run_at <= now()
-                        order by priority, next_run_at, id limit 100 for update skip locked)
+                        order by priority, coalesce(eligible_at, next_run_at), next_run_at, id
+                        limit 100 for update skip locked)
                      update faultline.jobs j set state = 'running', attempts = j.attempts + 1,
                         lease_owner = 'ceiling', lease_expires_at = now() + interval '30 seconds',
                         lease_token = nextval('faultline.lease_token_seq'), started_at = now()
