@@ -451,6 +451,7 @@ fn http_cases() -> Vec<Case> {
     cases.push(keyed);
 
     // GET /v1/jobs: every query parameter.
+    let long_fields = format!("fields={}", "x".repeat(10_000));
     for query in [
         "state=bogus",
         "state=%00",
@@ -472,6 +473,11 @@ fn http_cases() -> Vec<Case> {
         "fields=bogus",
         "fields=payload,%00",
         "fields=payload,secret",
+        "fields=%20x",
+        "fields=payload%00",
+        "fields=%FF",
+        "fields=PAYLOAD",
+        long_fields.as_str(),
     ] {
         cases.push(get(&format!("/v1/jobs?{query}"), Status(400)));
     }
@@ -981,6 +987,33 @@ fn flag_cases() -> Vec<(Vec<&'static str>, &'static str)> {
         (vec!["jobs", "list", "--url", "ftp://x"], "--url"),
         (vec!["jobs", "list", "--limit=-5"], "--limit"),
         (vec!["bench", "--only", "everything"], "--only"),
+        (vec!["bench", "--rate", "0"], "--rate"),
+        (vec!["bench", "--rate", "fast"], "--rate"),
+        (vec!["bench", "--rate", "99999999999"], "--rate"),
+        (
+            vec!["bench", "--pressure-scenarios", "meteor"],
+            "--pressure-scenarios",
+        ),
+        (
+            vec!["bench", "--pressure-scenarios", ""],
+            "--pressure-scenarios",
+        ),
+        (
+            vec!["bench", "--pressure-phases", "1m,2m"],
+            "--pressure-phases",
+        ),
+        (
+            vec!["bench", "--pressure-phases", "0s,1m,1m"],
+            "--pressure-phases",
+        ),
+        (
+            vec!["bench", "--pressure-phases", "1m,300000years,1m"],
+            "--pressure-phases",
+        ),
+        (
+            vec!["bench", "--pressure-phases", "1m,,1m"],
+            "--pressure-phases",
+        ),
         (vec!["bench", "--only", ""], "--only"),
         (vec!["bench", "--backlog", "10"], "--backlog"),
         (vec!["bench", "--backlog", "999999999999"], "--backlog"),

@@ -105,6 +105,35 @@ pub enum Phase {
     Pressure,
 }
 
+/// `--pressure-phases`: three lengths, each at least one 10 s sample and at most a day.
+fn pressure_lengths(given: &[Duration]) -> anyhow::Result<pressure::Lengths> {
+    let lengths = match given {
+        [] => pressure::Lengths {
+            clean: Duration::from_secs(60),
+            stress: Duration::from_secs(180),
+            recovery: Duration::from_secs(90),
+        },
+        [clean, stress, recovery] => pressure::Lengths {
+            clean: *clean,
+            stress: *stress,
+            recovery: *recovery,
+        },
+        _ => anyhow::bail!(
+            "--pressure-phases takes three lengths, clean,stress,recovery (got {})",
+            given.len()
+        ),
+    };
+    let range = Duration::from_secs(10)..=Duration::from_secs(24 * 3600);
+    for length in [lengths.clean, lengths.stress, lengths.recovery] {
+        anyhow::ensure!(
+            range.contains(&length),
+            "--pressure-phases: each length is 10s to 1d (a sample is taken every 10 s), got {}",
+            humantime::format_duration(length)
+        );
+    }
+    Ok(lengths)
+}
+
 #[derive(Debug, Serialize)]
 struct Figure {
     name: String,
@@ -175,6 +204,8 @@ fn median(samples: &[f64]) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    // Checked before anything starts (a cluster, a peak measurement).
+    let pressure_lengths = pressure_lengths(&args.pressure_phases)?;
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let jobs = args
         .jobs
@@ -440,19 +471,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             } else {
                 args.pressure_scenarios.clone()
             };
-            let lengths = match args.pressure_phases[..] {
-                [] => pressure::Lengths {
-                    clean: Duration::from_secs(60),
-                    stress: Duration::from_secs(180),
-                    recovery: Duration::from_secs(90),
-                },
-                [clean, stress, recovery] => pressure::Lengths {
-                    clean,
-                    stress,
-                    recovery,
-                },
-                _ => anyhow::bail!("--pressure-phases takes three lengths: clean,stress,recovery"),
-            };
+            let lengths = pressure_lengths;
             for scenario in scenarios {
                 let modes: &[bool] = if args.pressure_compare {
                     &[false, true]
