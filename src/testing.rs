@@ -189,7 +189,7 @@ pub async fn make_due(store: &Store, queues: &[&str]) -> Result<u64, StoreError>
     let queues: Vec<&str> = queues.to_vec();
     let done = sqlx::query(
         "update faultline.jobs
-         set next_run_at = now(), eligible_at = faultline.lane_clock(queue, priority),
+         set next_run_at = now(), eligible_at = clock_timestamp(),
              updated_at = now()
          where state = 'queued' and queue = any($1) and next_run_at > now()",
     )

@@ -2,10 +2,11 @@
 //! `faultline_queue_depth{queue,state}` and `faultline_queue_oldest_age_seconds{queue}`, so a
 //! scrape never runs a query (and many scrapers cost the database nothing).
 //!
-//! Live jobs are counted (finished ones come from counters), so a sample costs O(live jobs):
-//! about a second and a half with a 10,000,000-job backlog on a 2-core machine. Sampled every
-//! 5 s, that was a third of a core taken from the very workers draining the backlog (their
-//! drain fell to 73 % of its rate at a small backlog; BENCHMARKS.md, issue 12). So the sampler
+//! A sample reads the live counts (`Store::queue_stats`): O(queues) since the migration
+//! `live_counts`. Before it, live jobs were counted row by row, about a second and a half with a
+//! 10,000,000-job backlog on a 2-core machine; sampled every 5 s, that was a third of a core
+//! taken from the very workers draining the backlog (their drain fell to 73 % of its rate at a
+//! small backlog; BENCHMARKS.md, issue 12). The guard stays for any slow sample: the sampler
 //! waits at least [`DUTY_FACTOR`] times as long as its last sample took: it never spends more
 //! than a twentieth of its time sampling, and the gauges are as fresh as that allows. Before
 //! its first sample it knows no duration, so it estimates one from the planner's row count of

@@ -28,8 +28,9 @@ use uuid::Uuid;
 
 use super::service::{drive, Service};
 use super::{
-    DepthSampler, DepthSamplerConfig, Janitor, JanitorConfig, LaneMarker, LaneMarkerConfig, Pruner,
-    PrunerConfig, Reaper, ReaperConfig, Scheduler, SchedulerConfig,
+    CountFolder, CountFolderConfig, DepthSampler, DepthSamplerConfig, Janitor, JanitorConfig,
+    LaneMarker, LaneMarkerConfig, Pruner, PrunerConfig, Reaper, ReaperConfig, Scheduler,
+    SchedulerConfig,
 };
 use crate::metrics::Metrics;
 use crate::store::{Store, Term};
@@ -57,6 +58,9 @@ pub struct MaintainerConfig {
     /// The lane marker (default on): claims start at each lane's low-water mark rather than
     /// at the head of the claim index (what keeps them fast under a held MVCC horizon).
     pub lanes: Option<LaneMarkerConfig>,
+    /// The count folder (default on): keeps reads of the live counts (`GET /v1/queues`, the
+    /// depth sampler) at a few rows per queue.
+    pub counts: Option<CountFolderConfig>,
 }
 
 impl Default for MaintainerConfig {
@@ -69,6 +73,7 @@ impl Default for MaintainerConfig {
             janitor: Some(JanitorConfig::default()),
             scheduler: Some(SchedulerConfig::default()),
             lanes: Some(LaneMarkerConfig::default()),
+            counts: Some(CountFolderConfig::default()),
         }
     }
 }
@@ -258,6 +263,9 @@ impl Maintainer {
         }
         if let Some(config) = self.config.lanes.clone() {
             tasks.push(self.spawn(Arc::new(LaneMarker::new(store.clone(), config)), &stop));
+        }
+        if let Some(config) = self.config.counts.clone() {
+            tasks.push(self.spawn(Arc::new(CountFolder::new(store.clone(), config)), &stop));
         }
         if let Some(config) = self.config.janitor.clone() {
             tasks.push(self.spawn(Arc::new(Janitor::new(store.clone(), config)), &stop));

@@ -4,6 +4,7 @@
 //! one loop driver (`service.rs`) runs them all. Each is also safe to run in several processes
 //! at once, so a term that lapses mid-pass does no harm.
 
+mod counts;
 mod depth;
 mod lanes;
 mod maintainer;
@@ -13,6 +14,7 @@ mod scheduler;
 mod service;
 mod workers;
 
+pub use counts::{CountFolder, CountFolderConfig, Folded};
 pub use depth::{DepthSampler, DepthSamplerConfig, Sampled};
 pub use lanes::{LaneMarker, LaneMarkerConfig, Marked};
 pub use maintainer::{Maintainer, MaintainerConfig, MAINTAINER_ROLE};

@@ -156,7 +156,7 @@ const RETRY: &str = concat!(
     carried_columns!(),
     ", case when $4 > 0 then 'waiting' else 'queued' end, 0, now(), null, false, last_error,
                     errors, null, now(), $4,
-                    case when $4 = 0 then faultline.lane_clock(queue, priority) end
+                    case when $4 = 0 then clock_timestamp() end
                 from moved
                 returning *
             ),

@@ -209,8 +209,14 @@ impl Store {
         Ok(items)
     }
 
-    /// Wake workers for the created jobs that are eligible now (after their commit).
+    /// After the enqueue committed: wake workers for the created jobs that are eligible now,
+    /// and remember their lanes as registered.
     fn notify_created(&self, items: &[BatchItem]) {
+        self.known_lanes
+            .learn(items.iter().filter_map(|item| match item {
+                BatchItem::Created(job) => Some((job.queue.as_str(), job.priority)),
+                _ => None,
+            }));
         let queues = items.iter().filter_map(|item| match item {
             BatchItem::Created(job)
                 if job.state == JobState::Queued && job.next_run_at <= job.created_at =>
@@ -295,6 +301,13 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        // A lane registered by a committed statement stays registered (lanes are never
+        // deleted): a batch whose lanes this store has seen committed skips the registration.
+        let note_lanes = !self.known_lanes.knows_all(
+            prepared
+                .iter()
+                .map(|p| (p.job.queue.as_str(), p.job.priority)),
+        );
         if prepared.iter().any(|p| !p.job.depends_on.is_empty()) {
             // Parents are locked and read in the transaction that inserts their dependents.
             let mut tx = conn.begin().await?;
@@ -314,11 +327,12 @@ impl Store {
             .any(|p| p.job.idempotency_key.is_some() || p.unique_key.is_some());
         if !self.persistent() || keyed {
             let mut tx = conn.begin().await?;
-            let items = enqueue_rounds(&mut tx, &prepared, notify, self.persistent()).await?;
+            let items =
+                enqueue_rounds(&mut tx, &prepared, notify, self.persistent(), note_lanes).await?;
             tx.commit().await?;
             Ok(items)
         } else {
-            enqueue_rounds(conn, &prepared, notify, self.persistent()).await
+            enqueue_rounds(conn, &prepared, notify, self.persistent(), note_lanes).await
         }
     }
 }
@@ -353,7 +367,7 @@ async fn enqueue_dependents(
                 shape,
             )
             .await?;
-            let items = enqueue_rounds(conn, &prepared[start..i], notify, persistent).await?;
+            let items = enqueue_rounds(conn, &prepared[start..i], notify, persistent, true).await?;
             let items = cancel_orphans(conn, &prepared[start..i], items, persistent).await?;
             record_waiting_edges(conn, &prepared[start..i], &items, persistent).await?;
             for (k, item) in items.into_iter().enumerate() {
@@ -529,6 +543,7 @@ async fn enqueue_rounds(
     prepared: &[Prepared],
     notify: Notify,
     persistent: bool,
+    note_lanes: bool,
 ) -> Result<Vec<BatchItem>, StoreError> {
     let mut results: Vec<Option<BatchItem>> = vec![None; prepared.len()];
     let mut pending: Vec<usize> = (0..prepared.len()).collect();
@@ -541,6 +556,7 @@ async fn enqueue_rounds(
             pending.iter().map(|&i| &prepared[i]),
             notify,
             persistent,
+            note_lanes,
         )
         .await?;
         let shadowed = shadowed_by_history(conn, &inserted, persistent).await?;
@@ -1013,6 +1029,7 @@ async fn insert<'a>(
     jobs: impl Iterator<Item = &'a Prepared>,
     notify: Notify,
     persistent: bool,
+    note_lanes: bool,
 ) -> Result<Vec<Job>, sqlx::Error> {
     let mut ids = Vec::new();
     let mut queues = Vec::new();
@@ -1053,11 +1070,15 @@ async fn insert<'a>(
     mark_keyed(conn, &queues, &concurrency_keys, persistent).await?;
     // Only a batch with a job unique while active names no conflict target, so that every
     // other insert keeps the idempotency index as its only arbiter (no extra probe per row).
-    let sql = match (notify, unique_active) {
-        (Notify::InTransaction, false) => INSERT_AND_NOTIFY,
-        (Notify::AfterCommit, false) => INSERT,
-        (Notify::InTransaction, true) => INSERT_UNIQUE_AND_NOTIFY,
-        (Notify::AfterCommit, true) => INSERT_UNIQUE,
+    let sql = match (notify, unique_active, note_lanes) {
+        (Notify::InTransaction, false, false) => INSERT_AND_NOTIFY,
+        (Notify::AfterCommit, false, false) => INSERT,
+        (Notify::InTransaction, true, false) => INSERT_UNIQUE_AND_NOTIFY,
+        (Notify::AfterCommit, true, false) => INSERT_UNIQUE,
+        (Notify::InTransaction, false, true) => NOTING_INSERT_AND_NOTIFY,
+        (Notify::AfterCommit, false, true) => NOTING_INSERT,
+        (Notify::InTransaction, true, true) => NOTING_INSERT_UNIQUE_AND_NOTIFY,
+        (Notify::AfterCommit, true, true) => NOTING_INSERT_UNIQUE,
     };
     let query = sqlx::query_as::<_, Job>(sql)
         .bind(ids)
@@ -1095,10 +1116,12 @@ fn depends_on_literal(ids: &[JobId]) -> Option<String> {
 }
 
 /// The rows to insert, from one array per column (one round trip for any batch size), in
-/// input order. Shared by both statements below.
+/// input order; with `noted_lanes!()` as `$lanes`, the batch's lanes registered too. Shared by
+/// every statement below.
 macro_rules! input_cte {
-    () => {
-        "with input as (
+    ($lanes:expr) => {
+        concat!(
+            "with input as (
     select *
     from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int4[],
                 $7::timestamptz[], $8::text[], $9::bytea[], $10::int4[], $11::text[],
@@ -1108,10 +1131,19 @@ macro_rules! input_cte {
          as t(id, queue, kind, payload, priority, max_attempts, run_at, idempotency_key,
               fingerprint, timeout_ms, concurrency_key, pending, depends_on, unique_key,
               unique_period_ms, traceparent, ord)
-),
--- Every lane (queue, priority) of the batch is known to the claims (see the migration
--- `lane_marks`); in key order, so that two batches bringing the same new lanes wait for each
--- other in one order. A lane that exists costs an index probe and writes nothing.
+)",
+            $lanes
+        )
+    };
+}
+
+/// Every lane (queue, priority) of the batch made known to the claims (see the migration
+/// `lane_marks`); in key order, so that two batches bringing the same new lanes wait for each
+/// other in one order. A lane that exists costs an index probe and writes nothing; a store
+/// leaves this out once its lanes are known (`KnownLanes`).
+macro_rules! noted_lanes {
+    () => {
+        ",
 noted_lanes as (
     insert into faultline.lanes (queue, priority)
     select distinct queue, priority from input order by 1, 2
@@ -1133,12 +1165,11 @@ select id, queue, kind, payload::json, priority, max_attempts, coalesce(run_at, 
        idempotency_key, fingerprint, timeout_ms, concurrency_key,
        case when pending > 0 then 'waiting' else 'queued' end, coalesce(pending, 0),
        coalesce(depends_on::uuid[], '{}'), unique_key, unique_period_ms, traceparent,
-       -- A queued job enters its lane at the statement's one reading of the lanes' clock (see
-       -- the migration `lane_marks`); a waiting one when it is promoted.
+       -- A queued job enters its lane at the statement's one reading of the clock, taken while
+       -- the statement holds its lock on the table (see the migrations `lane_marks` and
+       -- `lane_clock_by_table_lock`); a waiting one when it is promoted.
        case when pending > 0 then null
-            else greatest(coalesce(run_at, now()),
-                          (select faultline.lanes_clock(array_agg(queue), array_agg(priority))
-                           from input)) end
+            else greatest(coalesce(run_at, now()), (select clock_timestamp())) end
 from input
 order by ord
 on conflict ",
@@ -1158,9 +1189,9 @@ macro_rules! on_idempotency_key {
 
 /// The insert with an in-transaction `NOTIFY` per queue that got an eligible job.
 macro_rules! insert_and_notify {
-    ($conflict:expr) => {
+    ($conflict:expr, $lanes:expr) => {
         concat!(
-            input_cte!(),
+            input_cte!($lanes),
             ",
 inserted as (
 ",
@@ -1179,11 +1210,23 @@ select * from inserted where (select count(*) from notified) >= 0"
 }
 
 /// The insert alone.
-const INSERT: &str = concat!(input_cte!(), "\n", insert_rows!(on_idempotency_key!()));
+const INSERT: &str = concat!(input_cte!(""), "\n", insert_rows!(on_idempotency_key!()));
 /// The insert, with a `NOTIFY`.
-const INSERT_AND_NOTIFY: &str = insert_and_notify!(on_idempotency_key!());
+const INSERT_AND_NOTIFY: &str = insert_and_notify!(on_idempotency_key!(), "");
 /// The insert of a batch with a job unique while active: any unique index is an arbiter (the
 /// idempotency key's and `jobs_unique_active_idx`).
-const INSERT_UNIQUE: &str = concat!(input_cte!(), "\n", insert_rows!(""));
+const INSERT_UNIQUE: &str = concat!(input_cte!(""), "\n", insert_rows!(""));
 /// The same, with a `NOTIFY`.
-const INSERT_UNIQUE_AND_NOTIFY: &str = insert_and_notify!("");
+const INSERT_UNIQUE_AND_NOTIFY: &str = insert_and_notify!("", "");
+/// The four above, registering the batch's lanes.
+const NOTING_INSERT: &str = concat!(
+    input_cte!(noted_lanes!()),
+    "\n",
+    insert_rows!(on_idempotency_key!())
+);
+/// See [`NOTING_INSERT`].
+const NOTING_INSERT_AND_NOTIFY: &str = insert_and_notify!(on_idempotency_key!(), noted_lanes!());
+/// See [`NOTING_INSERT`].
+const NOTING_INSERT_UNIQUE: &str = concat!(input_cte!(noted_lanes!()), "\n", insert_rows!(""));
+/// See [`NOTING_INSERT`].
+const NOTING_INSERT_UNIQUE_AND_NOTIFY: &str = insert_and_notify!("", noted_lanes!());

@@ -511,7 +511,7 @@ impl Store {
                 set state = 'queued',
                     next_run_at = now() + $5 * interval '1 millisecond',
                     eligible_at = greatest(now() + $5 * interval '1 millisecond',
-                                           faultline.lane_clock(j.queue, j.priority)),
+                                           clock_timestamp()),
                     lease_expires_at = null,
                     last_error = $3,
                     errors = j.errors || jsonb_build_array(jsonb_build_object(
@@ -573,7 +573,7 @@ impl Store {
                 set state = 'queued',
                     attempts = attempts - 1,
                     next_run_at = now(),
-                    eligible_at = faultline.lane_clock(queue, priority),
+                    eligible_at = clock_timestamp(),
                     lease_expires_at = null,
                     updated_at = now()
                 where id = $1 and lease_token = $2 and lease_expires_at is not null

@@ -66,7 +66,7 @@ impl Store {
                 set state = 'queued',
                     needs_recovery = true,
                     next_run_at = now(),
-                    eligible_at = faultline.lane_clock(j.queue, j.priority),
+                    eligible_at = clock_timestamp(),
                     lease_expires_at = null,
                     last_error = format('lease expired: worker %s stopped heartbeating during attempt %s',
                                         j.lease_owner, j.attempts),

@@ -21,6 +21,7 @@
 //! history refuses any change of state.
 
 mod control;
+mod counts;
 mod dependencies;
 mod enqueue;
 pub(crate) mod exec;
@@ -101,6 +102,7 @@ pub struct Store {
     config: Arc<StoreConfig>,
     notifier: Arc<notifier::Notifier>,
     limited: Arc<settings::LimitedQueues>,
+    known_lanes: Arc<lanes::KnownLanes>,
 }
 
 impl Store {
@@ -116,6 +118,7 @@ impl Store {
             config: Arc::new(config),
             notifier: Arc::default(),
             limited: Arc::default(),
+            known_lanes: Arc::default(),
         }
     }
 

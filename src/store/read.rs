@@ -124,20 +124,52 @@ impl Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
-        // Live jobs are counted (their number follows the backlog); finished ones come from
-        // the counters that the moves to and from history keep: O(live jobs + queues), however
-        // much history is retained.
+        // Live jobs are not counted row by row (1.6 s with 10,000,000 queued): their counts
+        // are `live_counts` plus the deltas not yet folded into it (migration `live_counts`),
+        // read in this one snapshot, so exact. The oldest eligible job of a queue is the first
+        // of one of its lanes: one index probe per lane from the lane's newest mark (under a
+        // held horizon the entries below the mark are dead; see the migration `lane_marks`).
+        // A job is eligible exactly when its lane position (`eligible_at`) has passed, which is
+        // also when it entered its lane (its enqueue, or its run_at or backoff when later).
+        // Finished ones come from the counters that the moves to and from history keep.
         let rows: Vec<StatsRow> = sqlx::query_as(
-            "with live as (
+            "with counts as (
+                select queue, state, n from faultline.live_counts
+                union all
+                select queue, state, n from faultline.live_count_deltas
+            ),
+            summed as (
                 select queue,
-                       count(*) filter (where state = 'queued') as queued,
-                       count(*) filter (where state = 'running') as running,
-                       count(*) filter (where state = 'waiting') as waiting,
-                       coalesce(extract(epoch from now() - min(greatest(next_run_at, created_at))
-                           filter (where state = 'queued' and next_run_at <= now())), 0)::float8
-                           as oldest
-                from faultline.jobs
+                       coalesce(sum(n) filter (where state = 'queued'), 0)::int8 as queued,
+                       coalesce(sum(n) filter (where state = 'running'), 0)::int8 as running,
+                       coalesce(sum(n) filter (where state = 'waiting'), 0)::int8 as waiting
+                from counts
                 group by queue
+            ),
+            firsts as (
+                select l.queue, min(f.e) as first
+                from faultline.lanes l
+                cross join lateral (
+                    select coalesce(j.eligible_at, j.next_run_at) as e
+                    from faultline.jobs j
+                    where j.state = 'queued'
+                      and j.queue = l.queue
+                      and j.priority = l.priority
+                      and coalesce(j.eligible_at, j.next_run_at) >= coalesce(
+                          (select m.low from faultline.lane_marks m
+                           where m.queue = l.queue and m.priority = l.priority
+                           order by m.id desc limit 1), '-infinity')
+                      and coalesce(j.eligible_at, j.next_run_at) <= now()
+                      and j.next_run_at <= now()
+                    order by coalesce(j.eligible_at, j.next_run_at)
+                    limit 1
+                ) f
+                group by l.queue
+            ),
+            live as (
+                select s.queue, s.queued, s.running, s.waiting,
+                       coalesce(extract(epoch from now() - f.first), 0)::float8 as oldest
+                from summed s left join firsts f on f.queue = s.queue
             ),
             finished as (
                 select queue,

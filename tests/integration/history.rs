@@ -543,6 +543,22 @@ async fn an_upgrade_to_edges_lanes_and_marks_keeps_every_job_lease_dependency_an
             .parse()
             .unwrap()
     };
+    // The live counts start from the rows the upgrade found (migration `live_counts`).
+    let counts: Vec<_> = store
+        .queue_stats()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.queue, q.queued, q.running, q.waiting))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("default".to_owned(), 1, 1, 1),
+            ("hi".to_owned(), 1, 0, 0),
+            ("lim".to_owned(), 0, 0, 0)
+        ]
+    );
     // Every lane of the live jobs is known, and a mark does not hide the old rows.
     store.mark_lanes().await.unwrap();
     let lanes: i64 = sqlx::query_scalar("select count(*) from faultline.lanes")

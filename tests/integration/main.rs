@@ -16,6 +16,7 @@ mod prefetch;
 mod claim;
 mod cluster;
 mod concurrency_keys;
+mod counts;
 mod dashboard;
 mod dependencies;
 mod examples;
