@@ -272,3 +272,58 @@ async fn rows_queued_by_hand_or_by_an_older_release_are_never_hidden() {
         "the job an older release put back was hidden"
     );
 }
+
+#[tokio::test]
+async fn a_limited_queue_claims_from_its_marks_within_its_limit() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    store
+        .update_queue_settings(
+            "lim",
+            &faultline::store::QueueSettingsPatch {
+                concurrency_limit: Some(Some(2)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    churn(&store, "lim", 3).await;
+    let first = newest_mark(&db, "lim").await.expect("a mark");
+    // A job enqueued by a transaction that stays open while the marks move on.
+    let mut tx = db.pool.begin().await.unwrap();
+    let late = store
+        .enqueue_in(
+            &mut tx,
+            NewJob::new("noop", json!({"late": true})).with_queue("lim"),
+        )
+        .await
+        .unwrap()
+        .into_job();
+    churn(&store, "lim", 3).await;
+    assert!(newest_mark(&db, "lim").await.unwrap() >= first);
+    tx.commit().await.unwrap();
+    for i in 0..3 {
+        store
+            .enqueue(NewJob::new("noop", json!({"i": i})).with_queue("lim"))
+            .await
+            .unwrap();
+    }
+    store.mark_lanes().await.unwrap();
+    // The limit holds (two running at most, counted from the live counts) and the late job,
+    // first in its lane, is among the first claimed.
+    let claimed = claim(&store, "lim").await;
+    assert_eq!(claimed.len(), 2, "the concurrency limit of 2");
+    assert_eq!(
+        claimed[0].job.id, late.id,
+        "the late job is not hidden by the marks"
+    );
+    assert!(claim(&store, "lim").await.is_empty(), "the limit is full");
+    store.complete(&claimed[0].lease).await.unwrap();
+    store.fold_live_counts().await.unwrap();
+    let more = claim(&store, "lim").await;
+    assert_eq!(more.len(), 1, "one slot freed");
+    store.complete(&claimed[1].lease).await.unwrap();
+    store.complete(&more[0].lease).await.unwrap();
+    let rest = claim(&store, "lim").await;
+    assert_eq!(rest.len(), 1, "the last job");
+}

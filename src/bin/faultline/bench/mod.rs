@@ -73,6 +73,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "30m", value_parser = crate::args::duration)]
     pub soak: Duration,
 
+    /// How long an idle transaction holds the MVCC horizon in the middle of the soak (`0s`:
+    /// none); at most a third of `--soak`.
+    #[arg(long, default_value = "5m", value_parser = crate::args::duration)]
+    pub soak_pin: Duration,
+
     /// Give the benchmark's queue this concurrency limit (all workers together), to measure
     /// what a limited queue costs (`none`: unlimited, the default).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1_000_000))]
@@ -521,7 +526,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         if wants(Phase::Soak) {
             step("soak");
             bench.reset().await?;
-            let soak = phases::soak(&bench, args.soak, &progress).await?;
+            let soak = phases::soak(&bench, args.soak, args.soak_pin, &progress).await?;
             for (name, unit, value) in soak.figures() {
                 record(name, unit, value);
             }
@@ -600,18 +605,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         if !results.soak_samples.is_empty() {
             println!(
-                "soak samples: {:>6} {:>10} {:>10} {:>12} {:>12} {:>10}",
-                "t (s)", "drain/s", "backlog", "live MB", "live dead", "history MB"
+                "soak samples: {:>6} {:>10} {:>10} {:>12} {:>12} {:>10} {:>6}",
+                "t (s)", "drain/s", "backlog", "live MB", "live dead", "history MB", "pin"
             );
             for s in &results.soak_samples {
                 println!(
-                    "              {:>6.0} {:>10.0} {:>10} {:>12.1} {:>12} {:>10.1}",
+                    "              {:>6.0} {:>10.0} {:>10} {:>12.1} {:>12} {:>10.1} {:>6}",
                     s.at_seconds,
                     s.drain_per_second,
                     s.backlog,
                     s.live_mb,
                     s.live_dead_tuples,
-                    s.history_mb
+                    s.history_mb,
+                    if s.pinned { "held" } else { "" }
                 );
             }
             println!();

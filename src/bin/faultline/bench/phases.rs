@@ -940,6 +940,8 @@ pub async fn backlog(
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SoakSample {
     pub at_seconds: f64,
+    /// Whether the pin (an idle transaction holding the MVCC horizon) was held at the sample.
+    pub pinned: bool,
     /// Jobs finished per second since the previous sample.
     pub drain_per_second: f64,
     /// Live jobs (queued + running).
@@ -972,7 +974,8 @@ impl Soak {
             samples.iter().map(|s| f(s)).sum::<f64>() / samples.len().max(1) as f64
         };
         let (first, last) = (minute(false), minute(true));
-        vec![
+        let pinned: Vec<&SoakSample> = self.samples.iter().filter(|s| s.pinned).collect();
+        let mut figures = vec![
             ("soak: offered enqueue rate".into(), "jobs/s", self.rate),
             (
                 "soak: drain rate, first minute".into(),
@@ -1004,7 +1007,20 @@ impl Soak {
                 "MB",
                 mean(&last, |s| s.history_mb),
             ),
-        ]
+        ];
+        if !pinned.is_empty() {
+            figures.push((
+                "soak: drain rate while the horizon was held".into(),
+                "jobs/s",
+                mean(&pinned, |s| s.drain_per_second),
+            ));
+            figures.push((
+                "soak: largest backlog while the horizon was held".into(),
+                "jobs",
+                pinned.iter().map(|s| s.backlog).max().unwrap_or(0) as f64,
+            ));
+        }
+        figures
     }
 }
 
@@ -1014,8 +1030,18 @@ impl Soak {
 pub async fn soak(
     bench: &Bench,
     duration: Duration,
+    pin: Duration,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Soak> {
+    if pin > duration / 3 {
+        bail!(
+            "--soak-pin {} is longer than a third of --soak {}",
+            humantime::format_duration(pin),
+            humantime::format_duration(duration)
+        );
+    }
+    // The pin: one idle transaction holding an xid through the middle `pin` of the soak.
+    let pin_from = (duration - pin) / 2;
     let retention = format!("{}s", (duration.as_secs() / 5).max(60));
     let args = ["--concurrency", "256", "--retention", retention.as_str()];
     progress.set_message("soak: measuring the peak");
@@ -1062,24 +1088,53 @@ pub async fn soak(
     };
     let mut samples = Vec::new();
     let soak_started = Instant::now();
+    let mut held: Option<sqlx::PgConnection> = None;
+    let mut pinned = false;
     let mut last = (Instant::now(), finished().await?);
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.tick().await;
     while soak_started.elapsed() < duration {
         tick.tick().await;
+        let elapsed = soak_started.elapsed();
+        // This sample covers the last 10 s: pinned if the pin was held through them.
+        let was_held = held.is_some();
+        if !pin.is_zero() && held.is_none() && !pinned && elapsed >= pin_from {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&bench.url).await?;
+            sqlx::query("begin").execute(&mut conn).await?;
+            sqlx::query("select txid_current()")
+                .execute(&mut conn)
+                .await?;
+            held = Some(conn);
+            pinned = true;
+        }
+        if elapsed >= pin_from + pin {
+            if let Some(mut conn) = held.take() {
+                sqlx::query("rollback").execute(&mut conn).await?;
+            }
+        }
         let done = finished().await?;
         let now = Instant::now();
-        let (live_bytes, dead, backlog, history_bytes): (i64, i64, i64, i64) = sqlx::query_as(
+        let (live_bytes, dead, history_bytes): (i64, i64, i64) = sqlx::query_as(
             "select pg_total_relation_size('faultline.jobs'),
                     (select n_dead_tup from pg_stat_user_tables
                      where relid = 'faultline.jobs'::regclass),
-                    (select count(*) from faultline.jobs),
                     (select coalesce(sum(pg_total_relation_size(relid)), 0)::int8
                      from pg_partition_tree('faultline.job_history'))",
         )
         .fetch_one(&bench.pool)
         .await?;
+        // From the live counts, as the dashboard reads them (a count of the rows would scan
+        // every dead version the pin keeps).
+        let backlog = bench
+            .store
+            .queue_stats()
+            .await?
+            .iter()
+            .map(|q| q.queued + q.running)
+            .sum();
         let sample = SoakSample {
+            pinned: was_held,
             at_seconds: soak_started.elapsed().as_secs_f64(),
             drain_per_second: (done - last.1) as f64 / (now - last.0).as_secs_f64(),
             backlog,
