@@ -327,3 +327,39 @@ async fn a_limited_queue_claims_from_its_marks_within_its_limit() {
     let rest = claim(&store, "lim").await;
     assert_eq!(rest.len(), 1, "the last job");
 }
+
+#[tokio::test]
+async fn sessions_that_only_hold_the_horizon_do_not_hold_the_marks_back() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    churn(&store, "pinned", 2).await;
+    // An idle transaction with an xid, and a REPEATABLE READ reader of the live table: both
+    // hold the MVCC horizon, neither holds a writer's lock on the table.
+    let mut idle = db.pool.begin().await.unwrap();
+    let pinned_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select now() from (select txid_current()) x")
+            .fetch_one(&mut *idle)
+            .await
+            .unwrap();
+    let mut reader = db.pool.begin().await.unwrap();
+    sqlx::query("set transaction isolation level repeatable read")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    sqlx::query("select count(*) from faultline.jobs")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    let moved = crate::harness::wait_for(
+        "the mark to pass the pin",
+        Duration::from_secs(20),
+        || async {
+            churn(&store, "pinned", 1).await;
+            newest_mark(&db, "pinned").await.filter(|m| *m > pinned_at)
+        },
+    )
+    .await;
+    assert!(moved > pinned_at);
+    reader.rollback().await.unwrap();
+    idle.rollback().await.unwrap();
+}

@@ -212,6 +212,12 @@ fn median(samples: &[f64]) -> f64 {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // Checked before anything starts (a cluster, a peak measurement).
     let pressure_lengths = pressure_lengths(&args.pressure_phases)?;
+    anyhow::ensure!(
+        args.soak_pin <= args.soak / 3,
+        "--soak-pin {} is longer than a third of --soak {}",
+        humantime::format_duration(args.soak_pin),
+        humantime::format_duration(args.soak)
+    );
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     let jobs = args
         .jobs
