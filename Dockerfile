@@ -5,14 +5,16 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin/faultline \
-    && echo 'fn main() {}' > src/bin/faultline/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked --features otel \
-    && rm -rf src
-COPY migrations migrations
-COPY src src
-RUN touch src/lib.rs src/bin/faultline/main.rs && cargo build --release --locked --features otel
+COPY crates/faultline/Cargo.toml crates/faultline/
+COPY crates/faultline-cli/Cargo.toml crates/faultline-cli/
+COPY crates/faultline-pg/Cargo.toml crates/faultline-pg/
+RUN for c in faultline faultline-pg; do mkdir -p crates/$c/src && touch crates/$c/src/lib.rs; done \
+    && mkdir -p crates/faultline-cli/src && echo 'fn main() {}' > crates/faultline-cli/src/main.rs \
+    && cargo build --release --locked -p faultline-queue-cli --features otel \
+    && rm -rf crates/*/src
+COPY crates crates
+RUN touch crates/*/src/lib.rs crates/faultline-cli/src/main.rs \
+    && cargo build --release --locked -p faultline-queue-cli --features otel
 
 # --- runtime: slim, non-root.
 FROM debian:bookworm-slim

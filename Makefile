@@ -2,35 +2,35 @@
 
 CARGO ?= cargo
 
-.PHONY: up test migrate lint drill bench check-deploy screenshots
+.PHONY: up test migrate lint drill bench check-deploy screenshots publish-check
 
 ## Run Faultline: API, workers and a private Postgres (unless DATABASE_URL is set).
 up:
 	./scripts/ensure-postgres
-	$(CARGO) run --release -- up
+	$(CARGO) run --release -p faultline-queue-cli -- up
 
 ## Run every test against a real Postgres (a private cluster unless DATABASE_URL is set).
 test:
 	./scripts/ensure-postgres
 	./scripts/ensure-pgbouncer
 	./scripts/ensure-chromium
-	$(CARGO) test --locked
+	$(CARGO) test --workspace --locked
 
 ## Refresh the README's dashboard screenshots (docs/ui/*.png) from the browser test.
 screenshots:
 	./scripts/ensure-postgres
 	./scripts/ensure-chromium
-	FAULTLINE_UI_SCREENSHOTS=$(CURDIR)/docs/ui $(CARGO) test --locked --test integration -- dashboard
+	FAULTLINE_UI_SCREENSHOTS=$(CURDIR)/docs/ui $(CARGO) test --locked -p faultline-queue-cli --test integration -- dashboard
 
 ## Apply the schema: to $$DATABASE_URL when set, else to the compose stack's Postgres.
 migrate:
-	@if [ -n "$$DATABASE_URL" ]; then $(CARGO) run --release -- migrate; \
+	@if [ -n "$$DATABASE_URL" ]; then $(CARGO) run --release -p faultline-queue-cli -- migrate; \
 	else docker compose run --rm migrate; fi
 
 ## The benchmark (method and figures in BENCHMARKS.md).
 bench:
 	./scripts/ensure-postgres
-	$(CARGO) run --release -- bench
+	$(CARGO) run --release -p faultline-queue-cli -- bench
 
 ## Check the Prometheus config and alert rules (promtool) and, when possible, compose.yaml.
 check-deploy:
@@ -40,11 +40,21 @@ check-deploy:
 drill:
 	./scripts/ensure-postgres
 	./scripts/ensure-pgbouncer
-	$(CARGO) run --release -- drill all
+	$(CARGO) run --release -p faultline-queue-cli -- drill all
 
-## Formatting, lints (examples included) and the API docs without a warning, as CI runs them.
+## Formatting, lints (examples and tests included; the library with no, each and all of its
+## optional features), the API docs without a warning, the declared minimum Rust and the
+## library's shape (no function over 60 lines), as CI runs them.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
-	$(CARGO) clippy --lib --locked -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked --features testing,otel
+	$(CARGO) clippy --workspace --all-targets --all-features --locked -- -D warnings
+	$(CARGO) clippy -p faultline-queue --lib --no-default-features --locked -- -D warnings
+	for feature in http webhook testing otel; do \
+		$(CARGO) clippy -p faultline-queue --lib --no-default-features --features $$feature --locked -- -D warnings || exit 1; \
+	done
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p faultline-queue --all-features
+	./scripts/check-msrv
+
+## Package every crate as crates.io would take it, and build each from its package alone.
+publish-check:
+	$(CARGO) publish --workspace --dry-run --locked --allow-dirty

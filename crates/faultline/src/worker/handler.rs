@@ -1,0 +1,382 @@
+//! The handler API: what a job kind runs, what it is told, and how it reports failure.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::JobId;
+use crate::payload::Payload;
+
+/// What a handler is told about the job it runs.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    /// The job.
+    pub job_id: JobId,
+    /// Its kind.
+    pub kind: String,
+    /// Its queue.
+    pub queue: String,
+    /// This attempt's number (1-based).
+    pub attempt: i32,
+    /// The job's attempt budget.
+    pub max_attempts: i32,
+    /// The fencing token of this attempt's lease. Tokens only grow: pass it to systems you
+    /// write to, and have them refuse a write with a smaller token than the last they saw, so
+    /// that a worker that lost its lease cannot clobber its successor's side effects.
+    pub lease_token: i64,
+    /// The worker running it.
+    pub worker_id: Arc<str>,
+    /// Its concurrency key (SPEC §12), if it has one.
+    pub concurrency_key: Option<String>,
+    /// The W3C `traceparent` of the context that enqueued it, if any (see
+    /// [`crate::traceparent`]); with the `otel` feature the handler already runs in a span
+    /// whose parent it is.
+    pub traceparent: Option<String>,
+    pub(crate) cancel: CancellationToken,
+    /// What [`JobContext::complete_and_commit`] needs: the store and this attempt's lease.
+    pub(crate) fence: Option<(crate::store::Store, crate::lease::Lease)>,
+    /// Set once the handler completed the job in its own transaction: the worker then reports
+    /// nothing more.
+    pub(crate) committed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl JobContext {
+    /// The context of one attempt of `job` under `lease`, run by `worker_id`, stopped by
+    /// `cancel`; `committed` is set once the handler completed the job in its own transaction.
+    pub(crate) fn for_attempt(
+        job: &crate::job::Job,
+        lease: &crate::lease::Lease,
+        worker_id: Arc<str>,
+        cancel: CancellationToken,
+        store: crate::store::Store,
+        committed: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        JobContext {
+            job_id: job.id,
+            kind: job.kind.clone(),
+            queue: job.queue.clone(),
+            attempt: lease.attempt,
+            max_attempts: job.max_attempts,
+            lease_token: lease.token,
+            worker_id,
+            concurrency_key: job.concurrency_key.clone(),
+            traceparent: job.traceparent.clone(),
+            cancel,
+            fence: Some((store, lease.clone())),
+            committed,
+        }
+    }
+
+    /// Resolves when the handler must stop: the job was cancelled, the lease was lost, or the
+    /// worker is shutting down past its grace period. Whatever the handler returns afterwards
+    /// is not recorded.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Whether the handler must stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The cancellation token itself, to hand to code that takes one.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Complete this job inside `tx`, under its fence, with `result` (`()` for none), and
+    /// commit: the handler's own writes in `tx` and the job's success commit together, exactly
+    /// once, or not at all (SPEC §13). The worker then reports nothing more for this attempt,
+    /// whatever the handler returns.
+    ///
+    /// The transaction is taken by value, so it cannot be committed after a refusal: on
+    /// [`StoreError::LeaseLost`] (the lease expired and was taken back, the job was cancelled,
+    /// or another worker holds it now) it is rolled back here, and the handler's writes with it.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] (rolled back); [`StoreError::Invalid`] for a result over the
+    /// limit or not serialisable (rolled back); [`StoreError::Database`] — if the commit itself
+    /// failed, whether it landed is unknown to this process; the fence settles it (a later
+    /// report of this lease is refused if it did).
+    ///
+    /// [`StoreError::LeaseLost`]: crate::StoreError::LeaseLost
+    /// [`StoreError::Database`]: crate::StoreError::Database
+    /// [`StoreError::Invalid`]: crate::StoreError::Invalid
+    ///
+    /// ```no_run
+    /// use faultline::worker::{HandlerRegistry, JobContext, JobError};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Credit { account: String, cents: i64 }
+    ///
+    /// fn register(registry: &mut HandlerRegistry, pool: sqlx::PgPool) {
+    ///     registry.register_fn("credit", move |ctx: JobContext, credit: Credit| {
+    ///         let pool = pool.clone();
+    ///         async move {
+    ///             let mut tx = pool.begin().await?;
+    ///             sqlx::query("update accounts set cents = cents + $2 where id = $1")
+    ///                 .bind(&credit.account)
+    ///                 .bind(credit.cents)
+    ///                 .execute(&mut *tx)
+    ///                 .await?;
+    ///             // The credit and the job's success commit together, or neither does: a
+    ///             // worker that lost its lease gets LeaseLost here and its update rolls back.
+    ///             ctx.complete_and_commit(tx, ()).await?;
+    ///             Ok(())
+    ///         }
+    ///     });
+    /// }
+    /// ```
+    pub async fn complete_and_commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        result: impl Serialize,
+    ) -> Result<(), crate::StoreError> {
+        let (store, lease) = self.fence.as_ref().ok_or_else(|| {
+            crate::StoreError::invalid("lease", "this context has no lease to complete under")
+        })?;
+        let result = serde_json::to_value(result).map_err(|e| {
+            crate::StoreError::invalid("result", format!("cannot be written as JSON: {e}"))
+        })?;
+        store.complete_in(&mut tx, lease, &result).await?;
+        tx.commit().await?;
+        self.committed
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+}
+
+/// A failed attempt: retryable (re-queued with backoff while attempts remain) or permanent (the
+/// job fails at once).
+///
+/// Any `std::error::Error` converts into a retryable `JobError`, so handlers can use `?`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobError {
+    message: String,
+    retryable: bool,
+}
+
+impl JobError {
+    /// A failure worth retrying (a timeout, a 5xx, a lost connection).
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        JobError {
+            message: message.to_string(),
+            retryable: true,
+        }
+    }
+
+    /// A failure no retry can fix (bad input, a 4xx): the job fails now.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        JobError {
+            message: message.to_string(),
+            retryable: false,
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The error text recorded in the job's history.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for JobError {
+    fn from(error: E) -> Self {
+        JobError::retryable(error)
+    }
+}
+
+/// What a handler returns: its result on success (`()` for none; any other value is kept as
+/// the job's JSON `result`, SPEC §13), or why the attempt failed.
+pub type JobResult<T = ()> = Result<T, JobError>;
+
+/// Runs jobs of one kind, with a typed payload.
+///
+/// ```
+/// use faultline::worker::{Handler, JobContext, JobResult};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Email { to: String }
+///
+/// struct SendEmail;
+///
+/// impl Handler for SendEmail {
+///     type Payload = Email;
+///     type Output = ();
+///     async fn handle(&self, ctx: JobContext, email: Email) -> JobResult {
+///         tokio::select! {
+///             _ = ctx.cancelled() => {}
+///             _ = async { println!("sending to {} (token {})", email.to, ctx.lease_token) } => {}
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// The payload, deserialized from the job's JSON. A payload that does not deserialize fails
+    /// the job permanently, naming the kind and the problem.
+    type Payload: DeserializeOwned + Send + 'static;
+
+    /// What a success returns, kept as the job's JSON `result` (`()` keeps none). A result
+    /// larger than the worker's `--max-result-bytes` fails the attempt (it is never truncated).
+    type Output: Serialize + Send + 'static;
+
+    /// Run one attempt.
+    fn handle(
+        &self,
+        ctx: JobContext,
+        payload: Self::Payload,
+    ) -> impl Future<Output = JobResult<Self::Output>> + Send;
+}
+
+/// A handler made from an async closure; see [`HandlerRegistry::register_fn`] and
+/// [`HandlerRegistry::register_job_fn`].
+pub struct FnHandler<P, F> {
+    f: F,
+    _payload: PhantomData<fn(P)>,
+}
+
+impl<P, F> FnHandler<P, F> {
+    /// `f` as a handler of payload `P`.
+    pub(crate) fn new(f: F) -> Self {
+        FnHandler {
+            f,
+            _payload: PhantomData,
+        }
+    }
+}
+
+impl<P, O, F, Fut> Handler for FnHandler<P, F>
+where
+    P: DeserializeOwned + Send + 'static,
+    O: Serialize + Send + 'static,
+    F: Fn(JobContext, P) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = JobResult<O>> + Send + 'static,
+{
+    type Payload = P;
+    type Output = O;
+    fn handle(&self, ctx: JobContext, payload: P) -> impl Future<Output = JobResult<O>> + Send {
+        (self.f)(ctx, payload)
+    }
+}
+
+/// A handler's run with its output as JSON (`null` for none).
+pub(crate) type BoxedJob = super::hook::RunFuture;
+
+/// A handler with its payload type erased, so handlers of every kind live in one map.
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn call(self: Arc<Self>, ctx: JobContext, payload: Payload) -> BoxedJob;
+}
+
+impl<H: Handler> ErasedHandler for H {
+    fn call(self: Arc<Self>, ctx: JobContext, payload: Payload) -> BoxedJob {
+        Box::pin(async move {
+            let payload = payload.deserialize::<H::Payload>().map_err(|e| {
+                JobError::permanent(format!("invalid payload for kind {:?}: {e}", ctx.kind))
+            })?;
+            let kind = ctx.kind.clone();
+            let output = self.handle(ctx, payload).await?;
+            Payload::serialize(&output).map_err(|e| {
+                JobError::permanent(format!("the result of kind {kind:?} is not JSON: {e}"))
+            })
+        })
+    }
+}
+
+/// The handlers a worker runs, by job kind, with optional per-kind timeouts.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    timeouts: HashMap<String, Duration>,
+}
+
+impl fmt::Debug for HandlerRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kinds: Vec<_> = self.handlers.keys().collect();
+        kinds.sort();
+        f.debug_struct("HandlerRegistry")
+            .field("kinds", &kinds)
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+impl HandlerRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run `handler` for jobs of `kind` (replacing any handler already registered for it).
+    pub fn register(&mut self, kind: impl Into<String>, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(kind.into(), Arc::new(handler));
+        self
+    }
+
+    /// Run an async closure for jobs of `kind`.
+    ///
+    /// ```
+    /// # use faultline::worker::{HandlerRegistry, JobContext};
+    /// let mut registry = HandlerRegistry::new();
+    /// registry.register_fn("greet", |_ctx: JobContext, name: String| async move {
+    ///     println!("hello, {name}");
+    ///     Ok(())
+    /// });
+    /// ```
+    pub fn register_fn<P, O, F, Fut>(&mut self, kind: impl Into<String>, f: F) -> &mut Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(JobContext, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = JobResult<O>> + Send + 'static,
+    {
+        self.register(kind, FnHandler::new(f))
+    }
+
+    /// Default timeout for jobs of `kind` that set none of their own.
+    pub fn set_timeout(&mut self, kind: impl Into<String>, timeout: Duration) -> &mut Self {
+        self.timeouts.insert(kind.into(), timeout);
+        self
+    }
+
+    /// The kinds with a handler, sorted.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut kinds: Vec<String> = self.handlers.keys().cloned().collect();
+        kinds.sort();
+        kinds
+    }
+
+    pub(crate) fn insert_erased(
+        &mut self,
+        kind: impl Into<String>,
+        handler: Arc<dyn ErasedHandler>,
+    ) -> &mut Self {
+        self.handlers.insert(kind.into(), handler);
+        self
+    }
+
+    pub(crate) fn get(&self, kind: &str) -> Option<Arc<dyn ErasedHandler>> {
+        self.handlers.get(kind).cloned()
+    }
+
+    pub(crate) fn timeout(&self, kind: &str) -> Option<Duration> {
+        self.timeouts.get(kind).copied()
+    }
+}
