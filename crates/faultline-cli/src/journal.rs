@@ -29,7 +29,7 @@ pub fn register_credit(registry: &mut HandlerRegistry, store: Store) {
             sqlx::query("insert into faultline_drill.credits (job_id, token) values ($1, $2)")
                 .bind(ctx.job_id)
                 .bind(ctx.lease_token)
-                .persistent(store.persistent())
+                .persistent(store.uses_prepared_statements())
                 .execute(&mut *tx)
                 .await
                 .map_err(JobError::retryable)?;
@@ -66,7 +66,7 @@ impl Journal {
             .bind(ctx.worker_id.as_ref())
             .bind(event)
             .bind(detail)
-            .persistent(self.store.persistent())
+            .persistent(self.store.uses_prepared_statements())
             .execute(&mut *tx)
             .await?;
             tx.commit().await

@@ -71,6 +71,59 @@ impl std::fmt::Display for Traceparent {
     }
 }
 
+/// The current span's context, where an enqueue reads it (feature `otel`): kept here, beside
+/// the value it produces, so that the store depends on the model only.
+#[cfg(feature = "otel")]
+mod current {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::Traceparent;
+
+    tokio::task_local! {
+        /// A context that an enqueue continues when the current span has none: the API's
+        /// `traceparent` header, so that a request's context is kept as sent even when no
+        /// OpenTelemetry layer is installed (its `faultline.enqueue` span then has no context).
+        static FALLBACK: Option<String>;
+    }
+
+    /// Run `enqueue` with `traceparent` as the context its jobs keep when the current span has no
+    /// valid one of its own (see [`current_traceparent`]).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn with_fallback<F: std::future::Future>(
+        traceparent: Option<String>,
+        enqueue: F,
+    ) -> F::Output {
+        FALLBACK.scope(traceparent, enqueue).await
+    }
+
+    /// The current `tracing` span's OpenTelemetry context as a `traceparent`, if it has a valid one;
+    /// else the fallback that the API set around its enqueue (`with_fallback`), if any.
+    pub fn current_traceparent() -> Option<String> {
+        span_traceparent().or_else(|| FALLBACK.try_with(Clone::clone).ok().flatten())
+    }
+
+    /// The current `tracing` span's OpenTelemetry context as a `traceparent`, if it has a valid one.
+    fn span_traceparent() -> Option<String> {
+        let cx = tracing::Span::current().context();
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| {
+            Traceparent {
+                trace_id: sc.trace_id().to_bytes(),
+                span_id: sc.span_id().to_bytes(),
+                flags: sc.trace_flags().to_u8(),
+            }
+            .to_string()
+        })
+    }
+}
+
+#[cfg(feature = "otel")]
+pub use current::current_traceparent;
+#[cfg(feature = "otel")]
+pub(crate) use current::with_fallback;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -141,7 +141,7 @@ async fn in_trace<F: std::future::Future>(headers: &HeaderMap, enqueue: F) -> F:
             let _ = span.set_parent(parent);
         }
         // Without an OpenTelemetry layer the span has no context: the header is kept as sent.
-        crate::otel::with_fallback(header, enqueue.instrument(span)).await
+        crate::traceparent::with_fallback(header, enqueue.instrument(span)).await
     }
     #[cfg(not(feature = "otel"))]
     {

@@ -36,8 +36,7 @@ use crate::metrics::Metrics;
 use crate::store::{Store, Term};
 use crate::StoreError;
 
-/// The role name of the maintainer's row in `faultline.leader`.
-pub const MAINTAINER_ROLE: &str = "maintainer";
+pub use crate::store::MAINTAINER_ROLE;
 
 /// Maintainer settings; a service set to `None` is not run even when this process leads.
 #[derive(Clone, Debug)]

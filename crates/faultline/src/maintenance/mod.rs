@@ -6,22 +6,22 @@
 
 mod counts;
 mod depth;
+mod janitor;
 mod lanes;
 mod maintainer;
 mod pruner;
 mod reaper;
 mod scheduler;
 mod service;
-mod workers;
 
 pub use counts::CountFolderConfig;
 pub use depth::DepthSamplerConfig;
+pub use janitor::JanitorConfig;
 pub use lanes::LaneMarkerConfig;
 pub use maintainer::{Maintainer, MaintainerConfig};
 pub use pruner::PrunerConfig;
 pub use reaper::ReaperConfig;
 pub use scheduler::SchedulerConfig;
-pub use workers::JanitorConfig;
 
 // The services themselves: the Maintainer runs them; the binary and the test suite drive some
 // directly. Not part of the API a library user builds on.
@@ -29,6 +29,8 @@ pub use workers::JanitorConfig;
 pub use counts::{CountFolder, Folded};
 #[doc(hidden)]
 pub use depth::{DepthSampler, Sampled};
+#[doc(hidden)]
+pub use janitor::{Forgotten, Janitor};
 #[doc(hidden)]
 pub use lanes::{LaneMarker, Marked};
 #[doc(hidden)]
@@ -41,8 +43,6 @@ pub use reaper::Reaper;
 pub use scheduler::Scheduler;
 #[doc(hidden)]
 pub use service::{Pass, Service};
-#[doc(hidden)]
-pub use workers::{Forgotten, Janitor};
 
 use std::time::Duration;
 

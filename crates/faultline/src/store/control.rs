@@ -2,8 +2,8 @@
 //! (failed | cancelled → queued, or → waiting while dependencies are pending).
 
 use super::dependencies::{record_edges, Parents};
-use super::exec::OnStore;
 use super::history::{archive_moved, carried_columns, job_fields, shard};
+use super::statement::OnStore;
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::job::{Job, JobId, JobState};
@@ -80,7 +80,7 @@ impl Store {
     /// [`Store::retry`] of a job with dependencies: its parents are locked and read (as an
     /// enqueue does, see `dependencies.rs`) in the transaction that moves it back.
     async fn retry_dependent(&self, id: JobId, parents: &[JobId]) -> Result<Job, StoreError> {
-        let persistent = self.persistent();
+        let persistent = self.uses_prepared_statements();
         let mut tx = self.pool.begin().await?;
         let standing = Parents::read(&mut tx, parents, persistent)
             .await?

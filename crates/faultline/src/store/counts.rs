@@ -2,7 +2,7 @@
 //! its per-(queue, state) deltas; a fold adds them to the counts. Reading the counts costs
 //! O(queues + unfolded deltas), whatever the backlog.
 
-use super::exec::OnStore;
+use super::statement::OnStore;
 use super::Store;
 use crate::error::StoreError;
 

@@ -7,7 +7,7 @@ use std::sync::RwLock;
 
 use chrono::{DateTime, Utc};
 
-use super::exec::{ExecuteOnStore, OnStore};
+use super::statement::{ExecuteOnStore, OnStore};
 use super::Store;
 use crate::error::StoreError;
 

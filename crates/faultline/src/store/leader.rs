@@ -7,9 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::exec::{ExecuteOnStore, OnStore};
+use super::statement::{ExecuteOnStore, OnStore};
 use super::{millis, Store};
 use crate::error::StoreError;
+
+/// The role name of the maintainer's row in `faultline.leader`.
+pub const MAINTAINER_ROLE: &str = "maintainer";
 
 /// One term of leadership: the right to act as `role`'s leader until `expires_at` (database
 /// clock), named by (`instance`, `token`). Tokens grow with every takeover.

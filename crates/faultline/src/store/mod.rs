@@ -20,23 +20,24 @@
 //! transition outside the model, whoever issues it: on the live table only queued ⇄ running, and
 //! history refuses any change of state.
 
+mod claim;
 mod control;
 mod counts;
 mod dependencies;
 mod enqueue;
-pub(crate) mod exec;
-mod execution;
 mod history;
 mod lanes;
 mod leader;
-mod maintenance;
 mod notifier;
-mod partitions;
+mod presence;
 mod read;
+mod reap;
+mod retention;
+mod running;
 mod schedules;
 mod settings;
+pub(crate) mod statement;
 mod throughput;
-mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,20 +47,24 @@ use sqlx::PgPool;
 use crate::job::{DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RESULT_BYTES};
 use crate::retry::Backoff;
 
+pub use claim::{ClaimOutcome, Claimed, Throttle};
 pub use enqueue::{BatchItem, Enqueued};
+#[doc(hidden)]
+pub use leader::MAINTAINER_ROLE;
 pub use leader::{LeaderInfo, Term};
+pub use presence::{WorkerBeat, WorkerInfo};
 pub use schedules::{FireOutcome, UP_GAP};
-pub use settings::{QueueSettingsPatch, Throttle, MAX_LIMIT, MAX_RATE_PERIOD_MS};
+pub use settings::{QueueSettingsPatch, MAX_LIMIT, MAX_RATE_PERIOD_MS};
 pub use throughput::ThroughputSample;
-pub use workers::{WorkerBeat, WorkerInfo};
 
 /// The hot path's batch statements, for tests that check their plans.
 #[doc(hidden)]
 pub mod sql {
-    pub use super::execution::{COMPLETE_BATCH, HEARTBEAT_BATCH};
+    pub use super::running::{COMPLETE_BATCH, HEARTBEAT_BATCH};
 }
-pub use execution::{ClaimOutcome, Claimed, FailOutcome};
-pub use maintenance::{HistoryOutcome, ReapOutcome, ReapedJob};
+pub use reap::{ReapOutcome, ReapedJob};
+pub use retention::HistoryOutcome;
+pub use running::FailOutcome;
 
 /// The channel that enqueue, release, retry and the reaper `NOTIFY` when a job becomes eligible
 /// now; the payload is the queue name. (Enqueues on the store's pool notify right after their
@@ -102,7 +107,7 @@ pub struct Store {
     pool: PgPool,
     config: Arc<StoreConfig>,
     notifier: Arc<notifier::Notifier>,
-    limited: Arc<settings::LimitedQueues>,
+    limited: Arc<claim::LimitedQueues>,
     known_lanes: Arc<lanes::KnownLanes>,
 }
 
@@ -133,10 +138,19 @@ impl Store {
         &self.config
     }
 
-    /// The `persistent` flag every statement of the store is sent with (see
-    /// [`StoreConfig::prepared_statements`]).
-    pub fn persistent(&self) -> bool {
+    /// Whether the store's statements are prepared and kept by their connection (see
+    /// [`StoreConfig::prepared_statements`]): sqlx's `persistent` flag on each query.
+    pub fn uses_prepared_statements(&self) -> bool {
         self.config.prepared_statements
+    }
+
+    /// One round trip to the database (`select 1`), as every statement of the store is sent.
+    ///
+    /// # Errors
+    /// The database's error, as sqlx reports it.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        use statement::ExecuteOnStore;
+        sqlx::query("select 1").execute_on(self).await.map(drop)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Reads: one job, a filtered listing, per-queue statistics.
 
-use super::exec::OnStore;
+use super::statement::OnStore;
 use super::Store;
 use crate::error::StoreError;
 use crate::job::{Job, JobFilter, JobId, Page, QueueStats, RateLimit};

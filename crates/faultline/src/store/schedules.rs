@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::exec::{ExecuteOnStore, OnStore};
+use super::statement::{ExecuteOnStore, OnStore};
 use super::{BatchItem, Store};
 use crate::error::StoreError;
 use crate::job::{JobId, NewJob, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE};
@@ -303,7 +303,7 @@ impl Store {
         // A firer that stalls inside this transaction must not hold the schedules' rows for
         // long: the server ends the session after 5 s idle in it (rolled back, locks freed).
         sqlx::query("set local idle_in_transaction_session_timeout = '5s'")
-            .persistent(self.persistent())
+            .persistent(self.uses_prepared_statements())
             .execute(&mut *tx)
             .await?;
         // Locked, and read after the lock: another firer that got here first has moved
@@ -315,7 +315,7 @@ impl Store {
              for update",
         )
         .bind(names)
-        .persistent(self.persistent())
+        .persistent(self.uses_prepared_statements())
         .fetch_all(&mut *tx)
         .await?;
         let mut jobs = Vec::new();
@@ -406,7 +406,7 @@ impl Store {
                 .map(|p| p.last.map(|l| l.1))
                 .collect::<Vec<_>>(),
         )
-        .persistent(self.persistent())
+        .persistent(self.uses_prepared_statements())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

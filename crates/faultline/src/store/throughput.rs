@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::exec::OnStore;
+use super::statement::OnStore;
 use super::Store;
 use crate::StoreError;
 

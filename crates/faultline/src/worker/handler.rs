@@ -278,7 +278,11 @@ where
 }
 
 /// A handler's run with its output as JSON (`null` for none).
-pub(crate) type BoxedJob = super::hook::RunFuture;
+/// A handler's run as [`ExecutionHook::wrap`](super::ExecutionHook::wrap) sees it: its output
+/// as JSON, or its error.
+pub type RunFuture = std::pin::Pin<Box<dyn Future<Output = JobResult<Payload>> + Send>>;
+
+pub(crate) type BoxedJob = RunFuture;
 
 /// A handler with its payload type erased, so handlers of every kind live in one map.
 pub(crate) trait ErasedHandler: Send + Sync {

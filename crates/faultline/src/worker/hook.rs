@@ -29,7 +29,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::handler::{JobContext, JobResult};
+use super::handler::{JobContext, RunFuture};
 
 /// What a hook is told when a handler run ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,9 +44,6 @@ pub enum RunEnd {
 
 /// A boxed future returned by hooks.
 pub type HookFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// A handler's run as [`ExecutionHook::wrap`] sees it: its output as JSON, or its error.
-pub type RunFuture = Pin<Box<dyn Future<Output = JobResult<crate::Payload>> + Send>>;
 
 /// Called around every handler run. Keep it short: it delays the slot and the report. Every
 /// method has a default that does nothing, so a hook implements only what it needs.

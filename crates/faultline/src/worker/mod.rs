@@ -18,18 +18,17 @@
 //! ```
 
 mod active;
+mod attempt;
 #[cfg(feature = "webhook")]
 mod builtin;
 mod config;
-mod execute;
 mod handler;
 mod health;
 mod heartbeat;
 mod hook;
 mod listener;
 mod prefetch;
-mod registry;
-mod report;
+mod presence;
 mod reporter;
 mod runtime;
 mod shared;
@@ -40,8 +39,9 @@ pub mod webhook;
 #[cfg(feature = "webhook")]
 pub use builtin::{builtin_registry, register_builtins};
 pub use config::{default_worker_id, ConfigError, Listen, WorkerConfig};
+pub use handler::RunFuture;
 pub use handler::{FnHandler, Handler, HandlerRegistry, JobContext, JobError, JobResult};
-pub use hook::{ExecutionHook, HookFuture, RunEnd, RunFuture};
+pub use hook::{ExecutionHook, HookFuture, RunEnd};
 pub use runtime::Worker;
 #[cfg(feature = "webhook")]
 pub use webhook::{ProxyError, WebhookConfig};

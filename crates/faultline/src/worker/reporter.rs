@@ -10,8 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::JobError;
-use super::report::{Report, ReportKind};
-use super::shared::{Shared, DB_RETRY};
+use super::shared::{Report, ReportKind, Shared, DB_RETRY};
 use crate::lease::Lease;
 use crate::store::FailOutcome;
 use crate::StoreError;

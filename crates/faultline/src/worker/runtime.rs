@@ -27,12 +27,11 @@ use super::handler::HandlerRegistry;
 use super::health::DbHealth;
 use super::hook::ExecutionHook;
 use super::prefetch::{PrefetchBuffer, Prefetched};
-use super::report::{Report, ReportKind};
+use super::shared::{Report, ReportKind};
 use super::shared::{Shared, DB_RETRY};
-use super::{execute, heartbeat, listener, registry, reporter};
+use super::{attempt, heartbeat, listener, presence, reporter};
 use crate::maintenance::Maintainer;
 use crate::metrics::Metrics;
-use crate::store::exec::ExecuteOnStore;
 use crate::store::{Claimed, Store};
 
 /// Runs jobs from the store with the handlers of a registry. See the module docs.
@@ -159,7 +158,7 @@ impl Helpers {
             shared.wake.clone(),
             background.clone(),
         ))];
-        services.push(tokio::spawn(registry::run(
+        services.push(tokio::spawn(presence::run(
             shared.clone(),
             background.clone(),
         )));
@@ -257,7 +256,7 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
         }
         if shared.fenced.load(Ordering::Acquire) {
             // Self-fenced: claim nothing until the database answers a probe.
-            match sqlx::query("select 1").execute_on(&shared.store).await {
+            match shared.store.ping().await {
                 Ok(_) => {
                     shared.fenced.store(false, Ordering::Release);
                     shared.health.ok();
@@ -473,5 +472,5 @@ fn launch(shared: &Arc<Shared>, claimed: Claimed, stop: Arc<Stop>) {
     shared.metrics.worker_inflight.inc();
     shared
         .tasks
-        .spawn(execute::run_job(shared.clone(), claimed, stop));
+        .spawn(attempt::run_job(shared.clone(), claimed, stop));
 }

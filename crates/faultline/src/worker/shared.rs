@@ -11,13 +11,12 @@ use tokio_util::task::TaskTracker;
 
 use super::active::ActiveJobs;
 use super::config::WorkerConfig;
-use super::handler::HandlerRegistry;
+use super::handler::{HandlerRegistry, JobError};
 use super::health::DbHealth;
 use super::hook::ExecutionHook;
 use super::prefetch::PrefetchBuffer;
-use super::report::Report;
 use crate::job::JobId;
-use crate::lease::LeaseLostReason;
+use crate::lease::{Lease, LeaseLostReason};
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, Jitter};
 use crate::store::Store;
@@ -108,4 +107,35 @@ impl Shared {
             }
         }
     }
+}
+
+/// What a job task hands the reporter: the outcome to record under a lease.
+#[derive(Debug)]
+pub(crate) enum ReportKind {
+    /// With the handler's result as JSON text, if it returned one.
+    Complete(Option<String>),
+    Fail(JobError),
+    Release,
+}
+
+impl ReportKind {
+    /// The operation's name in `faultline_db_errors_total{op}`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            ReportKind::Complete(_) => "complete",
+            ReportKind::Fail(_) => "fail",
+            ReportKind::Release => "release",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub lease: Lease,
+    pub queue: String,
+    pub kind: String,
+    pub what: ReportKind,
+    /// This report replaces one the database refused for good (see `reporter::refused`): if
+    /// it is refused too, it is not replaced again.
+    pub replaced: bool,
 }

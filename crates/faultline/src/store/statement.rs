@@ -33,7 +33,7 @@ pub(crate) trait OnStore<T> {
 /// Run `$body` with `$q` persistent on the pool, or unnamed in a transaction of its own.
 macro_rules! on_store {
     ($store:expr, $q:ident, $method:ident) => {{
-        if $store.persistent() {
+        if $store.uses_prepared_statements() {
             $q.persistent(true).$method($store.pool()).await
         } else {
             let mut tx = $store.pool().begin().await?;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use super::active::{Stop, StopReason};
 use super::handler::{JobContext, JobError};
 use super::hook::RunEnd;
-use super::report::{Report, ReportKind};
 use super::shared::Shared;
+use super::shared::{Report, ReportKind};
 use crate::store::Claimed;
 
 /// After a stop, how long a handler gets to return on its own before it is aborted. Its result

@@ -1,10 +1,8 @@
-//! Maintenance transitions: take back expired leases (the reaper) and retire history past
-//! retention (the pruner; the partition work is in `partitions.rs`).
+//! Taking back expired leases (what the reaper runs): each expired job is retried, or failed
+//! once its attempts are spent, with the expiry in its history.
 
-use std::time::Duration;
-
-use super::exec::OnStore;
 use super::history::{archive_moved, shard};
+use super::statement::OnStore;
 use super::{Store, JOB_CHANNEL};
 use crate::error::StoreError;
 use crate::job::{JobId, JobState};
@@ -117,61 +115,5 @@ impl Store {
             }
         }
         Ok(outcome)
-    }
-
-    /// Retention of history: make the partitions the next finished jobs go to, drop the
-    /// partitions whose every job finished more than `retention` ago (their counts leave
-    /// `queue_finished_counts` in the same transaction), and delete, in batches of `limit`,
-    /// expired jobs from the default partition (jobs that finished while no partition covered
-    /// their time, and jobs moved by the upgrade). Returns what it did.
-    ///
-    /// Safe in every process at once: partition changes run under a transaction-level advisory
-    /// lock (no session lock, so it works behind PgBouncer), and the first process fixes the
-    /// partition width for everyone (`history_layout`).
-    ///
-    /// # Errors
-    /// [`StoreError::Database`]; a partition made or dropped before the error stays so.
-    pub async fn maintain_history(
-        &self,
-        retention: Duration,
-        limit: u32,
-    ) -> Result<HistoryOutcome, StoreError> {
-        let mut outcome = super::partitions::maintain(self, retention, limit).await?;
-        // Periods of uniqueness that have ended: a later enqueue would overwrite each one
-        // anyway (see `take_period`), so deleting them only keeps the table small.
-        outcome.unique_periods = sqlx::query(
-            "delete from faultline.unique_periods where unique_key in (
-                 select unique_key from faultline.unique_periods
-                 where expires_at < statement_timestamp() limit $1
-                 for update skip locked)",
-        )
-        .bind(i64::from(limit))
-        .persistent(self.persistent())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(outcome)
-    }
-}
-
-/// What one [`Store::maintain_history`] pass did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HistoryOutcome {
-    /// Partitions made ahead of time.
-    pub created: u32,
-    /// Partitions dropped past retention.
-    pub dropped: u32,
-    /// Jobs in those partitions.
-    pub dropped_jobs: u64,
-    /// Jobs deleted from the default partition past retention.
-    pub deleted: u64,
-    /// Ended periods of uniqueness deleted.
-    pub unique_periods: u64,
-}
-
-impl HistoryOutcome {
-    /// Whether anything changed.
-    pub fn is_empty(&self) -> bool {
-        self == &HistoryOutcome::default()
     }
 }

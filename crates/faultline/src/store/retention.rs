@@ -1,4 +1,5 @@
-//! History's partitions: made ahead of time, dropped whole past retention.
+//! Retention of finished jobs (what the pruner runs): history's partitions made ahead of time
+//! and dropped whole past retention, and ended periods of uniqueness deleted.
 //!
 //! History is range-partitioned by `finished_at` into partitions of one fixed width (chosen
 //! from the retention by the first process that makes one, then kept in `history_layout` for
@@ -13,10 +14,67 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 
-use super::exec::OnStore;
-use super::maintenance::HistoryOutcome;
+use super::statement::OnStore;
 use super::Store;
 use crate::error::StoreError;
+
+/// What one [`Store::maintain_history`] pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryOutcome {
+    /// Partitions made ahead of time.
+    pub created: u32,
+    /// Partitions dropped past retention.
+    pub dropped: u32,
+    /// Jobs in those partitions.
+    pub dropped_jobs: u64,
+    /// Jobs deleted from the default partition past retention.
+    pub deleted: u64,
+    /// Ended periods of uniqueness deleted.
+    pub unique_periods: u64,
+}
+
+impl HistoryOutcome {
+    /// Whether anything changed.
+    pub fn is_empty(&self) -> bool {
+        self == &HistoryOutcome::default()
+    }
+}
+
+impl Store {
+    /// Retention of history: make the partitions the next finished jobs go to, drop the
+    /// partitions whose every job finished more than `retention` ago (their counts leave
+    /// `queue_finished_counts` in the same transaction), and delete, in batches of `limit`,
+    /// expired jobs from the default partition (jobs that finished while no partition covered
+    /// their time, and jobs moved by the upgrade). Returns what it did.
+    ///
+    /// Safe in every process at once: partition changes run under a transaction-level advisory
+    /// lock (no session lock, so it works behind PgBouncer), and the first process fixes the
+    /// partition width for everyone (`history_layout`).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`]; a partition made or dropped before the error stays so.
+    pub async fn maintain_history(
+        &self,
+        retention: Duration,
+        limit: u32,
+    ) -> Result<HistoryOutcome, StoreError> {
+        let mut outcome = maintain(self, retention, limit).await?;
+        // Periods of uniqueness that have ended: a later enqueue would overwrite each one
+        // anyway (see `take_period`), so deleting them only keeps the table small.
+        outcome.unique_periods = sqlx::query(
+            "delete from faultline.unique_periods where unique_key in (
+                 select unique_key from faultline.unique_periods
+                 where expires_at < statement_timestamp() limit $1
+                 for update skip locked)",
+        )
+        .bind(i64::from(limit))
+        .persistent(self.uses_prepared_statements())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(outcome)
+    }
+}
 
 /// Arbitrary, fixed key of the transaction-level advisory lock around partition changes
 /// ("fl-parts").
@@ -38,7 +96,7 @@ fn at(second: i64) -> String {
 }
 
 /// See [`Store::maintain_history`].
-pub(crate) async fn maintain(
+async fn maintain(
     store: &Store,
     retention: Duration,
     limit: u32,
@@ -49,12 +107,12 @@ pub(crate) async fn maintain(
     let mut tx = store.pool().begin().await?;
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(PARTITION_LOCK_KEY)
-        .persistent(store.persistent())
+        .persistent(store.uses_prepared_statements())
         .execute(&mut *tx)
         .await?;
     // A drop waits for the parent's lock; never for long (completions insert into the parent).
     sqlx::query("set local lock_timeout = '5s'")
-        .persistent(store.persistent())
+        .persistent(store.uses_prepared_statements())
         .execute(&mut *tx)
         .await?;
     // The DDL below holds the parent's exclusive lock until commit, and every completion
@@ -62,19 +120,19 @@ pub(crate) async fn maintain(
     // frozen VM) would stall every worker's completions. The server ends such a session after
     // 5 s idle in the transaction, which rolls it back and frees the lock.
     sqlx::query("set local idle_in_transaction_session_timeout = '5s'")
-        .persistent(store.persistent())
+        .persistent(store.uses_prepared_statements())
         .execute(&mut *tx)
         .await?;
-    let width = layout_width(&mut tx, retention, store.persistent()).await?;
+    let width = layout_width(&mut tx, retention, store.uses_prepared_statements()).await?;
     let now: i64 = sqlx::query_scalar("select floor(extract(epoch from now()))::int8")
-        .persistent(store.persistent())
+        .persistent(store.uses_prepared_statements())
         .fetch_one(&mut *tx)
         .await?;
     let existing: Vec<String> = sqlx::query_scalar(
         "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid
          where i.inhparent = 'faultline.job_history'::regclass",
     )
-    .persistent(store.persistent())
+    .persistent(store.uses_prepared_statements())
     .fetch_all(&mut *tx)
     .await?;
     let current = now - now.rem_euclid(width);
@@ -128,18 +186,18 @@ pub(crate) async fn maintain(
              )
              select coalesce(sum(n), 0)::int8 from gone"
         ))
-        .persistent(store.persistent())
+        .persistent(store.uses_prepared_statements())
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(&format!("drop table faultline.{name}"))
-            .persistent(store.persistent())
+            .persistent(store.uses_prepared_statements())
             .execute(&mut *tx)
             .await?;
         outcome.dropped += 1;
         outcome.dropped_jobs += jobs as u64;
     }
     sqlx::query("delete from faultline.queue_finished_counts where n = 0")
-        .persistent(store.persistent())
+        .persistent(store.uses_prepared_statements())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

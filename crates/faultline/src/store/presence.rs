@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::exec::{ExecuteOnStore, OnStore};
+use super::statement::{ExecuteOnStore, OnStore};
 use super::{millis, Store};
 use crate::error::StoreError;
 
@@ -128,7 +128,7 @@ impl Store {
              where w.expires_at > now()
              order by w.id",
         )
-        .bind(crate::maintenance::MAINTAINER_ROLE)
+        .bind(super::leader::MAINTAINER_ROLE)
         .all_on(self)
         .await?)
     }
