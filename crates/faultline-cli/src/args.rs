@@ -294,7 +294,7 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body);
         } else if mutating {
-            // Every mutating route asks for JSON, a body-less one included (SPEC §5).
+            // Every mutating route asks for JSON, a body-less one included (docs/http-api.md).
             request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
         }
         let response = request
@@ -306,4 +306,13 @@ impl Client {
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text.clone()));
         Ok((status, body, text))
     }
+}
+
+/// A worker setting the library refused, named by the flag that set it.
+pub fn flag_error(error: faultline::worker::ConfigError) -> anyhow::Error {
+    let flag = match error.setting {
+        "listen" => "--listen-database-url".to_owned(),
+        field => format!("--{}", field.replace('_', "-")),
+    };
+    anyhow::anyhow!("invalid {flag}: {}", error.message)
 }

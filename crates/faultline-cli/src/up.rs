@@ -119,7 +119,8 @@ async fn run_with(
         // The worker stands for election (one candidate per process), so the registry shows
         // this process as the leader.
         args.worker.worker_config(pooled, args.maintainer.config()?),
-    )?
+    )
+    .map_err(crate::args::flag_error)?
     .with_metrics(metrics.clone());
 
     let addr = listener.local_addr()?;

@@ -199,7 +199,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         store.clone(),
         registry,
         options.worker_config(pooled, args.maintainer.config()?),
-    )?
+    )
+    .map_err(crate::args::flag_error)?
     .with_metrics(metrics.clone());
     let worker = if options.drill_journal {
         let journal = match &options.drill_journal_url {

@@ -51,7 +51,7 @@ pub(crate) fn fingerprint(job: &NewJob) -> Vec<u8> {
     Sha256::digest(canonical(&request).as_bytes()).to_vec()
 }
 
-/// The uniqueness key derived from what the job is (SPEC §5 `unique_scope` without a
+/// The uniqueness key derived from what the job is (docs/http-api.md `unique_scope` without a
 /// `unique_key`): `sha256:` and the hex digest of its kind, queue and payload in canonical form,
 /// so the same arguments with object keys in another order give the same key.
 pub(crate) fn derived_unique_key(job: &NewJob) -> String {

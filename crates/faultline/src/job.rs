@@ -69,7 +69,7 @@ pub enum JobState {
     Queued,
     /// Claimed by a worker that holds a lease on it.
     Running,
-    /// Waiting for its dependencies (SPEC §13): `queued` once every one has succeeded,
+    /// Waiting for its dependencies (docs/library.md): `queued` once every one has succeeded,
     /// `cancelled` as soon as one fails or is cancelled. Never claimed.
     Waiting,
     /// Finished successfully (terminal).
@@ -286,15 +286,15 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     /// When the row last changed.
     pub updated_at: DateTime<Utc>,
-    /// At most the queue's `key_concurrency` running jobs share this key (SPEC §12).
+    /// At most the queue's `key_concurrency` running jobs share this key (docs/operations.md).
     #[serde(default)]
     pub concurrency_key: Option<String>,
-    /// What the handler returned on success (SPEC §13), exactly as it was sent; `None` before
+    /// What the handler returned on success (docs/library.md), exactly as it was sent; `None` before
     /// success, or when the handler returned nothing.
     #[serde(default)]
     #[cfg_attr(feature = "http", schema(value_type = Option<Object>))]
     pub result: Option<Payload>,
-    /// The jobs this one waits for (SPEC §13): it runs once every one has succeeded.
+    /// The jobs this one waits for (docs/library.md): it runs once every one has succeeded.
     #[serde(default)]
     pub depends_on: Vec<JobId>,
     /// How many of `depends_on` have not succeeded yet (0 unless `waiting`).

@@ -1,4 +1,4 @@
-//! Prometheus metrics: every name of SPEC §6, as constants, registered on one [`Metrics`]
+//! Prometheus metrics: every metric name of docs/operations.md, as constants, registered on one [`Metrics`]
 //! registry per process (the API and the worker each expose it on `/metrics`).
 //!
 //! Labels stay low-cardinality: queue, kind, state, op, method, matched route, status. Never a

@@ -1,4 +1,4 @@
-//! Schedules (SPEC §12): what a schedule is, its cron read in an IANA time zone, and the
+//! Schedules (docs/operations.md): what a schedule is, its cron read in an IANA time zone, and the
 //! `--schedules FILE` (TOML) that declares schedules at start. Firing is in
 //! `store/schedules.rs`, run by the maintainer (`maintenance/scheduler.rs`).
 //!
@@ -231,7 +231,7 @@ impl CronTab {
 pub const MAX_CRON_LEN: usize = 1024;
 
 /// The start of every schedule slot's idempotency key: reserved, a client's key may not start
-/// with it (SPEC §12).
+/// with it (docs/operations.md).
 pub const SLOT_KEY_PREFIX: &str = "schedule:";
 
 /// The idempotency key of `schedule`'s job for `slot`.

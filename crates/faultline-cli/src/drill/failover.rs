@@ -1,4 +1,4 @@
-//! `drill failover` (SPEC §11): a primary and a streaming standby (synchronous unless
+//! `drill failover` (docs/operations.md): a primary and a streaming standby (synchronous unless
 //! `--async`), the API and two workers reaching them through a PgBouncer, a continuous stream of
 //! keyed jobs, short and long; then the primary is SIGKILLed with its whole process group (a
 //! host crash), the standby promoted, and PgBouncer re-pointed at it (a configuration reload:

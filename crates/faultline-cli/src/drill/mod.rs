@@ -1,4 +1,4 @@
-//! `faultline drill NAME`: failure drills (SPEC §7) with real processes and real faults. Each
+//! `faultline drill NAME`: failure drills (docs/guarantees.md) with real processes and real faults. Each
 //! drill starts its own Postgres, a `faultline serve` and several `faultline worker` processes,
 //! injects its fault, checks the outcome from the database and from every process's `/metrics`,
 //! prints one line per event and a summary table, and exits non-zero if a check failed.

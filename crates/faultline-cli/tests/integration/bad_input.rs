@@ -709,7 +709,7 @@ fn http_cases() -> Vec<Case> {
     delete.content_type = Some("application/json");
     cases.push(delete);
 
-    // The scheduler's key namespace (SPEC §12): a client key there could squat a slot.
+    // The scheduler's key namespace (docs/operations.md): a client key there could squat a slot.
     cases.push(post(
         "/v1/jobs",
         job_with("idempotency_key", r#""schedule:sq:2026-12-06T00:00:00Z""#),
@@ -760,7 +760,7 @@ fn http_cases() -> Vec<Case> {
             )),
         ));
     }
-    // CSRF (SPEC §5): a cross-site form post, and any change from another origin.
+    // CSRF (docs/http-api.md): a cross-site form post, and any change from another origin.
     for uri in [
         "/v1/queues/q3/pause",
         "/v1/queues/q3/resume",

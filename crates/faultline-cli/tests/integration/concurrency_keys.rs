@@ -1,4 +1,4 @@
-//! SPEC §12 per-key concurrency: at most `key_concurrency` running jobs per key, all workers
+//! docs/operations.md per-key concurrency: at most `key_concurrency` running jobs per key, all workers
 //! together; a key's slot is held by the running job's lease and freed only when the job leaves
 //! `running` — so a stalled (SIGSTOPped) or dead (SIGKILLed) worker's slot passes to the next job
 //! of its key only after the reaper took the job back.

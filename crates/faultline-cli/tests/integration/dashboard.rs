@@ -1,4 +1,4 @@
-//! SPEC §14 dashboard, in a real headless Chromium (Debian's `chromium` through `chromedriver`,
+//! docs/http-api.md dashboard, in a real headless Chromium (Debian's `chromium` through `chromedriver`,
 //! installed by `scripts/ensure-chromium`) against the real `faultline serve` and worker
 //! binaries on a private Postgres: every page shows the right data; retry, cancel, pause and
 //! resume work through the API (and show in `/metrics` under the API's routes); with a token the

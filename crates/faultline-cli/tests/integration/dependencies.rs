@@ -1,4 +1,4 @@
-//! SPEC §13 dependencies: a job waits for its parents, is queued when the last one succeeds and
+//! docs/library.md dependencies: a job waits for its parents, is queued when the last one succeeds and
 //! cancelled (the dependency named) when one fails or is cancelled, in the transaction that
 //! finished the parent.
 

@@ -1,4 +1,4 @@
-//! SPEC §12 flow control: pause, a queue's concurrency limit and its rate limit, enforced in
+//! docs/operations.md flow control: pause, a queue's concurrency limit and its rate limit, enforced in
 //! the claim across every worker (three workers, each with many free slots).
 
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! Live jobs and history apart (SPEC §10): a finished job leaves the live table in the statement
+//! Live jobs and history apart (docs/operations.md): a finished job leaves the live table in the statement
 //! that finishes it and stays readable from history; idempotency keys hold across the move; an
 //! upgrade from the single-table schema moves every finished job and keeps every key.
 

@@ -595,8 +595,8 @@ async fn out_of_range_times_and_durations_are_refused_or_bounded_in_the_rust_api
         queues: vec!["a b".into()],
         ..WorkerConfig::default()
     };
-    assert_eq!(bad.validate().unwrap_err().setting, "--queues");
+    assert_eq!(bad.validate().unwrap_err().setting, "queues");
     bad.queues = vec!["ok".into()];
     bad.lease_ttl = Duration::from_secs(300_000 * 365 * 24 * 3600);
-    assert_eq!(bad.validate().unwrap_err().setting, "--lease-ttl");
+    assert_eq!(bad.validate().unwrap_err().setting, "lease_ttl");
 }

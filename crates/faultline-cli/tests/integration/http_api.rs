@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §5): every route's happy path and error statuses, through `app(...)`
+//! The HTTP API (docs/http-api.md): every route's happy path and error statuses, through `app(...)`
 //! without a socket; bad input that must answer 4xx and write nothing; auth.
 
 use std::sync::Arc;

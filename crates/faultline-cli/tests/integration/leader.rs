@@ -1,4 +1,4 @@
-//! SPEC §11 Leader: maintenance runs in one elected process at a time, through a lease row;
+//! docs/operations.md Leader: maintenance runs in one elected process at a time, through a lease row;
 //! a dead leader is replaced within its TTL; a stalled one that resumes is fenced off.
 
 use std::time::{Duration, Instant};

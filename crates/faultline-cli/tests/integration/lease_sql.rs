@@ -1,4 +1,4 @@
-//! SPEC §13 fencing in SQL: `faultline.lease_is_current(job, token)` answers right before,
+//! docs/library.md fencing in SQL: `faultline.lease_is_current(job, token)` answers right before,
 //! during and after a lease, after a takeover and after a cancel; `faultline.assert_lease(job,
 //! token)` raises SQLSTATE FL001 for a stale token, also from inside an application's own
 //! trigger, and holds the job against the reaper while the caller's transaction lasts.

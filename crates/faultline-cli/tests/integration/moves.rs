@@ -229,7 +229,7 @@ async fn a_retry_never_makes_two_live_jobs_share_a_unique_key() {
     assert_eq!(retried.unique_key.as_deref(), Some("one-refresh"));
 }
 
-/// SPEC §5: an error answer means nothing was written; a write that committed is answered as a
+/// docs/http-api.md: an error answer means nothing was written; a write that committed is answered as a
 /// success — even when it outlasts `--request-timeout` (here 1 ms, shorter than any write).
 #[tokio::test]
 async fn a_write_is_never_answered_with_an_error_after_it_committed() {

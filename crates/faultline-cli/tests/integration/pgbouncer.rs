@@ -1,4 +1,4 @@
-//! SPEC §11 PgBouncer: the store, the API and workers through a real PgBouncer (Debian's) in
+//! docs/operations.md PgBouncer: the store, the API and workers through a real PgBouncer (Debian's) in
 //! transaction pooling mode — claims exactly once, stale reports rejected, idempotency, the
 //! election, `LISTEN` on a direct URL or polling without it, shutdown hand-back, and an outage
 //! behind the pooler answered 503.

@@ -1,4 +1,4 @@
-//! Prefetch (SPEC §10): jobs claimed ahead of free slots hold leases like running ones — renewed
+//! Prefetch (docs/operations.md): jobs claimed ahead of free slots hold leases like running ones — renewed
 //! while they wait, handed back at once on shutdown without spending an attempt, and taken back
 //! by the reaper within one lease TTL when the worker vanishes.
 

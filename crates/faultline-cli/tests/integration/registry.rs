@@ -1,4 +1,4 @@
-//! SPEC §11 Workers registry: `GET /v1/workers` and `faultline workers` follow worker
+//! docs/operations.md Workers registry: `GET /v1/workers` and `faultline workers` follow worker
 //! processes as they start, stop and die.
 
 use std::time::Duration;

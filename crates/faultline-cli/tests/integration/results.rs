@@ -1,4 +1,4 @@
-//! SPEC §13 results: a handler's JSON result is kept with the job exactly as returned, in
+//! docs/library.md results: a handler's JSON result is kept with the job exactly as returned, in
 //! history, over HTTP; a result over the limit fails the attempt instead of being truncated.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! SPEC §12 schedules: exactly one job per slot whatever the number of firers, none missed while
+//! docs/operations.md schedules: exactly one job per slot whatever the number of firers, none missed while
 //! a scheduler is up, and after downtime `run_once` enqueues one catch-up job and `skip` none —
 //! in the store, and with three real worker processes firing a every-second cron.
 

@@ -1,4 +1,4 @@
-//! SPEC §13 transactional completion: a handler's own writes and its job's success commit in
+//! docs/library.md transactional completion: a handler's own writes and its job's success commit in
 //! one transaction, exactly once; a holder whose lease was lost is refused and rolls back.
 
 use std::time::Duration;

@@ -688,7 +688,7 @@ mod webhook {
         .await;
         let delivered =
             wait_for_state(&store, ok, JobState::Succeeded, Duration::from_secs(20)).await;
-        // SPEC §13: the status and the first 4 KiB of the answer are the job's result.
+        // docs/library.md: the status and the first 4 KiB of the answer are the job's result.
         assert_eq!(
             delivered.result.map(|r| r.to_value()),
             Some(json!({"status": 204, "body": "", "truncated": false}))
@@ -725,7 +725,7 @@ mod webhook {
             assert_eq!(body, r#"{"n":1}"#);
             assert_eq!(headers["content-type"], "application/json");
             assert_eq!(headers["faultline-job-id"], ok.to_string().as_str());
-            // SPEC §13: the attempt, the fencing token of the lease that sent it, and the job id
+            // docs/library.md: the attempt, the fencing token of the lease that sent it, and the job id
             // as the idempotency key — each once, the payload's copies replaced.
             assert_eq!(headers["faultline-attempt"], "1");
             let token = delivered.lease_token.unwrap().to_string();
@@ -774,13 +774,13 @@ mod webhook {
 fn worker_settings_that_cannot_work_are_refused() {
     type BreakIt = fn(&mut WorkerConfig);
     let cases: [(&str, BreakIt); 5] = [
-        ("--concurrency", |c| c.concurrency = 0),
-        ("--queues", |c| c.queues.clear()),
-        ("--lease-ttl", |c| c.lease_ttl = Duration::from_millis(10)),
-        ("--heartbeat-interval", |c| {
+        ("concurrency", |c| c.concurrency = 0),
+        ("queues", |c| c.queues.clear()),
+        ("lease_ttl", |c| c.lease_ttl = Duration::from_millis(10)),
+        ("heartbeat_interval", |c| {
             c.heartbeat_interval = Some(c.lease_ttl)
         }),
-        ("--worker-id", |c| c.worker_id = " ".into()),
+        ("worker_id", |c| c.worker_id = " ".into()),
     ];
     for (setting, break_it) in cases {
         let mut config = WorkerConfig::default();

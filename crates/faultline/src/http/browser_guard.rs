@@ -1,4 +1,4 @@
-//! What keeps a browser on another site from using the API through its user (SPEC §5), with or
+//! What keeps a browser on another site from using the API through its user (docs/http-api.md), with or
 //! without a token:
 //!
 //! - **CSRF.** A cross-site page can make a browser send a form post (`text/plain`,

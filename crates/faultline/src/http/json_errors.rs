@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::AppState;
 
 /// Answer `408` with the JSON body when a request takes longer than the configured timeout —
-/// but never after a write may have happened (SPEC §5: an error answer means nothing was
+/// but never after a write may have happened (docs/http-api.md: an error answer means nothing was
 /// written; a write that committed is answered as a success).
 ///
 /// A read (GET, HEAD, OPTIONS) is bounded as a whole. A write is bounded while it arrives: its

@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §5): `app(state) -> Router`, one file per resource.
+//! The HTTP API (docs/http-api.md): `app(state) -> Router`, one file per resource.
 //!
 //! Every error is `{"error": {"code", "message"}}` with a fitting status ([`ApiError`]); a
 //! client's mistake is a 4xx naming the field, never a 500, and writes nothing. While the

@@ -1,4 +1,4 @@
-//! `/v1/schedules` (SPEC §12): declare, read, pause, resume and delete cron schedules.
+//! `/v1/schedules` (docs/operations.md): declare, read, pause, resume and delete cron schedules.
 
 use axum::extract::State;
 use axum::http::StatusCode;

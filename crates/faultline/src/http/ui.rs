@@ -1,4 +1,4 @@
-//! `GET /ui` (SPEC §14): the dashboard, three static files compiled into the binary (no CDN, no
+//! `GET /ui` (docs/http-api.md): the dashboard, three static files compiled into the binary (no CDN, no
 //! build step: plain HTML, CSS and a script). The page holds no data; its script reads the JSON
 //! API with the bearer token the user gives it, so these routes are open and nothing of the data
 //! is served without the token. A strict Content-Security-Policy allows only these files and

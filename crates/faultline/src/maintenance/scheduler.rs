@@ -1,4 +1,4 @@
-//! The scheduler: fires due schedules (SPEC §12) on a short interval. Run by the leader's
+//! The scheduler: fires due schedules (docs/operations.md) on a short interval. Run by the leader's
 //! maintainer, but its correctness does not depend on there being one leader: every slot's job
 //! carries the slot's idempotency key (see `store/schedules.rs`).
 

@@ -187,7 +187,7 @@ impl Store {
             .claimed)
     }
 
-    /// [`Store::claim_batch`], also saying which queues' limits held the claim back (SPEC §12):
+    /// [`Store::claim_batch`], also saying which queues' limits held the claim back (docs/operations.md):
     /// what a worker counts in `faultline_claims_throttled_total` and what tells it to try again
     /// when one of its own jobs frees a slot.
     ///

@@ -9,7 +9,7 @@ use crate::error::StoreError;
 use crate::job::{Job, JobId, JobState};
 
 impl Store {
-    /// Cancel a queued, waiting or running job (and every job waiting on it, SPEC §13). A running job's worker learns at its next heartbeat
+    /// Cancel a queued, waiting or running job (and every job waiting on it, docs/library.md). A running job's worker learns at its next heartbeat
     /// (which reports [`crate::LeaseLostReason::Cancelled`]) and its late result is rejected,
     /// because every report requires `state = 'running'`.
     ///

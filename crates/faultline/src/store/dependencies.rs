@@ -1,4 +1,4 @@
-//! Dependencies (SPEC §13): what an enqueue (or a retry) of a job with `depends_on` learns about
+//! Dependencies (docs/library.md): what an enqueue (or a retry) of a job with `depends_on` learns about
 //! its parents, under the locks that keep it true until commit.
 //!
 //! The other half, settling a finished parent's dependents, is in the database: the trigger

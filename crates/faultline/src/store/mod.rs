@@ -80,7 +80,7 @@ pub struct StoreConfig {
     pub backoff: Backoff,
     /// The largest payload accepted, in bytes of serialized JSON.
     pub max_payload_bytes: usize,
-    /// The largest handler result kept, in bytes of serialized JSON (SPEC §13): a larger
+    /// The largest handler result kept, in bytes of serialized JSON (docs/library.md): a larger
     /// result fails the attempt rather than being truncated.
     pub max_result_bytes: usize,
     /// Whether statements are prepared under a name and kept on the connection (default). Off

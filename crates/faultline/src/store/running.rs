@@ -112,7 +112,7 @@ impl Store {
         results.pop().expect("one result per lease")
     }
 
-    /// Mark the job of `lease` succeeded with `result` (SPEC §13), kept with the job and
+    /// Mark the job of `lease` succeeded with `result` (docs/library.md), kept with the job and
     /// returned by [`Store::get`]; JSON `null` records no result.
     ///
     /// # Errors
@@ -187,7 +187,7 @@ impl Store {
             return Err(StoreError::invalid(
                 "result",
                 format!(
-                    "is {} bytes; at most {limit} allowed (--max-result-bytes); the result was \
+                    "is {} bytes; at most {limit} allowed (max_result_bytes); the result was \
                      not recorded",
                     text.len()
                 ),
@@ -197,7 +197,7 @@ impl Store {
     }
 
     /// Mark the job of `lease` succeeded with `result` (JSON `null` for none) inside the
-    /// caller's transaction (SPEC §13), so that the caller's own writes in it and the success
+    /// caller's transaction (docs/library.md), so that the caller's own writes in it and the success
     /// commit together or not at all. Handlers use
     /// [`crate::worker::JobContext::complete_and_commit`], which also commits.
     ///

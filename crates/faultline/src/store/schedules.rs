@@ -1,4 +1,4 @@
-//! Schedules in the database (SPEC §12): declare, read, pause, delete, and fire.
+//! Schedules in the database (docs/operations.md): declare, read, pause, delete, and fire.
 //!
 //! ## Firing: exactly one job per slot
 //!

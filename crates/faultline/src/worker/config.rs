@@ -14,7 +14,11 @@ pub struct WorkerConfig {
     /// Most handlers running at once (default 16).
     pub concurrency: u32,
     /// Jobs claimed ahead of free handler slots, waiting in a local buffer under a renewed
-    /// lease (default 0: none). See the `prefetch` module for their semantics.
+    /// lease (default 0: none), so that a slot that frees starts its next job without a claim
+    /// round trip. A prefetched job is leased like a running one: its lease is renewed while
+    /// it waits, a lost lease drops it unrun, one that waited past two thirds of its TTL without
+    /// a renewal is handed back rather than run, and shutdown hands every buffered job back at
+    /// once (the attempt not counted).
     pub prefetch: u32,
     /// Lease length; a worker that stops heartbeating loses its jobs this long after its last
     /// heartbeat (default 30 s).
@@ -67,9 +71,9 @@ impl Default for WorkerConfig {
 
 /// Returned for settings that cannot work.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("invalid worker setting {setting}: {message}")]
+#[error("invalid worker setting `{setting}`: {message}")]
 pub struct ConfigError {
-    /// The setting (as the CLI flag names it).
+    /// The field of [`WorkerConfig`] that is wrong.
     pub setting: &'static str,
     /// What is wrong.
     pub message: String,
@@ -94,38 +98,38 @@ impl WorkerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |setting, message: String| Err(ConfigError { setting, message });
         if let Some(problem) = crate::names::label_problem(&self.worker_id) {
-            return err("--worker-id", problem);
+            return err("worker_id", problem);
         }
         if self.queues.is_empty() {
-            return err("--queues", "needs at least one queue name".into());
+            return err("queues", "needs at least one queue name".into());
         }
         for queue in &self.queues {
             if let Some(problem) = crate::names::name_problem(queue) {
-                return err("--queues", format!("queue {queue:?} {problem}"));
+                return err("queues", format!("queue {queue:?} {problem}"));
             }
         }
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return err(
-                "--concurrency",
+                "concurrency",
                 format!("must be 1 to 10000, got {}", self.concurrency),
             );
         }
         if self.prefetch > 10_000 {
             return err(
-                "--prefetch",
+                "prefetch",
                 format!("must be 0 to 10000, got {}", self.prefetch),
             );
         }
         if self.lease_ttl < Duration::from_millis(100) {
             return err(
-                "--lease-ttl",
+                "lease_ttl",
                 format!("must be at least 100ms, got {:?}", self.lease_ttl),
             );
         }
         let heartbeat = self.heartbeat_every();
         if heartbeat.is_zero() || heartbeat >= self.fence_after() {
             return err(
-                "--heartbeat-interval",
+                "heartbeat_interval",
                 format!(
                     "must be above zero and below two thirds of the lease TTL ({:?}), got {heartbeat:?}",
                     self.fence_after()
@@ -134,17 +138,17 @@ impl WorkerConfig {
         }
         if let Listen::Url(url) = &self.listen {
             if let Err(e) = crate::db::connect_options(url) {
-                return err("--listen-database-url", e.to_string());
+                return err("listen", e.to_string());
             }
         }
         if self.poll_interval < Duration::from_millis(1) {
-            return err("--poll-interval", "must be at least 1ms".into());
+            return err("poll_interval", "must be at least 1ms".into());
         }
         // Durations added to the database's now() must keep the sum a representable time.
         for (setting, duration) in [
-            ("--lease-ttl", self.lease_ttl),
-            ("--poll-interval", self.poll_interval),
-            ("--shutdown-grace", self.shutdown_grace),
+            ("lease_ttl", self.lease_ttl),
+            ("poll_interval", self.poll_interval),
+            ("shutdown_grace", self.shutdown_grace),
         ] {
             if let Some(problem) = crate::time_range::duration_problem(duration) {
                 return err(setting, problem);

@@ -33,7 +33,7 @@ pub struct JobContext {
     pub lease_token: i64,
     /// The worker running it.
     pub worker_id: Arc<str>,
-    /// Its concurrency key (SPEC §12), if it has one.
+    /// Its concurrency key (docs/operations.md), if it has one.
     pub concurrency_key: Option<String>,
     /// The W3C `traceparent` of the context that enqueued it, if any (see
     /// [`crate::traceparent`]); with the `otel` feature the handler already runs in a span
@@ -93,7 +93,7 @@ impl JobContext {
 
     /// Complete this job inside `tx`, under its fence, with `result` (`()` for none), and
     /// commit: the handler's own writes in `tx` and the job's success commit together, exactly
-    /// once, or not at all (SPEC §13). The worker then reports nothing more for this attempt,
+    /// once, or not at all (docs/library.md). The worker then reports nothing more for this attempt,
     /// whatever the handler returns.
     ///
     /// The transaction is taken by value, so it cannot be committed after a refusal: on
@@ -204,7 +204,7 @@ impl<E: std::error::Error> From<E> for JobError {
 }
 
 /// What a handler returns: its result on success (`()` for none; any other value is kept as
-/// the job's JSON `result`, SPEC §13), or why the attempt failed.
+/// the job's JSON `result`, docs/library.md), or why the attempt failed.
 pub type JobResult<T = ()> = Result<T, JobError>;
 
 /// Runs jobs of one kind, with a typed payload.

@@ -56,7 +56,7 @@ pub const MAX_ANSWER_CHARS: usize = 200;
 /// Most bytes of a receiver's answer ever read (four per kept character, UTF-8's widest).
 pub const MAX_ANSWER_BYTES: usize = MAX_ANSWER_CHARS * 4;
 
-/// Most bytes of a successful answer kept in the job's result (SPEC §13).
+/// Most bytes of a successful answer kept in the job's result (docs/library.md).
 pub const MAX_RESULT_BODY_BYTES: usize = 4096;
 
 /// What a delivered webhook keeps as the job's result.
@@ -211,7 +211,7 @@ impl Handler for Webhook {
             })?;
             headers.append(header, value);
         }
-        // The job's own headers (SPEC §13) last, replacing any the payload set: a receiver may
+        // The job's own headers (docs/library.md) last, replacing any the payload set: a receiver may
         // trust them, the fencing token above all (it refuses a write with a smaller one).
         for (name, value) in [
             ("faultline-job-id", ctx.job_id.to_string()),

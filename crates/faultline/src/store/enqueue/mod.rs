@@ -25,7 +25,7 @@ pub enum Enqueued {
     /// A job with the same idempotency key and the same request already existed; it is returned
     /// unchanged and nothing was written.
     Replayed(Job),
-    /// A job with the same uniqueness key exists in the job's scope (SPEC §5 `unique_scope`); it
+    /// A job with the same uniqueness key exists in the job's scope (docs/http-api.md `unique_scope`); it
     /// is returned unchanged and nothing was written.
     Duplicate(Job),
 }

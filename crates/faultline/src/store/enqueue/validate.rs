@@ -106,7 +106,7 @@ pub(super) enum Origin {
 }
 
 impl Origin {
-    /// A client's idempotency key in the scheduler's namespace (SPEC §12): one could take a
+    /// A client's idempotency key in the scheduler's namespace (docs/operations.md): one could take a
     /// schedule's slot before it comes due, and the schedule would fire nothing for it.
     pub(super) fn key_problem(self, job: &NewJob) -> Result<(), StoreError> {
         match &job.idempotency_key {
