@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: up test migrate lint drill bench check-deploy screenshots publish-check
+.PHONY: up test migrate lint drill bench check-deploy screenshots publish-check schema
 
 ## Run Faultline: API, workers and a private Postgres (unless DATABASE_URL is set).
 up:
@@ -21,6 +21,12 @@ screenshots:
 	./scripts/ensure-postgres
 	./scripts/ensure-chromium
 	FAULTLINE_UI_SCREENSHOTS=$(CURDIR)/docs/ui $(CARGO) test --locked -p faultline-queue-cli --test integration -- dashboard
+
+## Rewrite docs/schema.sql (the schema the migrations make, as pg_dump prints it) after adding a
+## migration; the test suite checks it against a migrated database.
+schema:
+	./scripts/ensure-postgres
+	FAULTLINE_WRITE_SCHEMA=1 $(CARGO) test --locked -p faultline-queue-cli --test integration -- ops::schema
 
 ## Apply the schema: to $$DATABASE_URL when set, else to the compose stack's Postgres.
 migrate:

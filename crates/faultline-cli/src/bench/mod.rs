@@ -209,60 +209,403 @@ fn median(samples: &[f64]) -> f64 {
     }
 }
 
+/// What a run measures, fixed before anything starts: every flag checked, every default applied.
+struct Plan {
+    runs: usize,
+    jobs: usize,
+    period: Duration,
+    samples: usize,
+    recovery_ttl: Duration,
+    sweep: Vec<(usize, u32, u32)>,
+    rate: Option<u32>,
+    backlog: u64,
+    soak: Duration,
+    soak_pin: Duration,
+    pressure_lengths: pressure::Lengths,
+    pressure_scenarios: Vec<pressure::Scenario>,
+    pressure_compare: bool,
+    phases: Vec<Phase>,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs) -> anyhow::Result<Plan> {
+        // Checked before anything starts (a cluster, a peak measurement).
+        let pressure_lengths = pressure_lengths(&args.pressure_phases)?;
+        anyhow::ensure!(
+            args.soak_pin <= args.soak / 3,
+            "--soak-pin {} is longer than a third of --soak {}",
+            humantime::format_duration(args.soak_pin),
+            humantime::format_duration(args.soak)
+        );
+        let quick = args.quick;
+        Ok(Plan {
+            runs: args.runs.unwrap_or(if quick { 1 } else { 3 }).max(1),
+            jobs: args.jobs.unwrap_or(if quick { 10_000 } else { 100_000 }),
+            period: Duration::from_secs(if quick { 2 } else { 5 }),
+            samples: if quick { 200 } else { 1000 },
+            recovery_ttl: Duration::from_secs(if quick { 2 } else { 5 }),
+            sweep: if !args.sweep.is_empty() {
+                args.sweep.clone()
+            } else if quick {
+                vec![(1, 16, 0), (2, 32, 0)]
+            } else {
+                DEFAULT_SWEEP.to_vec()
+            },
+            rate: args.rate,
+            backlog: args.backlog,
+            soak: args.soak,
+            soak_pin: args.soak_pin,
+            pressure_lengths,
+            pressure_scenarios: if args.pressure_scenarios.is_empty() {
+                vec![
+                    pressure::Scenario::IdleInTx,
+                    pressure::Scenario::ActiveReaders,
+                    pressure::Scenario::HighLoad,
+                ]
+            } else {
+                args.pressure_scenarios.clone()
+            },
+            pressure_compare: args.pressure_compare,
+            // In the order of the table, whatever the order given.
+            phases: PHASES
+                .into_iter()
+                .filter(|p| {
+                    if args.only.is_empty() {
+                        DEFAULT_PHASES.contains(p)
+                    } else {
+                        args.only.contains(p)
+                    }
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The drain sweep by default: WORKERS × CONCURRENCY + PREFETCH.
+const DEFAULT_SWEEP: [(usize, u32, u32); 9] = [
+    (1, 8, 0),
+    (1, 32, 0),
+    (1, 128, 0),
+    (2, 8, 0),
+    (2, 32, 0),
+    (2, 128, 0),
+    (2, 512, 0),
+    // The peak on this machine (BENCHMARKS.md, issue 12, 2026-12-04).
+    (2, 1024, 1024),
+    (2, 256, 256),
+];
+
+/// Every phase, in the order a run takes them.
+const PHASES: [Phase; 9] = [
+    Phase::Enqueue,
+    Phase::Drain,
+    Phase::Latency,
+    Phase::Recovery,
+    Phase::Backlog,
+    Phase::Dependents,
+    Phase::Schedules,
+    Phase::Pressure,
+    Phase::Soak,
+];
+
+/// The phases run without `--only`.
+const DEFAULT_PHASES: [Phase; 4] = [
+    Phase::Enqueue,
+    Phase::Drain,
+    Phase::Latency,
+    Phase::Recovery,
+];
+
+/// Every figure of every run, by name, and the samples the soak and pressure phases keep.
+#[derive(Default)]
+struct Recorder {
+    raw: Vec<(String, &'static str, Vec<f64>)>,
+    soak_samples: Vec<phases::SoakSample>,
+    pressure_samples: Vec<pressure::Sample>,
+}
+
+impl Recorder {
+    fn record(&mut self, name: impl Into<String>, unit: &'static str, value: f64) {
+        let name = name.into();
+        match self.raw.iter_mut().find(|(n, _, _)| *n == name) {
+            Some((_, _, values)) => values.push(value),
+            None => self.raw.push((name, unit, vec![value])),
+        }
+    }
+}
+
+/// The progress bar's line: which run, which step.
+struct Progress<'a> {
+    bar: &'a ProgressBar,
+    run: usize,
+    runs: usize,
+}
+
+impl Progress<'_> {
+    fn step(&self, what: &str) {
+        self.bar
+            .set_message(format!("run {}/{}: {what}", self.run, self.runs));
+        self.bar.inc(1);
+    }
+}
+
+/// One phase's figures in one run: the phase table's dispatch.
+struct Phases<'a> {
+    bench: &'a Bench,
+    plan: &'a Plan,
+    progress: Progress<'a>,
+}
+
+impl Phases<'_> {
+    async fn run(&self, phase: Phase, rec: &mut Recorder) -> anyhow::Result<()> {
+        match phase {
+            Phase::Enqueue => self.enqueue(rec).await,
+            Phase::Drain => self.drain(rec).await,
+            Phase::Latency => self.latency(rec).await,
+            Phase::Recovery => self.recovery(rec).await,
+            Phase::Backlog => self.backlog(rec).await,
+            Phase::Dependents => self.dependents(rec).await,
+            Phase::Schedules => self.schedules(rec).await,
+            Phase::Pressure => self.pressure(rec).await,
+            Phase::Soak => self.soak(rec).await,
+        }
+    }
+
+    /// Show `what`, start from an empty table (truncated and vacuumed), measure.
+    async fn fresh(&self, what: &str) -> anyhow::Result<()> {
+        self.progress.step(what);
+        self.bench.reset().await
+    }
+
+    async fn enqueue(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        let (bench, period) = (self.bench, self.plan.period);
+        self.fresh("raw insert ceiling").await?;
+        let v = phases::ceiling_insert(bench, 8, period).await?;
+        rec.record("ceiling: raw single-row INSERT, 8 connections", "rows/s", v);
+        self.fresh("enqueue via the Rust API").await?;
+        let v = phases::enqueue_rust(bench, 8, period).await?;
+        rec.record("enqueue: Store::enqueue, 8 producers", "jobs/s", v);
+        self.fresh("enqueue via HTTP").await?;
+        let v = phases::enqueue_http(bench, 8, period).await?;
+        rec.record("enqueue: POST /v1/jobs, 8 clients", "jobs/s", v);
+        self.fresh("bulk enqueue via the Rust API").await?;
+        let v = phases::bulk_rust(bench, 2, period).await?;
+        rec.record("bulk: Store::enqueue_batch ×1000, 2 producers", "jobs/s", v);
+        self.fresh("bulk enqueue via HTTP").await?;
+        let v = phases::bulk_http(bench, 2, period).await?;
+        rec.record("bulk: POST /v1/jobs/batch ×1000, 2 clients", "jobs/s", v);
+        Ok(())
+    }
+
+    async fn drain(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        let (bench, jobs) = (self.bench, self.plan.jobs);
+        self.fresh("raw claim-100 + complete ceiling").await?;
+        let v = phases::ceiling_claim_complete(bench, 4, jobs).await?;
+        rec.record(
+            "ceiling: raw claim 100 + complete, 4 connections",
+            "jobs/s",
+            v,
+        );
+        // On a table of its own: no reset needed.
+        self.progress
+            .step("raw claim-100 + complete ceiling, minimal table");
+        let v = phases::ceiling_minimal_table(bench, 4, jobs).await?;
+        rec.record(
+            "ceiling: raw claim 100 + complete on a minimal table, 4 connections",
+            "jobs/s",
+            v,
+        );
+        for &(workers, concurrency, prefetch) in &self.plan.sweep {
+            self.fresh(&format!(
+                "drain {jobs} jobs, {workers} worker(s) × {concurrency} + {prefetch}"
+            ))
+            .await?;
+            let name = if prefetch == 0 {
+                format!("drain: {workers} worker process(es) × concurrency {concurrency}")
+            } else {
+                format!(
+                    "drain: {workers} worker process(es) × concurrency {concurrency}, prefetch {prefetch}"
+                )
+            };
+            let v = phases::drain(bench, jobs, workers, concurrency, prefetch).await?;
+            rec.record(name, "jobs/s", v);
+        }
+        Ok(())
+    }
+
+    async fn latency(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        self.fresh("latency").await?;
+        let rate = self.plan.rate.unwrap_or(200);
+        let [p50, p95, p99, max] = phases::latency(self.bench, rate, self.plan.samples).await?;
+        rec.record(format!("latency p50 at {rate}/s offered"), "ms", p50);
+        rec.record(format!("latency p95 at {rate}/s offered"), "ms", p95);
+        rec.record(format!("latency p99 at {rate}/s offered"), "ms", p99);
+        rec.record(format!("latency max at {rate}/s offered"), "ms", max);
+        Ok(())
+    }
+
+    async fn recovery(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        let ttl = self.plan.recovery_ttl;
+        self.fresh("recovery of a crashed worker's job").await?;
+        let recovered = phases::recovery(self.bench, ttl).await?;
+        rec.record(
+            format!(
+                "recovery: kill → restarted elsewhere, lease TTL {}s",
+                ttl.as_secs()
+            ),
+            "s",
+            recovered,
+        );
+        rec.record(
+            "recovery: overhead beyond the lease TTL",
+            "s",
+            recovered - ttl.as_secs_f64(),
+        );
+        Ok(())
+    }
+
+    async fn backlog(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        let window = 100_000;
+        for backlog in [100_000, self.plan.backlog] {
+            self.fresh(&format!("backlog: enqueue {backlog} jobs over HTTP"))
+                .await?;
+            let outcome = phases::backlog(self.bench, backlog, window, self.progress.bar).await?;
+            rec.record(
+                format!("backlog: drain rate of {window} jobs from a {backlog}-job backlog, 1 worker × 128"),
+                "jobs/s",
+                outcome.drain_per_second,
+            );
+            rec.record(
+                format!("backlog: GET /v1/queues with {backlog} jobs queued"),
+                "ms",
+                outcome.queues_ms,
+            );
+        }
+        Ok(())
+    }
+
+    async fn dependents(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        let jobs = self.plan.jobs;
+        let shape @ (workers, concurrency, prefetch) = *self.plan.sweep.last().expect("a sweep");
+        let shown = format!("{workers} × {concurrency} + {prefetch}");
+        for with_dependents in [false, true] {
+            let which = if with_dependents {
+                "with dependents"
+            } else {
+                "without"
+            };
+            self.fresh(&format!("drain {jobs} jobs {which}, {shown}"))
+                .await?;
+            let name = if with_dependents {
+                format!("dependents: drain, half the jobs waiting on the other half, {shown}")
+            } else {
+                format!("dependents: the same drain without dependencies, {shown}")
+            };
+            let v = phases::drain_dependents(self.bench, jobs, shape, with_dependents).await?;
+            rec.record(name, "jobs/s", v);
+        }
+        self.fresh("dependency work: 1,000 x 100 in a batch, 10,000 dependents succeed / cancel")
+            .await?;
+        let [dense, succeed, cancel] = phases::dependency_work(self.bench).await?;
+        rec.record(
+            "dependents: enqueue a batch of 1,000 jobs, each depending on the 100 before it",
+            "s",
+            dense,
+        );
+        rec.record(
+            "dependents: complete a parent with 10,000 waiting dependents",
+            "s",
+            succeed,
+        );
+        rec.record(
+            "dependents: cancel a parent with 10,000 waiting dependents",
+            "s",
+            cancel,
+        );
+        Ok(())
+    }
+
+    async fn schedules(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        self.fresh("schedules: 10,000 due in the same second")
+            .await?;
+        let (took, missed) = phases::schedule_burst(self.bench, 10_000).await?;
+        rec.record(
+            "schedules: 10,000 due in the same second, seconds until every job exists",
+            "s",
+            took,
+        );
+        rec.record(
+            "schedules: slots missed in that burst",
+            "slots",
+            missed as f64,
+        );
+        Ok(())
+    }
+
+    async fn pressure(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        self.progress.step("pressure: the peak drain of its worker");
+        let rate = match self.plan.rate {
+            Some(rate) => f64::from(rate),
+            None => (pressure::peak(self.bench).await? / 2.0).max(100.0),
+        };
+        rec.record("pressure: offered rate", "jobs/s", rate);
+        let modes: &[bool] = if self.plan.pressure_compare {
+            &[false, true]
+        } else {
+            &[true]
+        };
+        for &scenario in &self.plan.pressure_scenarios {
+            for &marks in modes {
+                let label = format!(
+                    "pressure {}{}",
+                    serde_json::to_value(scenario)?.as_str().unwrap_or("?"),
+                    if marks { "" } else { " (lane marks off)" }
+                );
+                self.progress.step(&label);
+                let lengths = self.plan.pressure_lengths;
+                let outcome = pressure::run(
+                    self.bench,
+                    scenario,
+                    marks,
+                    rate,
+                    lengths,
+                    self.progress.bar,
+                )
+                .await?;
+                outcome.record(&label, rec);
+            }
+        }
+        Ok(())
+    }
+
+    async fn soak(&self, rec: &mut Recorder) -> anyhow::Result<()> {
+        self.fresh("soak").await?;
+        let soak = phases::soak(
+            self.bench,
+            self.plan.soak,
+            self.plan.soak_pin,
+            self.progress.bar,
+        )
+        .await?;
+        for (name, unit, value) in soak.figures() {
+            rec.record(name, unit, value);
+        }
+        rec.soak_samples.extend(soak.samples);
+        Ok(())
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    // Checked before anything starts (a cluster, a peak measurement).
-    let pressure_lengths = pressure_lengths(&args.pressure_phases)?;
-    anyhow::ensure!(
-        args.soak_pin <= args.soak / 3,
-        "--soak-pin {} is longer than a third of --soak {}",
-        humantime::format_duration(args.soak_pin),
-        humantime::format_duration(args.soak)
-    );
-    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
-    let jobs = args
-        .jobs
-        .unwrap_or(if args.quick { 10_000 } else { 100_000 });
-    let period = Duration::from_secs(if args.quick { 2 } else { 5 });
-    let samples = if args.quick { 200 } else { 1000 };
-    let recovery_ttl = Duration::from_secs(if args.quick { 2 } else { 5 });
-    let sweep: Vec<(usize, u32, u32)> = if !args.sweep.is_empty() {
-        args.sweep.clone()
-    } else if args.quick {
-        vec![(1, 16, 0), (2, 32, 0)]
-    } else {
-        vec![
-            (1, 8, 0),
-            (1, 32, 0),
-            (1, 128, 0),
-            (2, 8, 0),
-            (2, 32, 0),
-            (2, 128, 0),
-            (2, 512, 0),
-            // The peak on this machine (BENCHMARKS.md, issue 12, 2026-12-04).
-            (2, 1024, 1024),
-            (2, 256, 256),
-        ]
-    };
-    let progress = if args.json {
+    let plan = Plan::new(&args)?;
+    let bar = if args.json {
         ProgressBar::hidden()
     } else {
-        let bar = ProgressBar::new((runs * (12 + sweep.len())) as u64);
+        let bar = ProgressBar::new((plan.runs * (12 + plan.sweep.len())) as u64);
         bar.set_style(ProgressStyle::with_template(
             "{bar:30} {pos}/{len} {msg} ({elapsed})",
         )?);
         bar
     };
-    let only = if args.only.is_empty() {
-        vec![
-            Phase::Enqueue,
-            Phase::Drain,
-            Phase::Latency,
-            Phase::Recovery,
-        ]
-    } else {
-        args.only.clone()
-    };
-    let wants = |phase: Phase| only.contains(&phase);
     let bench = Bench::start(args.database_url.as_deref()).await?;
     if let Some(limit) = args.concurrency_limit {
         let patch = faultline::store::QueueSettingsPatch {
@@ -274,274 +617,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .update_queue_settings(faultline::job::DEFAULT_QUEUE, &patch)
             .await?;
     }
-    let mut soak_samples: Vec<phases::SoakSample> = Vec::new();
-    let mut pressure_samples: Vec<pressure::Sample> = Vec::new();
-
-    let mut raw: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
-    let mut record = |name: String, unit: &'static str, value: f64| match raw
-        .iter_mut()
-        .find(|(n, _, _)| *n == name)
-    {
-        Some((_, _, values)) => values.push(value),
-        None => raw.push((name, unit, vec![value])),
-    };
-    for run in 1..=runs {
-        let step = |what: &str| {
-            progress.set_message(format!("run {run}/{runs}: {what}"));
-            progress.inc(1);
+    let mut rec = Recorder::default();
+    for run in 1..=plan.runs {
+        let progress = Progress {
+            bar: &bar,
+            run,
+            runs: plan.runs,
         };
-        if wants(Phase::Enqueue) {
-            step("raw insert ceiling");
-            bench.reset().await?;
-            record(
-                "ceiling: raw single-row INSERT, 8 connections".into(),
-                "rows/s",
-                phases::ceiling_insert(&bench, 8, period).await?,
-            );
-            step("enqueue via the Rust API");
-            bench.reset().await?;
-            record(
-                "enqueue: Store::enqueue, 8 producers".into(),
-                "jobs/s",
-                phases::enqueue_rust(&bench, 8, period).await?,
-            );
-            step("enqueue via HTTP");
-            bench.reset().await?;
-            record(
-                "enqueue: POST /v1/jobs, 8 clients".into(),
-                "jobs/s",
-                phases::enqueue_http(&bench, 8, period).await?,
-            );
-            step("bulk enqueue via the Rust API");
-            bench.reset().await?;
-            record(
-                "bulk: Store::enqueue_batch ×1000, 2 producers".into(),
-                "jobs/s",
-                phases::bulk_rust(&bench, 2, period).await?,
-            );
-            step("bulk enqueue via HTTP");
-            bench.reset().await?;
-            record(
-                "bulk: POST /v1/jobs/batch ×1000, 2 clients".into(),
-                "jobs/s",
-                phases::bulk_http(&bench, 2, period).await?,
-            );
+        let phases = Phases {
+            bench: &bench,
+            plan: &plan,
+            progress,
+        };
+        for &phase in &plan.phases {
+            phases.run(phase, &mut rec).await?;
         }
-        if wants(Phase::Drain) {
-            step("raw claim-100 + complete ceiling");
-            bench.reset().await?;
-            record(
-                "ceiling: raw claim 100 + complete, 4 connections".into(),
-                "jobs/s",
-                phases::ceiling_claim_complete(&bench, 4, jobs).await?,
-            );
-            step("raw claim-100 + complete ceiling, minimal table");
-            record(
-                "ceiling: raw claim 100 + complete on a minimal table, 4 connections".into(),
-                "jobs/s",
-                phases::ceiling_minimal_table(&bench, 4, jobs).await?,
-            );
-            for &(workers, concurrency, prefetch) in &sweep {
-                step(&format!(
-                    "drain {jobs} jobs, {workers} worker(s) × {concurrency} + {prefetch}"
-                ));
-                bench.reset().await?;
-                let name = if prefetch == 0 {
-                    format!("drain: {workers} worker process(es) × concurrency {concurrency}")
-                } else {
-                    format!(
-                        "drain: {workers} worker process(es) × concurrency {concurrency}, prefetch {prefetch}"
-                    )
-                };
-                record(
-                    name,
-                    "jobs/s",
-                    phases::drain(&bench, jobs, workers, concurrency, prefetch).await?,
-                );
-            }
-        }
-        if wants(Phase::Latency) {
-            step("latency");
-            bench.reset().await?;
-            let rate = args.rate.unwrap_or(200);
-            let [p50, p95, p99, max] = phases::latency(&bench, rate, samples).await?;
-            record(format!("latency p50 at {rate}/s offered"), "ms", p50);
-            record(format!("latency p95 at {rate}/s offered"), "ms", p95);
-            record(format!("latency p99 at {rate}/s offered"), "ms", p99);
-            record(format!("latency max at {rate}/s offered"), "ms", max);
-        }
-        if wants(Phase::Recovery) {
-            step("recovery of a crashed worker's job");
-            bench.reset().await?;
-            let recovered = phases::recovery(&bench, recovery_ttl).await?;
-            record(
-                format!(
-                    "recovery: kill → restarted elsewhere, lease TTL {}s",
-                    recovery_ttl.as_secs()
-                ),
-                "s",
-                recovered,
-            );
-            record(
-                "recovery: overhead beyond the lease TTL".into(),
-                "s",
-                recovered - recovery_ttl.as_secs_f64(),
-            );
-        }
-        if wants(Phase::Backlog) {
-            let window = 100_000;
-            for backlog in [100_000, args.backlog] {
-                step(&format!("backlog: enqueue {backlog} jobs over HTTP"));
-                bench.reset().await?;
-                let outcome = phases::backlog(&bench, backlog, window, &progress).await?;
-                record(
-                    format!("backlog: drain rate of {window} jobs from a {backlog}-job backlog, 1 worker × 128"),
-                    "jobs/s",
-                    outcome.drain_per_second,
-                );
-                record(
-                    format!("backlog: GET /v1/queues with {backlog} jobs queued"),
-                    "ms",
-                    outcome.queues_ms,
-                );
-            }
-        }
-        if wants(Phase::Dependents) {
-            let (workers, concurrency, prefetch) = *sweep.last().expect("a sweep");
-            let shape = format!("{workers} × {concurrency} + {prefetch}");
-            for with_dependents in [false, true] {
-                step(&format!(
-                    "drain {jobs} jobs {}, {shape}",
-                    if with_dependents {
-                        "with dependents"
-                    } else {
-                        "without"
-                    }
-                ));
-                bench.reset().await?;
-                let name = if with_dependents {
-                    format!("dependents: drain, half the jobs waiting on the other half, {shape}")
-                } else {
-                    format!("dependents: the same drain without dependencies, {shape}")
-                };
-                record(
-                    name,
-                    "jobs/s",
-                    phases::drain_dependents(
-                        &bench,
-                        jobs,
-                        (workers, concurrency, prefetch),
-                        with_dependents,
-                    )
-                    .await?,
-                );
-            }
-        }
-        if wants(Phase::Dependents) {
-            step("dependency work: 1,000 x 100 in a batch, 10,000 dependents succeed / cancel");
-            bench.reset().await?;
-            let [dense, succeed, cancel] = phases::dependency_work(&bench).await?;
-            record(
-                "dependents: enqueue a batch of 1,000 jobs, each depending on the 100 before it"
-                    .into(),
-                "s",
-                dense,
-            );
-            record(
-                "dependents: complete a parent with 10,000 waiting dependents".into(),
-                "s",
-                succeed,
-            );
-            record(
-                "dependents: cancel a parent with 10,000 waiting dependents".into(),
-                "s",
-                cancel,
-            );
-        }
-        if wants(Phase::Schedules) {
-            step("schedules: 10,000 due in the same second");
-            bench.reset().await?;
-            let (took, missed) = phases::schedule_burst(&bench, 10_000).await?;
-            record(
-                "schedules: 10,000 due in the same second, seconds until every job exists".into(),
-                "s",
-                took,
-            );
-            record(
-                "schedules: slots missed in that burst".into(),
-                "slots",
-                missed as f64,
-            );
-        }
-        if wants(Phase::Pressure) {
-            step("pressure: the peak drain of its worker");
-            let rate = match args.rate {
-                Some(rate) => f64::from(rate),
-                None => (pressure::peak(&bench).await? / 2.0).max(100.0),
-            };
-            record("pressure: offered rate".into(), "jobs/s", rate);
-            let scenarios = if args.pressure_scenarios.is_empty() {
-                vec![
-                    pressure::Scenario::IdleInTx,
-                    pressure::Scenario::ActiveReaders,
-                    pressure::Scenario::HighLoad,
-                ]
-            } else {
-                args.pressure_scenarios.clone()
-            };
-            let lengths = pressure_lengths;
-            for scenario in scenarios {
-                let modes: &[bool] = if args.pressure_compare {
-                    &[false, true]
-                } else {
-                    &[true]
-                };
-                for &marks in modes {
-                    let label = format!(
-                        "pressure {}{}",
-                        serde_json::to_value(scenario)?.as_str().unwrap_or("?"),
-                        if marks { "" } else { " (lane marks off)" }
-                    );
-                    step(&label);
-                    let outcome =
-                        pressure::run(&bench, scenario, marks, rate, lengths, &progress).await?;
-                    record(
-                        format!("{label}: completions, stress ÷ clean"),
-                        "ratio",
-                        outcome.completions_ratio,
-                    );
-                    record(
-                        format!("{label}: pickup p99, stress ÷ clean"),
-                        "ratio",
-                        outcome.p99_ratio,
-                    );
-                    record(
-                        format!("{label}: backlog at the end of the stress"),
-                        "s of offered load",
-                        outcome.backlog_seconds,
-                    );
-                    record(
-                        format!("{label}: from the release until p99 is within 1.5 × clean"),
-                        "s",
-                        outcome.recovery_seconds,
-                    );
-                    pressure_samples.extend(outcome.samples);
-                }
-            }
-        }
-        if wants(Phase::Soak) {
-            step("soak");
-            bench.reset().await?;
-            let soak = phases::soak(&bench, args.soak, args.soak_pin, &progress).await?;
-            for (name, unit, value) in soak.figures() {
-                record(name, unit, value);
-            }
-            soak_samples.extend(soak.samples);
-        }
-        step("done");
+        phases.progress.step("done");
     }
-    progress.finish_and_clear();
+    bar.finish_and_clear();
+    let results = Results {
+        figures: figures(std::mem::take(&mut rec.raw)),
+        soak_samples: rec.soak_samples,
+        pressure_samples: rec.pressure_samples,
+        server: bench.server.clone(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        runs: plan.runs,
+        jobs_per_drain: plan.jobs,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        results.print();
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
+/// Each figure's median, min and max, and the ceiling it is shown against.
+fn figures(raw: Vec<(String, &'static str, Vec<f64>)>) -> Vec<Figure> {
     let find = |prefix: &str| {
         raw.iter()
             .find(|(n, _, _)| n.starts_with(prefix))
@@ -551,70 +663,65 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let claim_ceiling = find("ceiling: raw claim 100 + complete, ");
     let minimal_ceiling = find("ceiling: raw claim 100 + complete on a minimal");
     let small_backlog = find("backlog: drain rate of 100000 jobs from a 100000-job");
-    let figures: Vec<Figure> = raw
-        .into_iter()
+    // Drains are shown against the physical limit of a SKIP LOCKED queue here (the minimal
+    // table); the own-table ceiling is a figure of its own.
+    let ceiling_of = |name: &str| {
+        if name.starts_with("enqueue:") {
+            insert_ceiling.map(|c| ("raw single-row INSERT", c))
+        } else if name.starts_with("drain:")
+            || name.starts_with("ceiling: raw claim 100 + complete, ")
+        {
+            minimal_ceiling
+                .map(|c| ("raw claim 100 + complete, minimal table", c))
+                .or(claim_ceiling.map(|c| ("raw claim 100 + complete", c)))
+        } else if name.starts_with("backlog:") {
+            small_backlog.map(|c| ("drain rate at a 100,000-job backlog", c))
+        } else {
+            None
+        }
+    };
+    raw.iter()
         .map(|(name, unit, samples)| {
-            let m = median(&samples);
-            // Drains are shown against the physical limit of a SKIP LOCKED queue here (the
-            // minimal table); the own-table ceiling is a figure of its own.
-            let ceiling = if name.starts_with("enqueue:") {
-                insert_ceiling.map(|c| ("raw single-row INSERT", c))
-            } else if name.starts_with("drain:")
-                || name.starts_with("ceiling: raw claim 100 + complete, ")
-            {
-                minimal_ceiling
-                    .map(|c| ("raw claim 100 + complete, minimal table", c))
-                    .or(claim_ceiling.map(|c| ("raw claim 100 + complete", c)))
-            } else if name.starts_with("backlog:") {
-                small_backlog.map(|c| ("drain rate at a 100,000-job backlog", c))
-            } else {
-                None
-            };
+            let m = median(samples);
+            let ceiling = ceiling_of(name);
             Figure {
                 min: samples.iter().copied().fold(f64::INFINITY, f64::min),
                 max: samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
                 median: m,
-                samples,
+                samples: samples.clone(),
                 ceiling: ceiling.map(|(c, _)| c.to_owned()),
                 percent_of_ceiling: ceiling.map(|(_, v)| 100.0 * m / v),
-                name,
+                name: name.clone(),
                 unit,
             }
         })
-        .collect();
-    let results = Results {
-        soak_samples,
-        pressure_samples,
-        server: bench.server.clone(),
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        runs,
-        jobs_per_drain: jobs,
-        figures,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
+        .collect()
+}
+
+impl Results {
+    /// The human-readable report.
+    fn print(&self) {
+        println!("faultline bench: {} cores, {}", self.cores, self.server);
         println!(
-            "faultline bench: {} cores, {}",
-            results.cores, results.server
+            "{} run(s); median (min … max); drains of {} noop jobs\n",
+            self.runs, self.jobs_per_drain
         );
-        println!("{runs} run(s); median (min … max); drains of {jobs} noop jobs\n");
         println!(
             "{:<58} {:>12} {:>25}  of ceiling",
             "figure", "median", "min … max"
         );
-        for s in &results.pressure_samples {
+        for s in &self.pressure_samples {
             println!("{}", s.line());
         }
-        if !results.pressure_samples.is_empty() {
+        if !self.pressure_samples.is_empty() {
             println!();
         }
-        if !results.soak_samples.is_empty() {
+        if !self.soak_samples.is_empty() {
             println!(
                 "soak samples: {:>6} {:>10} {:>10} {:>12} {:>12} {:>10} {:>6}",
                 "t (s)", "drain/s", "backlog", "live MB", "live dead", "history MB", "pin"
             );
-            for s in &results.soak_samples {
+            for s in &self.soak_samples {
                 println!(
                     "              {:>6.0} {:>10.0} {:>10} {:>12.1} {:>12} {:>10.1} {:>6}",
                     s.at_seconds,
@@ -628,7 +735,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             println!();
         }
-        for f in &results.figures {
+        for f in &self.figures {
             let pct = f
                 .percent_of_ceiling
                 .map_or(String::new(), |p| format!("{p:.0} %"));
@@ -638,5 +745,4 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -81,6 +81,33 @@ pub struct Outcome {
     pub recovery_seconds: f64,
 }
 
+impl Outcome {
+    /// Its figures under `label`, and its samples.
+    pub(super) fn record(self, label: &str, rec: &mut super::Recorder) {
+        rec.record(
+            format!("{label}: completions, stress ÷ clean"),
+            "ratio",
+            self.completions_ratio,
+        );
+        rec.record(
+            format!("{label}: pickup p99, stress ÷ clean"),
+            "ratio",
+            self.p99_ratio,
+        );
+        rec.record(
+            format!("{label}: backlog at the end of the stress"),
+            "s of offered load",
+            self.backlog_seconds,
+        );
+        rec.record(
+            format!("{label}: from the release until p99 is within 1.5 × clean"),
+            "s",
+            self.recovery_seconds,
+        );
+        rec.pressure_samples.extend(self.samples);
+    }
+}
+
 /// The phases' lengths.
 #[derive(Clone, Copy, Debug)]
 pub struct Lengths {

@@ -1,0 +1,10 @@
+//! Operating it: private clusters and PgBouncer, the binary as a process, upgrades, hostile
+//! neighbours and inputs, the examples, the schema snapshot.
+
+mod cluster;
+mod examples;
+mod hostile;
+mod migrations;
+mod pgbouncer;
+mod schema;
+mod worker_binary;

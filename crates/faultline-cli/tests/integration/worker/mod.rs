@@ -1,0 +1,9 @@
+//! The worker runtime: claims, heartbeats, self-fencing, shutdown, hooks, typed handlers,
+//! traces and presence.
+
+mod hooks;
+mod prefetch;
+mod presence;
+mod runtime;
+mod traces;
+mod typed_jobs;
