@@ -190,140 +190,34 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            register(
-                &registry,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
-            )
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-            register(
-                &registry,
-                HistogramVec::new(opts, labels).expect("valid histogram"),
-            )
-        };
+        let jobs = JobCounters::register(&registry);
+        let ops = OperationCounters::register(&registry);
+        let timings = Histograms::register(&registry);
+        let gauges = Gauges::register(&registry);
         let metrics = Metrics {
-            jobs_enqueued: counter(
-                JOBS_ENQUEUED,
-                "Jobs created by enqueue.",
-                &["queue", "kind"],
-            ),
-            jobs_deduplicated: counter(
-                JOBS_DEDUPLICATED,
-                "Enqueues answered with an existing job (same idempotency key and request).",
-                &["queue"],
-            ),
-            jobs_claimed: counter(JOBS_CLAIMED, "Jobs claimed by workers.", &["queue"]),
-            jobs_succeeded: counter(JOBS_SUCCEEDED, "Jobs that succeeded.", &["queue", "kind"]),
-            jobs_failed: counter(
-                JOBS_FAILED,
-                "Jobs that failed for good (attempts spent or permanent error).",
-                &["queue", "kind"],
-            ),
-            job_retries: counter(
-                JOB_RETRIES,
-                "Failed attempts re-queued with backoff.",
-                &["queue", "kind"],
-            ),
-            lease_expirations: counter(
-                LEASE_EXPIRATIONS,
-                "Leases taken back after their worker stopped heartbeating.",
-                &["queue"],
-            ),
-            jobs_recovered: counter(
-                JOBS_RECOVERED,
-                "Claims of jobs that came back from an expired lease.",
-                &["queue"],
-            ),
-            stale_completions: counter(
-                STALE_COMPLETIONS,
-                "Reports rejected because the worker no longer held the job's lease.",
-                &["queue"],
-            ),
-            db_errors: counter(DB_ERRORS, "Failed database calls by operation.", &["op"]),
-            http_requests: counter(
-                HTTP_REQUESTS,
-                "HTTP requests by method, matched route and status.",
-                &["method", "route", "status"],
-            ),
-            claims_throttled: counter(
-                CLAIMS_THROTTLED,
-                "Claims a queue's pause or limit held back, by reason.",
-                &["queue", "reason"],
-            ),
-            schedule_enqueued: counter(
-                SCHEDULE_ENQUEUED,
-                "Jobs enqueued by a schedule.",
-                &["schedule"],
-            ),
-            schedule_misfires: counter(
-                SCHEDULE_MISFIRES,
-                "Schedule slots missed while nothing was up to fire them.",
-                &["schedule"],
-            ),
-            job_execution_seconds: histogram(
-                JOB_EXECUTION_SECONDS,
-                "Handler run time.",
-                &["queue", "kind"],
-                EXECUTION_BUCKETS,
-            ),
-            job_wait_seconds: histogram(
-                JOB_WAIT_SECONDS,
-                "Time from a job becoming eligible to its start.",
-                &["queue"],
-                LATENCY_BUCKETS,
-            ),
-            http_request_duration_seconds: histogram(
-                HTTP_REQUEST_DURATION_SECONDS,
-                "HTTP request duration by method and matched route.",
-                &["method", "route"],
-                LATENCY_BUCKETS,
-            ),
-            queue_depth: register(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new(QUEUE_DEPTH, "Jobs per queue and state."),
-                    &["queue", "state"],
-                )
-                .expect("valid gauge"),
-            ),
-            queue_oldest_age_seconds: register(
-                &registry,
-                GaugeVec::new(
-                    Opts::new(
-                        QUEUE_OLDEST_AGE_SECONDS,
-                        "Seconds the oldest eligible job of a queue has waited.",
-                    ),
-                    &["queue"],
-                )
-                .expect("valid gauge"),
-            ),
-            queue_paused: register(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new(QUEUE_PAUSED, "1 while the queue is paused, else 0."),
-                    &["queue"],
-                )
-                .expect("valid gauge"),
-            ),
-            worker_inflight: register(
-                &registry,
-                IntGauge::new(WORKER_INFLIGHT, "Handlers running in this process.")
-                    .expect("valid gauge"),
-            ),
-            db_up: register(
-                &registry,
-                Gauge::new(DB_UP, "1 while the database answers, else 0.").expect("valid gauge"),
-            ),
-            leader: register(
-                &registry,
-                IntGauge::new(
-                    LEADER,
-                    "1 while this process is the elected maintainer, else 0.",
-                )
-                .expect("valid gauge"),
-            ),
+            jobs_enqueued: jobs.enqueued,
+            jobs_deduplicated: jobs.deduplicated,
+            jobs_claimed: jobs.claimed,
+            jobs_succeeded: jobs.succeeded,
+            jobs_failed: jobs.failed,
+            job_retries: jobs.retries,
+            lease_expirations: jobs.lease_expirations,
+            jobs_recovered: jobs.recovered,
+            stale_completions: jobs.stale_completions,
+            db_errors: ops.db_errors,
+            http_requests: ops.http_requests,
+            claims_throttled: ops.claims_throttled,
+            schedule_enqueued: ops.schedule_enqueued,
+            schedule_misfires: ops.schedule_misfires,
+            job_execution_seconds: timings.job_execution_seconds,
+            job_wait_seconds: timings.job_wait_seconds,
+            http_request_duration_seconds: timings.http_request_duration_seconds,
+            queue_depth: gauges.queue_depth,
+            queue_oldest_age_seconds: gauges.queue_oldest_age_seconds,
+            queue_paused: gauges.queue_paused,
+            worker_inflight: gauges.worker_inflight,
+            db_up: gauges.db_up,
+            leader: gauges.leader,
             leader_until: Arc::default(),
             registry,
         };
@@ -408,4 +302,228 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(
         .register(Box::new(collector.clone()))
         .expect("metric names are unique");
     collector
+}
+
+/// Register an integer counter family on `registry` and hand it back.
+fn register_counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+    )
+}
+
+/// Register a histogram family with `buckets` on `registry` and hand it back.
+fn register_histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(
+        registry,
+        HistogramVec::new(opts, labels).expect("valid histogram"),
+    )
+}
+
+/// The counters of a job's life (enqueue to finish), registered in field order.
+struct JobCounters {
+    enqueued: IntCounterVec,
+    deduplicated: IntCounterVec,
+    claimed: IntCounterVec,
+    succeeded: IntCounterVec,
+    failed: IntCounterVec,
+    retries: IntCounterVec,
+    lease_expirations: IntCounterVec,
+    recovered: IntCounterVec,
+    stale_completions: IntCounterVec,
+}
+
+impl JobCounters {
+    /// Register every job counter on `registry`, in field order.
+    fn register(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register_counter(registry, name, help, labels)
+        };
+        JobCounters {
+            enqueued: counter(
+                JOBS_ENQUEUED,
+                "Jobs created by enqueue.",
+                &["queue", "kind"],
+            ),
+            deduplicated: counter(
+                JOBS_DEDUPLICATED,
+                "Enqueues answered with an existing job (same idempotency key and request).",
+                &["queue"],
+            ),
+            claimed: counter(JOBS_CLAIMED, "Jobs claimed by workers.", &["queue"]),
+            succeeded: counter(JOBS_SUCCEEDED, "Jobs that succeeded.", &["queue", "kind"]),
+            failed: counter(
+                JOBS_FAILED,
+                "Jobs that failed for good (attempts spent or permanent error).",
+                &["queue", "kind"],
+            ),
+            retries: counter(
+                JOB_RETRIES,
+                "Failed attempts re-queued with backoff.",
+                &["queue", "kind"],
+            ),
+            lease_expirations: counter(
+                LEASE_EXPIRATIONS,
+                "Leases taken back after their worker stopped heartbeating.",
+                &["queue"],
+            ),
+            recovered: counter(
+                JOBS_RECOVERED,
+                "Claims of jobs that came back from an expired lease.",
+                &["queue"],
+            ),
+            stale_completions: counter(
+                STALE_COMPLETIONS,
+                "Reports rejected because the worker no longer held the job's lease.",
+                &["queue"],
+            ),
+        }
+    }
+}
+
+/// The counters of the process's other operations: database calls, HTTP requests, throttled
+/// claims and schedules, registered in field order.
+struct OperationCounters {
+    db_errors: IntCounterVec,
+    http_requests: IntCounterVec,
+    claims_throttled: IntCounterVec,
+    schedule_enqueued: IntCounterVec,
+    schedule_misfires: IntCounterVec,
+}
+
+impl OperationCounters {
+    /// Register every operation counter on `registry`, in field order.
+    fn register(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register_counter(registry, name, help, labels)
+        };
+        OperationCounters {
+            db_errors: counter(DB_ERRORS, "Failed database calls by operation.", &["op"]),
+            http_requests: counter(
+                HTTP_REQUESTS,
+                "HTTP requests by method, matched route and status.",
+                &["method", "route", "status"],
+            ),
+            claims_throttled: counter(
+                CLAIMS_THROTTLED,
+                "Claims a queue's pause or limit held back, by reason.",
+                &["queue", "reason"],
+            ),
+            schedule_enqueued: counter(
+                SCHEDULE_ENQUEUED,
+                "Jobs enqueued by a schedule.",
+                &["schedule"],
+            ),
+            schedule_misfires: counter(
+                SCHEDULE_MISFIRES,
+                "Schedule slots missed while nothing was up to fire them.",
+                &["schedule"],
+            ),
+        }
+    }
+}
+
+/// The duration histograms, registered in field order.
+struct Histograms {
+    job_execution_seconds: HistogramVec,
+    job_wait_seconds: HistogramVec,
+    http_request_duration_seconds: HistogramVec,
+}
+
+impl Histograms {
+    /// Register every histogram on `registry`, in field order.
+    fn register(registry: &Registry) -> Self {
+        Histograms {
+            job_execution_seconds: register_histogram(
+                registry,
+                JOB_EXECUTION_SECONDS,
+                "Handler run time.",
+                &["queue", "kind"],
+                EXECUTION_BUCKETS,
+            ),
+            job_wait_seconds: register_histogram(
+                registry,
+                JOB_WAIT_SECONDS,
+                "Time from a job becoming eligible to its start.",
+                &["queue"],
+                LATENCY_BUCKETS,
+            ),
+            http_request_duration_seconds: register_histogram(
+                registry,
+                HTTP_REQUEST_DURATION_SECONDS,
+                "HTTP request duration by method and matched route.",
+                &["method", "route"],
+                LATENCY_BUCKETS,
+            ),
+        }
+    }
+}
+
+/// The gauges, registered in field order (all at their zero value).
+struct Gauges {
+    queue_depth: IntGaugeVec,
+    queue_oldest_age_seconds: GaugeVec,
+    queue_paused: IntGaugeVec,
+    worker_inflight: IntGauge,
+    db_up: Gauge,
+    leader: IntGauge,
+}
+
+impl Gauges {
+    /// Register every gauge on `registry`, in field order.
+    fn register(registry: &Registry) -> Self {
+        Gauges {
+            queue_depth: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(QUEUE_DEPTH, "Jobs per queue and state."),
+                    &["queue", "state"],
+                )
+                .expect("valid gauge"),
+            ),
+            queue_oldest_age_seconds: register(
+                registry,
+                GaugeVec::new(
+                    Opts::new(
+                        QUEUE_OLDEST_AGE_SECONDS,
+                        "Seconds the oldest eligible job of a queue has waited.",
+                    ),
+                    &["queue"],
+                )
+                .expect("valid gauge"),
+            ),
+            queue_paused: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(QUEUE_PAUSED, "1 while the queue is paused, else 0."),
+                    &["queue"],
+                )
+                .expect("valid gauge"),
+            ),
+            worker_inflight: register(
+                registry,
+                IntGauge::new(WORKER_INFLIGHT, "Handlers running in this process.")
+                    .expect("valid gauge"),
+            ),
+            db_up: register(
+                registry,
+                Gauge::new(DB_UP, "1 while the database answers, else 0.").expect("valid gauge"),
+            ),
+            leader: register(
+                registry,
+                IntGauge::new(
+                    LEADER,
+                    "1 while this process is the elected maintainer, else 0.",
+                )
+                .expect("valid gauge"),
+            ),
+        }
+    }
 }

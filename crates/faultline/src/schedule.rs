@@ -329,40 +329,22 @@ impl ScheduleFile {
         };
         let raw: RawFile = toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
         let mut file = ScheduleFile::default();
-        for (i, mut table) in raw.schedule.into_iter().enumerate() {
-            let name = match table.remove("name") {
-                Some(toml::Value::String(name)) => name,
-                _ => {
-                    return Err(parse_error(format!(
-                        "schedule {i}: `name` must be a string"
-                    )))
-                }
-            };
-            // JSON has no NaN or infinity: serde_json would store `null` in its place, a
-            // payload other than the one written.
-            if let Some(field) = table.get("payload").and_then(|p| non_finite(p, "payload")) {
-                return Err(ScheduleFileError::Invalid {
-                    path: shown.clone(),
-                    name,
-                    field,
-                    message: "is nan or inf, which JSON cannot hold".into(),
-                });
-            }
-            // The payload is written as JSON text itself: a payload is read from JSON only.
-            let payload = table.remove("payload");
-            let mut spec: ScheduleSpec = toml::Value::Table(table)
-                .try_into()
-                .map_err(|e| parse_error(format!("schedule {name:?}: {e}")))?;
-            if let Some(payload) = payload {
-                spec.payload = Payload::serialize(&payload)
-                    .map_err(|e| parse_error(format!("schedule {name:?}: payload: {e}")))?;
-            }
-            file.schedule.push(NamedSchedule { name, spec });
+        for (i, table) in raw.schedule.into_iter().enumerate() {
+            file.schedule.push(named_schedule(i, table, &shown)?);
         }
+        file.check(&shown)?;
+        Ok(file)
+    }
+
+    /// Check every schedule's name (valid, declared once) and cron with its time zone.
+    ///
+    /// # Errors
+    /// [`ScheduleFileError::Invalid`] for the first schedule that fails, naming the field.
+    fn check(&self, shown: &str) -> Result<(), ScheduleFileError> {
         let mut seen = std::collections::HashSet::new();
-        for s in &file.schedule {
+        for s in &self.schedule {
             let invalid = |field: &str, message: String| ScheduleFileError::Invalid {
-                path: shown.clone(),
+                path: shown.to_owned(),
                 name: s.name.clone(),
                 field: field.to_owned(),
                 message,
@@ -380,8 +362,53 @@ impl ScheduleFile {
                 return Err(invalid(&field, message));
             }
         }
-        Ok(file)
+        Ok(())
     }
+}
+
+/// The `i`th `[[schedule]]` table of file `shown` as a name and a [`ScheduleSpec`], its payload
+/// as JSON text.
+///
+/// # Errors
+/// [`ScheduleFileError::Parse`] for a table that is not a schedule;
+/// [`ScheduleFileError::Invalid`] for a payload JSON cannot hold.
+fn named_schedule(
+    i: usize,
+    mut table: toml::Table,
+    shown: &str,
+) -> Result<NamedSchedule, ScheduleFileError> {
+    let parse_error = |message: String| ScheduleFileError::Parse {
+        path: shown.to_owned(),
+        message,
+    };
+    let name = match table.remove("name") {
+        Some(toml::Value::String(name)) => name,
+        _ => {
+            return Err(parse_error(format!(
+                "schedule {i}: `name` must be a string"
+            )))
+        }
+    };
+    // JSON has no NaN or infinity: serde_json would store `null` in its place, a
+    // payload other than the one written.
+    if let Some(field) = table.get("payload").and_then(|p| non_finite(p, "payload")) {
+        return Err(ScheduleFileError::Invalid {
+            path: shown.to_owned(),
+            name,
+            field,
+            message: "is nan or inf, which JSON cannot hold".into(),
+        });
+    }
+    // The payload is written as JSON text itself: a payload is read from JSON only.
+    let payload = table.remove("payload");
+    let mut spec: ScheduleSpec = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e| parse_error(format!("schedule {name:?}: {e}")))?;
+    if let Some(payload) = payload {
+        spec.payload = Payload::serialize(&payload)
+            .map_err(|e| parse_error(format!("schedule {name:?}: payload: {e}")))?;
+    }
+    Ok(NamedSchedule { name, spec })
 }
 
 /// The path (`payload.a[2].b`) of the first float in `value` that is NaN or infinite.

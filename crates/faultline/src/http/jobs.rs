@@ -235,6 +235,30 @@ pub async fn enqueue(
     headers: HeaderMap,
     JsonBody(mut request): JsonBody<EnqueueRequest>,
 ) -> Result<Response, ApiError> {
+    header_idempotency_key(&headers, &mut request)?;
+    let mut job = request
+        .into_new_job()
+        .map_err(|(field, message)| ApiError::Invalid {
+            field: field.into(),
+            message: format!("{field} {message}"),
+        })?;
+    job.traceparent = job_traceparent(&headers);
+    let outcome = state.db(
+        "enqueue",
+        in_trace(&headers, state.store.enqueue(job)).await,
+    )?;
+    Ok(enqueued_response(&state, outcome))
+}
+
+/// Take the `Idempotency-Key` header, if any, as `request`'s key.
+///
+/// # Errors
+/// 400 when the header is given more than once, is not visible ASCII, or differs from the
+/// body's key.
+fn header_idempotency_key(
+    headers: &HeaderMap,
+    request: &mut EnqueueRequest,
+) -> Result<(), ApiError> {
     if headers.get_all(IDEMPOTENCY_KEY).iter().nth(1).is_some() {
         // Using either one silently could file the job under a key the client did not mean.
         return Err(ApiError::bad_request(
@@ -256,18 +280,13 @@ pub async fn enqueue(
             _ => request.idempotency_key = Some(header_key.to_owned()),
         }
     }
-    let mut job = request
-        .into_new_job()
-        .map_err(|(field, message)| ApiError::Invalid {
-            field: field.into(),
-            message: format!("{field} {message}"),
-        })?;
-    job.traceparent = job_traceparent(&headers);
-    let outcome = state.db(
-        "enqueue",
-        in_trace(&headers, state.store.enqueue(job)).await,
-    )?;
-    Ok(match outcome {
+    Ok(())
+}
+
+/// The answer to an enqueue: 201 with the job's location for a new job; 200 with
+/// `Idempotent-Replayed` or `Unique-Duplicate` for an existing one. Each is counted.
+fn enqueued_response(state: &AppState, outcome: Enqueued) -> Response {
+    match outcome {
         Enqueued::Created(job) => {
             state.count_created(&job);
             let location = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id))
@@ -297,7 +316,7 @@ pub async fn enqueue(
             )
                 .into_response()
         }
-    })
+    }
 }
 
 /// Many jobs in one transaction.
@@ -405,26 +424,31 @@ pub async fn enqueue_batch(
     )?;
     let results = items
         .into_iter()
-        .map(|item| match item {
-            BatchItem::Created(job) => {
-                state.count_created(&job);
-                BatchResult::Created { job }
-            }
-            BatchItem::Replayed(job) => {
-                state.count_replayed(&job);
-                BatchResult::Replayed { job }
-            }
-            BatchItem::Duplicate(job) => {
-                state.count_replayed(&job);
-                BatchResult::Duplicate { job }
-            }
-            BatchItem::Conflict { key, existing } => BatchResult::Conflict {
-                idempotency_key: key,
-                existing_job_id: existing,
-            },
-        })
+        .map(|item| batch_result(&state, item))
         .collect();
     Ok(Json(BatchResponse { results }))
+}
+
+/// One batch job's result, counted as created or replayed.
+fn batch_result(state: &AppState, item: BatchItem) -> BatchResult {
+    match item {
+        BatchItem::Created(job) => {
+            state.count_created(&job);
+            BatchResult::Created { job }
+        }
+        BatchItem::Replayed(job) => {
+            state.count_replayed(&job);
+            BatchResult::Replayed { job }
+        }
+        BatchItem::Duplicate(job) => {
+            state.count_replayed(&job);
+            BatchResult::Duplicate { job }
+        }
+        BatchItem::Conflict { key, existing } => BatchResult::Conflict {
+            idempotency_key: key,
+            existing_job_id: existing,
+        },
+    }
 }
 
 /// A job with its error history.
@@ -553,18 +577,7 @@ pub async fn list(
         .map(str::parse::<JobState>)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_query", format!("state: {e}")))?;
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<JobId>().map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    format!("cursor {c:?} is not a valid cursor"),
-                )
-            })
-        })
-        .transpose()?;
+    let cursor = list_cursor(params.cursor.as_deref())?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -603,6 +616,23 @@ pub async fn list(
         jobs,
         next_cursor: page.next_cursor,
     }))
+}
+
+/// The `cursor` query parameter as the id of the last job of the previous page.
+///
+/// # Errors
+/// 400 when it is not a cursor.
+fn list_cursor(cursor: Option<&str>) -> Result<Option<JobId>, ApiError> {
+    cursor
+        .map(|c| {
+            c.parse::<JobId>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("cursor {c:?} is not a valid cursor"),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// A page of jobs as listed: each job with only the bulky fields asked for.

@@ -141,44 +141,16 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let single_body = state.config.max_payload_bytes + 64 * 1024;
     let batch_body = state.config.max_batch_body_bytes;
-    let protected = Router::new()
-        .route("/v1/jobs", post(jobs::enqueue).get(jobs::list))
-        .route(
-            "/v1/jobs/batch",
-            post(jobs::enqueue_batch).layer(DefaultBodyLimit::max(batch_body)),
-        )
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry))
-        .route("/v1/jobs/{id}/dependents", get(jobs::dependents))
-        .route("/v1/throughput", get(queues::throughput))
-        .route("/v1/queues", get(queues::list))
-        .route("/v1/queues/{name}", patch(queues::update))
-        .route("/v1/queues/{name}/pause", post(queues::pause))
-        .route("/v1/queues/{name}/resume", post(queues::resume))
-        .route("/v1/schedules", get(schedules::list))
-        .route(
-            "/v1/schedules/{name}",
-            get(schedules::get)
-                .put(schedules::put)
-                .delete(schedules::delete),
-        )
-        .route("/v1/schedules/{name}/pause", post(schedules::pause))
-        .route("/v1/schedules/{name}/resume", post(schedules::resume))
+    let protected = job_routes(Router::new(), batch_body);
+    let protected = queue_routes(protected);
+    let protected = schedule_routes(protected)
         .route("/v1/workers", get(workers::list))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
-    let open = Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .route("/ui", get(ui::index))
-        .route("/ui/", get(ui::index))
-        .route("/ui/app.js", get(ui::script))
-        .route("/ui/app.css", get(ui::style));
+    let open = open_routes();
     open.merge(protected)
         // After routing, so the matched route template is known; wraps auth, so 401s count.
         .route_layer(middleware::from_fn_with_state(
@@ -202,6 +174,56 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// `router` with the job routes (`/v1/jobs…`); a batch body may be up to `batch_body` bytes.
+fn job_routes(router: Router<AppState>, batch_body: usize) -> Router<AppState> {
+    router
+        .route("/v1/jobs", post(jobs::enqueue).get(jobs::list))
+        .route(
+            "/v1/jobs/batch",
+            post(jobs::enqueue_batch).layer(DefaultBodyLimit::max(batch_body)),
+        )
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/dependents", get(jobs::dependents))
+}
+
+/// `router` with the queue routes (`/v1/throughput`, `/v1/queues…`).
+fn queue_routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/v1/throughput", get(queues::throughput))
+        .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{name}", patch(queues::update))
+        .route("/v1/queues/{name}/pause", post(queues::pause))
+        .route("/v1/queues/{name}/resume", post(queues::resume))
+}
+
+/// `router` with the schedule routes (`/v1/schedules…`).
+fn schedule_routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/v1/schedules", get(schedules::list))
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::get)
+                .put(schedules::put)
+                .delete(schedules::delete),
+        )
+        .route("/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", post(schedules::resume))
+}
+
+/// The routes open without the token: health, readiness, metrics and the dashboard.
+fn open_routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
 }
 
 // With a token configured, a request without it learns nothing, not even which routes exist:

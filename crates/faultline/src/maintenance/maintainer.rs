@@ -187,44 +187,8 @@ impl Maintainer {
                 result = attempt => result,
                 _ = shutdown.cancelled() => break,
             };
-            match result {
-                Ok(Ok(Some(term))) => {
-                    let deadline = sent + ttl;
-                    self.clock.set(Some(deadline));
-                    self.metrics.set_leader_until(Some(deadline));
-                    match &mut held {
-                        Some(h) => {
-                            h.term = term;
-                            h.deadline = deadline;
-                        }
-                        None => {
-                            tracing::info!(
-                                holder = %self.holder,
-                                token = term.token,
-                                "elected maintainer"
-                            );
-                            held = Some(self.start(term, deadline));
-                        }
-                    }
-                }
-                Ok(Ok(None)) => {
-                    if let Some(h) = held.take() {
-                        tracing::warn!(
-                            token = h.term.token,
-                            "maintainer term lost to another process"
-                        );
-                        self.stop(h).await;
-                    }
-                }
-                Ok(Err(e)) => self.metrics.db_error("elect", &e),
-                Err(_elapsed) => {}
-            }
-            if held.as_ref().is_some_and(|h| Instant::now() >= h.deadline) {
-                if let Some(h) = held.take() {
-                    tracing::warn!(token = h.term.token, "maintainer term lapsed unrenewed");
-                    self.stop(h).await;
-                }
-            }
+            self.settle_election(result, sent, &mut held).await;
+            self.stop_if_lapsed(&mut held).await;
             let next = match &held {
                 Some(h) => (sent + ttl / 3).min(h.deadline),
                 None => sent + (ttl / 3).min(Duration::from_millis(250)),
@@ -240,6 +204,60 @@ impl Maintainer {
             // Best effort: if it fails, the term simply expires.
             let _ = tokio::time::timeout(Duration::from_secs(2), self.store.resign(&term)).await;
             tracing::info!(token = term.token, "maintainer resigned");
+        }
+    }
+
+    /// Act on one election step's `result` (sent at `sent`): a term held (renewed, or won: the
+    /// services start) runs until `sent` plus the TTL; a term lost to another process stops
+    /// the services; a failed step is counted; a step that timed out changes nothing.
+    async fn settle_election(
+        &self,
+        result: Result<Result<Option<Term>, StoreError>, tokio::time::error::Elapsed>,
+        sent: Instant,
+        held: &mut Option<Held>,
+    ) {
+        let ttl = self.config.leader_ttl;
+        match result {
+            Ok(Ok(Some(term))) => {
+                let deadline = sent + ttl;
+                self.clock.set(Some(deadline));
+                self.metrics.set_leader_until(Some(deadline));
+                match held {
+                    Some(h) => {
+                        h.term = term;
+                        h.deadline = deadline;
+                    }
+                    None => {
+                        tracing::info!(
+                            holder = %self.holder,
+                            token = term.token,
+                            "elected maintainer"
+                        );
+                        *held = Some(self.start(term, deadline));
+                    }
+                }
+            }
+            Ok(Ok(None)) => {
+                if let Some(h) = held.take() {
+                    tracing::warn!(
+                        token = h.term.token,
+                        "maintainer term lost to another process"
+                    );
+                    self.stop(h).await;
+                }
+            }
+            Ok(Err(e)) => self.metrics.db_error("elect", &e),
+            Err(_elapsed) => {}
+        }
+    }
+
+    /// Stop the services of a held term whose local deadline has passed unrenewed.
+    async fn stop_if_lapsed(&self, held: &mut Option<Held>) {
+        if held.as_ref().is_some_and(|h| Instant::now() >= h.deadline) {
+            if let Some(h) = held.take() {
+                tracing::warn!(token = h.term.token, "maintainer term lapsed unrenewed");
+                self.stop(h).await;
+            }
         }
     }
 

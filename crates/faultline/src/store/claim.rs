@@ -154,6 +154,65 @@ impl<'r> sqlx::FromRow<'r, PgRow> for LimitedRow {
     }
 }
 
+/// The claim of queues without limits ([`Store::claim_unlimited`]): `$1` the queues, `$2` the
+/// worker, `$3` the most jobs, `$4` the lease TTL in milliseconds.
+// One ordered scan of the partial index per queue (LATERAL), merged by the outer
+// ORDER BY: `queue = any($1)` would make Postgres read and sort every queued job of
+// every queue on each claim. The lateral scan may lock up to `limit` rows in each queue
+// and keep fewer; the extra locks go at commit, a moment later.
+//
+// Paused and limited queues are left out here, in SQL, whatever the caller believes:
+// one primary-key probe of `queue_settings` per queue. Their jobs are claimed by
+// `claim_limited`, under the queue's lock.
+//
+// The `attempts < max_attempts` test can never fail for a queued job (every transition
+// to queued checks it, and a CHECK constraint backs it); it is here so that a row that
+// somehow broke the invariant stays visible as queued instead of failing every claim.
+//
+// Each lane (queue, priority) is scanned from its newest low-water mark, not from the
+// head of the index: under a held MVCC horizon the head is every job finished since,
+// none of whose entries can be marked dead (see the migration `lane_marks` for why a
+// mark never hides a job). A lane without a mark is scanned from its head.
+const CLAIM_UNLIMITED: &str = concat!(
+    "with next as (
+                select j.id, j.needs_recovery, clock_timestamp() as at
+                from unnest($1::text[]) as q(name)
+                cross join lateral (
+                    select l.priority,
+                           coalesce((select m.low from faultline.lane_marks m
+                                     where m.queue = l.queue and m.priority = l.priority
+                                     order by m.id desc limit 1), '-infinity') as low
+                    from faultline.lanes l
+                    where l.queue = q.name
+                ) lane
+                cross join lateral (
+                    select id, needs_recovery, priority,
+                           coalesce(eligible_at, next_run_at) as e, next_run_at
+                    from faultline.jobs
+                    where state = 'queued'
+                      and queue = q.name
+                      and priority = lane.priority
+                      and coalesce(eligible_at, next_run_at) >= lane.low
+                      and coalesce(eligible_at, next_run_at) <= now()
+                      and next_run_at <= now()
+                      and attempts < max_attempts
+                    order by coalesce(eligible_at, next_run_at), next_run_at, id
+                    limit $3
+                    for update skip locked
+                ) j
+                where not exists (
+                    select 1 from faultline.queue_settings s
+                    where s.queue = q.name
+                      and (s.paused or s.keyed or s.concurrency_limit is not null
+                           or s.rate_count is not null)
+                )
+                order by j.priority, j.e, j.next_run_at, j.id
+                limit $3
+            )
+            ",
+    claim_update!()
+);
+
 /// How long the list of limited queues is reused before it is read again.
 const LIMITED_TTL: Duration = Duration::from_millis(250);
 
@@ -210,9 +269,32 @@ impl Store {
         // Paused, limited and keyed queues first (their claims are small by nature, and would
         // otherwise starve behind busy plain ones), each under its own lock; then the rest in one
         // statement.
-        let mut rows = Vec::new();
         let limited = self.limited_among(&queues).await?;
-        for (queue, paused) in &limited {
+        let mut rows = self
+            .claim_each_limited(&limited, worker, limit, ttl, &mut outcome.throttled)
+            .await?;
+        let want = limit - rows.len() as u32;
+        // When every queue is limited, the plain statement would find nothing.
+        if want > 0 && limited.len() < queues.len() {
+            rows.extend(self.claim_unlimited(&queues, worker, want, ttl).await?);
+        }
+        outcome.claimed = claimed_in_order(rows, worker);
+        Ok(outcome)
+    }
+
+    /// Claim up to `limit` jobs from the `limited` queues (with whether each is paused), one
+    /// queue after the other, each under its own lock, until `limit` are claimed. A paused queue,
+    /// and each queue whose limit held the claim back, goes to `throttled` with the reason.
+    async fn claim_each_limited(
+        &self,
+        limited: &[(String, bool)],
+        worker: &str,
+        limit: u32,
+        ttl: Duration,
+        throttled: &mut Vec<(String, Throttle)>,
+    ) -> Result<Vec<ClaimedRow>, StoreError> {
+        let mut rows = Vec::new();
+        for (queue, paused) in limited {
             let want = limit - rows.len() as u32;
             if want == 0 {
                 break;
@@ -220,45 +302,16 @@ impl Store {
             if *paused {
                 // As of the cached list (at most 250 ms old); a queue resumed since waits that
                 // long. A queue paused since is caught by the claim's own SQL.
-                outcome.throttled.push((queue.clone(), Throttle::Paused));
+                throttled.push((queue.clone(), Throttle::Paused));
                 continue;
             }
             let (claimed, throttle) = self.claim_limited(queue, worker, want, ttl).await?;
             rows.extend(claimed);
             if let Some(reason) = throttle {
-                outcome.throttled.push((queue.clone(), reason));
+                throttled.push((queue.clone(), reason));
             }
         }
-        let want = limit - rows.len() as u32;
-        // When every queue is limited, the plain statement would find nothing.
-        if want > 0 && limited.len() < queues.len() {
-            rows.extend(self.claim_unlimited(&queues, worker, want, ttl).await?);
-        }
-        outcome.claimed = rows
-            .into_iter()
-            .map(|row| {
-                let lease = Lease {
-                    job_id: row.job.id,
-                    token: row.job.lease_token.unwrap_or_default(),
-                    attempt: row.job.attempts,
-                    owner: worker.to_owned(),
-                    expires_at: row.job.lease_expires_at.unwrap_or_default(),
-                };
-                Claimed {
-                    job: row.job,
-                    lease,
-                    recovered: row.recovered,
-                }
-            })
-            .collect();
-        outcome.claimed.sort_by(|a, b| {
-            (a.job.priority, a.job.next_run_at, a.job.id).cmp(&(
-                b.job.priority,
-                b.job.next_run_at,
-                b.job.id,
-            ))
-        });
-        Ok(outcome)
+        Ok(rows)
     }
 
     /// The claim of queues without limits: one statement for all of them.
@@ -269,68 +322,13 @@ impl Store {
         limit: u32,
         ttl: Duration,
     ) -> Result<Vec<ClaimedRow>, StoreError> {
-        // One ordered scan of the partial index per queue (LATERAL), merged by the outer
-        // ORDER BY: `queue = any($1)` would make Postgres read and sort every queued job of
-        // every queue on each claim. The lateral scan may lock up to `limit` rows in each queue
-        // and keep fewer; the extra locks go at commit, a moment later.
-        //
-        // Paused and limited queues are left out here, in SQL, whatever the caller believes:
-        // one primary-key probe of `queue_settings` per queue. Their jobs are claimed by
-        // `claim_limited`, under the queue's lock.
-        //
-        // The `attempts < max_attempts` test can never fail for a queued job (every transition
-        // to queued checks it, and a CHECK constraint backs it); it is here so that a row that
-        // somehow broke the invariant stays visible as queued instead of failing every claim.
-        //
-        // Each lane (queue, priority) is scanned from its newest low-water mark, not from the
-        // head of the index: under a held MVCC horizon the head is every job finished since,
-        // none of whose entries can be marked dead (see the migration `lane_marks` for why a
-        // mark never hides a job). A lane without a mark is scanned from its head.
-        Ok(sqlx::query_as(concat!(
-            "with next as (
-                select j.id, j.needs_recovery, clock_timestamp() as at
-                from unnest($1::text[]) as q(name)
-                cross join lateral (
-                    select l.priority,
-                           coalesce((select m.low from faultline.lane_marks m
-                                     where m.queue = l.queue and m.priority = l.priority
-                                     order by m.id desc limit 1), '-infinity') as low
-                    from faultline.lanes l
-                    where l.queue = q.name
-                ) lane
-                cross join lateral (
-                    select id, needs_recovery, priority,
-                           coalesce(eligible_at, next_run_at) as e, next_run_at
-                    from faultline.jobs
-                    where state = 'queued'
-                      and queue = q.name
-                      and priority = lane.priority
-                      and coalesce(eligible_at, next_run_at) >= lane.low
-                      and coalesce(eligible_at, next_run_at) <= now()
-                      and next_run_at <= now()
-                      and attempts < max_attempts
-                    order by coalesce(eligible_at, next_run_at), next_run_at, id
-                    limit $3
-                    for update skip locked
-                ) j
-                where not exists (
-                    select 1 from faultline.queue_settings s
-                    where s.queue = q.name
-                      and (s.paused or s.keyed or s.concurrency_limit is not null
-                           or s.rate_count is not null)
-                )
-                order by j.priority, j.e, j.next_run_at, j.id
-                limit $3
-            )
-            ",
-            claim_update!()
-        ))
-        .bind(queues)
-        .bind(worker)
-        .bind(i64::from(limit))
-        .bind(millis(ttl))
-        .all_on(self)
-        .await?)
+        Ok(sqlx::query_as(CLAIM_UNLIMITED)
+            .bind(queues)
+            .bind(worker)
+            .bind(i64::from(limit))
+            .bind(millis(ttl))
+            .all_on(self)
+            .await?)
     }
 
     /// Those of `queues` that the plain claim leaves alone (paused, limited or keyed), each with
@@ -413,4 +411,34 @@ impl LimitedQueues {
     pub(crate) fn forget(&self) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
+}
+
+/// The claimed rows as [`Claimed`] jobs with their leases (held by `worker`), in (priority,
+/// next_run_at, id) order.
+fn claimed_in_order(rows: Vec<ClaimedRow>, worker: &str) -> Vec<Claimed> {
+    let mut claimed: Vec<Claimed> = rows
+        .into_iter()
+        .map(|row| {
+            let lease = Lease {
+                job_id: row.job.id,
+                token: row.job.lease_token.unwrap_or_default(),
+                attempt: row.job.attempts,
+                owner: worker.to_owned(),
+                expires_at: row.job.lease_expires_at.unwrap_or_default(),
+            };
+            Claimed {
+                job: row.job,
+                lease,
+                recovered: row.recovered,
+            }
+        })
+        .collect();
+    claimed.sort_by(|a, b| {
+        (a.job.priority, a.job.next_run_at, a.job.id).cmp(&(
+            b.job.priority,
+            b.job.next_run_at,
+            b.job.id,
+        ))
+    });
+    claimed
 }

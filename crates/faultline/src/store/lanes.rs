@@ -79,6 +79,17 @@ impl Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub async fn mark_lanes(&self) -> Result<u64, StoreError> {
+        let lanes = self.read_lanes().await?;
+        if lanes.is_empty() {
+            return Ok(0);
+        }
+        self.append_marks(&lanes).await
+    }
+
+    /// The first of [`Store::mark_lanes`]'s statements: every lane with its newest mark, and,
+    /// read at `t1`, since when the sessions holding a writer's lock on the live table have
+    /// been in their transactions.
+    async fn read_lanes(&self) -> Result<Vec<LaneRead>, StoreError> {
         let lanes: Vec<LaneRead> = sqlx::query_as(
             "with holders as (
                  -- Every statement that writes the live table holds ROW EXCLUSIVE on it (or a
@@ -109,9 +120,12 @@ impl Store {
         )
         .all_on(self)
         .await?;
-        if lanes.is_empty() {
-            return Ok(0);
-        }
+        Ok(lanes)
+    }
+
+    /// The second of [`Store::mark_lanes`]'s statements, on a later snapshot than `lanes` were
+    /// read in: append a mark for every lane whose low-water mark moves. Returns how many.
+    async fn append_marks(&self, lanes: &[LaneRead]) -> Result<u64, StoreError> {
         let column = |f: fn(&LaneRead) -> Option<DateTime<Utc>>| -> Vec<Option<DateTime<Utc>>> {
             lanes.iter().map(f).collect()
         };

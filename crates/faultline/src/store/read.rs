@@ -124,16 +124,21 @@ impl Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub async fn queue_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
-        // Live jobs are not counted row by row (1.6 s with 10,000,000 queued): their counts
-        // are `live_counts` plus the deltas not yet folded into it (migration `live_counts`),
-        // read in this one snapshot, so exact. The oldest eligible job of a queue is the first
-        // of one of its lanes: one index probe per lane from the lane's newest mark (under a
-        // held horizon the entries below the mark are dead; see the migration `lane_marks`).
-        // A job is eligible exactly when its lane position (`eligible_at`) has passed, which is
-        // also when it entered its lane (its enqueue, or its run_at or backoff when later).
-        // Finished ones come from the counters that the moves to and from history keep.
-        let rows: Vec<StatsRow> = sqlx::query_as(
-            "with counts as (
+        let rows: Vec<StatsRow> = sqlx::query_as(QUEUE_STATS).all_on(self).await?;
+        Ok(rows.into_iter().map(StatsRow::into_stats).collect())
+    }
+}
+
+/// The statement of [`Store::queue_stats`]: one row per queue with jobs or settings, by name.
+// Live jobs are not counted row by row (1.6 s with 10,000,000 queued): their counts
+// are `live_counts` plus the deltas not yet folded into it (migration `live_counts`),
+// read in this one snapshot, so exact. The oldest eligible job of a queue is the first
+// of one of its lanes: one index probe per lane from the lane's newest mark (under a
+// held horizon the entries below the mark are dead; see the migration `lane_marks`).
+// A job is eligible exactly when its lane position (`eligible_at`) has passed, which is
+// also when it entered its lane (its enqueue, or its run_at or backoff when later).
+// Finished ones come from the counters that the moves to and from history keep.
+const QUEUE_STATS: &str = "with counts as (
                 select queue, state, n from faultline.live_counts
                 union all
                 select queue, state, n from faultline.live_count_deltas
@@ -198,32 +203,7 @@ impl Store {
                    coalesce(c.oldest, 0) as oldest, coalesce(s.paused, false) as paused,
                    s.concurrency_limit, s.rate_count, s.rate_period_ms, s.key_concurrency
             from counted c full join faultline.queue_settings s on s.queue = c.queue
-            order by 1",
-        )
-        .all_on(self)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| QueueStats {
-                queue: r.queue,
-                queued: r.queued,
-                running: r.running,
-                waiting: r.waiting,
-                succeeded: r.succeeded,
-                failed: r.failed,
-                cancelled: r.cancelled,
-                oldest_eligible_age_seconds: r.oldest.max(0.0),
-                paused: r.paused,
-                concurrency_limit: r.concurrency_limit,
-                rate_limit: r
-                    .rate_count
-                    .zip(r.rate_period_ms)
-                    .map(|(count, period_ms)| RateLimit { count, period_ms }),
-                key_concurrency: r.key_concurrency,
-            })
-            .collect())
-    }
-}
+            order by 1";
 
 /// One row of [`Store::queue_stats`]'s statement.
 #[derive(sqlx::FromRow)]
@@ -241,4 +221,28 @@ struct StatsRow {
     rate_count: Option<i32>,
     rate_period_ms: Option<i32>,
     key_concurrency: Option<i32>,
+}
+
+impl StatsRow {
+    /// The row as the caller sees it: a negative age (clock skew) reads 0, and the rate limit
+    /// is set only when both of its columns are.
+    fn into_stats(self) -> QueueStats {
+        QueueStats {
+            queue: self.queue,
+            queued: self.queued,
+            running: self.running,
+            waiting: self.waiting,
+            succeeded: self.succeeded,
+            failed: self.failed,
+            cancelled: self.cancelled,
+            oldest_eligible_age_seconds: self.oldest.max(0.0),
+            paused: self.paused,
+            concurrency_limit: self.concurrency_limit,
+            rate_limit: self
+                .rate_count
+                .zip(self.rate_period_ms)
+                .map(|(count, period_ms)| RateLimit { count, period_ms }),
+            key_concurrency: self.key_concurrency,
+        }
+    }
 }

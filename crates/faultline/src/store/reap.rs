@@ -50,8 +50,37 @@ impl Store {
     /// # Errors
     /// [`StoreError::Database`].
     pub async fn reap_expired(&self, limit: u32) -> Result<ReapOutcome, StoreError> {
-        let rows: Vec<(JobId, String, String, JobState)> = sqlx::query_as(concat!(
-            "with expired as (
+        let rows: Vec<(JobId, String, String, JobState)> = sqlx::query_as(REAP_EXPIRED)
+            .bind(i64::from(limit))
+            .bind(JOB_CHANNEL)
+            .bind(shard())
+            .all_on(self)
+            .await?;
+        Ok(ReapOutcome::of(rows))
+    }
+}
+
+impl ReapOutcome {
+    /// The outcome of the reaped `rows` (id, queue, kind, new state): a job now queued was
+    /// re-queued, any other failed.
+    fn of(rows: Vec<(JobId, String, String, JobState)>) -> Self {
+        let mut outcome = ReapOutcome::default();
+        for (id, queue, kind, state) in rows {
+            let job = ReapedJob { id, queue, kind };
+            match state {
+                JobState::Queued => outcome.requeued.push(job),
+                _ => outcome.failed.push(job),
+            }
+        }
+        outcome
+    }
+}
+
+/// Take back expired leases (see [`Store::reap_expired`] for why it is safe): `$1` the most
+/// jobs, `$2` the wake-up channel, `$3` the counter shard. One row (id, queue, kind, new state)
+/// per job taken back.
+const REAP_EXPIRED: &str = concat!(
+    "with expired as (
                 select id, attempts < max_attempts as again
                 from faultline.jobs
                 where state = 'running' and lease_expires_at < now()
@@ -86,13 +115,13 @@ impl Store {
                 returning j.*
             ),
             ",
-            archive_moved!(
-                "failed",
-                "format('lease expired: worker %s stopped heartbeating during attempt %s', lease_owner, attempts)",
-                "errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'worker', lease_owner, 'at', now(), 'error', format('lease expired: worker %s stopped heartbeating during attempt %s', lease_owner, attempts), 'reason', 'lease_expired'))",
-                "$3"
-            ),
-            ",
+    archive_moved!(
+        "failed",
+        "format('lease expired: worker %s stopped heartbeating during attempt %s', lease_owner, attempts)",
+        "errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'worker', lease_owner, 'at', now(), 'error', format('lease expired: worker %s stopped heartbeating during attempt %s', lease_owner, attempts), 'reason', 'lease_expired'))",
+        "$3"
+    ),
+    ",
             notified as (
                 select pg_notify($2, q.queue)
                 from (select distinct queue from requeued) q
@@ -100,20 +129,4 @@ impl Store {
             select id, queue, kind, state from requeued where (select count(*) from notified) >= 0
             union all
             select id, queue, kind, state from archived"
-        ))
-        .bind(i64::from(limit))
-        .bind(JOB_CHANNEL)
-        .bind(shard())
-        .all_on(self)
-        .await?;
-        let mut outcome = ReapOutcome::default();
-        for (id, queue, kind, state) in rows {
-            let job = ReapedJob { id, queue, kind };
-            match state {
-                JobState::Queued => outcome.requeued.push(job),
-                _ => outcome.failed.push(job),
-            }
-        }
-        Ok(outcome)
-    }
-}
+);

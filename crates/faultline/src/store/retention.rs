@@ -103,16 +103,59 @@ async fn maintain(
 ) -> Result<HistoryOutcome, StoreError> {
     let mut outcome = HistoryOutcome::default();
     let retention_secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    let persistent = store.uses_prepared_statements();
 
     let mut tx = store.pool().begin().await?;
+    lock_partitions(&mut tx, persistent).await?;
+    let width = layout_width(&mut tx, retention, persistent).await?;
+    let now: i64 = sqlx::query_scalar("select floor(extract(epoch from now()))::int8")
+        .persistent(persistent)
+        .fetch_one(&mut *tx)
+        .await?;
+    let existing: Vec<String> = sqlx::query_scalar(
+        "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = 'faultline.job_history'::regclass",
+    )
+    .persistent(persistent)
+    .fetch_all(&mut *tx)
+    .await?;
+    outcome.created = create_ahead(&mut tx, &existing, now, width).await?;
+    let expired_before = now.saturating_sub(retention_secs);
+    for name in &existing {
+        let Some(start) = name
+            .strip_prefix("job_history_p")
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        if start.saturating_add(width) > expired_before {
+            continue;
+        }
+        let jobs = drop_partition(&mut tx, name, persistent).await?;
+        outcome.dropped += 1;
+        outcome.dropped_jobs += jobs as u64;
+    }
+    sqlx::query("delete from faultline.queue_finished_counts where n = 0")
+        .persistent(persistent)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    outcome.deleted = delete_expired_defaults(store, retention_secs, limit).await?;
+    Ok(outcome)
+}
+
+/// Take the transaction-level advisory lock around partition changes and bound how long the
+/// transaction may wait for or sit on the parent's lock. Held until `tx` ends.
+async fn lock_partitions(tx: &mut PgConnection, persistent: bool) -> Result<(), StoreError> {
     sqlx::query("select pg_advisory_xact_lock($1)")
         .bind(PARTITION_LOCK_KEY)
-        .persistent(store.uses_prepared_statements())
+        .persistent(persistent)
         .execute(&mut *tx)
         .await?;
     // A drop waits for the parent's lock; never for long (completions insert into the parent).
     sqlx::query("set local lock_timeout = '5s'")
-        .persistent(store.uses_prepared_statements())
+        .persistent(persistent)
         .execute(&mut *tx)
         .await?;
     // The DDL below holds the parent's exclusive lock until commit, and every completion
@@ -120,21 +163,22 @@ async fn maintain(
     // frozen VM) would stall every worker's completions. The server ends such a session after
     // 5 s idle in the transaction, which rolls it back and frees the lock.
     sqlx::query("set local idle_in_transaction_session_timeout = '5s'")
-        .persistent(store.uses_prepared_statements())
+        .persistent(persistent)
         .execute(&mut *tx)
         .await?;
-    let width = layout_width(&mut tx, retention, store.uses_prepared_statements()).await?;
-    let now: i64 = sqlx::query_scalar("select floor(extract(epoch from now()))::int8")
-        .persistent(store.uses_prepared_statements())
-        .fetch_one(&mut *tx)
-        .await?;
-    let existing: Vec<String> = sqlx::query_scalar(
-        "select c.relname::text from pg_inherits i join pg_class c on c.oid = i.inhrelid
-         where i.inhparent = 'faultline.job_history'::regclass",
-    )
-    .persistent(store.uses_prepared_statements())
-    .fetch_all(&mut *tx)
-    .await?;
+    Ok(())
+}
+
+/// Make the partitions of the current period (by `now`) and the [`AHEAD`] next ones that are
+/// not in `existing`, each in a savepoint of `tx`. Returns how many it made; a period the
+/// default partition already holds jobs of is left to the default partition.
+async fn create_ahead(
+    tx: &mut PgConnection,
+    existing: &[String],
+    now: i64,
+    width: i64,
+) -> Result<u32, StoreError> {
+    let mut created = 0;
     let current = now - now.rem_euclid(width);
     for k in 0..=AHEAD {
         let start = current + k * width;
@@ -157,7 +201,7 @@ async fn maintain(
         {
             Ok(_) => {
                 savepoint.commit().await?;
-                outcome.created += 1;
+                created += 1;
             }
             // 23514: the default partition already holds jobs of that period (they finished
             // while no partition covered it); they stay there and retention deletes them.
@@ -167,41 +211,44 @@ async fn maintain(
             Err(e) => return Err(e.into()),
         }
     }
-    for name in &existing {
-        let Some(start) = name
-            .strip_prefix("job_history_p")
-            .and_then(|s| s.parse::<i64>().ok())
-        else {
-            continue;
-        };
-        if start.saturating_add(width) > now.saturating_sub(retention_secs) {
-            continue;
-        }
-        let jobs: i64 = sqlx::query_scalar(&format!(
-            "with gone as (select queue, state, count(*) n from faultline.{name} group by 1, 2),
+    Ok(created)
+}
+
+/// Take the jobs of partition `name` out of `queue_finished_counts` and drop it, in `tx`.
+/// Returns how many jobs it held.
+async fn drop_partition(
+    tx: &mut PgConnection,
+    name: &str,
+    persistent: bool,
+) -> Result<i64, StoreError> {
+    let jobs: i64 = sqlx::query_scalar(&format!(
+        "with gone as (select queue, state, count(*) n from faultline.{name} group by 1, 2),
              uncounted as (
                  insert into faultline.queue_finished_counts as c (queue, state, shard, n)
                  select queue, state, 0, -n from gone
                  on conflict (queue, state, shard) do update set n = c.n + excluded.n
              )
              select coalesce(sum(n), 0)::int8 from gone"
-        ))
-        .persistent(store.uses_prepared_statements())
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(&format!("drop table faultline.{name}"))
-            .persistent(store.uses_prepared_statements())
-            .execute(&mut *tx)
-            .await?;
-        outcome.dropped += 1;
-        outcome.dropped_jobs += jobs as u64;
-    }
-    sqlx::query("delete from faultline.queue_finished_counts where n = 0")
-        .persistent(store.uses_prepared_statements())
+    ))
+    .persistent(persistent)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(&format!("drop table faultline.{name}"))
+        .persistent(persistent)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
+    Ok(jobs)
+}
 
+/// Delete jobs that finished more than `retention_secs` ago from the default partition, batch
+/// by batch of `limit` (at least 1) until a batch comes back short, each batch taking its jobs
+/// out of `queue_finished_counts` in the same statement. Returns how many it deleted.
+async fn delete_expired_defaults(
+    store: &Store,
+    retention_secs: i64,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
     // The default partition, batch by batch (it holds only stragglers and upgraded rows).
     loop {
         let deleted: i64 = sqlx::query_scalar(
@@ -228,12 +275,12 @@ async fn maintain(
         .bind(i64::from(limit.max(1)))
         .one_on(store)
         .await?;
-        outcome.deleted += deleted as u64;
+        total += deleted as u64;
         if deleted < i64::from(limit.max(1)) {
             break;
         }
     }
-    Ok(outcome)
+    Ok(total)
 }
 
 /// The partition width in force, fixing it from `retention` if no process has yet.

@@ -252,64 +252,15 @@ impl Store {
         // Handler errors are outside text: NUL would make Postgres refuse the whole report.
         let error = crate::text::storable(error);
         let error = crate::text::truncate(&error, MAX_ERROR_LEN);
-        // `attempts` was counted at claim time, so `attempts < max_attempts` means another
-        // attempt is left; the history entry takes its attempt number and worker from the row,
-        // which the token guard proves is this lease's.
-        // One statement, two exclusive outcomes on the locked row: re-queued in place when
-        // retryable with attempts left, else moved to history as `failed`.
-        let job: Option<Job> = sqlx::query_as(concat!(
-            "with target as (
-                select id, ($4 and attempts < max_attempts) as again
-                from faultline.jobs
-                where id = $1 and lease_token = $2 and lease_expires_at is not null
-                for update
-            ),
-            retried as (
-                update faultline.jobs j
-                set state = 'queued',
-                    next_run_at = now() + $5 * interval '1 millisecond',
-                    eligible_at = greatest(now() + $5 * interval '1 millisecond',
-                                           clock_timestamp()),
-                    lease_expires_at = null,
-                    last_error = $3,
-                    errors = j.errors || jsonb_build_array(jsonb_build_object(
-                        'attempt', j.attempts, 'worker', j.lease_owner, 'at', now(),
-                        'error', $3::text, 'reason', 'error',
-                        'retry_at', now() + $5 * interval '1 millisecond')),
-                    updated_at = now()
-                from target t
-                where j.id = t.id and t.again
-                returning j.*
-            ),
-            moved as (
-                delete from faultline.jobs j using target t
-                where j.id = t.id and not t.again
-                returning j.*
-            ),
-            ",
-            archive_moved!(
-                "failed",
-                "$3",
-                "errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'worker', lease_owner, 'at', now(), 'error', $3::text, 'reason', 'error', 'retry_at', null))",
-                "$6"
-            ),
-            "
-            select ",
-            job_fields!("pending_dependencies"),
-            " from retried
-            union all
-            select ",
-            job_fields!("0"),
-            " from archived"
-        ))
-        .bind(lease.job_id)
-        .bind(lease.token)
-        .bind(error)
-        .bind(retryable)
-        .bind(millis(delay))
-        .bind(shard())
-        .optional_on(self)
-        .await?;
+        let job: Option<Job> = sqlx::query_as(FAIL_ATTEMPT)
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .bind(error)
+            .bind(retryable)
+            .bind(millis(delay))
+            .bind(shard())
+            .optional_on(self)
+            .await?;
         match job {
             Some(job) if job.state == JobState::Queued => Ok(FailOutcome::Retrying(job)),
             Some(job) => Ok(FailOutcome::Failed(job)),
@@ -464,6 +415,60 @@ moved as (
     ),
     "
 select id, lease_token from archived"
+);
+
+/// Record a failed attempt: `$1` id, `$2` token, `$3` the error, `$4` whether it is retryable,
+/// `$5` the backoff in milliseconds, `$6` the counter shard. One row: the job re-queued or
+/// moved to history as `failed`; none when the lease no longer holds.
+// `attempts` was counted at claim time, so `attempts < max_attempts` means another
+// attempt is left; the history entry takes its attempt number and worker from the row,
+// which the token guard proves is this lease's.
+// One statement, two exclusive outcomes on the locked row: re-queued in place when
+// retryable with attempts left, else moved to history as `failed`.
+const FAIL_ATTEMPT: &str = concat!(
+    "with target as (
+                select id, ($4 and attempts < max_attempts) as again
+                from faultline.jobs
+                where id = $1 and lease_token = $2 and lease_expires_at is not null
+                for update
+            ),
+            retried as (
+                update faultline.jobs j
+                set state = 'queued',
+                    next_run_at = now() + $5 * interval '1 millisecond',
+                    eligible_at = greatest(now() + $5 * interval '1 millisecond',
+                                           clock_timestamp()),
+                    lease_expires_at = null,
+                    last_error = $3,
+                    errors = j.errors || jsonb_build_array(jsonb_build_object(
+                        'attempt', j.attempts, 'worker', j.lease_owner, 'at', now(),
+                        'error', $3::text, 'reason', 'error',
+                        'retry_at', now() + $5 * interval '1 millisecond')),
+                    updated_at = now()
+                from target t
+                where j.id = t.id and t.again
+                returning j.*
+            ),
+            moved as (
+                delete from faultline.jobs j using target t
+                where j.id = t.id and not t.again
+                returning j.*
+            ),
+            ",
+    archive_moved!(
+        "failed",
+        "$3",
+        "errors || jsonb_build_array(jsonb_build_object('attempt', attempts, 'worker', lease_owner, 'at', now(), 'error', $3::text, 'reason', 'error', 'retry_at', null))",
+        "$6"
+    ),
+    "
+            select ",
+    job_fields!("pending_dependencies"),
+    " from retried
+            union all
+            select ",
+    job_fields!("0"),
+    " from archived"
 );
 
 /// The leases' ids (sorted: see "Fenced batch reports" in the module docs) and tokens.

@@ -20,6 +20,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
 
 use super::statement::{ExecuteOnStore, OnStore};
 use super::{BatchItem, Store};
@@ -318,10 +319,33 @@ impl Store {
         .persistent(self.uses_prepared_statements())
         .fetch_all(&mut *tx)
         .await?;
-        let mut jobs = Vec::new();
-        let mut slots: Vec<(usize, DateTime<Utc>)> = Vec::new();
-        let mut progress: Vec<Progress> = Vec::new();
-        for row in &rows {
+        let ChunkPlan {
+            jobs,
+            slots,
+            mut progress,
+        } = self.plan_chunk(&rows, up_since, outcome);
+        let items = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.enqueue_scheduled_batch_in(&mut tx, jobs).await?
+        };
+        record_fired(items, slots, &mut progress, outcome);
+        save_progress(&mut tx, &progress, self.uses_prepared_statements()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The jobs of the locked `rows`' due slots, each with the index in `progress` of its
+    /// schedule and its slot, and every planned schedule's progress; misfires are counted into
+    /// `outcome`. A slot whose job cannot be stored any more is passed over (logged).
+    fn plan_chunk(
+        &self,
+        rows: &[DueRow],
+        up_since: DateTime<Utc>,
+        outcome: &mut FireOutcome,
+    ) -> ChunkPlan {
+        let mut chunk = ChunkPlan::default();
+        for row in rows {
             let Some(plan) = plan(&row.due, row.now, up_since) else {
                 continue;
             };
@@ -346,72 +370,96 @@ impl Store {
                         "schedule's job refused; slot passed over");
                     continue;
                 }
-                jobs.push(job);
-                slots.push((progress.len(), slot));
+                chunk.jobs.push(job);
+                chunk.slots.push((chunk.progress.len(), slot));
             }
-            progress.push(Progress {
+            chunk.progress.push(Progress {
                 name: row.due.name.clone(),
                 through: plan.through,
                 next: plan.next,
                 last: None,
             });
         }
-        let items = if jobs.is_empty() {
-            Vec::new()
-        } else {
-            self.enqueue_scheduled_batch_in(&mut tx, jobs).await?
+        chunk
+    }
+}
+
+/// What a chunk of schedules fires: the jobs, and for each job (same order) the index of its
+/// schedule in `progress` and its slot.
+#[derive(Default)]
+struct ChunkPlan {
+    jobs: Vec<NewJob>,
+    slots: Vec<(usize, DateTime<Utc>)>,
+    progress: Vec<Progress>,
+}
+
+/// Record what the enqueue of a chunk's jobs gave (`items`, in the order of `slots`): created
+/// jobs into `outcome.enqueued`, slots that had their job already into `outcome.already`, and
+/// each slot's job as its schedule's last in `progress`.
+fn record_fired(
+    items: Vec<BatchItem>,
+    slots: Vec<(usize, DateTime<Utc>)>,
+    progress: &mut [Progress],
+    outcome: &mut FireOutcome,
+) {
+    for (item, (i, slot)) in items.into_iter().zip(slots) {
+        let id = match item {
+            BatchItem::Created(job) => {
+                outcome
+                    .enqueued
+                    .push((progress[i].name.clone(), slot, job.id));
+                job.id
+            }
+            // The slot has its job already (a replay, or the key holds a job of the
+            // schedule's earlier definition): fired before, by this or another process.
+            BatchItem::Replayed(job) | BatchItem::Duplicate(job) => {
+                outcome.already += 1;
+                job.id
+            }
+            BatchItem::Conflict { existing, .. } => {
+                outcome.already += 1;
+                existing
+            }
         };
-        for (item, (i, slot)) in items.into_iter().zip(slots) {
-            let id = match item {
-                BatchItem::Created(job) => {
-                    outcome
-                        .enqueued
-                        .push((progress[i].name.clone(), slot, job.id));
-                    job.id
-                }
-                // The slot has its job already (a replay, or the key holds a job of the
-                // schedule's earlier definition): fired before, by this or another process.
-                BatchItem::Replayed(job) | BatchItem::Duplicate(job) => {
-                    outcome.already += 1;
-                    job.id
-                }
-                BatchItem::Conflict { existing, .. } => {
-                    outcome.already += 1;
-                    existing
-                }
-            };
-            progress[i].last = Some((slot, id));
-        }
-        sqlx::query(
-            "update faultline.schedules s
+        progress[i].last = Some((slot, id));
+    }
+}
+
+/// Move each schedule's progress (considered until, next slot, last slot and job when one
+/// fired) in `tx`, the transaction that holds their row locks and enqueued their jobs.
+async fn save_progress(
+    tx: &mut PgConnection,
+    progress: &[Progress],
+    persistent: bool,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update faultline.schedules s
              set considered_until = u.through, next_run_at = u.next,
                  last_run_at = coalesce(u.last_at, s.last_run_at),
                  last_job_id = coalesce(u.last_job, s.last_job_id)
              from unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[],
                          $5::uuid[]) as u(name, through, next, last_at, last_job)
              where s.name = u.name",
-        )
-        .bind(progress.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
-        .bind(progress.iter().map(|p| p.through).collect::<Vec<_>>())
-        .bind(progress.iter().map(|p| p.next).collect::<Vec<_>>())
-        .bind(
-            progress
-                .iter()
-                .map(|p| p.last.map(|l| l.0))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            progress
-                .iter()
-                .map(|p| p.last.map(|l| l.1))
-                .collect::<Vec<_>>(),
-        )
-        .persistent(self.uses_prepared_statements())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
+    )
+    .bind(progress.iter().map(|p| p.name.clone()).collect::<Vec<_>>())
+    .bind(progress.iter().map(|p| p.through).collect::<Vec<_>>())
+    .bind(progress.iter().map(|p| p.next).collect::<Vec<_>>())
+    .bind(
+        progress
+            .iter()
+            .map(|p| p.last.map(|l| l.0))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        progress
+            .iter()
+            .map(|p| p.last.map(|l| l.1))
+            .collect::<Vec<_>>(),
+    )
+    .persistent(persistent)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Schedules fired per transaction: their jobs go in one statement.

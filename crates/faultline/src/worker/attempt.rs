@@ -2,14 +2,18 @@
 //! its timeout and its stop signal; then the outcome goes to the reporter.
 
 use std::any::Any;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use super::active::{Stop, StopReason};
-use super::handler::{JobContext, JobError};
+use super::handler::{JobContext, JobError, JobResult};
 use super::hook::RunEnd;
 use super::shared::Shared;
 use super::shared::{Report, ReportKind};
+use crate::payload::Payload;
 use crate::store::Claimed;
 
 /// After a stop, how long a handler gets to return on its own before it is aborted. Its result
@@ -87,14 +91,38 @@ async fn run_handler(
             run = hook.wrap(hook_ctx, run);
         }
     }
-    let mut task = tokio::spawn(run);
+    let outcome = supervise(shared, tokio::spawn(run), timeout, &cancel, stop).await;
+    let outcome = after_stop(outcome, stop, &committed);
+    if let Some(hook_ctx) = &hook_ctx {
+        let end = match &outcome {
+            Outcome::Succeeded(_) | Outcome::Committed => RunEnd::Succeeded,
+            Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
+            Outcome::Stopped(_) => RunEnd::Stopped,
+        };
+        for hook in shared.hooks.iter().rev() {
+            hook.finished(hook_ctx, &end).await;
+        }
+    }
+    outcome
+}
+
+/// The outcome of the handler's `task`, whichever comes first: the task's end, its `timeout`
+/// (the handler's token `cancel` cancelled and the task aborted: a retryable failure), or the
+/// job's stop (the task given [`STOP_GRACE`] to return, then aborted: stopped).
+async fn supervise(
+    shared: &Shared,
+    mut task: tokio::task::JoinHandle<JobResult<Payload>>,
+    timeout: Option<Duration>,
+    cancel: &CancellationToken,
+    stop: &Stop,
+) -> Outcome {
     let expired = async {
         match timeout {
             Some(t) => tokio::time::sleep(t).await,
             None => std::future::pending().await,
         }
     };
-    let outcome = tokio::select! {
+    tokio::select! {
         joined = &mut task => match joined {
             Ok(Ok(output)) => match shared.store.result_text(&output) {
                 Ok(text) => Outcome::Succeeded(text),
@@ -123,28 +151,22 @@ async fn run_handler(
             }
             Outcome::Stopped(stop.reason().unwrap_or(StopReason::Shutdown))
         }
-    };
+    }
+}
+
+/// The outcome to report: [`Outcome::Committed`] when the handler committed the job itself,
+/// [`Outcome::Stopped`] for a failure once a stop has fired, else `outcome` as it is.
+fn after_stop(outcome: Outcome, stop: &Stop, committed: &AtomicBool) -> Outcome {
     // Once a stop has fired, a failure is taken as its consequence (the handler saw its token
-    // cancelled), whichever branch above won the race: the job is handed back or the result
+    // cancelled), whichever branch of `supervise` won the race: the job is handed back or the result
     // dropped, never charged as a failed attempt. A success still counts: it is reported under
     // the lease and the fence decides whether it lands.
-    let outcome = match (outcome, stop.reason()) {
+    match (outcome, stop.reason()) {
         // Committed by the handler: the job succeeded, whatever happened after.
         _ if committed.load(std::sync::atomic::Ordering::Acquire) => Outcome::Committed,
         (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
         (outcome, _) => outcome,
-    };
-    if let Some(hook_ctx) = &hook_ctx {
-        let end = match &outcome {
-            Outcome::Succeeded(_) | Outcome::Committed => RunEnd::Succeeded,
-            Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
-            Outcome::Stopped(_) => RunEnd::Stopped,
-        };
-        for hook in shared.hooks.iter().rev() {
-            hook.finished(hook_ctx, &end).await;
-        }
     }
-    outcome
 }
 
 /// Hand the outcome to the reporter under the job's lease; a lost lease reports nothing.

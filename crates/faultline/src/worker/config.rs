@@ -96,7 +96,19 @@ impl WorkerConfig {
     /// # Errors
     /// A [`ConfigError`] naming the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |setting, message: String| Err(ConfigError { setting, message });
+        self.validate_names()?;
+        self.validate_sizes()?;
+        self.validate_lease()?;
+        if let Listen::Url(url) = &self.listen {
+            if let Err(e) = crate::db::connect_options(url) {
+                return err("listen", e.to_string());
+            }
+        }
+        self.validate_durations()
+    }
+
+    /// The worker id and the queue names (at least one).
+    fn validate_names(&self) -> Result<(), ConfigError> {
         if let Some(problem) = crate::names::label_problem(&self.worker_id) {
             return err("worker_id", problem);
         }
@@ -108,6 +120,11 @@ impl WorkerConfig {
                 return err("queues", format!("queue {queue:?} {problem}"));
             }
         }
+        Ok(())
+    }
+
+    /// The concurrency (1 to 10,000), then the prefetch (0 to 10,000).
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
         if self.concurrency == 0 || self.concurrency > 10_000 {
             return err(
                 "concurrency",
@@ -120,6 +137,12 @@ impl WorkerConfig {
                 format!("must be 0 to 10000, got {}", self.prefetch),
             );
         }
+        Ok(())
+    }
+
+    /// The lease TTL (at least 100 ms), then the heartbeat interval, which must renew a lease
+    /// before it would self-fence.
+    fn validate_lease(&self) -> Result<(), ConfigError> {
         if self.lease_ttl < Duration::from_millis(100) {
             return err(
                 "lease_ttl",
@@ -136,11 +159,11 @@ impl WorkerConfig {
                 ),
             );
         }
-        if let Listen::Url(url) = &self.listen {
-            if let Err(e) = crate::db::connect_options(url) {
-                return err("listen", e.to_string());
-            }
-        }
+        Ok(())
+    }
+
+    /// The poll interval (at least 1 ms), then every duration the database adds to its clock.
+    fn validate_durations(&self) -> Result<(), ConfigError> {
         if self.poll_interval < Duration::from_millis(1) {
             return err("poll_interval", "must be at least 1ms".into());
         }
@@ -156,6 +179,11 @@ impl WorkerConfig {
         }
         Ok(())
     }
+}
+
+/// The [`ConfigError`] for `setting`, as the result of a check.
+fn err(setting: &'static str, message: String) -> Result<(), ConfigError> {
+    Err(ConfigError { setting, message })
 }
 
 /// `hostname-pid-xxxx`: unique across hosts, processes and restarts of one process id.

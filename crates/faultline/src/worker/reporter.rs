@@ -80,85 +80,15 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
     let mut retry = Vec::new();
 
     if !completes.is_empty() {
-        let items: Vec<(&Lease, Option<&str>)> = completes
-            .iter()
-            .map(|r| match &r.what {
-                ReportKind::Complete(result) => (&r.lease, result.as_deref()),
-                _ => (&r.lease, None),
-            })
-            .collect();
-        let outcome = shared.store.complete_many(&items).await;
-        drop(items);
-        match outcome {
-            Ok(results) => {
-                shared.health.ok();
-                for (report, result) in completes.into_iter().zip(results) {
-                    match result {
-                        Ok(()) => {
-                            shared
-                                .metrics
-                                .jobs_succeeded
-                                .with_label_values(&[&report.queue, &report.kind])
-                                .inc();
-                            shared.active.remove(report.lease.token);
-                        }
-                        Err(e) => settle_rejected(shared, &report, e),
-                    }
-                }
-            }
-            Err(e) if e.is_permanent_database_error() => {
-                // The database refused the batch itself (not our connection): report each alone
-                // below, so one refused row cannot hold back the others.
-                shared.health.failed("complete", &e);
-                for report in completes {
-                    others.push(report);
-                }
-            }
-            Err(e) => {
-                shared.health.failed("complete", &e);
-                retry.extend(completes);
-            }
-        }
+        flush_completes(shared, completes, &mut others, &mut retry).await;
     }
 
     // A queue rather than a loop over `others`: a refused report's replacement is written in
     // this same pass (at most one replacement per report, see `refused`).
     let mut queue: std::collections::VecDeque<Report> = others.into();
     while let Some(report) = queue.pop_front() {
-        let result = match &report.what {
-            ReportKind::Fail(error) => shared
-                .store
-                .fail_attempt(&report.lease, error.message(), error.is_retryable())
-                .await
-                .map(Some),
-            ReportKind::Release => shared.store.release(&report.lease).await.map(|()| None),
-            ReportKind::Complete(result) => shared
-                .store
-                .complete_many(&[(&report.lease, result.as_deref())])
-                .await
-                .and_then(|mut results| results.pop().expect("one result per lease"))
-                .map(|()| None),
-        };
-        match result {
-            Ok(outcome) => {
-                shared.health.ok();
-                let labels = [report.queue.as_str(), report.kind.as_str()];
-                match outcome {
-                    Some(FailOutcome::Retrying(job)) => {
-                        shared.metrics.job_retries.with_label_values(&labels).inc();
-                        // Both times come from one now(): the delay is clock-independent.
-                        let delay = (job.next_run_at - job.updated_at)
-                            .to_std()
-                            .unwrap_or_default();
-                        shared.wake_after(delay);
-                    }
-                    Some(FailOutcome::Failed(_)) => {
-                        shared.metrics.jobs_failed.with_label_values(&labels).inc()
-                    }
-                    None => {}
-                }
-                shared.active.remove(report.lease.token);
-            }
+        match write_one(shared, &report).await {
+            Ok(outcome) => settle_written(shared, &report, outcome),
             Err(e @ StoreError::LeaseLost { .. }) => settle_rejected(shared, &report, e),
             Err(e) => {
                 shared.health.failed(report.what.op(), &e);
@@ -174,6 +104,95 @@ async fn flush(shared: &Shared, pending: Vec<Report>) -> Vec<Report> {
     }
     shared.reports_landed();
     retry
+}
+
+/// Write the successes `completes` in one fenced batch and settle each one's result. When the
+/// database refused the batch itself they go to `others`, to be written one by one; when it
+/// could not be reached, to `retry`.
+async fn flush_completes(
+    shared: &Shared,
+    completes: Vec<Report>,
+    others: &mut Vec<Report>,
+    retry: &mut Vec<Report>,
+) {
+    let items: Vec<(&Lease, Option<&str>)> = completes
+        .iter()
+        .map(|r| match &r.what {
+            ReportKind::Complete(result) => (&r.lease, result.as_deref()),
+            _ => (&r.lease, None),
+        })
+        .collect();
+    let outcome = shared.store.complete_many(&items).await;
+    drop(items);
+    match outcome {
+        Ok(results) => {
+            shared.health.ok();
+            for (report, result) in completes.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        shared
+                            .metrics
+                            .jobs_succeeded
+                            .with_label_values(&[&report.queue, &report.kind])
+                            .inc();
+                        shared.active.remove(report.lease.token);
+                    }
+                    Err(e) => settle_rejected(shared, &report, e),
+                }
+            }
+        }
+        Err(e) if e.is_permanent_database_error() => {
+            // The database refused the batch itself (not our connection): report each alone
+            // below, so one refused row cannot hold back the others.
+            shared.health.failed("complete", &e);
+            for report in completes {
+                others.push(report);
+            }
+        }
+        Err(e) => {
+            shared.health.failed("complete", &e);
+            retry.extend(completes);
+        }
+    }
+}
+
+/// Write one report through its fenced call. Returns the failed attempt's outcome for a
+/// failure, `None` for a success or a release.
+async fn write_one(shared: &Shared, report: &Report) -> Result<Option<FailOutcome>, StoreError> {
+    match &report.what {
+        ReportKind::Fail(error) => shared
+            .store
+            .fail_attempt(&report.lease, error.message(), error.is_retryable())
+            .await
+            .map(Some),
+        ReportKind::Release => shared.store.release(&report.lease).await.map(|()| None),
+        ReportKind::Complete(result) => shared
+            .store
+            .complete_many(&[(&report.lease, result.as_deref())])
+            .await
+            .and_then(|mut results| results.pop().expect("one result per lease"))
+            .map(|()| None),
+    }
+}
+
+/// A report that landed: count it (a retry also wakes the claimer when the job is due again)
+/// and forget its lease.
+fn settle_written(shared: &Shared, report: &Report, outcome: Option<FailOutcome>) {
+    shared.health.ok();
+    let labels = [report.queue.as_str(), report.kind.as_str()];
+    match outcome {
+        Some(FailOutcome::Retrying(job)) => {
+            shared.metrics.job_retries.with_label_values(&labels).inc();
+            // Both times come from one now(): the delay is clock-independent.
+            let delay = (job.next_run_at - job.updated_at)
+                .to_std()
+                .unwrap_or_default();
+            shared.wake_after(delay);
+        }
+        Some(FailOutcome::Failed(_)) => shared.metrics.jobs_failed.with_label_values(&labels).inc(),
+        None => {}
+    }
+    shared.active.remove(report.lease.token);
 }
 
 /// A report the database refused for good (not one it could not receive). Retrying it as it is

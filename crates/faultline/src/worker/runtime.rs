@@ -32,7 +32,7 @@ use super::shared::{Shared, DB_RETRY};
 use super::{attempt, heartbeat, listener, presence, reporter};
 use crate::maintenance::Maintainer;
 use crate::metrics::Metrics;
-use crate::store::{Claimed, Store};
+use crate::store::{ClaimOutcome, Claimed, Store};
 
 /// Runs jobs from the store with the handlers of a registry. See the module docs.
 pub struct Worker {
@@ -254,93 +254,153 @@ async fn claim_loop(shared: &Arc<Shared>, wake: &Notify, shutdown: &Cancellation
         if shutdown.is_cancelled() {
             return;
         }
-        if shared.fenced.load(Ordering::Acquire) {
-            // Self-fenced: claim nothing until the database answers a probe.
-            match shared.store.ping().await {
-                Ok(_) => {
-                    shared.fenced.store(false, Ordering::Release);
-                    shared.health.ok();
-                    failures = 0;
-                }
-                Err(e) => {
-                    shared.health.failed("probe", &e.into());
-                    failures += 1;
-                    if backoff(failures, shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            }
-        }
-        launch_prefetched(shared, concurrency);
-        let free = claim_room(shared, concurrency);
-        if free == 0 {
-            tokio::select! {
-                _ = shared.slot_freed.notified() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            gather_slots(shared, concurrency).await;
-            continue;
-        }
-        let sent = Instant::now();
-        let throttled: bool;
-        match shared
-            .store
-            .claim_with_throttles(
-                &shared.config.queues,
-                &shared.worker_id,
-                free as u32,
-                shared.config.lease_ttl,
-            )
-            .await
-        {
-            Ok(outcome) => {
-                shared.health.ok();
-                failures = 0;
-                throttled = !outcome.throttled.is_empty();
-                for (queue, reason) in &outcome.throttled {
-                    shared
-                        .metrics
-                        .claims_throttled
-                        .with_label_values(&[queue.as_str(), reason.as_str()])
-                        .inc();
-                }
-                let batch = outcome.claimed;
-                let claimed = batch.len();
-                for job in batch {
-                    let stop = hold(shared, &job, sent);
-                    if shared.inflight.load(Ordering::Acquire) < concurrency {
-                        launch(shared, job, stop);
-                    } else {
-                        shared.prefetched.push(Prefetched { claimed: job, stop });
-                    }
-                }
-                if claimed == free {
-                    // There may be more: claim again as soon as a slot frees.
-                    continue;
-                }
-            }
-            Err(e) => {
-                shared.health.failed("claim", &e);
-                failures += 1;
-                if backoff(failures, shutdown).await {
-                    return;
-                }
-                continue;
-            }
-        }
-        // The queue is drained for now: wait for a notification, the poll interval, or
-        // shutdown — or, with jobs buffered, for a slot to start the next one in.
-        // A limit that held the claim back may have room again as soon as one of this worker's
-        // own jobs of that queue finishes; other workers' completions are seen at the poll.
-        let buffered = shared.prefetched.len() > 0;
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = shared.slot_freed.notified(), if buffered || throttled => {}
-            _ = tokio::time::sleep(shared.config.poll_interval) => {}
-            _ = shutdown.cancelled() => return,
+        if let Flow::Stop = claim_once(shared, wake, shutdown, concurrency, &mut failures).await {
+            return;
         }
     }
+}
+
+/// What the claim loop does after one pass.
+enum Flow {
+    /// Go round again.
+    Continue,
+    /// Shutdown: leave the loop.
+    Stop,
+}
+
+/// One pass of the claim loop: leave self-fencing once the database answers, start buffered
+/// jobs, then claim for the free room and start or buffer what came; when the queues are
+/// drained for now, wait for work. `failures` counts the database calls failed in a row.
+async fn claim_once(
+    shared: &Arc<Shared>,
+    wake: &Notify,
+    shutdown: &CancellationToken,
+    concurrency: usize,
+    failures: &mut u32,
+) -> Flow {
+    if shared.fenced.load(Ordering::Acquire) {
+        if let Some(flow) = probe_while_fenced(shared, shutdown, failures).await {
+            return flow;
+        }
+    }
+    launch_prefetched(shared, concurrency);
+    let free = claim_room(shared, concurrency);
+    if free == 0 {
+        tokio::select! {
+            _ = shared.slot_freed.notified() => {}
+            _ = shutdown.cancelled() => return Flow::Stop,
+        }
+        gather_slots(shared, concurrency).await;
+        return Flow::Continue;
+    }
+    let sent = Instant::now();
+    let outcome = match shared
+        .store
+        .claim_with_throttles(
+            &shared.config.queues,
+            &shared.worker_id,
+            free as u32,
+            shared.config.lease_ttl,
+        )
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            shared.health.failed("claim", &e);
+            *failures += 1;
+            return after_failure(*failures, shutdown).await;
+        }
+    };
+    shared.health.ok();
+    *failures = 0;
+    let throttled = !outcome.throttled.is_empty();
+    if start_claimed(shared, outcome, sent, concurrency) == free {
+        // There may be more: claim again as soon as a slot frees.
+        return Flow::Continue;
+    }
+    wait_for_work(shared, wake, shutdown, throttled).await
+}
+
+/// Self-fenced: claim nothing until the database answers a probe. `None` once it answered
+/// (fence lifted, go on with this pass); otherwise what to do after backing off.
+async fn probe_while_fenced(
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+) -> Option<Flow> {
+    match shared.store.ping().await {
+        Ok(_) => {
+            shared.fenced.store(false, Ordering::Release);
+            shared.health.ok();
+            *failures = 0;
+            None
+        }
+        Err(e) => {
+            shared.health.failed("probe", &e.into());
+            *failures += 1;
+            Some(after_failure(*failures, shutdown).await)
+        }
+    }
+}
+
+/// Back off after the `failures`th failed call in a row: [`Flow::Stop`] if shutdown came
+/// meanwhile.
+async fn after_failure(failures: u32, shutdown: &CancellationToken) -> Flow {
+    if backoff(failures, shutdown).await {
+        Flow::Stop
+    } else {
+        Flow::Continue
+    }
+}
+
+/// Count the claims `outcome`'s limits held back, and start each claimed job (held from now
+/// on) in a free slot, or buffer it when none is free. Returns how many jobs were claimed.
+fn start_claimed(
+    shared: &Arc<Shared>,
+    outcome: ClaimOutcome,
+    sent: Instant,
+    concurrency: usize,
+) -> usize {
+    for (queue, reason) in &outcome.throttled {
+        shared
+            .metrics
+            .claims_throttled
+            .with_label_values(&[queue.as_str(), reason.as_str()])
+            .inc();
+    }
+    let batch = outcome.claimed;
+    let claimed = batch.len();
+    for job in batch {
+        let stop = hold(shared, &job, sent);
+        if shared.inflight.load(Ordering::Acquire) < concurrency {
+            launch(shared, job, stop);
+        } else {
+            shared.prefetched.push(Prefetched { claimed: job, stop });
+        }
+    }
+    claimed
+}
+
+/// The queue is drained for now: wait for a notification, the poll interval, or shutdown
+/// ([`Flow::Stop`]) — or, with jobs buffered or a claim held back by a limit, for a slot.
+async fn wait_for_work(
+    shared: &Shared,
+    wake: &Notify,
+    shutdown: &CancellationToken,
+    throttled: bool,
+) -> Flow {
+    // The queue is drained for now: wait for a notification, the poll interval, or
+    // shutdown — or, with jobs buffered, for a slot to start the next one in.
+    // A limit that held the claim back may have room again as soon as one of this worker's
+    // own jobs of that queue finishes; other workers' completions are seen at the poll.
+    let buffered = shared.prefetched.len() > 0;
+    tokio::select! {
+        _ = wake.notified() => {}
+        _ = shared.slot_freed.notified(), if buffered || throttled => {}
+        _ = tokio::time::sleep(shared.config.poll_interval) => {}
+        _ = shutdown.cancelled() => return Flow::Stop,
+    }
+    Flow::Continue
 }
 
 /// How many jobs to claim now: room for `concurrency` handlers and `prefetch` buffered jobs,

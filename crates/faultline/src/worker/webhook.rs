@@ -158,13 +158,10 @@ impl Webhook {
             None => Ok(()),
         }
     }
-}
 
-impl Handler for Webhook {
-    type Payload = WebhookPayload;
-    type Output = WebhookResult;
-
-    async fn handle(&self, ctx: JobContext, hook: WebhookPayload) -> JobResult<WebhookResult> {
+    /// The payload's URL, once it is an `http(s)` URL with a host whose literal address (or,
+    /// through a proxy, resolved name) is not refused.
+    async fn checked_url(&self, hook: &WebhookPayload) -> Result<reqwest::Url, JobError> {
         let url = reqwest::Url::parse(&hook.url)
             .map_err(|e| JobError::permanent(format!("invalid webhook url {:?}: {e}", hook.url)))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -189,40 +186,18 @@ impl Handler for Webhook {
             self.check_before_proxy(host, url.port_or_known_default().unwrap_or(80))
                 .await?;
         }
-        // Headers from the payload are checked here, each named: a bad one is the payload's
-        // fault, permanent, not a "builder error" retried four times.
-        if let Some(name) = crate::webhook_headers::refused(hook.headers.keys().map(String::as_str))
-        {
-            return Err(JobError::permanent(format!(
-                "webhook header {name:?} cannot be set: the HTTP client frames the request"
-            )));
-        }
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (name, value) in &hook.headers {
-            let header =
-                reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    JobError::permanent(format!("invalid webhook header name {name:?}"))
-                })?;
-            let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
-                JobError::permanent(format!(
-                    "invalid value for webhook header {name:?}: header values are visible \
-                     ASCII, spaces and tabs"
-                ))
-            })?;
-            headers.append(header, value);
-        }
-        // The job's own headers (docs/library.md) last, replacing any the payload set: a receiver may
-        // trust them, the fencing token above all (it refuses a write with a smaller one).
-        for (name, value) in [
-            ("faultline-job-id", ctx.job_id.to_string()),
-            ("faultline-attempt", ctx.attempt.to_string()),
-            ("faultline-fencing-token", ctx.lease_token.to_string()),
-            ("idempotency-key", ctx.job_id.to_string()),
-        ] {
-            let value = reqwest::header::HeaderValue::from_str(&value)
-                .expect("ids and numbers are header-safe");
-            headers.insert(reqwest::header::HeaderName::from_static(name), value);
-        }
+        Ok(url)
+    }
+
+    /// The request to send for `hook` to `url`: method, timeout, headers and body, every part
+    /// from the payload checked (a bad one is a permanent error naming it).
+    fn request(
+        &self,
+        ctx: &JobContext,
+        hook: &WebhookPayload,
+        url: reqwest::Url,
+    ) -> Result<reqwest::RequestBuilder, JobError> {
+        let headers = request_headers(ctx, &hook.headers)?;
         let method = hook.method.as_deref().unwrap_or("POST");
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| JobError::permanent(format!("invalid webhook method {method:?}")))?;
@@ -230,13 +205,13 @@ impl Handler for Webhook {
             .timeout_ms
             .map_or(self.config.timeout, Duration::from_millis);
         let typed = headers.contains_key(reqwest::header::CONTENT_TYPE);
-        let mut request = self
+        let request = self
             .client
             .request(method, url)
             .timeout(timeout)
             .headers(headers);
         // The body's text as the producer wrote it (key order, number spelling), not re-encoded.
-        request = match hook.body.as_deref().map(|raw| raw.get().trim()) {
+        Ok(match hook.body.as_deref().map(|raw| raw.get().trim()) {
             None | Some("null") => request,
             Some(text) if text.starts_with('"') => {
                 let text: String = serde_json::from_str(text)
@@ -247,7 +222,17 @@ impl Handler for Webhook {
             Some(json) => request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(json.to_owned()),
-        };
+        })
+    }
+}
+
+impl Handler for Webhook {
+    type Payload = WebhookPayload;
+    type Output = WebhookResult;
+
+    async fn handle(&self, ctx: JobContext, hook: WebhookPayload) -> JobResult<WebhookResult> {
+        let url = self.checked_url(&hook).await?;
+        let request = self.request(&ctx, &hook, url)?;
         let response = tokio::select! {
             response = request.send() => response,
             _ = ctx.cancelled() => return Err(JobError::retryable("cancelled during delivery")),
@@ -271,6 +256,47 @@ impl Handler for Webhook {
             Err(JobError::permanent(message))
         }
     }
+}
+
+/// The request's headers: the payload's (each checked, a bad one a permanent error naming it),
+/// then the job's own, which replace any the payload set.
+fn request_headers(
+    ctx: &JobContext,
+    payload_headers: &HashMap<String, String>,
+) -> Result<reqwest::header::HeaderMap, JobError> {
+    // Headers from the payload are checked here, each named: a bad one is the payload's
+    // fault, permanent, not a "builder error" retried four times.
+    if let Some(name) = crate::webhook_headers::refused(payload_headers.keys().map(String::as_str))
+    {
+        return Err(JobError::permanent(format!(
+            "webhook header {name:?} cannot be set: the HTTP client frames the request"
+        )));
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in payload_headers {
+        let header = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| JobError::permanent(format!("invalid webhook header name {name:?}")))?;
+        let value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+            JobError::permanent(format!(
+                "invalid value for webhook header {name:?}: header values are visible \
+                 ASCII, spaces and tabs"
+            ))
+        })?;
+        headers.append(header, value);
+    }
+    // The job's own headers (docs/library.md) last, replacing any the payload set: a receiver may
+    // trust them, the fencing token above all (it refuses a write with a smaller one).
+    for (name, value) in [
+        ("faultline-job-id", ctx.job_id.to_string()),
+        ("faultline-attempt", ctx.attempt.to_string()),
+        ("faultline-fencing-token", ctx.lease_token.to_string()),
+        ("idempotency-key", ctx.job_id.to_string()),
+    ] {
+        let value = reqwest::header::HeaderValue::from_str(&value)
+            .expect("ids and numbers are header-safe");
+        headers.insert(reqwest::header::HeaderName::from_static(name), value);
+    }
+    Ok(headers)
 }
 
 /// At most `max` bytes of the answer's body, as storable text, and whether there was more;

@@ -89,31 +89,7 @@ pub(super) async fn resolve_dependencies(
     shape: Shape,
 ) -> Result<(), StoreError> {
     for (k, p) in segment.iter_mut().enumerate() {
-        let mut ids = Vec::with_capacity(p.job.depends_on.len());
-        for (d, dependency) in p.job.depends_on.iter().enumerate() {
-            let id = match dependency {
-                Dependency::Job(id) => *id,
-                Dependency::Earlier(j) => match &earlier[*j] {
-                    Some(BatchItem::Created(job) | BatchItem::Replayed(job)) => job.id,
-                    _ => {
-                        return Err(shape.name(
-                            offset + k,
-                            StoreError::invalid(
-                                format!("depends_on[{d}]"),
-                                format!(
-                                    "names jobs[{j}], which was not created: its idempotency key \
-                                     is held by a different request"
-                                ),
-                            ),
-                        ))
-                    }
-                },
-            };
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        p.depends_on = ids;
+        p.depends_on = dependency_ids(p, offset + k, earlier, shape)?;
     }
     // Parents this batch created itself (in an earlier segment) are invisible to every other
     // transaction until commit, so nothing can finish them meanwhile: their state is the one
@@ -159,6 +135,45 @@ pub(super) async fn resolve_dependencies(
         p.fingerprint = fingerprint(&p.job);
     }
     Ok(())
+}
+
+/// The ids of the dependencies of `p` (job `index` of the request), deduplicated in order:
+/// an earlier job of the batch named by position is the job created or replayed for it.
+///
+/// # Errors
+/// [`StoreError::Invalid`] naming `depends_on[d]` when that earlier job was not created (its
+/// idempotency key is held by a different request).
+fn dependency_ids(
+    p: &Prepared,
+    index: usize,
+    earlier: &[Option<BatchItem>],
+    shape: Shape,
+) -> Result<Vec<JobId>, StoreError> {
+    let mut ids = Vec::with_capacity(p.job.depends_on.len());
+    for (d, dependency) in p.job.depends_on.iter().enumerate() {
+        let id = match dependency {
+            Dependency::Job(id) => *id,
+            Dependency::Earlier(j) => match &earlier[*j] {
+                Some(BatchItem::Created(job) | BatchItem::Replayed(job)) => job.id,
+                _ => {
+                    return Err(shape.name(
+                        index,
+                        StoreError::invalid(
+                            format!("depends_on[{d}]"),
+                            format!(
+                                "names jobs[{j}], which was not created: its idempotency key \
+                                 is held by a different request"
+                            ),
+                        ),
+                    ))
+                }
+            },
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// Cancel at once the created jobs of `segment` whose dependency had already failed or been

@@ -1,6 +1,7 @@
 //! The insert statement itself (one statement per round, in its idempotency and wake-up
 //! variants), and its text.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::job::{Job, JobId};
@@ -19,46 +20,39 @@ pub(super) async fn insert<'a>(
     persistent: bool,
     note_lanes: bool,
 ) -> Result<Vec<Job>, sqlx::Error> {
-    let mut ids = Vec::new();
-    let mut queues = Vec::new();
-    let mut kinds = Vec::new();
-    let mut payloads = Vec::new();
-    let mut priorities = Vec::new();
-    let mut max_attempts = Vec::new();
-    let mut run_ats = Vec::new();
-    let mut keys = Vec::new();
-    let mut fingerprints = Vec::new();
-    let mut timeouts = Vec::new();
-    let mut concurrency_keys = Vec::new();
-    let mut depends_on = Vec::new();
-    let mut pending = Vec::new();
-    let mut unique_keys = Vec::new();
-    let mut unique_periods = Vec::new();
-    let mut unique_active = false;
-    let mut traceparents = Vec::new();
-    for p in jobs {
-        ids.push(p.id);
-        queues.push(p.job.queue.as_str());
-        kinds.push(p.job.kind.as_str());
-        payloads.push(p.payload.as_str());
-        priorities.push(p.job.priority);
-        max_attempts.push(p.job.max_attempts);
-        run_ats.push(p.job.run_at);
-        keys.push(p.job.idempotency_key.as_deref());
-        fingerprints.push(p.fingerprint.as_slice());
-        timeouts.push(p.job.timeout_ms);
-        concurrency_keys.push(p.job.concurrency_key.as_deref());
-        depends_on.push(depends_on_literal(&p.depends_on));
-        pending.push((p.pending > 0).then_some(p.pending));
-        unique_keys.push(p.unique_key.as_deref());
-        unique_periods.push(p.unique_period_ms);
-        unique_active |= p.unique_while_active();
-        traceparents.push(p.job.traceparent.as_deref());
-    }
-    mark_keyed(conn, &queues, &concurrency_keys, persistent).await?;
+    let c = Columns::of(jobs);
+    mark_keyed(conn, &c.queues, &c.concurrency_keys, persistent).await?;
+    let sql = insert_statement(notify, c.unique_active, note_lanes);
+    let query = sqlx::query_as::<_, Job>(sql)
+        .bind(c.ids)
+        .bind(c.queues)
+        .bind(c.kinds)
+        .bind(c.payloads)
+        .bind(c.priorities)
+        .bind(c.max_attempts)
+        .bind(c.run_ats)
+        .bind(c.keys)
+        .bind(c.fingerprints)
+        .bind(c.timeouts)
+        .bind(c.concurrency_keys)
+        .bind(c.pending)
+        .bind(c.depends_on)
+        .bind(c.unique_keys)
+        .bind(c.unique_periods)
+        .bind(c.traceparents);
+    let query = match notify {
+        Notify::InTransaction => query.bind(JOB_CHANNEL),
+        Notify::AfterCommit => query,
+    };
+    query.persistent(persistent).fetch_all(conn).await
+}
+
+/// The insert statement for a batch: with or without the in-transaction `NOTIFY`, every unique
+/// index as arbiter or the idempotency index alone, registering its lanes or not.
+fn insert_statement(notify: Notify, unique_active: bool, note_lanes: bool) -> &'static str {
     // Only a batch with a job unique while active names no conflict target, so that every
     // other insert keeps the idempotency index as its only arbiter (no extra probe per row).
-    let sql = match (notify, unique_active, note_lanes) {
+    match (notify, unique_active, note_lanes) {
         (Notify::InTransaction, false, false) => INSERT_AND_NOTIFY,
         (Notify::AfterCommit, false, false) => INSERT,
         (Notify::InTransaction, true, false) => INSERT_UNIQUE_AND_NOTIFY,
@@ -67,29 +61,74 @@ pub(super) async fn insert<'a>(
         (Notify::AfterCommit, false, true) => NOTING_INSERT,
         (Notify::InTransaction, true, true) => NOTING_INSERT_UNIQUE_AND_NOTIFY,
         (Notify::AfterCommit, true, true) => NOTING_INSERT_UNIQUE,
-    };
-    let query = sqlx::query_as::<_, Job>(sql)
-        .bind(ids)
-        .bind(queues)
-        .bind(kinds)
-        .bind(payloads)
-        .bind(priorities)
-        .bind(max_attempts)
-        .bind(run_ats)
-        .bind(keys)
-        .bind(fingerprints)
-        .bind(timeouts)
-        .bind(concurrency_keys)
-        .bind(pending)
-        .bind(depends_on)
-        .bind(unique_keys)
-        .bind(unique_periods)
-        .bind(traceparents);
-    let query = match notify {
-        Notify::InTransaction => query.bind(JOB_CHANNEL),
-        Notify::AfterCommit => query,
-    };
-    query.persistent(persistent).fetch_all(conn).await
+    }
+}
+
+/// The insert's parameters: one array per column (`$1` to `$16`, in that order), one element
+/// per job in input order; and whether any job is unique while active.
+struct Columns<'a> {
+    ids: Vec<JobId>,
+    queues: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    payloads: Vec<&'a str>,
+    priorities: Vec<i16>,
+    max_attempts: Vec<i32>,
+    run_ats: Vec<Option<DateTime<Utc>>>,
+    keys: Vec<Option<&'a str>>,
+    fingerprints: Vec<&'a [u8]>,
+    timeouts: Vec<Option<i32>>,
+    concurrency_keys: Vec<Option<&'a str>>,
+    depends_on: Vec<Option<String>>,
+    pending: Vec<Option<i32>>,
+    unique_keys: Vec<Option<&'a str>>,
+    unique_periods: Vec<Option<i64>>,
+    unique_active: bool,
+    traceparents: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    /// The columns of `jobs`.
+    fn of(jobs: impl Iterator<Item = &'a Prepared>) -> Self {
+        let mut c = Columns {
+            ids: Vec::new(),
+            queues: Vec::new(),
+            kinds: Vec::new(),
+            payloads: Vec::new(),
+            priorities: Vec::new(),
+            max_attempts: Vec::new(),
+            run_ats: Vec::new(),
+            keys: Vec::new(),
+            fingerprints: Vec::new(),
+            timeouts: Vec::new(),
+            concurrency_keys: Vec::new(),
+            depends_on: Vec::new(),
+            pending: Vec::new(),
+            unique_keys: Vec::new(),
+            unique_periods: Vec::new(),
+            unique_active: false,
+            traceparents: Vec::new(),
+        };
+        for p in jobs {
+            c.ids.push(p.id);
+            c.queues.push(p.job.queue.as_str());
+            c.kinds.push(p.job.kind.as_str());
+            c.payloads.push(p.payload.as_str());
+            c.priorities.push(p.job.priority);
+            c.max_attempts.push(p.job.max_attempts);
+            c.run_ats.push(p.job.run_at);
+            c.keys.push(p.job.idempotency_key.as_deref());
+            c.fingerprints.push(p.fingerprint.as_slice());
+            c.timeouts.push(p.job.timeout_ms);
+            c.concurrency_keys.push(p.job.concurrency_key.as_deref());
+            c.depends_on.push(depends_on_literal(&p.depends_on));
+            c.pending.push((p.pending > 0).then_some(p.pending));
+            c.unique_keys.push(p.unique_key.as_deref());
+            c.unique_periods.push(p.unique_period_ms);
+            c.unique_active |= p.unique_while_active();
+            c.traceparents.push(p.job.traceparent.as_deref());
+        }
+        c
+    }
 }
 
 /// Mark keyed every queue that gets a job with a concurrency key, before the insert on the same

@@ -249,19 +249,21 @@ impl Store {
         .await
     }
 
-    async fn enqueue_rows(
+    /// Validate `jobs` into their rows (in input order): ids, payload text, fingerprint,
+    /// uniqueness key.
+    ///
+    /// # Errors
+    /// The first job out of bounds, as [`StoreError::Invalid`] named by `shape`.
+    fn prepare(
         &self,
-        conn: &mut PgConnection,
         jobs: Vec<NewJob>,
-        notify: Notify,
         shape: Shape,
         origin: Origin,
-    ) -> Result<Vec<BatchItem>, StoreError> {
+    ) -> Result<Vec<Prepared>, StoreError> {
         // With traces on, a job without a trace context continues the caller's.
         #[cfg(feature = "otel")]
         let current = crate::traceparent::current_traceparent();
-        let prepared = jobs
-            .into_iter()
+        jobs.into_iter()
             .enumerate()
             .map(|(i, job)| {
                 #[cfg(feature = "otel")]
@@ -275,21 +277,7 @@ impl Store {
                     .and_then(|()| dependencies_problem(&job, i, shape))
                     .and_then(|()| self.payload_text(&job));
                 let payload = checked.map_err(|e| shape.name(i, e))?;
-                let (unique_key, unique_period_ms) = match &job.unique {
-                    None => (None, None),
-                    Some(unique) => (
-                        Some(
-                            unique
-                                .key
-                                .clone()
-                                .unwrap_or_else(|| derived_unique_key(&job)),
-                        ),
-                        match unique.scope {
-                            UniqueScope::Active => None,
-                            UniqueScope::Period { period_ms } => Some(period_ms),
-                        },
-                    ),
-                };
+                let (unique_key, unique_period_ms) = stored_uniqueness(&job);
                 Ok(Prepared {
                     id: JobId::new(),
                     fingerprint: fingerprint(&job),
@@ -302,7 +290,22 @@ impl Store {
                     unique_period_ms,
                 })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()
+    }
+
+    /// Enqueue `jobs` on `conn` (see [`Store::enqueue`]): validated first, nothing written when
+    /// one is out of bounds; then in a transaction of their own (a savepoint inside the
+    /// caller's) when they have parents or keys or the store is behind a pooler. Results are in
+    /// input order.
+    async fn enqueue_rows(
+        &self,
+        conn: &mut PgConnection,
+        jobs: Vec<NewJob>,
+        notify: Notify,
+        shape: Shape,
+        origin: Origin,
+    ) -> Result<Vec<BatchItem>, StoreError> {
+        let prepared = self.prepare(jobs, shape, origin)?;
         // A lane registered by a committed statement stays registered (lanes are never
         // deleted): a batch whose lanes this store has seen committed skips the registration.
         let note_lanes = !self.known_lanes.knows_all(
@@ -311,18 +314,9 @@ impl Store {
                 .map(|p| (p.job.queue.as_str(), p.job.priority)),
         );
         if prepared.iter().any(|p| !p.job.depends_on.is_empty()) {
-            // Parents are locked and read in the transaction that inserts their dependents.
-            let mut tx = conn.begin().await?;
-            let items = enqueue_dependents(
-                &mut tx,
-                prepared,
-                notify,
-                self.uses_prepared_statements(),
-                shape,
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(items);
+            return self
+                .enqueue_with_parents(conn, prepared, notify, shape)
+                .await;
         }
 
         // Keyed jobs are enqueued in a transaction of their own (a savepoint inside the
@@ -356,6 +350,30 @@ impl Store {
             .await
         }
     }
+
+    /// Enqueue `prepared`, some of which have parents, in one transaction (a savepoint inside
+    /// the caller's): parents are locked and read in the transaction that inserts their
+    /// dependents.
+    async fn enqueue_with_parents(
+        &self,
+        conn: &mut PgConnection,
+        prepared: Vec<Prepared>,
+        notify: Notify,
+        shape: Shape,
+    ) -> Result<Vec<BatchItem>, StoreError> {
+        // Parents are locked and read in the transaction that inserts their dependents.
+        let mut tx = conn.begin().await?;
+        let items = enqueue_dependents(
+            &mut tx,
+            prepared,
+            notify,
+            self.uses_prepared_statements(),
+            shape,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(items)
+    }
 }
 
 /// Where the wake-up for new jobs is sent from.
@@ -365,6 +383,26 @@ enum Notify {
     InTransaction,
     /// By the store's notifier once the enqueue has committed (see `notifier.rs`).
     AfterCommit,
+}
+
+/// The uniqueness key as stored (given, or derived from the job) and the period of a period
+/// scope (`None`: active scope); both `None` for a job without uniqueness.
+fn stored_uniqueness(job: &NewJob) -> (Option<String>, Option<i64>) {
+    match &job.unique {
+        None => (None, None),
+        Some(unique) => (
+            Some(
+                unique
+                    .key
+                    .clone()
+                    .unwrap_or_else(|| derived_unique_key(job)),
+            ),
+            match unique.scope {
+                UniqueScope::Active => None,
+                UniqueScope::Period { period_ms } => Some(period_ms),
+            },
+        ),
+    }
 }
 
 fn single(mut items: Vec<BatchItem>, key: Option<String>) -> Result<Enqueued, StoreError> {
