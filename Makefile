@@ -60,6 +60,8 @@ lint:
 	done
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p faultline-queue --all-features
 	./scripts/check-msrv
+	./scripts/long-functions --check crates/faultline/src
+	./scripts/import-cycles crates/faultline/src
 
 ## Package every crate as crates.io would take it, and build each from its package alone.
 publish-check:

@@ -121,7 +121,7 @@ mod current {
 
 #[cfg(feature = "otel")]
 pub use current::current_traceparent;
-#[cfg(feature = "otel")]
+#[cfg(all(feature = "otel", feature = "http"))]
 pub(crate) use current::with_fallback;
 
 #[cfg(test)]
