@@ -2,6 +2,7 @@
 //! and restarts workers and restarts Postgres; then the faults stop, the system settles, and
 //! invariants are checked over the whole history (the job table and the execution journal).
 
+use faultline::Payload;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use faultline::JobId;
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::enqueuer::{Enqueuer, Flow};
 use super::env::{Env, EnvOptions};
@@ -28,8 +29,8 @@ const KEYS: usize = 4;
 /// poison (hostile error texts, misbehaving webhook receivers, payloads that must stay exact),
 /// short sleeps on the limited and the keyed queue, transactional credits, and jobs that depend
 /// on one to three of the `recent` jobs (which may still run, or fail, or be done already).
-fn job(rng: &mut StdRng, receiver: &str, recent: &[JobId]) -> Value {
-    match rng.gen_range(0..16) {
+fn job(rng: &mut StdRng, receiver: &str, recent: &[JobId]) -> Payload {
+    let body = match rng.gen_range(0..16) {
         15 if !recent.is_empty() => {
             let parents: Vec<JobId> = (0..rng.gen_range(1..=3.min(recent.len())))
                 .map(|_| recent[rng.gen_range(0..recent.len())])
@@ -48,12 +49,13 @@ fn job(rng: &mut StdRng, receiver: &str, recent: &[JobId]) -> Value {
                      "payload": {"ms": rng.gen_range(50..300)}}),
         0..=4 => json!({"kind": "noop"}),
         5..=7 => json!({"kind": "sleep", "payload": {"ms": rng.gen_range(50..1500)}}),
-        10 | 11 => poison::job(rng, receiver),
+        10 | 11 => return poison::job(rng, receiver),
         _ => {
             let max = rng.gen_range(2..=5);
             json!({"kind": "fail", "payload": {"times": rng.gen_range(0..=max)}, "max_attempts": max})
         }
-    }
+    };
+    body.into()
 }
 
 pub async fn run(
@@ -340,7 +342,7 @@ async fn settle(env: &mut Env, report: &Report, acked: &[JobId]) -> anyhow::Resu
         .is_ok())
 }
 
-/// The invariants, over the job table and the execution journal.
+/// The invariants, over the job table and the execution journal: read, then reported.
 async fn check(
     env: &Env,
     report: &mut Report,
@@ -350,200 +352,19 @@ async fn check(
     faults: HashMap<&'static str, u64>,
 ) {
     let acked = flow.ids();
-    let count = |sql: &'static str| {
-        let pool = env.pool.clone();
-        let acked = acked.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .bind(&acked)
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(-1)
-        }
-    };
-    let lost = count("select count(*) from unnest($1::uuid[]) a(id) where not exists (select 1 from faultline.all_jobs j where j.id = a.id)").await;
-    let stuck = count("select count(*) from faultline.all_jobs where id = any($1) and state not in ('succeeded', 'failed', 'cancelled')").await;
-    let over = count(
-        "select count(*) from faultline.all_jobs where id = any($1) and attempts > max_attempts",
-    )
-    .await;
-    let bad_failures = count(
-        "select count(*) from faultline.all_jobs where id = any($1) and state = 'failed'
-         and (jsonb_array_length(errors) <> max_attempts or attempts <> max_attempts)",
-    )
-    .await;
-    // A claim after the job succeeded would carry a larger token than the accepted one.
-    let after_success = count(
-        "select count(*) from faultline_drill.executions e join faultline.all_jobs j on j.id = e.job_id
-         where j.id = any($1) and j.state = 'succeeded' and e.token > j.lease_token",
-    )
-    .await;
-    let accepted_twice = count(
-        "select count(*) from (select j.id from faultline.all_jobs j
-           join faultline_drill.executions e on e.job_id = j.id and e.event = 'succeeded'
-           where j.id = any($1) and j.state = 'succeeded' and e.token = j.lease_token
-           group by j.id having count(*) > 1) x",
-    )
-    .await;
-    let fenced_successes = count(
-        "select count(*) from faultline_drill.executions e join faultline.all_jobs j on j.id = e.job_id
-         where j.id = any($1) and e.event = 'succeeded' and e.token <> j.lease_token",
-    )
-    .await;
-    let reruns = count(
-        "select count(*) from (select job_id from faultline_drill.executions
-           where job_id = any($1) and event = 'started' group by job_id
-           having count(distinct token) > 1) x",
-    )
-    .await;
-    // Transactional completions: a succeeded credit job wrote exactly one row, under the token
-    // it succeeded with; any other job of the kind none (a failed attempt rolled back).
-    let credits_wrong = count(
-        "select count(*) from faultline.all_jobs j
-         where j.id = any($1) and j.kind = 'drill_credit'
-           and (select count(*) from faultline_drill.credits c where c.job_id = j.id)
-               <> case when j.state = 'succeeded' then 1 else 0 end",
-    )
-    .await;
-    let credits_stale = count(
-        "select count(*) from faultline_drill.credits c join faultline.all_jobs j on j.id = c.job_id
-         where j.id = any($1) and c.token <> j.lease_token",
-    )
-    .await;
-    let credit_jobs = count(
-        "select count(*) from faultline.all_jobs where id = any($1) and kind = 'drill_credit'",
-    )
-    .await;
-    // Dependencies: no job left waiting once its dependencies are all finished (none of them
-    // live), none run before every dependency succeeded, and each dependent's outcome follows
-    // its dependencies' (succeeded only after all succeeded; cancelled only for a failed or
-    // cancelled one: nothing else cancels in this drill).
-    let waiting_on_finished = count(
-        "select count(*) from faultline.jobs j
-         where j.id = any($1) and j.state = 'waiting'
-           and not exists (select 1 from unnest(j.depends_on) p(id)
-                           join faultline.jobs l on l.id = p.id)",
-    )
-    .await;
-    let ran_early = count(
-        "select count(*) from faultline_drill.executions e
-         join faultline.all_jobs c on c.id = e.job_id
-         cross join lateral unnest(c.depends_on) p(id)
-         left join faultline.all_jobs pj on pj.id = p.id
-         where c.id = any($1) and e.event = 'started'
-           and (pj.state is distinct from 'succeeded' or e.at < pj.finished_at)",
-    )
-    .await;
-    let wrong_outcome = count(
-        "select count(*) from faultline.all_jobs c
-         where c.id = any($1) and cardinality(c.depends_on) > 0 and (
-             (c.state = 'succeeded' and exists (
-                 select 1 from unnest(c.depends_on) p(id)
-                 left join faultline.all_jobs pj on pj.id = p.id
-                 where pj.state is distinct from 'succeeded'))
-          or (c.state = 'cancelled' and not exists (
-                 select 1 from unnest(c.depends_on) p(id)
-                 join faultline.all_jobs pj on pj.id = p.id
-                 where pj.state in ('failed', 'cancelled'))))",
-    )
-    .await;
-    let dependents: Vec<(String, i64)> = sqlx::query_as(
-        "select state, count(*) from faultline.all_jobs
-         where id = any($1) and cardinality(depends_on) > 0 group by 1 order by 1",
-    )
-    .bind(&acked)
-    .fetch_all(&env.pool)
-    .await
-    .unwrap_or_default();
+    let counts = Counts::read(env, &acked).await;
     let (most_limited, most_per_key, unbounded) =
         most_at_once(env)
             .await
             .unwrap_or((usize::MAX, usize::MAX, 0));
-    let exact: Vec<(JobId, String)> = flow
-        .bodies
-        .iter()
-        .filter(|(_, body)| poison::is_exact(body))
-        .map(|(id, body)| (*id, body["payload"].to_string()))
-        .collect();
-    let mut changed_payloads = 0i64;
-    for (id, sent) in &exact {
-        let stored: Option<String> =
-            sqlx::query_scalar("select payload::text from faultline.all_jobs where id = $1")
-                .bind(id)
-                .fetch_optional(&env.pool)
-                .await
-                .unwrap_or(None);
-        if stored.as_deref() != Some(sent.as_str()) {
-            changed_payloads += 1;
-        }
-    }
-    let by_state: Vec<(String, i64)> = sqlx::query_as(
-        "select state, count(*) from faultline.all_jobs where id = any($1) group by 1 order by 1",
-    )
-    .bind(&acked)
-    .fetch_all(&env.pool)
-    .await
-    .unwrap_or_default();
-
+    let exact = exact_payloads(env, flow).await;
     report.check(
         "the system settled",
         settled,
         format!("{} after the faults", seconds(settle_time)),
     );
-    report.check(
-        "no acknowledged job lost",
-        lost == 0,
-        format!("{lost} of {}", acked.len()),
-    );
-    report.check(
-        "no job stuck (every acknowledged job terminal)",
-        stuck == 0,
-        format!("{stuck}"),
-    );
-    report.check("no job ran past max_attempts", over == 0, format!("{over}"));
-    report.check(
-        "no claim of a job after it succeeded",
-        after_success == 0,
-        format!("{after_success}"),
-    );
-    report.check(
-        "no job succeeded twice",
-        accepted_twice == 0,
-        format!("{accepted_twice}; {fenced_successes} late successes fenced off"),
-    );
-    report.check(
-        "every failed job has exactly max_attempts error entries",
-        bad_failures == 0,
-        format!("{bad_failures} violations"),
-    );
-    report.check(
-        "every payload stored exactly as sent (big numbers, \\u0000, key order)",
-        changed_payloads == 0,
-        format!("{changed_payloads} of {} changed", exact.len()),
-    );
-    report.check(
-        "no application row written twice (transactional completion)",
-        credits_wrong == 0 && credits_stale == 0,
-        format!(
-            "{credits_wrong} of {credit_jobs} jobs without exactly one row per success; \
-             {credits_stale} rows under a stale token"
-        ),
-    );
-    report.check(
-        "no job waiting on dependencies that all finished",
-        waiting_on_finished == 0,
-        format!("{waiting_on_finished}"),
-    );
-    report.check(
-        "no dependent ran before its dependencies succeeded (journal)",
-        ran_early == 0,
-        format!("{ran_early} runs"),
-    );
-    report.check(
-        "every dependent's outcome follows its dependencies'",
-        wrong_outcome == 0,
-        format!("{wrong_outcome} of the dependents {dependents:?}"),
-    );
+    counts.report_jobs(report, acked.len(), exact);
+    counts.report_dependencies(report);
     report.check(
         "a concurrency limit held (journal)",
         most_limited <= LIMIT,
@@ -559,27 +380,11 @@ async fn check(
         flow.unexpected() == 0,
         format!("{} other errors", flow.unexpected()),
     );
-    let violations = [
-        lost,
-        stuck,
-        over,
-        after_success,
-        accepted_twice,
-        bad_failures,
-        changed_payloads,
-        credits_wrong,
-        credits_stale,
-        waiting_on_finished,
-        ran_early,
-        wrong_outcome,
-    ]
-    .iter()
-    .filter(|v| **v != 0)
-    .count()
+    let violations = counts.violations(exact.0)
         + usize::from(most_limited > LIMIT)
         + usize::from(most_per_key > 1);
     report.figure("jobs acknowledged", acked.len().to_string());
-    report.figure("jobs by state", format!("{by_state:?}"));
+    report.figure("jobs by state", format!("{:?}", counts.by_state));
     report.figure("faults injected", format!("{faults:?}"));
     report.figure(
         "enqueue retries after 503 / dropped connection",
@@ -587,11 +392,314 @@ async fn check(
     );
     report.figure(
         "jobs started more than once (retries and redeliveries)",
-        reruns.to_string(),
+        counts.reruns.to_string(),
     );
     report.figure(
         "late successes rejected by fencing",
-        fenced_successes.to_string(),
+        counts.fenced_successes.to_string(),
     );
     report.figure("invariant violations", violations.to_string());
+}
+
+/// Counts over the acknowledged jobs, each from one query (-1 when the query failed).
+#[derive(Default)]
+struct Counts {
+    lost: i64,
+    stuck: i64,
+    over: i64,
+    bad_failures: i64,
+    after_success: i64,
+    accepted_twice: i64,
+    fenced_successes: i64,
+    reruns: i64,
+    credits_wrong: i64,
+    credits_stale: i64,
+    credit_jobs: i64,
+    waiting_on_finished: i64,
+    ran_early: i64,
+    wrong_outcome: i64,
+    dependents: Vec<(String, i64)>,
+    by_state: Vec<(String, i64)>,
+}
+
+/// `sql` (one `$1`: the acknowledged ids) as a count, or -1 when it fails.
+async fn count(env: &Env, acked: &[JobId], sql: &'static str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .bind(acked)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap_or(-1)
+}
+
+/// `sql` (one `$1`: the acknowledged ids) as (state, count) rows, or none when it fails.
+async fn states(env: &Env, acked: &[JobId], sql: &'static str) -> Vec<(String, i64)> {
+    sqlx::query_as(sql)
+        .bind(acked)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap_or_default()
+}
+
+impl Counts {
+    async fn read(env: &Env, acked: &[JobId]) -> Counts {
+        let mut c = Counts::default();
+        c.read_jobs(env, acked).await;
+        c.read_journal(env, acked).await;
+        c.read_credits(env, acked).await;
+        c.read_dependencies(env, acked).await;
+        c.by_state = states(
+            env,
+            acked,
+            "select state, count(*) from faultline.all_jobs where id = any($1) group by 1 order by 1",
+        )
+        .await;
+        c
+    }
+
+    /// Lost, stuck, over budget, failures without one error per attempt.
+    async fn read_jobs(&mut self, env: &Env, acked: &[JobId]) {
+        self.lost = count(env, acked, "select count(*) from unnest($1::uuid[]) a(id) where not exists (select 1 from faultline.all_jobs j where j.id = a.id)").await;
+        self.stuck = count(env, acked, "select count(*) from faultline.all_jobs where id = any($1) and state not in ('succeeded', 'failed', 'cancelled')").await;
+        self.over = count(
+            env,
+            acked,
+            "select count(*) from faultline.all_jobs where id = any($1) and attempts > max_attempts",
+        )
+        .await;
+        self.bad_failures = count(
+            env,
+            acked,
+            "select count(*) from faultline.all_jobs where id = any($1) and state = 'failed'
+             and (jsonb_array_length(errors) <> max_attempts or attempts <> max_attempts)",
+        )
+        .await;
+    }
+
+    /// What the execution journal says about claims and successes.
+    async fn read_journal(&mut self, env: &Env, acked: &[JobId]) {
+        // A claim after the job succeeded would carry a larger token than the accepted one.
+        self.after_success = count(
+            env,
+            acked,
+            "select count(*) from faultline_drill.executions e join faultline.all_jobs j on j.id = e.job_id
+             where j.id = any($1) and j.state = 'succeeded' and e.token > j.lease_token",
+        )
+        .await;
+        self.accepted_twice = count(
+            env,
+            acked,
+            "select count(*) from (select j.id from faultline.all_jobs j
+               join faultline_drill.executions e on e.job_id = j.id and e.event = 'succeeded'
+               where j.id = any($1) and j.state = 'succeeded' and e.token = j.lease_token
+               group by j.id having count(*) > 1) x",
+        )
+        .await;
+        self.fenced_successes = count(
+            env,
+            acked,
+            "select count(*) from faultline_drill.executions e join faultline.all_jobs j on j.id = e.job_id
+             where j.id = any($1) and e.event = 'succeeded' and e.token <> j.lease_token",
+        )
+        .await;
+        self.reruns = count(
+            env,
+            acked,
+            "select count(*) from (select job_id from faultline_drill.executions
+               where job_id = any($1) and event = 'started' group by job_id
+               having count(distinct token) > 1) x",
+        )
+        .await;
+    }
+
+    /// Transactional completions: a succeeded credit job wrote exactly one row, under the token
+    /// it succeeded with; any other job of the kind none (a failed attempt rolled back).
+    async fn read_credits(&mut self, env: &Env, acked: &[JobId]) {
+        self.credits_wrong = count(
+            env,
+            acked,
+            "select count(*) from faultline.all_jobs j
+             where j.id = any($1) and j.kind = 'drill_credit'
+               and (select count(*) from faultline_drill.credits c where c.job_id = j.id)
+                   <> case when j.state = 'succeeded' then 1 else 0 end",
+        )
+        .await;
+        self.credits_stale = count(
+            env,
+            acked,
+            "select count(*) from faultline_drill.credits c join faultline.all_jobs j on j.id = c.job_id
+             where j.id = any($1) and c.token <> j.lease_token",
+        )
+        .await;
+        self.credit_jobs = count(
+            env,
+            acked,
+            "select count(*) from faultline.all_jobs where id = any($1) and kind = 'drill_credit'",
+        )
+        .await;
+    }
+
+    /// Dependencies: no job left waiting once its dependencies are all finished (none of them
+    /// live), none run before every dependency succeeded, and each dependent's outcome follows
+    /// its dependencies' (succeeded only after all succeeded; cancelled only for a failed or
+    /// cancelled one: nothing else cancels in this drill).
+    async fn read_dependencies(&mut self, env: &Env, acked: &[JobId]) {
+        self.waiting_on_finished = count(
+            env,
+            acked,
+            "select count(*) from faultline.jobs j
+             where j.id = any($1) and j.state = 'waiting'
+               and not exists (select 1 from unnest(j.depends_on) p(id)
+                               join faultline.jobs l on l.id = p.id)",
+        )
+        .await;
+        self.ran_early = count(
+            env,
+            acked,
+            "select count(*) from faultline_drill.executions e
+             join faultline.all_jobs c on c.id = e.job_id
+             cross join lateral unnest(c.depends_on) p(id)
+             left join faultline.all_jobs pj on pj.id = p.id
+             where c.id = any($1) and e.event = 'started'
+               and (pj.state is distinct from 'succeeded' or e.at < pj.finished_at)",
+        )
+        .await;
+        self.wrong_outcome = count(
+            env,
+            acked,
+            "select count(*) from faultline.all_jobs c
+             where c.id = any($1) and cardinality(c.depends_on) > 0 and (
+                 (c.state = 'succeeded' and exists (
+                     select 1 from unnest(c.depends_on) p(id)
+                     left join faultline.all_jobs pj on pj.id = p.id
+                     where pj.state is distinct from 'succeeded'))
+              or (c.state = 'cancelled' and not exists (
+                     select 1 from unnest(c.depends_on) p(id)
+                     join faultline.all_jobs pj on pj.id = p.id
+                     where pj.state in ('failed', 'cancelled'))))",
+        )
+        .await;
+        self.dependents = states(
+            env,
+            acked,
+            "select state, count(*) from faultline.all_jobs
+             where id = any($1) and cardinality(depends_on) > 0 group by 1 order by 1",
+        )
+        .await;
+    }
+
+    fn report_jobs(&self, report: &mut Report, acked: usize, (changed, exact): (i64, usize)) {
+        let c = self;
+        report.check(
+            "no acknowledged job lost",
+            c.lost == 0,
+            format!("{} of {acked}", c.lost),
+        );
+        report.check(
+            "no job stuck (every acknowledged job terminal)",
+            c.stuck == 0,
+            format!("{}", c.stuck),
+        );
+        report.check(
+            "no job ran past max_attempts",
+            c.over == 0,
+            format!("{}", c.over),
+        );
+        report.check(
+            "no claim of a job after it succeeded",
+            c.after_success == 0,
+            format!("{}", c.after_success),
+        );
+        report.check(
+            "no job succeeded twice",
+            c.accepted_twice == 0,
+            format!(
+                "{}; {} late successes fenced off",
+                c.accepted_twice, c.fenced_successes
+            ),
+        );
+        report.check(
+            "every failed job has exactly max_attempts error entries",
+            c.bad_failures == 0,
+            format!("{} violations", c.bad_failures),
+        );
+        report.check(
+            "every payload stored exactly as sent (big numbers, \\u0000, key order)",
+            changed == 0,
+            format!("{changed} of {exact} changed"),
+        );
+        report.check(
+            "no application row written twice (transactional completion)",
+            c.credits_wrong == 0 && c.credits_stale == 0,
+            format!(
+                "{} of {} jobs without exactly one row per success; {} rows under a stale token",
+                c.credits_wrong, c.credit_jobs, c.credits_stale
+            ),
+        );
+    }
+
+    fn report_dependencies(&self, report: &mut Report) {
+        report.check(
+            "no job waiting on dependencies that all finished",
+            self.waiting_on_finished == 0,
+            format!("{}", self.waiting_on_finished),
+        );
+        report.check(
+            "no dependent ran before its dependencies succeeded (journal)",
+            self.ran_early == 0,
+            format!("{} runs", self.ran_early),
+        );
+        report.check(
+            "every dependent's outcome follows its dependencies'",
+            self.wrong_outcome == 0,
+            format!(
+                "{} of the dependents {:?}",
+                self.wrong_outcome, self.dependents
+            ),
+        );
+    }
+
+    /// How many of the invariants were broken (`changed_payloads` counted with them).
+    fn violations(&self, changed_payloads: i64) -> usize {
+        [
+            self.lost,
+            self.stuck,
+            self.over,
+            self.after_success,
+            self.accepted_twice,
+            self.bad_failures,
+            changed_payloads,
+            self.credits_wrong,
+            self.credits_stale,
+            self.waiting_on_finished,
+            self.ran_early,
+            self.wrong_outcome,
+        ]
+        .iter()
+        .filter(|v| **v != 0)
+        .count()
+    }
+}
+
+/// Of the payloads sent to be kept exactly, how many are stored otherwise, and how many there
+/// were.
+async fn exact_payloads(env: &Env, flow: &Flow) -> (i64, usize) {
+    let exact: Vec<(JobId, String)> = flow
+        .bodies
+        .iter()
+        .filter(|(_, body)| poison::is_exact(body))
+        .map(|(id, body)| (*id, poison::payload_text(body)))
+        .collect();
+    let mut changed = 0i64;
+    for (id, sent) in &exact {
+        let stored: Option<String> =
+            sqlx::query_scalar("select payload::text from faultline.all_jobs where id = $1")
+                .bind(id)
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap_or(None);
+        if stored.as_deref() != Some(sent.as_str()) {
+            changed += 1;
+        }
+    }
+    (changed, exact.len())
 }

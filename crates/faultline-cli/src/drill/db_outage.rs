@@ -22,7 +22,7 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
     let enqueuer = Enqueuer::start(&env, Duration::from_millis(25), move |n, _| {
         (
             format!("outage-{run}-{n}"),
-            json!({"kind": "sleep", "payload": {"ms": 50}}),
+            json!({"kind": "sleep", "payload": {"ms": 50}}).into(),
         )
     });
     report.event("enqueueing a job every 25ms through the API");

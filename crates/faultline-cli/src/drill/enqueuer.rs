@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use faultline::JobId;
+use faultline::Payload;
 use serde_json::Value;
 
 use super::env::Env;
@@ -21,7 +22,7 @@ pub struct Flow {
     /// Acknowledged jobs, with when the answer came.
     pub acked: Vec<(JobId, Instant)>,
     /// The bodies sent for acknowledged jobs, by job.
-    pub bodies: HashMap<JobId, Value>,
+    pub bodies: HashMap<JobId, Payload>,
     /// Every answer by status (0: no answer, the connection failed).
     pub by_status: HashMap<u16, u64>,
     /// POSTs sent, retries included.
@@ -63,7 +64,7 @@ impl Enqueuer {
     pub fn start(
         env: &Env,
         pause: Duration,
-        mut next: impl FnMut(u64, &[JobId]) -> (String, Value) + Send + 'static,
+        mut next: impl FnMut(u64, &[JobId]) -> (String, Payload) + Send + 'static,
     ) -> Enqueuer {
         let flow = Arc::new(Mutex::new(Flow::default()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -81,7 +82,10 @@ impl Enqueuer {
                         let sent = http
                             .post(&url)
                             .header("idempotency-key", &key)
-                            .json(&body)
+                            // The body's text as built: a payload's numbers and key order are
+                            // part of what the drill checks comes back.
+                            .header(reqwest::header::CONTENT_TYPE, "application/json")
+                            .body(body.get().to_owned())
                             .send()
                             .await;
                         let status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
@@ -96,7 +100,7 @@ impl Enqueuer {
                             if let Some(id) = reply["id"].as_str().and_then(|s| s.parse().ok()) {
                                 let mut f = flow.lock().unwrap_or_else(|p| p.into_inner());
                                 f.acked.push((id, Instant::now()));
-                                f.bodies.insert(id, body);
+                                f.bodies.insert(id, body.clone());
                                 if recent.len() == RECENT {
                                     recent.remove(0);
                                 }

@@ -275,7 +275,7 @@ fn start_stream(report: &mut Report, env: &Env) -> Enqueuer {
             1..=4 => json!({"kind": "sleep", "payload": {"ms": 30}}),
             _ => json!({"kind": "noop"}),
         };
-        (format!("failover-{run}-{n}"), body)
+        (format!("failover-{run}-{n}"), body.into())
     });
     report.event("enqueueing a keyed job every 20ms (a tenth of them 2.5 s long)");
     enqueuer

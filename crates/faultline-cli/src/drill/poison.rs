@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
+use faultline::Payload;
 use rand::rngs::StdRng;
 use rand::Rng;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -68,8 +69,8 @@ pub async fn hostile_receiver() -> std::io::Result<String> {
 
 /// A poison job for the mix. Budgets are chosen so that "a failed job has exactly max_attempts
 /// error entries" still holds: a permanent failure gets a budget of one.
-pub fn job(rng: &mut StdRng, receiver: &str) -> Value {
-    match rng.gen_range(0..7) {
+pub fn job(rng: &mut StdRng, receiver: &str) -> Payload {
+    let body = match rng.gen_range(0..7) {
         0 => {
             let max = rng.gen_range(2..=3);
             let message = match rng.gen_range(0..4) {
@@ -89,21 +90,36 @@ pub fn job(rng: &mut StdRng, receiver: &str) -> Value {
                     "payload": {"url": format!("{receiver}/endless"), "timeout_ms": 2000}}),
         4 => json!({"kind": "webhook", "max_attempts": 2,
                     "payload": {"url": format!("{receiver}/stall"), "timeout_ms": 300}}),
-        _ => json!({"kind": "noop", "payload": exact_payload(rng)}),
-    }
+        _ => return exact_job(rng),
+    };
+    body.into()
 }
 
-/// A payload that a lossy store would change: numbers beyond f64, escapes jsonb refuses, keys out
-/// of order.
-fn exact_payload(rng: &mut StdRng) -> Value {
+/// A job whose payload a lossy store would change: numbers beyond f64, escapes jsonb refuses,
+/// keys out of order. Kept as text end to end (a `serde_json::Value` would itself respell the
+/// numbers and sort the keys).
+fn exact_job(rng: &mut StdRng) -> Payload {
     let text = format!(
-        r#"{{"zeta":{},"big":123456789012345678901234567890,"f":0.1000000000000000055511151231257827,"nul":"\u0000","alpha":[1.50,-0.0]}}"#,
+        r#"{{"kind":"noop","payload":{{"zeta":{},"big":{EXACT_MARK},"f":0.1000000000000000055511151231257827,"nul":"\u0000","alpha":[1.50,-0.0]}}}}"#,
         rng.gen_range(0..1000)
     );
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+    Payload::from_json(text).unwrap_or_else(|_| Payload::null())
 }
 
-/// Whether `payload` is one of ours whose stored text must equal what was sent.
-pub fn is_exact(body: &Value) -> bool {
-    body["kind"] == "noop" && body["payload"]["big"].is_number()
+/// The number that marks an exact payload (beyond what an f64 holds).
+const EXACT_MARK: &str = "123456789012345678901234567890";
+
+/// Whether `body` is one of ours whose stored payload text must equal what was sent.
+pub fn is_exact(body: &Payload) -> bool {
+    body.get().contains(&format!(r#""big":{EXACT_MARK}"#))
+}
+
+/// The exact text of a request body's payload.
+pub fn payload_text(body: &Payload) -> String {
+    serde_json::from_str::<std::collections::HashMap<String, Box<serde_json::value::RawValue>>>(
+        body.get(),
+    )
+    .ok()
+    .and_then(|fields| fields.get("payload").map(|p| p.get().to_owned()))
+    .unwrap_or_default()
 }
