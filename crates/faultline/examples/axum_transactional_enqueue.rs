@@ -2,7 +2,7 @@
 //! or not at all, so there is never a user without a welcome mail, or a mail for a user whose
 //! sign-up rolled back.
 //!
-//! `DATABASE_URL=postgres://… cargo run --example axum_transactional_enqueue`, then
+//! `DATABASE_URL=postgres://… cargo run -p faultline-queue --example axum_transactional_enqueue`, then
 //! `curl -XPOST localhost:3000/signup -H 'content-type: application/json' -d '{"email":"a@b.c"}'`
 
 use axum::extract::State;

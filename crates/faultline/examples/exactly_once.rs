@@ -3,7 +3,7 @@
 //! while another worker took the job over) is refused at commit and its writes roll back, so
 //! the account is credited once, whatever crashes or stalls.
 //!
-//! `DATABASE_URL=postgres://… cargo run --example exactly_once`
+//! `DATABASE_URL=postgres://… cargo run -p faultline-queue --example exactly_once`
 
 use std::time::Duration;
 

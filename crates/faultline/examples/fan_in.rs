@@ -2,7 +2,7 @@
 //! succeeded (it is cancelled if one fails for good). One batch, one transaction: the report
 //! names the fetches by their index in the batch.
 //!
-//! `DATABASE_URL=postgres://… cargo run --example fan_in`
+//! `DATABASE_URL=postgres://… cargo run -p faultline-queue --example fan_in`
 
 use faultline::{db, BatchItem, Dependency, JobArgs, NewJob, Store};
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 //! back (eligible at once, attempt not counted), records every result, and returns. Handlers
 //! watch `ctx.cancelled()` to stop early.
 //!
-//! `DATABASE_URL=postgres://… cargo run --example graceful_shutdown`, then Ctrl-C.
+//! `DATABASE_URL=postgres://… cargo run -p faultline-queue --example graceful_shutdown`, then Ctrl-C.
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! A typed job and its worker: the job type names its kind and defaults once; the caller
 //! enqueues a value; the worker registers one typed handler per type.
 //!
-//! `DATABASE_URL=postgres://… cargo run --example typed_worker`
+//! `DATABASE_URL=postgres://… cargo run -p faultline-queue --example typed_worker`
 
 use std::time::Duration;
 

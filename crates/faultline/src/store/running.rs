@@ -398,7 +398,7 @@ pub const COMPLETE_BATCH: &str = concat!(
     returning j.*
 ),
 -- Results by token (a token names one lease); most batches carry none. A subquery, not a
--- join, so the plan stays a probe of the primary key (see tests/integration/hot_path.rs).
+-- join, so the plan stays a probe of the primary key (see the test store::hot_path).
 moved as (
     select gone.*,
            (select r.result from unnest($4::int8[], $5::text[]) as r(token, result)
