@@ -60,6 +60,7 @@ lint:
 	done
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p faultline-queue --all-features
 	./scripts/check-msrv
+	./scripts/check-lean
 	./scripts/long-functions --check crates/faultline/src
 	./scripts/import-cycles crates/faultline/src
 
