@@ -11,7 +11,7 @@ use faultline::http::ErrorResponse;
 use faultline::{Job, Page, Payload};
 use reqwest::{Method, StatusCode};
 
-use crate::args::ApiClientArgs;
+use crate::args::{ApiClientArgs, Client};
 use serde_json::Value;
 
 #[derive(Debug, Args)]
@@ -26,42 +26,7 @@ pub struct JobsArgs {
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Enqueue a job.
-    Enqueue {
-        /// Which handler runs it (noop, sleep, fail, webhook, or one of yours).
-        kind: String,
-        /// The payload, as JSON.
-        #[arg(long, default_value = "{}")]
-        payload: String,
-        #[arg(long)]
-        queue: Option<String>,
-        #[arg(long, allow_negative_numbers = true)]
-        priority: Option<i16>,
-        #[arg(long)]
-        max_attempts: Option<i32>,
-        /// Not before this time (RFC 3339).
-        #[arg(long)]
-        run_at: Option<String>,
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        #[arg(long)]
-        timeout_ms: Option<i32>,
-        /// At most the queue's key concurrency (default 1) jobs with this key run at once.
-        #[arg(long)]
-        concurrency_key: Option<String>,
-        /// Run only after this job has succeeded (a job id; repeat or comma-separate for more).
-        #[arg(long, value_delimiter = ',', value_name = "ID")]
-        depends_on: Vec<String>,
-        /// At most one queued, waiting or running job with this key (or, with --unique-for,
-        /// one per period); a duplicate prints the existing job.
-        #[arg(long, value_name = "KEY")]
-        unique_key: Option<String>,
-        /// Unique while live, the key derived from kind, queue and payload (unless --unique-key).
-        #[arg(long)]
-        unique: bool,
-        /// Unique within this period of the enqueue that created the job (e.g. 10m).
-        #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
-        unique_for: Option<std::time::Duration>,
-    },
+    Enqueue(EnqueueArgs),
     /// Show a job and its error history.
     Get { id: String },
     /// List jobs, newest first.
@@ -83,115 +48,50 @@ pub enum JobsCommand {
     Cancel { id: String },
 }
 
+/// What `jobs enqueue` takes.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Which handler runs it (noop, sleep, fail, webhook, or one of yours).
+    kind: String,
+    /// The payload, as JSON.
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    priority: Option<i16>,
+    #[arg(long)]
+    max_attempts: Option<i32>,
+    /// Not before this time (RFC 3339).
+    #[arg(long)]
+    run_at: Option<String>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[arg(long)]
+    timeout_ms: Option<i32>,
+    /// At most the queue's key concurrency (default 1) jobs with this key run at once.
+    #[arg(long)]
+    concurrency_key: Option<String>,
+    /// Run only after this job has succeeded (a job id; repeat or comma-separate for more).
+    #[arg(long, value_delimiter = ',', value_name = "ID")]
+    depends_on: Vec<String>,
+    /// At most one queued, waiting or running job with this key (or, with --unique-for,
+    /// one per period); a duplicate prints the existing job.
+    #[arg(long, value_name = "KEY")]
+    unique_key: Option<String>,
+    /// Unique while live, the key derived from kind, queue and payload (unless --unique-key).
+    #[arg(long)]
+    unique: bool,
+    /// Unique within this period of the enqueue that created the job (e.g. 10m).
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
+    unique_for: Option<std::time::Duration>,
+}
+
+/// Send the command to the API, then print its answer: the API's error, its JSON as it came
+/// (`--json`), or a human-readable form.
 pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = args.api.client();
-    let (status, body, text) = match &args.command {
-        JobsCommand::Enqueue {
-            kind,
-            payload,
-            queue,
-            priority,
-            max_attempts,
-            run_at,
-            idempotency_key,
-            timeout_ms,
-            concurrency_key,
-            depends_on,
-            unique_key,
-            unique,
-            unique_for,
-        } => {
-            use faultline::http::UniqueScopeName;
-            let (unique_scope, unique_period_ms) = match unique_for {
-                Some(period) => (
-                    Some(UniqueScopeName::Period),
-                    Some(i64::try_from(period.as_millis()).unwrap_or(i64::MAX)),
-                ),
-                None if *unique => (Some(UniqueScopeName::Active), None),
-                None => (None, None),
-            };
-            let depends_on = depends_on
-                .iter()
-                .map(|id| {
-                    id.trim()
-                        .parse()
-                        .map(faultline::Dependency::Job)
-                        .with_context(|| format!("--depends-on is not a job id (UUID): {id:?}"))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let payload = Payload::from_json(payload.as_str())
-                .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
-            let run_at = run_at
-                .as_deref()
-                .map(|t| {
-                    chrono::DateTime::parse_from_rfc3339(t)
-                        .map(|t| t.with_timezone(&chrono::Utc))
-                        .with_context(|| format!("--run-at is not an RFC 3339 time: {t}"))
-                })
-                .transpose()?;
-            let request = EnqueueRequest {
-                kind: kind.clone(),
-                payload,
-                queue: queue.clone(),
-                priority: *priority,
-                max_attempts: *max_attempts,
-                run_at,
-                idempotency_key: idempotency_key.clone(),
-                timeout_ms: *timeout_ms,
-                concurrency_key: concurrency_key.clone(),
-                depends_on,
-                unique_key: unique_key.clone(),
-                unique_scope,
-                unique_period_ms,
-            };
-            client
-                .send_text(
-                    Method::POST,
-                    "/v1/jobs",
-                    Some(serde_json::to_string(&request_json(&request))?),
-                )
-                .await?
-        }
-        JobsCommand::Get { id } => {
-            client
-                .send_text(Method::GET, &format!("/v1/jobs/{id}"), None)
-                .await?
-        }
-        JobsCommand::List {
-            state,
-            queue,
-            kind,
-            limit,
-            cursor,
-        } => {
-            let mut query = vec![("limit", limit.to_string())];
-            for (name, value) in [
-                ("state", state),
-                ("queue", queue),
-                ("kind", kind),
-                ("cursor", cursor),
-            ] {
-                if let Some(value) = value {
-                    query.push((name, value.clone()));
-                }
-            }
-            let query = serde_urlencoded(&query);
-            client
-                .send_text(Method::GET, &format!("/v1/jobs?{query}"), None)
-                .await?
-        }
-        JobsCommand::Retry { id } => {
-            client
-                .send_text(Method::POST, &format!("/v1/jobs/{id}/retry"), None)
-                .await?
-        }
-        JobsCommand::Cancel { id } => {
-            client
-                .send_text(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
-                .await?
-        }
-    };
-
+    let (status, body, text) = send(&client, &args.command).await?;
     if !status.is_success() {
         return print_failure(status, &body);
     }
@@ -200,10 +100,138 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    match &args.command {
-        JobsCommand::List { .. } => print_page(&serde_json::from_str(&text)?),
-        JobsCommand::Enqueue { .. } => {
-            let job: Job = serde_json::from_str(&text)?;
+    print_answer(&args.command, status, &text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The command as its request to the API; the answer's status, body and text.
+async fn send(
+    client: &Client,
+    command: &JobsCommand,
+) -> anyhow::Result<(StatusCode, Value, String)> {
+    match command {
+        JobsCommand::Enqueue(enqueue) => {
+            let request = enqueue_request(enqueue)?;
+            client
+                .send_text(
+                    Method::POST,
+                    "/v1/jobs",
+                    Some(serde_json::to_string(&request_json(&request))?),
+                )
+                .await
+        }
+        JobsCommand::Get { id } => {
+            client
+                .send_text(Method::GET, &format!("/v1/jobs/{id}"), None)
+                .await
+        }
+        JobsCommand::List {
+            state,
+            queue,
+            kind,
+            limit,
+            cursor,
+        } => {
+            let query = list_query(*limit, [state, queue, kind, cursor]);
+            client
+                .send_text(Method::GET, &format!("/v1/jobs?{query}"), None)
+                .await
+        }
+        JobsCommand::Retry { id } => {
+            client
+                .send_text(Method::POST, &format!("/v1/jobs/{id}/retry"), None)
+                .await
+        }
+        JobsCommand::Cancel { id } => {
+            client
+                .send_text(Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+                .await
+        }
+    }
+}
+
+/// The enqueue request from the flags, each parsed (and rejected with its flag's name) in
+/// turn: the dependencies, the payload, the run time.
+fn enqueue_request(args: &EnqueueArgs) -> anyhow::Result<EnqueueRequest> {
+    let (unique_scope, unique_period_ms) = unique_scope(args.unique, args.unique_for);
+    let depends_on = args
+        .depends_on
+        .iter()
+        .map(|id| {
+            id.trim()
+                .parse()
+                .map(faultline::Dependency::Job)
+                .with_context(|| format!("--depends-on is not a job id (UUID): {id:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let payload = &args.payload;
+    let payload = Payload::from_json(payload.as_str())
+        .with_context(|| format!("--payload is not valid JSON: {payload}"))?;
+    let run_at = args
+        .run_at
+        .as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .with_context(|| format!("--run-at is not an RFC 3339 time: {t}"))
+        })
+        .transpose()?;
+    Ok(EnqueueRequest {
+        kind: args.kind.clone(),
+        payload,
+        queue: args.queue.clone(),
+        priority: args.priority,
+        max_attempts: args.max_attempts,
+        run_at,
+        idempotency_key: args.idempotency_key.clone(),
+        timeout_ms: args.timeout_ms,
+        concurrency_key: args.concurrency_key.clone(),
+        depends_on,
+        unique_key: args.unique_key.clone(),
+        unique_scope,
+        unique_period_ms,
+    })
+}
+
+/// The uniqueness scope and period from `--unique` and `--unique-for`.
+fn unique_scope(
+    unique: bool,
+    unique_for: Option<std::time::Duration>,
+) -> (Option<faultline::http::UniqueScopeName>, Option<i64>) {
+    use faultline::http::UniqueScopeName;
+    match unique_for {
+        Some(period) => (
+            Some(UniqueScopeName::Period),
+            Some(i64::try_from(period.as_millis()).unwrap_or(i64::MAX)),
+        ),
+        None if unique => (Some(UniqueScopeName::Active), None),
+        None => (None, None),
+    }
+}
+
+/// The list's query string: the limit, then each filter given.
+fn list_query(limit: u32, [state, queue, kind, cursor]: [&Option<String>; 4]) -> String {
+    let mut query = vec![("limit", limit.to_string())];
+    for (name, value) in [
+        ("state", state),
+        ("queue", queue),
+        ("kind", kind),
+        ("cursor", cursor),
+    ] {
+        if let Some(value) = value {
+            query.push((name, value.clone()));
+        }
+    }
+    serde_urlencoded(&query)
+}
+
+/// A successful answer, human-readable: a page as a table, an enqueue as one line, a job in
+/// full.
+fn print_answer(command: &JobsCommand, status: StatusCode, text: &str) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::List { .. } => print_page(&serde_json::from_str(text)?),
+        JobsCommand::Enqueue(_) => {
+            let job: Job = serde_json::from_str(text)?;
             let verb = if status == StatusCode::CREATED {
                 "created"
             } else {
@@ -211,9 +239,9 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<ExitCode> {
             };
             println!("{verb} job {} ({}, queue {})", job.id, job.state, job.queue);
         }
-        _ => print_job(&serde_json::from_str(&text)?),
+        _ => print_job(&serde_json::from_str(text)?),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The request as the API takes it (omitting unset fields), its payload exactly as given.

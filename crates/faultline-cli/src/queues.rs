@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use faultline::http::QueuesResponse;
 use faultline::QueueStats;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
-use crate::args::ApiClientArgs;
+use crate::args::{ApiClientArgs, Client};
 use crate::jobs::{print_raw, truncate};
 
 #[derive(Debug, Args)]
@@ -83,49 +83,11 @@ fn rate(text: &str) -> Result<Rate, String> {
     Ok(Rate(Some((count, ms))))
 }
 
+/// Send the command to the API, then print its answer: the API's error, its JSON (`--json`),
+/// or the queues as a table.
 pub async fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
     let client = args.api.client();
-    let path = |name: &str, tail: &str| {
-        format!(
-            "/v1/queues/{}{tail}",
-            url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-        )
-    };
-    let (status, body) = match &args.command {
-        QueuesCommand::List => client.send(Method::GET, "/v1/queues", None).await?,
-        QueuesCommand::Pause { name } => {
-            client
-                .send(Method::POST, &path(name, "/pause"), None)
-                .await?
-        }
-        QueuesCommand::Resume { name } => {
-            client
-                .send(Method::POST, &path(name, "/resume"), None)
-                .await?
-        }
-        QueuesCommand::Set {
-            name,
-            concurrency_limit,
-            rate_limit,
-            key_concurrency,
-        } => {
-            let mut patch = Map::new();
-            if let Some(Limit(limit)) = concurrency_limit {
-                patch.insert("concurrency_limit".into(), json!(limit));
-            }
-            if let Some(Rate(rate)) = rate_limit {
-                let value =
-                    rate.map(|(count, period_ms)| json!({"count": count, "period_ms": period_ms}));
-                patch.insert("rate_limit".into(), value.unwrap_or(Value::Null));
-            }
-            if let Some(Limit(limit)) = key_concurrency {
-                patch.insert("key_concurrency".into(), json!(limit));
-            }
-            client
-                .send(Method::PATCH, &path(name, ""), Some(Value::Object(patch)))
-                .await?
-        }
-    };
+    let (status, body) = send(&client, &args.command).await?;
     if let Some(code) = print_raw(status, &body, args.api.json)? {
         return Ok(code);
     }
@@ -133,11 +95,71 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
         QueuesCommand::List => serde_json::from_value::<QueuesResponse>(body)?.queues,
         _ => vec![serde_json::from_value::<QueueStats>(body)?],
     };
+    print_queues(&queues);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The command as its request to the API; the answer's status and body.
+async fn send(client: &Client, command: &QueuesCommand) -> anyhow::Result<(StatusCode, Value)> {
+    match command {
+        QueuesCommand::List => client.send(Method::GET, "/v1/queues", None).await,
+        QueuesCommand::Pause { name } => {
+            client.send(Method::POST, &path(name, "/pause"), None).await
+        }
+        QueuesCommand::Resume { name } => {
+            client
+                .send(Method::POST, &path(name, "/resume"), None)
+                .await
+        }
+        QueuesCommand::Set {
+            name,
+            concurrency_limit,
+            rate_limit,
+            key_concurrency,
+        } => {
+            let patch = patch(concurrency_limit, rate_limit, key_concurrency);
+            client
+                .send(Method::PATCH, &path(name, ""), Some(Value::Object(patch)))
+                .await
+        }
+    }
+}
+
+/// The queue's route, its name escaped, with `tail` after it.
+fn path(name: &str, tail: &str) -> String {
+    format!(
+        "/v1/queues/{}{tail}",
+        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    )
+}
+
+/// The PATCH body: only the limits given, `null` for those cleared.
+fn patch(
+    concurrency_limit: &Option<Limit>,
+    rate_limit: &Option<Rate>,
+    key_concurrency: &Option<Limit>,
+) -> Map<String, Value> {
+    let mut patch = Map::new();
+    if let Some(Limit(limit)) = concurrency_limit {
+        patch.insert("concurrency_limit".into(), json!(limit));
+    }
+    if let Some(Rate(rate)) = rate_limit {
+        let value = rate.map(|(count, period_ms)| json!({"count": count, "period_ms": period_ms}));
+        patch.insert("rate_limit".into(), value.unwrap_or(Value::Null));
+    }
+    if let Some(Limit(limit)) = key_concurrency {
+        patch.insert("key_concurrency".into(), json!(limit));
+    }
+    patch
+}
+
+/// The queues as a table, one line each.
+fn print_queues(queues: &[QueueStats]) {
     println!(
         "{:<20}  {:>8}  {:>8}  {:>10}  {:>7}  {:>8}  {:<6}  {:<6}  {:<6}  RATE",
         "QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "AGE", "PAUSED", "LIMIT", "PERKEY"
     );
-    for q in &queues {
+    for q in queues {
         println!(
             "{:<20}  {:>8}  {:>8}  {:>10}  {:>7}  {:>7.1}s  {:<6}  {:<6}  {:<6}  {}",
             truncate(&q.queue, 20),
@@ -153,5 +175,4 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
                 .map_or(String::new(), |r| format!("{}/{}ms", r.count, r.period_ms)),
         );
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -58,6 +58,8 @@ fn job(rng: &mut StdRng, receiver: &str, recent: &[JobId]) -> Payload {
     body.into()
 }
 
+/// The drill, as its steps: start, stream jobs, inject faults (with the MVCC horizon held for
+/// part of the run), stop and settle, check, report the seed.
 pub async fn run(
     report: &mut Report,
     db: Option<&str>,
@@ -70,6 +72,25 @@ pub async fn run(
         humantime::format_duration(duration)
     ));
     let ttl = Duration::from_secs(2);
+    let (mut env, receiver) = start(report, db, ttl).await?;
+    let enqueuer = start_stream(&env, seed, receiver);
+    let started = Instant::now();
+    let faults = inject_holding_horizon(&mut env, report, seed, duration, ttl).await?;
+    let flow = enqueuer.stop().await;
+    let (settled, settle_time) =
+        stop_and_settle(&mut env, report, &flow, started, duration).await?;
+    check(&env, report, &flow, settled, settle_time, faults).await;
+    report_seed(report, seed, duration);
+    Ok(())
+}
+
+/// Three workers journaling every run, on the default, the limited and the keyed queue (their
+/// limits set), and the hostile webhook receiver: the environment and the receiver's URL.
+async fn start(
+    report: &mut Report,
+    db: Option<&str>,
+    ttl: Duration,
+) -> anyhow::Result<(Env, String)> {
     let options = EnvOptions {
         workers: 3,
         lease_ttl: ttl,
@@ -78,23 +99,35 @@ pub async fn run(
         queues: vec!["default".into(), LIMITED.into(), KEYED.into()],
         ..EnvOptions::default()
     };
-    let mut env = Env::start(report, options, db).await?;
+    let env = Env::start(report, options, db).await?;
     limit_queues(&env).await?;
     let receiver = poison::hostile_receiver().await?;
     report.event(format!("hostile webhook receiver on {receiver}"));
+    Ok((env, receiver))
+}
 
+/// The seeded mix of [`job`]s through the API, one every 15 ms.
+fn start_stream(env: &Env, seed: u64, receiver: String) -> Enqueuer {
     // The flow: enqueue through the API with idempotency keys; a 503 or a dropped connection
     // is retried with the same key (safe by construction), so a job is acknowledged once.
-    let enqueuer = {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_f10e);
-        Enqueuer::start(&env, Duration::from_millis(15), move |n, recent| {
-            (
-                format!("chaos-{seed}-{n}"),
-                job(&mut rng, &receiver, recent),
-            )
-        })
-    };
-    let started = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_f10e);
+    Enqueuer::start(env, Duration::from_millis(15), move |n, recent| {
+        (
+            format!("chaos-{seed}-{n}"),
+            job(&mut rng, &receiver, recent),
+        )
+    })
+}
+
+/// [`inject`] the faults while [`hold_horizon`] pins the MVCC horizon for the middle half of
+/// the run; report how long it was held. Returns the faults injected, by kind.
+async fn inject_holding_horizon(
+    env: &mut Env,
+    report: &mut Report,
+    seed: u64,
+    duration: Duration,
+    ttl: Duration,
+) -> anyhow::Result<HashMap<&'static str, u64>> {
     // A hostile neighbour too: from a quarter to three quarters of the run, a session holds the
     // MVCC horizon (idle in a transaction that has an xid), so claims and marks run with dead
     // row versions that nothing may remove.
@@ -105,27 +138,42 @@ pub async fn run(
         duration * 3 / 4,
         pinned.clone(),
     ));
-    let faults = inject(&mut env, report, seed, duration, ttl).await;
+    let faults = inject(env, report, seed, duration, ttl).await;
     pinned.cancel();
     let held = pin.await.unwrap_or_default();
     report.event(format!(
         "the MVCC horizon was held {} in all (idle in transaction)",
         seconds(held)
     ));
-    let faults = faults?;
-    let flow = enqueuer.stop().await;
+    faults
+}
+
+/// Once the faults and the stream have stopped: [`settle`], and report how long it took after
+/// the faults stopped (the run `started`, lasting `duration`). Whether it settled, and that
+/// time.
+async fn stop_and_settle(
+    env: &mut Env,
+    report: &mut Report,
+    flow: &Flow,
+    started: Instant,
+    duration: Duration,
+) -> anyhow::Result<(bool, Duration)> {
     let acked = flow.ids();
     report.event(format!(
         "faults stopped; {} jobs acknowledged; settling",
         acked.len()
     ));
-    let settled = settle(&mut env, report, &acked).await?;
+    let settled = settle(env, report, &acked).await?;
     let settle_time = started.elapsed().saturating_sub(duration);
     report.event(format!(
         "settled {} after the faults stopped",
         seconds(settle_time)
     ));
-    check(&env, report, &flow, settled, settle_time, faults).await;
+    Ok((settled, settle_time))
+}
+
+/// The seed as a figure, and how to replay the run when a check failed.
+fn report_seed(report: &mut Report, seed: u64, duration: Duration) {
     report.figure("seed", seed.to_string());
     if report.checks.iter().any(|c| !c.passed) {
         report.event(format!(
@@ -133,7 +181,6 @@ pub async fn run(
             humantime::format_duration(duration)
         ));
     }
-    Ok(())
 }
 
 /// Set the limits of the limited queue and the keyed queue (key concurrency 1 is the default,

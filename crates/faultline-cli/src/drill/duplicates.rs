@@ -8,46 +8,23 @@ use serde_json::json;
 use super::env::{Env, EnvOptions};
 use super::report::Report;
 
+/// The drill, as its steps: start, a burst on one key, bursts on ten keys, a conflicting body
+/// under a used key, then the API's counters.
 pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
     let env = Env::start(report, EnvOptions::default(), db).await?;
+    one_key(report, &env).await?;
+    many_keys(report, &env).await?;
+    conflicting_body(report, &env).await?;
+    check_metrics(report, &env).await
+}
+
+/// 100 concurrent submissions of one body under one key: one job, one 201 and 99 replays.
+async fn one_key(report: &mut Report, env: &Env) -> anyhow::Result<()> {
     let body = json!({"kind": "noop", "payload": {"order": 42}});
-    let post_all = |requests: Vec<(String, serde_json::Value)>| {
-        let env = &env;
-        async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (key, body) in requests {
-                let http = env.http.clone();
-                let url = format!("{}/v1/jobs", env.api_url);
-                // As a client should: a 503 (the API could not get a database connection in
-                // time under this burst) is retried with the same key until it is answered.
-                tasks.spawn(async move {
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    loop {
-                        let r = http
-                            .post(&url)
-                            .header("idempotency-key", &key)
-                            .json(&body)
-                            .send()
-                            .await;
-                        let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
-                        if !matches!(status, 0 | 503) || Instant::now() >= deadline {
-                            return status;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                });
-            }
-            let mut statuses: HashMap<u16, usize> = HashMap::new();
-            while let Some(status) = tasks.join_next().await {
-                *statuses.entry(status.unwrap_or(0)).or_default() += 1;
-            }
-            statuses
-        }
-    };
     let one_key: Vec<_> = (0..100)
         .map(|_| ("dup-one".to_owned(), body.clone()))
         .collect();
-    let statuses = post_all(one_key).await;
+    let statuses = post_all(env, one_key).await;
     report.event(format!(
         "100 concurrent submissions with one key: {statuses:?}"
     ));
@@ -66,7 +43,11 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
         statuses.get(&201) == Some(&1) && statuses.get(&200) == Some(&99),
         format!("{statuses:?}"),
     );
+    Ok(())
+}
 
+/// 20 concurrent submissions under each of 10 keys: one job per key.
+async fn many_keys(report: &mut Report, env: &Env) -> anyhow::Result<()> {
     let many: Vec<_> = (0..10)
         .flat_map(|k| {
             (0..20).map(move |_| {
@@ -77,7 +58,7 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let statuses = post_all(many).await;
+    let statuses = post_all(env, many).await;
     report.event(format!("10 keys × 20 concurrent submissions: {statuses:?}"));
     let per_key: Vec<(String, i64)> = sqlx::query_as(
         "select idempotency_key, count(*) from faultline.all_jobs
@@ -94,6 +75,11 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
             per_key.iter().map(|(_, n)| n).collect::<Vec<_>>()
         ),
     );
+    Ok(())
+}
+
+/// A different body under the used key `dup-one`: a 409 `idempotency_conflict`.
+async fn conflicting_body(report: &mut Report, env: &Env) -> anyhow::Result<()> {
     let (status, reply) = env
         .enqueue(
             &json!({"kind": "noop", "payload": {"order": 43}}),
@@ -106,6 +92,11 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
         status == 409 && reply["error"]["code"] == "idempotency_conflict",
         format!("{status} {}", reply["error"]["code"]),
     );
+    Ok(())
+}
+
+/// The API's counters: 11 jobs enqueued, 289 submissions deduplicated.
+async fn check_metrics(report: &mut Report, env: &Env) -> anyhow::Result<()> {
     let deduplicated = env
         .metric(env.api_port(), "faultline_jobs_deduplicated_total")
         .await?;
@@ -118,4 +109,46 @@ pub async fn run(report: &mut Report, db: Option<&str>) -> anyhow::Result<()> {
         format!("{enqueued} / {deduplicated}"),
     );
     Ok(())
+}
+
+/// POST every (key, body) of `requests` at once; how many answers came with each status (0: no
+/// answer).
+async fn post_all(env: &Env, requests: Vec<(String, serde_json::Value)>) -> HashMap<u16, usize> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (key, body) in requests {
+        let http = env.http.clone();
+        let url = format!("{}/v1/jobs", env.api_url);
+        tasks.spawn(post_answered(http, url, key, body));
+    }
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    while let Some(status) = tasks.join_next().await {
+        *statuses.entry(status.unwrap_or(0)).or_default() += 1;
+    }
+    statuses
+}
+
+/// POST `body` under `key` until it is answered with something other than a 503 (or 30 s have
+/// passed); the last status (0: no answer).
+async fn post_answered(
+    http: reqwest::Client,
+    url: String,
+    key: String,
+    body: serde_json::Value,
+) -> u16 {
+    // As a client should: a 503 (the API could not get a database connection in
+    // time under this burst) is retried with the same key until it is answered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http
+            .post(&url)
+            .header("idempotency-key", &key)
+            .json(&body)
+            .send()
+            .await;
+        let status = r.map(|r| r.status().as_u16()).unwrap_or(0);
+        if !matches!(status, 0 | 503) || Instant::now() >= deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

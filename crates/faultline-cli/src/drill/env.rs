@@ -126,109 +126,27 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Env {
+    /// The environment, as its steps: a scratch directory, the database (migrated, with the
+    /// journal's tables if asked for), the API, the workers, then every process answering.
     pub async fn start(
         report: &mut Report,
         options: EnvOptions,
         database_url: Option<&str>,
     ) -> anyhow::Result<Env> {
-        let dir = std::env::temp_dir().join(format!(
-            "faultline-drill-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let (cluster, url, external) = match database_url {
-            None => {
-                report.waiting("starting a private Postgres");
-                let cluster = tokio::task::spawn_blocking(Cluster::temporary)
-                    .await?
-                    .context(
-                        "cannot start a private Postgres (set DATABASE_URL to use a server)",
-                    )?;
-                report.event(format!(
-                    "private Postgres up on port {} (pid {})",
-                    cluster.port().unwrap_or_default(),
-                    cluster.server_pid().unwrap_or_default()
-                ));
-                let url = cluster.url("postgres");
-                (Some(Arc::new(cluster)), url, None)
-            }
-            Some(admin) => {
-                let name = format!("faultline_drill_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = PgConnection::connect(admin)
-                    .await
-                    .context("cannot connect to DATABASE_URL")?;
-                sqlx::query(&format!("create database {name}"))
-                    .execute(&mut conn)
-                    .await?;
-                let _ = conn.close().await;
-                let url = faultline::db::with_database(admin, &name);
-                report.event(format!("using database {name} on DATABASE_URL"));
-                (None, url.clone(), Some((admin.to_owned(), name)))
-            }
-        };
-        let pool = db::connect(&url, &db::PoolConfig::default())?;
-        db::migrate(&pool)
-            .await
-            .context("migrate the drill database")?;
-        if options.journal {
-            let journal = match &options.journal_url {
-                Some(url) => db::connect(url, &db::PoolConfig::default())?,
-                None => pool.clone(),
-            };
-            sqlx::query("create schema if not exists faultline_drill")
-                .execute(&journal)
-                .await?;
-            // Beside the jobs (not in the journal's database): written in the same transaction
-            // as a job's completion.
-            sqlx::raw_sql(
-                "create schema if not exists faultline_drill;
-                 create table if not exists faultline_drill.credits (
-                    job_id uuid not null, token bigint not null,
-                    at timestamptz not null default now())",
-            )
-            .execute(&pool)
-            .await?;
-            sqlx::query(
-                "create table if not exists faultline_drill.executions (
-                    id bigserial primary key, job_id uuid not null, token bigint not null,
-                    attempt int not null, worker text not null, event text not null,
-                    detail text, at timestamptz not null default now())",
-            )
-            .execute(&journal)
-            .await?;
-        }
-        let process_url = match &options.bouncer {
-            Some(bouncer) => bouncer.url(
-                external
-                    .as_ref()
-                    .map_or("postgres", |(_, name): &(String, String)| name.as_str()),
-            ),
-            None => url.clone(),
-        };
+        let dir = scratch_dir()?;
+        let database = Database::start(report, database_url).await?;
+        let pool = prepare_database(&database.url, &options).await?;
+        let process_url = database.process_url(&options);
         let store = Store::new(pool.clone());
         let exe = std::env::current_exe().context("find the faultline binary")?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()?;
-
-        let api_port = free_port()?;
-        let api_args = vec![
-            "serve".to_owned(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{api_port}"),
-            "--depth-interval".to_owned(),
-            "1s".to_owned(),
-            "--leader-ttl".to_owned(),
-            format!("{}ms", options.leader_ttl.as_millis()),
-        ];
-        let api = spawn(&exe, &dir, "api", api_args, &process_url, api_port)?;
-        let api_url = format!("http://127.0.0.1:{api_port}");
-        report.event(format!("started api (pid {}) on {api_url}", api.pid()));
+        let (api, api_url) = start_api(report, &exe, &dir, &options, &process_url)?;
         let mut env = Env {
             options,
-            cluster,
-            url,
+            cluster: database.cluster,
+            url: database.url,
             process_url,
             pool,
             store,
@@ -237,34 +155,47 @@ impl Env {
             workers: Vec::new(),
             http,
             dir,
-            external,
+            external: database.external,
             exe,
         };
-        for index in 1..=env.options.workers {
-            let worker = env.spawn_worker(index)?;
+        env.start_workers(report)?;
+        env.wait_answering(report).await?;
+        env.fail_on_early_exit()?;
+        Ok(env)
+    }
+
+    /// Start the configured number of workers, `worker-1` onwards, and report each.
+    fn start_workers(&mut self, report: &mut Report) -> anyhow::Result<()> {
+        for index in 1..=self.options.workers {
+            let worker = self.spawn_worker(index)?;
             report.event(format!(
                 "started {} (pid {}), metrics on :{}",
                 worker.name,
                 worker.pid(),
                 worker.port
             ));
-            env.workers.push(worker);
+            self.workers.push(worker);
         }
+        Ok(())
+    }
+
+    /// Wait until the API's `/ready` and every worker's `/metrics` answer with a success.
+    async fn wait_answering(&self, report: &mut Report) -> anyhow::Result<()> {
         report.waiting("waiting for every process to answer");
-        let urls: Vec<String> = std::iter::once(format!("{}/ready", env.api_url))
+        let urls: Vec<String> = std::iter::once(format!("{}/ready", self.api_url))
             .chain(
-                env.workers
+                self.workers
                     .iter()
                     .map(|w| format!("http://127.0.0.1:{}/metrics", w.port)),
             )
             .collect();
         for url in urls {
-            env.wait_for(
+            self.wait_for(
                 report,
                 &format!("{url} to answer"),
                 Duration::from_secs(60),
                 || {
-                    let http = env.http.clone();
+                    let http = self.http.clone();
                     let url = url.clone();
                     async move {
                         let r = http.get(&url).send().await.ok()?;
@@ -274,23 +205,28 @@ impl Env {
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Fail with the log of the first child that has already exited, if any.
+    fn fail_on_early_exit(&mut self) -> anyhow::Result<()> {
         // A child that could not start (a port taken after all, a bad flag) must fail the drill
         // here, with its own words, not as a timeout later.
-        let dead: Vec<String> = std::iter::once(&mut env.api)
-            .chain(env.workers.iter_mut())
+        let dead: Vec<String> = std::iter::once(&mut self.api)
+            .chain(self.workers.iter_mut())
             .filter_map(|p| (!p.is_alive()).then(|| p.name.clone()))
             .collect();
         if let Some(name) = dead.first() {
-            let proc = std::iter::once(&env.api)
-                .chain(env.workers.iter())
+            let proc = std::iter::once(&self.api)
+                .chain(self.workers.iter())
                 .find(|p| &p.name == name)
                 .expect("a named child");
             bail!(
                 "{name} exited during start-up; its log:\n{}",
-                env.log_tail(proc, 20)
+                self.log_tail(proc, 20)
             );
         }
-        Ok(env)
+        Ok(())
     }
 
     /// Start worker `index` (named `worker-<index>`).
@@ -480,6 +416,155 @@ impl Drop for Env {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A fresh directory for the children's logs, unique to this drill.
+fn scratch_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "faultline-drill-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Where the drill's jobs live: a private cluster, or a fresh database on DATABASE_URL.
+struct Database {
+    cluster: Option<Arc<Cluster>>,
+    /// The drill's own (direct) URL of the database.
+    url: String,
+    /// On DATABASE_URL: the admin URL and the name of the database made for the drill.
+    external: Option<(String, String)>,
+}
+
+impl Database {
+    /// A private cluster without `database_url`, else a fresh database on that server.
+    async fn start(report: &mut Report, database_url: Option<&str>) -> anyhow::Result<Database> {
+        match database_url {
+            None => Database::private(report).await,
+            Some(admin) => Database::on_server(report, admin).await,
+        }
+    }
+
+    /// Start a private Postgres and use its `postgres` database.
+    async fn private(report: &mut Report) -> anyhow::Result<Database> {
+        report.waiting("starting a private Postgres");
+        let cluster = tokio::task::spawn_blocking(Cluster::temporary)
+            .await?
+            .context("cannot start a private Postgres (set DATABASE_URL to use a server)")?;
+        report.event(format!(
+            "private Postgres up on port {} (pid {})",
+            cluster.port().unwrap_or_default(),
+            cluster.server_pid().unwrap_or_default()
+        ));
+        let url = cluster.url("postgres");
+        Ok(Database {
+            cluster: Some(Arc::new(cluster)),
+            url,
+            external: None,
+        })
+    }
+
+    /// Create a database of the drill's own on the server at `admin`.
+    async fn on_server(report: &mut Report, admin: &str) -> anyhow::Result<Database> {
+        let name = format!("faultline_drill_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(admin)
+            .await
+            .context("cannot connect to DATABASE_URL")?;
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        let url = faultline::db::with_database(admin, &name);
+        report.event(format!("using database {name} on DATABASE_URL"));
+        Ok(Database {
+            cluster: None,
+            url: url.clone(),
+            external: Some((admin.to_owned(), name)),
+        })
+    }
+
+    /// What the API and the workers are given as DATABASE_URL: the same database, through the
+    /// PgBouncer if there is one.
+    fn process_url(&self, options: &EnvOptions) -> String {
+        match &options.bouncer {
+            Some(bouncer) => bouncer.url(
+                self.external
+                    .as_ref()
+                    .map_or("postgres", |(_, name): &(String, String)| name.as_str()),
+            ),
+            None => self.url.clone(),
+        }
+    }
+}
+
+/// Connect to the drill's database and migrate it; with `options.journal`, make the journal's
+/// tables too.
+async fn prepare_database(url: &str, options: &EnvOptions) -> anyhow::Result<PgPool> {
+    let pool = db::connect(url, &db::PoolConfig::default())?;
+    db::migrate(&pool)
+        .await
+        .context("migrate the drill database")?;
+    if options.journal {
+        create_journal(&pool, options).await?;
+    }
+    Ok(pool)
+}
+
+/// The drill journal's tables: `credits` beside the jobs, `executions` in the journal's
+/// database (`options.journal_url`, else the drill's).
+async fn create_journal(pool: &PgPool, options: &EnvOptions) -> anyhow::Result<()> {
+    let journal = match &options.journal_url {
+        Some(url) => db::connect(url, &db::PoolConfig::default())?,
+        None => pool.clone(),
+    };
+    sqlx::query("create schema if not exists faultline_drill")
+        .execute(&journal)
+        .await?;
+    // Beside the jobs (not in the journal's database): written in the same transaction
+    // as a job's completion.
+    sqlx::raw_sql(
+        "create schema if not exists faultline_drill;
+                 create table if not exists faultline_drill.credits (
+                    job_id uuid not null, token bigint not null,
+                    at timestamptz not null default now())",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "create table if not exists faultline_drill.executions (
+                    id bigserial primary key, job_id uuid not null, token bigint not null,
+                    attempt int not null, worker text not null, event text not null,
+                    detail text, at timestamptz not null default now())",
+    )
+    .execute(&journal)
+    .await?;
+    Ok(())
+}
+
+/// Start `faultline serve` on a fresh port and report it: the process and its base URL.
+fn start_api(
+    report: &mut Report,
+    exe: &PathBuf,
+    dir: &std::path::Path,
+    options: &EnvOptions,
+    process_url: &str,
+) -> anyhow::Result<(Proc, String)> {
+    let api_port = free_port()?;
+    let api_args = vec![
+        "serve".to_owned(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{api_port}"),
+        "--depth-interval".to_owned(),
+        "1s".to_owned(),
+        "--leader-ttl".to_owned(),
+        format!("{}ms", options.leader_ttl.as_millis()),
+    ];
+    let api = spawn(exe, dir, "api", api_args, process_url, api_port)?;
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    report.event(format!("started api (pid {}) on {api_url}", api.pid()));
+    Ok((api, api_url))
 }
 
 fn spawn(

@@ -91,6 +91,8 @@ impl DrillName {
     }
 }
 
+/// Run the chosen drill (or each of them), then print the JSON or, for several, a summary; the
+/// exit code says whether every drill passed (130 when interrupted).
 pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
     let shutdown = crate::signals::shutdown_token()?;
     let drills: Vec<DrillName> = match args.name {
@@ -99,64 +101,86 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
     };
     let mut reports = Vec::new();
     for drill in drills {
-        let mut report = Report::new(drill.label(), args.json);
-        // Dropping the drill's future on Ctrl-C drops its environment, which kills every child.
-        let outcome = tokio::select! {
-            outcome = run_one(drill, &mut report, &args) => outcome,
-            _ = shutdown.cancelled() => {
-                report.finish(Some(anyhow::anyhow!("interrupted")));
-                eprintln!("interrupted; every process the drill started has been stopped");
-                return Ok(ExitCode::from(130));
-            }
+        let Some(report) = run_reported(drill, &args, &shutdown).await else {
+            return Ok(ExitCode::from(130));
         };
-        report.finish(outcome.err());
-        if !args.json {
-            print!("{}", report.table());
-        }
         reports.push(report);
     }
     let passed = reports.iter().all(|r| r.passed);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "passed": passed, "drills": reports })
-            )?
-        );
+        print_json(passed, &reports)?;
     } else if reports.len() > 1 {
-        println!("\nsummary");
-        for r in &reports {
-            let verdict = if r.skipped.is_some() {
-                "SKIPPED"
-            } else if r.passed {
-                "PASSED"
-            } else {
-                "FAILED"
-            };
-            let checks = r.checks.iter().filter(|c| c.passed).count();
-            println!(
-                "  {:<14} {:<8} {:>3}/{:<3} checks  {:>6.1}s",
-                r.drill,
-                verdict,
-                checks,
-                r.checks.len(),
-                r.seconds
-            );
-        }
-        println!(
-            "{}",
-            if passed {
-                "all drills passed"
-            } else {
-                "SOME DRILLS FAILED"
-            }
-        );
+        print_summary(passed, &reports);
     }
     Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Run one drill to its finished report (its table printed unless `--json`); `None` when
+/// interrupted, after saying so.
+async fn run_reported(
+    drill: DrillName,
+    args: &DrillArgs,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<Report> {
+    let mut report = Report::new(drill.label(), args.json);
+    // Dropping the drill's future on Ctrl-C drops its environment, which kills every child.
+    let outcome = tokio::select! {
+        outcome = run_one(drill, &mut report, args) => outcome,
+        _ = shutdown.cancelled() => {
+            report.finish(Some(anyhow::anyhow!("interrupted")));
+            eprintln!("interrupted; every process the drill started has been stopped");
+            return None;
+        }
+    };
+    report.finish(outcome.err());
+    if !args.json {
+        print!("{}", report.table());
+    }
+    Some(report)
+}
+
+/// Every report as one JSON document on stdout.
+fn print_json(passed: bool, reports: &[Report]) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "passed": passed, "drills": reports }))?
+    );
+    Ok(())
+}
+
+/// One line per drill (verdict, checks passed, time), then the overall verdict.
+fn print_summary(passed: bool, reports: &[Report]) {
+    println!("\nsummary");
+    for r in reports {
+        let verdict = if r.skipped.is_some() {
+            "SKIPPED"
+        } else if r.passed {
+            "PASSED"
+        } else {
+            "FAILED"
+        };
+        let checks = r.checks.iter().filter(|c| c.passed).count();
+        println!(
+            "  {:<14} {:<8} {:>3}/{:<3} checks  {:>6.1}s",
+            r.drill,
+            verdict,
+            checks,
+            r.checks.len(),
+            r.seconds
+        );
+    }
+    println!(
+        "{}",
+        if passed {
+            "all drills passed"
+        } else {
+            "SOME DRILLS FAILED"
+        }
+    );
 }
 
 async fn run_one(drill: DrillName, report: &mut Report, args: &DrillArgs) -> anyhow::Result<()> {
