@@ -66,4 +66,11 @@ lint:
 
 ## Package every crate as crates.io would take it, and build each from its package alone.
 publish-check:
+	@# The dry run unpacks our own packages into Cargo's registry sources under their version
+	@# and builds them as registry crates, which Cargo never rebuilds once built: start from
+	@# none of an earlier run's sources or artifacts.
+	rm -rf target/package $${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/faultline-queue-[0-9]* \
+		$${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/faultline-queue-pg-[0-9]* \
+		$${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/faultline-queue-cli-[0-9]*
+	$(CARGO) clean --quiet -p faultline-queue -p faultline-queue-pg
 	$(CARGO) publish --workspace --dry-run --locked --allow-dirty

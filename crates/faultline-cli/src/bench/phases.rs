@@ -378,54 +378,82 @@ pub async fn dependency_work(bench: &Bench) -> anyhow::Result<[f64; 3]> {
     let started = Instant::now();
     store.enqueue_batch(dense).await?;
     let dense = started.elapsed().as_secs_f64();
+    let succeed = settle_dependents(bench, &store, false).await?;
+    let cancel = settle_dependents(bench, &store, true).await?;
+    Ok([dense, succeed, cancel])
+}
 
-    let mut timed = Vec::new();
-    for cancel in [false, true] {
-        let queue = if cancel {
-            "deps-cancel"
-        } else {
-            "deps-succeed"
-        };
-        let parent = store
-            .enqueue(NewJob::new("noop", serde_json::json!({})).with_queue(queue))
-            .await?
-            .into_job()
-            .id;
-        for chunk in 0..10 {
-            let children: Vec<NewJob> = (0..1000)
-                .map(|_| NewJob {
-                    depends_on: vec![Dependency::Job(parent)],
-                    ..NewJob::new("noop", serde_json::json!({ "chunk": chunk })).with_queue(queue)
-                })
-                .collect();
-            store.enqueue_batch(children).await?;
-        }
-        let started = if cancel {
-            let started = Instant::now();
-            store.cancel(parent).await?;
-            started
-        } else {
-            let claimed = store
-                .claim_batch(&[queue.to_owned()], "bench", 1, Duration::from_secs(60))
-                .await?;
-            let lease = &claimed.first().context("the parent was not claimed")?.lease;
-            let started = Instant::now();
-            store.complete(lease).await?;
-            started
-        };
-        timed.push(started.elapsed().as_secs_f64());
-        let waiting: i64 = sqlx::query_scalar(
-            "select count(*) from faultline.jobs where queue = $1 and state = 'waiting'",
-        )
-        .bind(queue)
-        .fetch_one(&bench.pool)
-        .await?;
-        anyhow::ensure!(
-            waiting == 0,
-            "{waiting} dependents of {queue} were left waiting"
-        );
+/// Seconds to settle 10,000 dependents waiting on one parent, by completing the parent or (with
+/// `cancel`) cancelling it; fails if any is left waiting.
+async fn settle_dependents(bench: &Bench, store: &Store, cancel: bool) -> anyhow::Result<f64> {
+    use faultline::Dependency;
+    let queue = if cancel {
+        "deps-cancel"
+    } else {
+        "deps-succeed"
+    };
+    let parent = store
+        .enqueue(NewJob::new("noop", serde_json::json!({})).with_queue(queue))
+        .await?
+        .into_job()
+        .id;
+    for chunk in 0..10 {
+        let children: Vec<NewJob> = (0..1000)
+            .map(|_| NewJob {
+                depends_on: vec![Dependency::Job(parent)],
+                ..NewJob::new("noop", serde_json::json!({ "chunk": chunk })).with_queue(queue)
+            })
+            .collect();
+        store.enqueue_batch(children).await?;
     }
-    Ok([dense, timed[0], timed[1]])
+    let started = if cancel {
+        let started = Instant::now();
+        store.cancel(parent).await?;
+        started
+    } else {
+        let claimed = store
+            .claim_batch(&[queue.to_owned()], "bench", 1, Duration::from_secs(60))
+            .await?;
+        let lease = &claimed.first().context("the parent was not claimed")?.lease;
+        let started = Instant::now();
+        store.complete(lease).await?;
+        started
+    };
+    let took = started.elapsed().as_secs_f64();
+    let waiting: i64 = sqlx::query_scalar(
+        "select count(*) from faultline.jobs where queue = $1 and state = 'waiting'",
+    )
+    .bind(queue)
+    .fetch_one(&bench.pool)
+    .await?;
+    anyhow::ensure!(
+        waiting == 0,
+        "{waiting} dependents of {queue} were left waiting"
+    );
+    Ok(took)
+}
+
+/// Declare `n` schedules `burst-00000`… with `spec`, sixteen at a time.
+async fn declare_burst(
+    store: &Store,
+    spec: &faultline::schedule::ScheduleSpec,
+    n: usize,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = (0..n).map(|i| format!("burst-{i:05}")).collect();
+    // Sixteen at a time.
+    for batch in names.chunks(16) {
+        let tasks: Vec<_> = batch
+            .iter()
+            .map(|name| {
+                let (store, spec, name) = (store.clone(), spec.clone(), name.clone());
+                tokio::spawn(async move { store.put_schedule(&name, &spec).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+    }
+    Ok(())
 }
 
 /// `n` schedules due in the same second (issue 28): the seconds from that second until every one
@@ -447,20 +475,7 @@ pub async fn schedule_burst(bench: &Bench, n: usize) -> anyhow::Result<(f64, u64
         misfire: Some(Misfire::Skip),
         paused: None,
     };
-    let names: Vec<String> = (0..n).map(|i| format!("burst-{i:05}")).collect();
-    // Sixteen at a time.
-    for batch in names.chunks(16) {
-        let tasks: Vec<_> = batch
-            .iter()
-            .map(|name| {
-                let (store, spec, name) = (store.clone(), spec.clone(), name.clone());
-                tokio::spawn(async move { store.put_schedule(&name, &spec).await })
-            })
-            .collect();
-        for task in tasks {
-            task.await??;
-        }
-    }
+    declare_burst(&store, &spec, n).await?;
     let tenure = uuid::Uuid::new_v4();
     store.fire_schedules_in(tenure).await?;
     let slot: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
@@ -743,6 +758,24 @@ pub async fn ceiling_minimal_table(
     clients: usize,
     jobs: usize,
 ) -> anyhow::Result<f64> {
+    create_minimal_table(bench, jobs).await?;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        tasks.spawn(drain_minimal_table(bench.url.clone()));
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    sqlx::query("drop table public.bench_minimal_jobs")
+        .execute(&bench.pool)
+        .await?;
+    Ok(rate)
+}
+
+/// The minimal queue table, with `jobs` pending rows, vacuumed and checkpointed.
+async fn create_minimal_table(bench: &Bench, jobs: usize) -> anyhow::Result<()> {
     sqlx::raw_sql(
         "drop table if exists public.bench_minimal_jobs;
          create table public.bench_minimal_jobs (
@@ -771,44 +804,34 @@ pub async fn ceiling_minimal_table(
         .execute(&bench.pool)
         .await?;
     let _ = sqlx::query("checkpoint").execute(&bench.pool).await;
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let url = bench.url.clone();
-        tasks.spawn(async move {
-            let mut conn = PgConnection::connect(&url).await?;
-            loop {
-                let ids: Vec<i64> = sqlx::query_scalar(
-                    "with c as (
-                        select id from public.bench_minimal_jobs
-                        where state = 'pending' and run_at <= now()
-                        order by run_at, id limit 100 for update skip locked)
-                     update public.bench_minimal_jobs j set state = 'running', locked_at = now()
-                     from c where j.id = c.id returning j.id",
-                )
-                .fetch_all(&mut conn)
-                .await?;
-                if ids.is_empty() {
-                    return anyhow::Ok(());
-                }
-                sqlx::query(
-                    "update public.bench_minimal_jobs set state = 'succeeded', finished_at = now()
-                     where id = any($1)",
-                )
-                .bind(&ids)
-                .execute(&mut conn)
-                .await?;
-            }
-        });
-    }
-    while let Some(result) = tasks.join_next().await {
-        result??;
-    }
-    let rate = jobs as f64 / started.elapsed().as_secs_f64();
-    sqlx::query("drop table public.bench_minimal_jobs")
-        .execute(&bench.pool)
+    Ok(())
+}
+
+/// One client of the minimal-table ceiling: claim 100, complete them, until none is left.
+async fn drain_minimal_table(url: String) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(&url).await?;
+    loop {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "with c as (
+                select id from public.bench_minimal_jobs
+                where state = 'pending' and run_at <= now()
+                order by run_at, id limit 100 for update skip locked)
+             update public.bench_minimal_jobs j set state = 'running', locked_at = now()
+             from c where j.id = c.id returning j.id",
+        )
+        .fetch_all(&mut conn)
         .await?;
-    Ok(rate)
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "update public.bench_minimal_jobs set state = 'succeeded', finished_at = now()
+             where id = any($1)",
+        )
+        .bind(&ids)
+        .execute(&mut conn)
+        .await?;
+    }
 }
 
 /// What the backlog phase measured at one backlog.
@@ -832,6 +855,36 @@ pub async fn backlog(
 ) -> anyhow::Result<BacklogOutcome> {
     let (base, shutdown) = api(bench).await?;
     let http = reqwest::Client::new();
+    prefill_over_http(&http, &base, backlog, progress).await?;
+    // What autovacuum would have done by now on a server with default settings (the bench's
+    // cluster has it, but the prefill outran it).
+    progress.set_message(format!("backlog: vacuum analyze of {backlog} jobs"));
+    sqlx::query("vacuum analyze faultline.jobs")
+        .execute(&bench.pool)
+        .await?;
+    let _ = sqlx::query("checkpoint").execute(&bench.pool).await;
+    let queues = format!("{base}/v1/queues");
+    let queues_ms = time_queues(&http, &queues).await?;
+    progress.set_message(format!(
+        "backlog: draining {window} of {backlog} jobs, /v1/queues polled every 2 s"
+    ));
+    let waited = drain_polled(bench, window, &http, &queues, &shutdown).await;
+    shutdown.cancel();
+    waited?;
+    Ok(BacklogOutcome {
+        drain_per_second: window as f64 / first_window_seconds(bench, window).await?,
+        queues_ms,
+    })
+}
+
+/// Enqueue `backlog` jobs through `POST /v1/jobs/batch` (batches of 1,000, two clients), the
+/// progress line showing the rate.
+async fn prefill_over_http(
+    http: &reqwest::Client,
+    base: &str,
+    backlog: u64,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
     let batch = 1000u64;
     let body = serde_json::to_vec(&json!({
         "jobs": (0..batch).map(|i| json!({"kind": "noop", "payload": {"n": i}})).collect::<Vec<_>>()
@@ -866,7 +919,7 @@ pub async fn backlog(
         tokio::select! {
             joined = clients.join_next() => match joined {
                 Some(result) => result??,
-                None => break,
+                None => return Ok(()),
             },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
                 let sent = next.load(Ordering::Relaxed).min(backlog);
@@ -877,31 +930,35 @@ pub async fn backlog(
             }
         }
     }
-    // What autovacuum would have done by now on a server with default settings (the bench's
-    // cluster has it, but the prefill outran it).
-    progress.set_message(format!("backlog: vacuum analyze of {backlog} jobs"));
-    sqlx::query("vacuum analyze faultline.jobs")
-        .execute(&bench.pool)
-        .await?;
-    let _ = sqlx::query("checkpoint").execute(&bench.pool).await;
-    let queues = format!("{base}/v1/queues");
+}
+
+/// The median of five `GET /v1/queues`, in milliseconds.
+async fn time_queues(http: &reqwest::Client, queues: &str) -> anyhow::Result<f64> {
     let mut timings = Vec::new();
     for _ in 0..5 {
         let asked = Instant::now();
-        let status = http.get(&queues).send().await?.status();
+        let status = http.get(queues).send().await?.status();
         if !status.is_success() {
             bail!("GET /v1/queues answered {status}");
         }
         timings.push(asked.elapsed().as_secs_f64() * 1e3);
     }
     timings.sort_by(f64::total_cmp);
-    let queues_ms = timings[timings.len() / 2];
-    progress.set_message(format!(
-        "backlog: draining {window} of {backlog} jobs, /v1/queues polled every 2 s"
-    ));
+    Ok(timings[timings.len() / 2])
+}
+
+/// Drain `window` jobs with one worker × 128 while a dashboard polls `GET /v1/queues` every
+/// 2 s.
+async fn drain_polled(
+    bench: &Bench,
+    window: u64,
+    http: &reqwest::Client,
+    queues: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let dashboard = shutdown.child_token();
     let poller = {
-        let (http, stop) = (http.clone(), dashboard.clone());
+        let (http, stop, queues) = (http.clone(), dashboard.clone(), queues.to_owned());
         tokio::spawn(async move {
             loop {
                 let _ = http.get(&queues).send().await;
@@ -919,9 +976,12 @@ pub async fn backlog(
     stop(vec![child]);
     dashboard.cancel();
     let _ = poller.await;
-    shutdown.cancel();
-    waited?;
-    let seconds: f64 = sqlx::query_scalar(
+    waited
+}
+
+/// Seconds from the first start to the `window`-th finish, as history records them.
+async fn first_window_seconds(bench: &Bench, window: u64) -> anyhow::Result<f64> {
+    Ok(sqlx::query_scalar(
         "with first as (
             select finished_at from faultline.job_history order by finished_at limit $1)
          select extract(epoch from (select max(finished_at) from first)
@@ -929,11 +989,7 @@ pub async fn backlog(
     )
     .bind(window as i64)
     .fetch_one(&bench.pool)
-    .await?;
-    Ok(BacklogOutcome {
-        drain_per_second: window as f64 / seconds,
-        queues_ms,
-    })
+    .await?)
 }
 
 /// One sample of the soak phase.
@@ -974,7 +1030,6 @@ impl Soak {
             samples.iter().map(|s| f(s)).sum::<f64>() / samples.len().max(1) as f64
         };
         let (first, last) = (minute(false), minute(true));
-        let pinned: Vec<&SoakSample> = self.samples.iter().filter(|s| s.pinned).collect();
         let mut figures = vec![
             ("soak: offered enqueue rate".into(), "jobs/s", self.rate),
             (
@@ -1008,19 +1063,29 @@ impl Soak {
                 mean(&last, |s| s.history_mb),
             ),
         ];
-        if !pinned.is_empty() {
-            figures.push((
+        figures.extend(self.pinned_figures());
+        figures
+    }
+
+    /// The drain rate and the largest backlog while the horizon was held, if it was.
+    fn pinned_figures(&self) -> Vec<(String, &'static str, f64)> {
+        let pinned: Vec<&SoakSample> = self.samples.iter().filter(|s| s.pinned).collect();
+        if pinned.is_empty() {
+            return Vec::new();
+        }
+        let drain = pinned.iter().map(|s| s.drain_per_second).sum::<f64>() / pinned.len() as f64;
+        vec![
+            (
                 "soak: drain rate while the horizon was held".into(),
                 "jobs/s",
-                mean(&pinned, |s| s.drain_per_second),
-            ));
-            figures.push((
+                drain,
+            ),
+            (
                 "soak: largest backlog while the horizon was held".into(),
                 "jobs",
                 pinned.iter().map(|s| s.backlog).max().unwrap_or(0) as f64,
-            ));
-        }
-        figures
+            ),
+        ]
     }
 }
 
@@ -1033,112 +1098,44 @@ pub async fn soak(
     pin: Duration,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Soak> {
-    // The pin: one idle transaction holding an xid through the middle `pin` of the soak (at
-    // most a third of it: checked with the flags).
-    let pin_from = duration.saturating_sub(pin) / 2;
     let retention = format!("{}s", (duration.as_secs() / 5).max(60));
     let args = ["--concurrency", "256", "--retention", retention.as_str()];
-    progress.set_message("soak: measuring the peak");
-    bench.prefill(50_000).await?;
-    let started = Instant::now();
-    let children = (1..=2)
-        .map(|w| bench.worker(&format!("soak-{w}"), &args))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let waited = bench
-        .wait_for_count("succeeded", 50_000, Duration::from_secs(300))
-        .await;
-    let peak = 50_000.0 / started.elapsed().as_secs_f64();
-    waited?;
-    let rate = (peak / 2.0).max(100.0);
-
-    // The enqueuer: batches of 500 paced to `rate`.
+    let (children, rate) = soak_peak(bench, &args, progress).await?;
     let halt = tokio_util::sync::CancellationToken::new();
-    let enqueuer = {
-        let (store, stop) = (bench.store.clone(), halt.clone());
-        tokio::spawn(async move {
-            let batch = 500usize;
-            let every = Duration::from_secs_f64(batch as f64 / rate);
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while !stop.is_cancelled() {
-                tick.tick().await;
-                let jobs = (0..batch).map(|_| NewJob::new("noop", json!({}))).collect();
-                let _ = store.enqueue_batch(jobs).await;
-            }
-        })
-    };
-    // Jobs moved out of the live table so far: monotonic (the finished counts are not, since
-    // retention subtracts what it drops), from the statistics every backend flushes at least
-    // once a second.
-    let finished = || async {
-        let _ = sqlx::query("select pg_stat_clear_snapshot()")
-            .execute(&bench.pool)
-            .await;
-        sqlx::query_scalar::<_, i64>(
-            "select n_tup_del from pg_stat_user_tables where relid = 'faultline.jobs'::regclass",
-        )
-        .fetch_one(&bench.pool)
-        .await
+    let enqueuer = paced_enqueuer(bench.store.clone(), rate, halt.clone());
+    // The pin: one idle transaction holding an xid through the middle `pin` of the soak (at
+    // most a third of it: checked with the flags).
+    let mut horizon = Pin {
+        from: duration.saturating_sub(pin) / 2,
+        length: pin,
+        held: None,
+        taken: false,
     };
     let mut samples = Vec::new();
     let soak_started = Instant::now();
-    let mut held: Option<sqlx::PgConnection> = None;
-    let mut pinned = false;
-    let mut last = (Instant::now(), finished().await?);
+    let mut last = (Instant::now(), moved_out(bench).await?);
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.tick().await;
     while soak_started.elapsed() < duration {
         tick.tick().await;
-        let elapsed = soak_started.elapsed();
         // This sample covers the last 10 s: pinned if the pin was held through them.
-        let was_held = held.is_some();
-        if !pin.is_zero() && held.is_none() && !pinned && elapsed >= pin_from {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&bench.url).await?;
-            sqlx::query("begin").execute(&mut conn).await?;
-            sqlx::query("select txid_current()")
-                .execute(&mut conn)
-                .await?;
-            held = Some(conn);
-            pinned = true;
-        }
-        if elapsed >= pin_from + pin {
-            if let Some(mut conn) = held.take() {
-                sqlx::query("rollback").execute(&mut conn).await?;
-            }
-        }
-        let done = finished().await?;
+        let was_held = horizon.held.is_some();
+        horizon.follow(bench, soak_started.elapsed()).await?;
+        let done = moved_out(bench).await?;
         let now = Instant::now();
-        let (live_bytes, dead, history_bytes): (i64, i64, i64) = sqlx::query_as(
-            "select pg_total_relation_size('faultline.jobs'),
-                    (select n_dead_tup from pg_stat_user_tables
-                     where relid = 'faultline.jobs'::regclass),
-                    (select coalesce(sum(pg_total_relation_size(relid)), 0)::int8
-                     from pg_partition_tree('faultline.job_history'))",
-        )
-        .fetch_one(&bench.pool)
-        .await?;
-        // From the live counts, as the dashboard reads them (a count of the rows would scan
-        // every dead version the pin keeps).
-        let backlog = bench
-            .store
-            .queue_stats()
-            .await?
-            .iter()
-            .map(|q| q.queued + q.running)
-            .sum();
         let sample = SoakSample {
             pinned: was_held,
             at_seconds: soak_started.elapsed().as_secs_f64(),
             drain_per_second: (done - last.1) as f64 / (now - last.0).as_secs_f64(),
-            backlog,
-            live_mb: live_bytes as f64 / 1e6,
-            live_dead_tuples: dead,
-            history_mb: history_bytes as f64 / 1e6,
+            ..soak_sizes(bench).await?
         };
         progress.set_message(format!(
             "soak: {:.0}s, {:.0} jobs/s, backlog {}, live {:.1} MB, history {:.1} MB",
-            sample.at_seconds, sample.drain_per_second, backlog, sample.live_mb, sample.history_mb
+            sample.at_seconds,
+            sample.drain_per_second,
+            sample.backlog,
+            sample.live_mb,
+            sample.history_mb
         ));
         samples.push(sample);
         last = (now, done);
@@ -1147,4 +1144,119 @@ pub async fn soak(
     let _ = enqueuer.await;
     stop(children);
     Ok(Soak { rate, samples })
+}
+
+/// Start the soak's two workers on a 50,000-job prefill and measure their peak drain; the soak
+/// runs at half of it (at least 100/s).
+async fn soak_peak(
+    bench: &Bench,
+    args: &[&str],
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<(Vec<std::process::Child>, f64)> {
+    progress.set_message("soak: measuring the peak");
+    bench.prefill(50_000).await?;
+    let started = Instant::now();
+    let children = (1..=2)
+        .map(|w| bench.worker(&format!("soak-{w}"), args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let waited = bench
+        .wait_for_count("succeeded", 50_000, Duration::from_secs(300))
+        .await;
+    let peak = 50_000.0 / started.elapsed().as_secs_f64();
+    waited?;
+    Ok((children, (peak / 2.0).max(100.0)))
+}
+
+/// The soak's enqueuer: batches of 500 paced to `rate`, until `halt`.
+fn paced_enqueuer(
+    store: faultline::Store,
+    rate: f64,
+    halt: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let batch = 500usize;
+        let every = Duration::from_secs_f64(batch as f64 / rate);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !halt.is_cancelled() {
+            tick.tick().await;
+            let jobs = (0..batch).map(|_| NewJob::new("noop", json!({}))).collect();
+            let _ = store.enqueue_batch(jobs).await;
+        }
+    })
+}
+
+/// Jobs moved out of the live table so far: monotonic (the finished counts are not, since
+/// retention subtracts what it drops), from the statistics every backend flushes at least once
+/// a second.
+async fn moved_out(bench: &Bench) -> Result<i64, sqlx::Error> {
+    let _ = sqlx::query("select pg_stat_clear_snapshot()")
+        .execute(&bench.pool)
+        .await;
+    sqlx::query_scalar::<_, i64>(
+        "select n_tup_del from pg_stat_user_tables where relid = 'faultline.jobs'::regclass",
+    )
+    .fetch_one(&bench.pool)
+    .await
+}
+
+/// The idle transaction that holds the MVCC horizon through the middle of the soak.
+struct Pin {
+    from: Duration,
+    length: Duration,
+    held: Option<sqlx::PgConnection>,
+    taken: bool,
+}
+
+impl Pin {
+    /// Take the pin once `elapsed` reaches its start, release it once its length has passed.
+    async fn follow(&mut self, bench: &Bench, elapsed: Duration) -> anyhow::Result<()> {
+        if !self.length.is_zero() && self.held.is_none() && !self.taken && elapsed >= self.from {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&bench.url).await?;
+            sqlx::query("begin").execute(&mut conn).await?;
+            sqlx::query("select txid_current()")
+                .execute(&mut conn)
+                .await?;
+            self.held = Some(conn);
+            self.taken = true;
+        }
+        if elapsed >= self.from + self.length {
+            if let Some(mut conn) = self.held.take() {
+                sqlx::query("rollback").execute(&mut conn).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A soak sample's sizes and backlog (its time, drain and pin are the caller's).
+async fn soak_sizes(bench: &Bench) -> anyhow::Result<SoakSample> {
+    let (live_bytes, dead, history_bytes): (i64, i64, i64) = sqlx::query_as(
+        "select pg_total_relation_size('faultline.jobs'),
+                (select n_dead_tup from pg_stat_user_tables
+                 where relid = 'faultline.jobs'::regclass),
+                (select coalesce(sum(pg_total_relation_size(relid)), 0)::int8
+                 from pg_partition_tree('faultline.job_history'))",
+    )
+    .fetch_one(&bench.pool)
+    .await?;
+    // From the live counts, as the dashboard reads them (a count of the rows would scan every
+    // dead version the pin keeps).
+    let backlog = bench
+        .store
+        .queue_stats()
+        .await?
+        .iter()
+        .map(|q| q.queued + q.running)
+        .sum();
+    Ok(SoakSample {
+        pinned: false,
+        at_seconds: 0.0,
+        drain_per_second: 0.0,
+        backlog,
+        live_mb: live_bytes as f64 / 1e6,
+        live_dead_tuples: dead,
+        history_mb: history_bytes as f64 / 1e6,
+    })
 }

@@ -215,45 +215,26 @@ pub async fn run(
         if marks { "" } else { ", lane marks off" }
     );
     let worker = bench.worker("pressure", &worker_args(marks))?;
-    // The enqueuer: batches of 100, paced; `boost` multiplies the rate (high-load).
     let halt = CancellationToken::new();
     let boost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let enqueuer = {
-        let (store, halt, boost) = (bench.store.clone(), halt.clone(), boost.clone());
-        tokio::spawn(async move {
-            let batch = 100usize;
-            let mut next = Instant::now();
-            while !halt.is_cancelled() {
-                let factor = if boost.load(std::sync::atomic::Ordering::Relaxed) {
-                    1.5
-                } else {
-                    1.0
-                };
-                next += Duration::from_secs_f64(batch as f64 / (rate * factor));
-                let jobs = (0..batch).map(|_| NewJob::new("noop", json!({}))).collect();
-                let _ = store.enqueue_batch(jobs).await;
-                tokio::time::sleep_until(next.into()).await;
-            }
-        })
-    };
+    let enqueuer = paced_enqueuer(bench.store.clone(), rate, halt.clone(), boost.clone());
     let started = Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
     let mut last = (Instant::now(), finished(bench).await?);
-    let release = CancellationToken::new();
-    let mut holder = None;
+    let mut stress = Stress {
+        scenario,
+        lengths,
+        boost,
+        release: CancellationToken::new(),
+        holder: None,
+    };
     let total = lengths.clean + lengths.stress + lengths.recovery;
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.tick().await;
     while started.elapsed() < total {
         tick.tick().await;
         let at = started.elapsed();
-        let phase = if at <= lengths.clean {
-            "clean"
-        } else if at <= lengths.clean + lengths.stress {
-            "stress"
-        } else {
-            "recovery"
-        };
+        let phase = lengths.phase_at(at);
         let sample = sample(bench, &name, phase, at, &mut last).await?;
         let line = sample.line();
         if progress.is_hidden() {
@@ -263,30 +244,89 @@ pub async fn run(
             progress.println(line);
         }
         samples.push(sample);
-        // The stress starts after the clean phase's last sample and ends after its own.
-        if holder.is_none() && at + Duration::from_secs(10) > lengths.clean && phase == "clean" {
-            let (release, url) = (release.clone(), bench.url.clone());
-            holder = Some(tokio::spawn(hold(url, scenario, release)));
-            if scenario == Scenario::HighLoad {
-                boost.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        if phase == "stress" && at + Duration::from_secs(10) > lengths.clean + lengths.stress {
-            boost.store(false, std::sync::atomic::Ordering::Relaxed);
-            release.cancel();
-            if let Some(holder) = holder.take() {
-                holder.await??;
-            }
-        }
+        stress.follow(bench, at, phase).await?;
     }
-    release.cancel();
-    if let Some(holder) = holder.take() {
-        holder.await??;
-    }
+    stress.end().await?;
     halt.cancel();
     let _ = enqueuer.await;
     stop_children(vec![worker]);
     Ok(summarize(samples, rate))
+}
+
+impl Lengths {
+    /// The phase a sample taken `at` into the run belongs to.
+    fn phase_at(&self, at: Duration) -> &'static str {
+        if at <= self.clean {
+            "clean"
+        } else if at <= self.clean + self.stress {
+            "stress"
+        } else {
+            "recovery"
+        }
+    }
+}
+
+/// The enqueuer: batches of 100, paced to `rate`; `boost` multiplies the rate (high-load).
+fn paced_enqueuer(
+    store: faultline::Store,
+    rate: f64,
+    halt: CancellationToken,
+    boost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let batch = 100usize;
+        let mut next = Instant::now();
+        while !halt.is_cancelled() {
+            let factor = if boost.load(std::sync::atomic::Ordering::Relaxed) {
+                1.5
+            } else {
+                1.0
+            };
+            next += Duration::from_secs_f64(batch as f64 / (rate * factor));
+            let jobs = (0..batch).map(|_| NewJob::new("noop", json!({}))).collect();
+            let _ = store.enqueue_batch(jobs).await;
+            tokio::time::sleep_until(next.into()).await;
+        }
+    })
+}
+
+/// The scenario's pressure: started after the clean phase's last sample, released after the
+/// stress phase's own.
+struct Stress {
+    scenario: Scenario,
+    lengths: Lengths,
+    boost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    release: CancellationToken,
+    holder: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stress {
+    /// Start or release the pressure after the sample taken `at`, in `phase`.
+    async fn follow(&mut self, bench: &Bench, at: Duration, phase: &str) -> anyhow::Result<()> {
+        let next = at + Duration::from_secs(10);
+        if self.holder.is_none() && next > self.lengths.clean && phase == "clean" {
+            let (release, url) = (self.release.clone(), bench.url.clone());
+            self.holder = Some(tokio::spawn(hold(url, self.scenario, release)));
+            if self.scenario == Scenario::HighLoad {
+                self.boost.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if phase == "stress" && next > self.lengths.clean + self.lengths.stress {
+            self.boost
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            self.end().await?;
+        }
+        Ok(())
+    }
+
+    /// Release the pressure (if held) and wait for its holder.
+    async fn end(&mut self) -> anyhow::Result<()> {
+        self.release.cancel();
+        if let Some(holder) = self.holder.take() {
+            holder.await??;
+        }
+        Ok(())
+    }
 }
 
 /// Jobs moved out of the live table so far (monotonic, from the statistics).
