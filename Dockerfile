@@ -13,7 +13,7 @@ RUN for c in faultline faultline-pg; do mkdir -p crates/$c/src && touch crates/$
     && cargo build --release --locked -p faultline-queue-cli --features otel \
     && rm -rf crates/*/src
 COPY crates crates
-RUN touch crates/*/src/lib.rs crates/faultline-cli/src/main.rs \
+RUN touch crates/faultline/src/lib.rs crates/faultline-pg/src/lib.rs crates/faultline-cli/src/main.rs \
     && cargo build --release --locked -p faultline-queue-cli --features otel
 
 # --- runtime: slim, non-root.
