@@ -31,14 +31,19 @@ pub enum JobsCommand {
     Get { id: String },
     /// List jobs, newest first.
     List {
+        /// Only jobs in this state (queued, waiting, running, succeeded, failed, cancelled).
         #[arg(long)]
         state: Option<String>,
+        /// Only jobs of this queue.
         #[arg(long)]
         queue: Option<String>,
+        /// Only jobs of this kind.
         #[arg(long)]
         kind: Option<String>,
+        /// Jobs per page (1 to 500).
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Where the previous page ended (the `--cursor` it printed).
         #[arg(long)]
         cursor: Option<String>,
     },
@@ -56,17 +61,22 @@ pub struct EnqueueArgs {
     /// The payload, as JSON.
     #[arg(long, default_value = "{}")]
     payload: String,
+    /// The queue (default `default`).
     #[arg(long)]
     queue: Option<String>,
+    /// Lower runs first (default 0; negative allowed).
     #[arg(long, allow_negative_numbers = true)]
     priority: Option<i16>,
+    /// The attempt budget, at least 1 (default 5).
     #[arg(long)]
     max_attempts: Option<i32>,
     /// Not before this time (RFC 3339).
     #[arg(long)]
     run_at: Option<String>,
+    /// A second enqueue with this key returns the first job instead of making another.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Each attempt's time limit in milliseconds (default: none, or the kind's own).
     #[arg(long)]
     timeout_ms: Option<i32>,
     /// At most the queue's key concurrency (default 1) jobs with this key run at once.
@@ -316,7 +326,18 @@ pub fn print_raw(status: StatusCode, body: &Value, json: bool) -> anyhow::Result
 fn print_failure(status: StatusCode, body: &Value) -> anyhow::Result<ExitCode> {
     let message = serde_json::from_value::<ErrorResponse>(body.clone())
         .map(|e| format!("{} ({}): {}", status, e.error.code, e.error.message))
-        .unwrap_or_else(|_| format!("{status}: {body}"));
+        .unwrap_or_else(|_| {
+            // Every answer of a Faultline API carries its error body: this is something else.
+            let shown = match body {
+                Value::String(text) if text.trim().is_empty() => "an empty body".to_owned(),
+                Value::String(text) => format!("{:?}", truncate(text, 200)),
+                other => truncate(&other.to_string(), 200),
+            };
+            format!(
+                "{status} with {shown}, not a Faultline error: is --url (FAULTLINE_URL) a \
+                 Faultline API?"
+            )
+        });
     eprintln!("error: {message}");
     Ok(ExitCode::FAILURE)
 }
@@ -365,17 +386,29 @@ fn print_job(job: &Job) {
 }
 
 fn print_page(page: &Page) {
+    // Columns as wide as their longest value (kinds and queues are not cut).
+    let width = |name: &str, values: &mut dyn Iterator<Item = usize>| {
+        values.max().unwrap_or(0).max(name.len())
+    };
+    let queue = width(
+        "QUEUE",
+        &mut page.jobs.iter().map(|j| j.queue.chars().count()),
+    );
+    let kind = width(
+        "KIND",
+        &mut page.jobs.iter().map(|j| j.kind.chars().count()),
+    );
     println!(
-        "{:<36}  {:<9}  {:<12}  {:<12}  {:>8}  CREATED",
+        "{:<36}  {:<9}  {:<queue$}  {:<kind$}  {:>8}  CREATED",
         "ID", "STATE", "QUEUE", "KIND", "ATTEMPTS"
     );
     for job in &page.jobs {
         println!(
-            "{:<36}  {:<9}  {:<12}  {:<12}  {:>8}  {}",
+            "{:<36}  {:<9}  {:<queue$}  {:<kind$}  {:>8}  {}",
             job.id,
             job.state,
-            truncate(&job.queue, 12),
-            truncate(&job.kind, 12),
+            job.queue,
+            job.kind,
             format!("{}/{}", job.attempts, job.max_attempts),
             job.created_at.format("%Y-%m-%d %H:%M:%S"),
         );

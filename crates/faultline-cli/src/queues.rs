@@ -26,7 +26,13 @@ pub enum QueuesCommand {
     /// Every queue: counts by state, backlog age, settings.
     List,
     /// Claim nothing from the queue until resumed (running jobs finish; enqueues accepted).
-    Pause { name: String },
+    Pause {
+        name: String,
+        /// Pause a queue that has neither jobs nor settings yet (without it, such a name is
+        /// refused: a typo must not create a paused queue).
+        #[arg(long)]
+        create: bool,
+    },
     /// Resume a paused queue.
     Resume { name: String },
     /// Set or clear a queue's limits.
@@ -103,7 +109,10 @@ pub async fn run(args: QueuesArgs) -> anyhow::Result<ExitCode> {
 async fn send(client: &Client, command: &QueuesCommand) -> anyhow::Result<(StatusCode, Value)> {
     match command {
         QueuesCommand::List => client.send(Method::GET, "/v1/queues", None).await,
-        QueuesCommand::Pause { name } => {
+        QueuesCommand::Pause { name, create } => {
+            if !create {
+                known(client, name).await?;
+            }
             client.send(Method::POST, &path(name, "/pause"), None).await
         }
         QueuesCommand::Resume { name } => {
@@ -123,6 +132,22 @@ async fn send(client: &Client, command: &QueuesCommand) -> anyhow::Result<(Statu
                 .await
         }
     }
+}
+
+/// Fail unless the API lists a queue `name` (one with jobs or settings).
+async fn known(client: &Client, name: &str) -> anyhow::Result<()> {
+    let (status, body) = client.send(Method::GET, "/v1/queues", None).await?;
+    if !status.is_success() {
+        // The pause itself will report what is wrong.
+        return Ok(());
+    }
+    let queues = serde_json::from_value::<QueuesResponse>(body)?.queues;
+    anyhow::ensure!(
+        queues.iter().any(|q| q.queue == name),
+        "no queue named {name:?} (it has neither jobs nor settings): check the name, or pass \
+         --create to pause it before its first job"
+    );
+    Ok(())
 }
 
 /// The queue's route, its name escaped, with `tail` after it.

@@ -113,8 +113,9 @@ impl JobState {
 }
 
 impl fmt::Display for JobState {
+    /// The state's name, honouring width and alignment (`{:<9}` pads it).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -616,4 +617,16 @@ pub struct RateLimit {
     pub count: i32,
     /// The period in milliseconds (1 to 86,400,000).
     pub period_ms: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_honours_width_and_alignment() {
+        assert_eq!(format!("[{:<9}]", JobState::Queued), "[queued   ]");
+        assert_eq!(format!("[{:>9}]", JobState::Failed), "[   failed]");
+        assert_eq!(JobState::Running.to_string(), "running");
+    }
 }

@@ -130,6 +130,24 @@ pub mod traceparent;
 mod webhook_headers;
 pub mod worker;
 
+/// The sqlx this crate is built with: `faultline::sqlx::PgPool`, transactions for
+/// [`Store::enqueue_in`], without a second, possibly different, sqlx in the application.
+pub use sqlx;
+/// The token that stops a [`worker::Worker`] (and the maintainer) gracefully: cancel it.
+pub use tokio_util::sync::CancellationToken;
+
+/// What most applications use, in one import: `use faultline::prelude::*;`.
+pub mod prelude {
+    pub use crate::schedule::{Misfire, ScheduleSpec};
+    pub use crate::worker::{
+        HandlerRegistry, JobContext, JobError, JobResult, Worker, WorkerConfig,
+    };
+    pub use crate::{
+        db, CancellationToken, Enqueued, Job, JobArgs, JobId, JobOptions, JobState, NewJob,
+        Payload, Store, StoreConfig, StoreError,
+    };
+}
+
 pub use error::StoreError;
 pub use job::{
     AttemptError, Dependency, Job, JobFilter, JobId, JobState, NewJob, Page, QueueStats, RateLimit,

@@ -96,6 +96,75 @@ pub struct ScheduleSpec {
     pub paused: Option<bool>,
 }
 
+impl ScheduleSpec {
+    /// A schedule of jobs of type `A`: kind `A::KIND`, `args` as the payload, and the queue,
+    /// priority and attempt budget of `A::options()` (so the jobs land where the type's workers
+    /// serve). The time zone is UTC, the misfire policy `run_once` and the schedule active
+    /// unless changed with [`ScheduleSpec::timezone`], [`ScheduleSpec::misfire`],
+    /// [`ScheduleSpec::paused`].
+    ///
+    /// ```
+    /// use faultline::schedule::{Misfire, ScheduleSpec};
+    /// use faultline::{JobArgs, JobOptions};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Digest { team: String }
+    ///
+    /// impl JobArgs for Digest {
+    ///     const KIND: &'static str = "digest.send";
+    ///     fn options() -> JobOptions {
+    ///         JobOptions { queue: Some("mail".into()), ..JobOptions::default() }
+    ///     }
+    /// }
+    ///
+    /// let spec = ScheduleSpec::for_job("0 9 * * 1-5", &Digest { team: "core".into() })?
+    ///     .timezone("Europe/Paris")
+    ///     .misfire(Misfire::Skip);
+    /// assert_eq!(spec.queue.as_deref(), Some("mail"));
+    /// assert_eq!(spec.kind, "digest.send");
+    /// # Ok::<(), faultline::StoreError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] (field `payload`) when `args` cannot be written as JSON. The cron
+    /// and the time zone are checked when the schedule is stored.
+    pub fn for_job<A: crate::JobArgs>(
+        cron: impl Into<String>,
+        args: &A,
+    ) -> Result<ScheduleSpec, StoreError> {
+        let job = crate::NewJob::from_args(args)?;
+        Ok(ScheduleSpec {
+            cron: cron.into(),
+            kind: job.kind,
+            payload: job.payload,
+            queue: Some(job.queue),
+            priority: Some(job.priority),
+            max_attempts: Some(job.max_attempts),
+            timezone: None,
+            misfire: None,
+            paused: None,
+        })
+    }
+
+    /// The IANA time zone the cron is read in (`Europe/Paris`; UTC otherwise).
+    pub fn timezone(mut self, timezone: impl Into<String>) -> Self {
+        self.timezone = Some(timezone.into());
+        self
+    }
+
+    /// What to do with slots missed while nothing was up to fire them.
+    pub fn misfire(mut self, misfire: Misfire) -> Self {
+        self.misfire = Some(misfire);
+        self
+    }
+
+    /// Whether the schedule starts paused.
+    pub fn paused(mut self, paused: bool) -> Self {
+        self.paused = Some(paused);
+        self
+    }
+}
+
 fn empty_object() -> Payload {
     Payload::empty_object()
 }

@@ -514,3 +514,61 @@ async fn a_slow_pass_is_not_downtime_for_its_own_tenure() {
     let missed: BTreeMap<String, u64> = outcome.misfires.into_iter().collect();
     assert!(missed["canary"] >= 4, "{missed:?}");
 }
+
+/// A job type whose options send it to `mail`, at priority 3 with 7 attempts.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Digest {
+    team: String,
+}
+
+impl faultline::JobArgs for Digest {
+    const KIND: &'static str = "digest.send";
+    fn options() -> faultline::JobOptions {
+        faultline::JobOptions {
+            queue: Some("mail".into()),
+            priority: Some(3),
+            max_attempts: Some(7),
+            ..faultline::JobOptions::default()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_typed_schedule_enqueues_in_its_types_queue_with_its_options() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let spec = ScheduleSpec::for_job(
+        "*/1 * * * * *",
+        &Digest {
+            team: "core".into(),
+        },
+    )
+    .unwrap()
+    .timezone("Europe/Paris")
+    .misfire(Misfire::Skip);
+    let (stored, created) = store.put_schedule("digest", &spec).await.unwrap();
+    assert!(created);
+    assert_eq!(
+        (stored.queue.as_str(), stored.timezone.as_str()),
+        ("mail", "Europe/Paris")
+    );
+    let job = wait_for(
+        "the typed schedule's first job",
+        Duration::from_secs(10),
+        || async {
+            store.fire_schedules().await.unwrap();
+            let id: Option<faultline::JobId> = sqlx::query_scalar(
+                "select id from faultline.all_jobs where idempotency_key like 'schedule:digest:%'",
+            )
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+            Some(store.get(id?).await.unwrap())
+        },
+    )
+    .await;
+    assert_eq!(job.kind, "digest.send");
+    assert_eq!(job.queue, "mail");
+    assert_eq!((job.priority, job.max_attempts), (3, 7));
+    assert_eq!(job.payload, json!({"team": "core"}));
+}
