@@ -357,6 +357,13 @@ fn print_job(job: &Job) {
     println!("attempts      {} of {}", job.attempts, job.max_attempts);
     println!("priority      {}", job.priority);
     println!("payload       {}", job.payload);
+    if let Some(result) = &job.result {
+        println!("result        {result}");
+    }
+    if !job.depends_on.is_empty() {
+        let parents: Vec<String> = job.depends_on.iter().map(|id| id.to_string()).collect();
+        println!("depends on    {}", parents.join(", "));
+    }
     println!("created       {}", job.created_at.to_rfc3339());
     println!("next run      {}", job.next_run_at.to_rfc3339());
     println!("started       {}", time(job.started_at));
