@@ -73,8 +73,8 @@
 //!
 //! let mut registry = HandlerRegistry::new();
 //! registry.register_job_fn(send_welcome);
-//! let config = WorkerConfig { queues: vec!["mail".into()], ..WorkerConfig::default() };
-//! let worker = Worker::new(store, registry, config)?;
+//! // No queues named: `default` and the typed handlers' queues (`mail` here).
+//! let worker = Worker::new(store, registry, WorkerConfig::default())?;
 //! let shutdown = CancellationToken::new();
 //! worker.run(shutdown).await; // returns once `shutdown` is cancelled and work has drained
 //! # Ok(()) }

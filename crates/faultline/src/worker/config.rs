@@ -9,7 +9,9 @@ use crate::maintenance::MaintainerConfig;
 pub struct WorkerConfig {
     /// This worker's name, recorded as `lease_owner` (default: `hostname-pid-random`).
     pub worker_id: String,
-    /// Queues to claim from.
+    /// Queues to claim from. Empty (the default): `default` and every queue the registered
+    /// typed handlers send their jobs to ([`JobOptions::queue`](crate::JobOptions::queue)),
+    /// resolved by [`Worker::new`](super::Worker::new).
     pub queues: Vec<String>,
     /// Most handlers running at once (default 16).
     pub concurrency: u32,
@@ -56,7 +58,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             worker_id: default_worker_id(),
-            queues: vec![crate::job::DEFAULT_QUEUE.to_owned()],
+            queues: Vec::new(),
             concurrency: 16,
             prefetch: 0,
             lease_ttl: Duration::from_secs(30),
@@ -111,9 +113,6 @@ impl WorkerConfig {
     fn validate_names(&self) -> Result<(), ConfigError> {
         if let Some(problem) = crate::names::label_problem(&self.worker_id) {
             return err("worker_id", problem);
-        }
-        if self.queues.is_empty() {
-            return err("queues", "needs at least one queue name".into());
         }
         for queue in &self.queues {
             if let Some(problem) = crate::names::name_problem(queue) {

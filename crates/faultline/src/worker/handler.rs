@@ -309,6 +309,8 @@ impl<H: Handler> ErasedHandler for H {
 pub struct HandlerRegistry {
     handlers: HashMap<String, Arc<dyn ErasedHandler>>,
     timeouts: HashMap<String, Duration>,
+    /// The queue each typed handler's jobs go to (its `JobOptions::queue`), by kind.
+    queues: HashMap<String, String>,
 }
 
 impl fmt::Debug for HandlerRegistry {
@@ -330,8 +332,34 @@ impl HandlerRegistry {
 
     /// Run `handler` for jobs of `kind` (replacing any handler already registered for it).
     pub fn register(&mut self, kind: impl Into<String>, handler: impl Handler) -> &mut Self {
-        self.handlers.insert(kind.into(), Arc::new(handler));
+        let kind = kind.into();
+        self.queues.remove(&kind);
+        self.handlers.insert(kind, Arc::new(handler));
         self
+    }
+
+    /// The queues the registered typed handlers' jobs go to, each with the kinds that use it,
+    /// sorted by queue.
+    pub fn typed_queues(&self) -> Vec<(String, Vec<String>)> {
+        let mut by_queue: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (kind, queue) in &self.queues {
+            by_queue
+                .entry(queue.clone())
+                .or_default()
+                .push(kind.clone());
+        }
+        by_queue
+            .into_iter()
+            .map(|(queue, mut kinds)| {
+                kinds.sort();
+                (queue, kinds)
+            })
+            .collect()
+    }
+
+    /// Remember that jobs of `kind` go to `queue` (a typed handler's).
+    pub(crate) fn set_queue(&mut self, kind: &str, queue: String) {
+        self.queues.insert(kind.to_owned(), queue);
     }
 
     /// Run an async closure for jobs of `kind`.

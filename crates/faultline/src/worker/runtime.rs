@@ -43,6 +43,34 @@ pub struct Worker {
     hooks: Vec<Arc<dyn ExecutionHook>>,
 }
 
+/// `config` with its queues filled in when it names none: `default` and every queue a typed
+/// handler of `registry` sends its jobs to. When it names some, each typed handler whose queue
+/// is not among them is warned about at start (its jobs would wait for another worker).
+fn serve_handlers_queues(mut config: WorkerConfig, registry: &HandlerRegistry) -> WorkerConfig {
+    let typed = registry.typed_queues();
+    if config.queues.is_empty() {
+        config.queues.push(crate::job::DEFAULT_QUEUE.to_owned());
+        config.queues.extend(
+            typed
+                .into_iter()
+                .map(|(queue, _)| queue)
+                .filter(|q| q != crate::job::DEFAULT_QUEUE),
+        );
+        return config;
+    }
+    for (queue, kinds) in typed {
+        if !config.queues.contains(&queue) {
+            tracing::warn!(
+                queue = %queue,
+                kinds = %kinds.join(", "),
+                "this worker registers handlers for kinds whose jobs go to queue {queue:?}, \
+                 which it does not serve: they wait for another worker"
+            );
+        }
+    }
+    config
+}
+
 impl Worker {
     /// A worker over `store` running `registry`'s handlers.
     ///
@@ -53,6 +81,7 @@ impl Worker {
         registry: HandlerRegistry,
         config: WorkerConfig,
     ) -> Result<Self, ConfigError> {
+        let config = serve_handlers_queues(config, &registry);
         config.validate()?;
         Ok(Worker {
             store,

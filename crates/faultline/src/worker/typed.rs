@@ -62,17 +62,24 @@ impl HandlerRegistry {
     /// handler registered for that kind. A job whose payload does not deserialise into the type,
     /// or whose kind is not the type's, fails permanently with an error naming the type. The
     /// type's [`JobOptions::timeout`](crate::JobOptions::timeout), if set, becomes the kind's
-    /// default timeout.
+    /// default timeout; its [`JobOptions::queue`](crate::JobOptions::queue) is a queue a
+    /// [`Worker`](super::Worker) built without explicit queues serves.
     pub fn register_job<H>(&mut self, handler: H) -> &mut Self
     where
         H: Handler,
         H::Payload: JobArgs,
     {
         let kind = <H::Payload as JobArgs>::KIND;
-        if let Some(timeout) = <H::Payload as JobArgs>::options().timeout {
+        let options = <H::Payload as JobArgs>::options();
+        if let Some(timeout) = options.timeout {
             self.set_timeout(kind, timeout);
         }
-        self.insert_erased(kind, Arc::new(Typed(handler)))
+        let queue = options
+            .queue
+            .unwrap_or_else(|| crate::job::DEFAULT_QUEUE.to_owned());
+        self.insert_erased(kind, Arc::new(Typed(handler)));
+        self.set_queue(kind, queue);
+        self
     }
 
     /// Run an async closure for jobs of type `A` (see [`HandlerRegistry::register_job`]).

@@ -128,10 +128,16 @@ async fn jobs_get_shows_the_result_as_the_handler_sent_it() {
         .id;
     let claimed = crate::harness::claim_one(&store, "w", Duration::from_secs(30)).await;
     let result = faultline::Payload::from_json(r#"{"rows":3,"total":1.50}"#).unwrap();
-    store.complete_with_result(&claimed.lease, &result).await.unwrap();
+    store
+        .complete_with_result(&claimed.lease, &result)
+        .await
+        .unwrap();
     let (_api, base) = api(&db).await;
     let shown = faultline(&["jobs", "get", &id.to_string()], &base);
     assert!(shown.status.success());
     let text = String::from_utf8_lossy(&shown.stdout);
-    assert!(text.contains(r#"result        {"rows":3,"total":1.50}"#), "{text}");
+    assert!(
+        text.contains(r#"result        {"rows":3,"total":1.50}"#),
+        "{text}"
+    );
 }

@@ -687,7 +687,7 @@ fn worker_settings_that_cannot_work_are_refused() {
     type BreakIt = fn(&mut WorkerConfig);
     let cases: [(&str, BreakIt); 5] = [
         ("concurrency", |c| c.concurrency = 0),
-        ("queues", |c| c.queues.clear()),
+        ("queues", |c| c.queues = vec![String::new()]),
         ("lease_ttl", |c| c.lease_ttl = Duration::from_millis(10)),
         ("heartbeat_interval", |c| {
             c.heartbeat_interval = Some(c.lease_ttl)

@@ -256,3 +256,40 @@ async fn a_worker_runs_typed_handlers_beside_string_keyed_ones() {
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_queues_serves_its_typed_handlers_queues_and_default() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let mut registry = email_registry();
+    registry.register_fn("noop", |_ctx: JobContext, _: faultline::Payload| async {
+        Ok(())
+    });
+    assert_eq!(
+        registry.typed_queues(),
+        vec![("mail".to_owned(), vec!["email.send".to_owned()])]
+    );
+    let mail = store
+        .enqueue(email("a@example.com"))
+        .await
+        .unwrap()
+        .into_job();
+    assert_eq!(mail.queue, "mail");
+    let plain = store
+        .enqueue(NewJob::new("noop", json!({})))
+        .await
+        .unwrap()
+        .into_job();
+    // `config` names no queues.
+    let worker = Running::start(&store, registry, config("typed-queues"));
+    for id in [mail.id, plain.id] {
+        crate::harness::worker::wait_for_state(
+            &store,
+            id,
+            JobState::Succeeded,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    worker.stop().await;
+}
