@@ -131,6 +131,67 @@ pub async fn drain(
     Ok(report)
 }
 
+/// Run exactly job `id` inline through `registry`, as a worker would, and record its outcome
+/// under its lease; no other job is touched, so a worker on the same database or a parallel
+/// test cannot take it instead. The job must be eligible now (queued and due: move a
+/// scheduled job or a retry's backoff with [`make_due`] first); a queue's pause and limits do
+/// not apply.
+///
+/// # Errors
+/// [`StoreError::NotFound`]; [`StoreError::InvalidTransition`] (action `run`) when the job is
+/// not eligible now or another claimer holds it; [`StoreError::Database`].
+pub async fn run_job(
+    store: &Store,
+    registry: &HandlerRegistry,
+    id: JobId,
+) -> Result<RunResult, StoreError> {
+    match store.claim_job(id, TEST_WORKER, LEASE).await? {
+        Some(claimed) => run_claimed(store, registry, claimed).await,
+        None => Err(StoreError::InvalidTransition {
+            id,
+            state: store.get(id).await?.state,
+            action: "run",
+        }),
+    }
+}
+
+/// Run every eligible job of type `A` (kind `A::KIND`, on the queue of `A::options()`)
+/// inline, one at a time, until none is eligible; jobs of other kinds are left alone. Returns
+/// every attempt made.
+///
+/// # Errors
+/// As [`run_job`]; the attempts made before the error stay recorded.
+pub async fn drain_kind<A: crate::JobArgs>(
+    store: &Store,
+    registry: &HandlerRegistry,
+) -> Result<DrainReport, StoreError> {
+    let filter = crate::job::JobFilter {
+        state: Some(crate::job::JobState::Queued),
+        queue: Some(
+            A::options()
+                .queue
+                .unwrap_or_else(|| crate::job::DEFAULT_QUEUE.to_owned()),
+        ),
+        kind: Some(A::KIND.to_owned()),
+    };
+    let mut report = DrainReport::default();
+    loop {
+        let mut jobs = store.list_page(&filter, None, 500, false).await?.jobs;
+        jobs.sort_by_key(|j| (j.priority, j.next_run_at, j.id));
+        let before = report.runs.len();
+        for job in jobs {
+            // Not due yet, or taken by someone else: left as it is.
+            if let Some(claimed) = store.claim_job(job.id, TEST_WORKER, LEASE).await? {
+                let result = run_claimed(store, registry, claimed).await?;
+                report.runs.push((job.id, result));
+            }
+        }
+        if report.runs.len() == before {
+            return Ok(report);
+        }
+    }
+}
+
 async fn run_claimed(
     store: &Store,
     registry: &HandlerRegistry,

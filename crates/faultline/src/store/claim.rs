@@ -14,7 +14,7 @@ use sqlx::Row;
 use super::statement::OnStore;
 use super::{millis, Store};
 use crate::error::StoreError;
-use crate::job::Job;
+use crate::job::{Job, JobId};
 use crate::lease::Lease;
 
 /// A job claimed by [`Store::claim_batch`], with the lease to report under.
@@ -208,6 +208,25 @@ const CLAIM_UNLIMITED: &str = concat!(
                 )
                 order by j.priority, j.e, j.next_run_at, j.id
                 limit $3
+            )
+            ",
+    claim_update!()
+);
+
+/// The claim of one job by id: the same UPDATE as every claim, of a `next` that is that job if
+/// it is eligible now (queued, due, attempts left), locked with `skip locked` so a job another
+/// claimer holds is left to it. `$3` (a limit, always 1) keeps the parameters of the shared
+/// update.
+const CLAIM_ONE: &str = concat!(
+    "with next as (
+                select j.id, j.needs_recovery, clock_timestamp() as at
+                from faultline.jobs j
+                where j.id = $1
+                  and j.state = 'queued'
+                  and j.next_run_at <= now()
+                  and j.attempts < j.max_attempts
+                limit $3
+                for update skip locked
             )
             ",
     claim_update!()
@@ -410,6 +429,31 @@ impl LimitedQueues {
     /// Read the list again at the next claim (this process just changed a setting).
     pub(crate) fn forget(&self) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl Store {
+    /// Claim job `id` for `worker`, leased for `ttl`, if it is eligible now (queued, due, with
+    /// attempts left) and no other claimer holds it; `None` otherwise. The lease is what any
+    /// claim gives (fresh token, `attempts + 1`). Unlike [`Store::claim_batch`] it does not
+    /// look at the queue's pause or limits: it is for running one known job (tests, tooling).
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn claim_job(
+        &self,
+        id: JobId,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let rows: Vec<ClaimedRow> = sqlx::query_as(CLAIM_ONE)
+            .bind(id)
+            .bind(worker)
+            .bind(1i64)
+            .bind(millis(ttl))
+            .all_on(self)
+            .await?;
+        Ok(claimed_in_order(rows, worker).pop())
     }
 }
 

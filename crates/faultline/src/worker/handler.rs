@@ -74,6 +74,34 @@ impl JobContext {
         }
     }
 
+    /// A context for calling a handler directly in a unit test, with no database: a new job id,
+    /// `kind` on queue `default`, attempt 1 of 5, lease token 1, worker `test`, no concurrency
+    /// key or trace. Change any public field as the test needs (`ctx.attempt = 3`). It is never
+    /// cancelled unless the test cancels [`JobContext::cancel_token`]. What needs the database
+    /// under a lease ([`JobContext::complete_and_commit`]) fails, naming the test context.
+    pub fn for_test(kind: impl Into<String>) -> JobContext {
+        JobContext {
+            job_id: JobId::new(),
+            kind: kind.into(),
+            queue: crate::job::DEFAULT_QUEUE.to_owned(),
+            attempt: 1,
+            max_attempts: crate::job::DEFAULT_MAX_ATTEMPTS,
+            lease_token: 1,
+            worker_id: Arc::from("test"),
+            concurrency_key: None,
+            traceparent: None,
+            cancel: CancellationToken::new(),
+            fence: None,
+            committed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    /// The token whose cancellation [`JobContext::cancelled`] waits for: a unit test cancels
+    /// it to see how a handler stops (in a worker, a lost lease, a cancel or shutdown does).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     /// Resolves when the handler must stop: the job was cancelled, the lease was lost, or the
     /// worker is shutting down past its grace period. Whatever the handler returns afterwards
     /// is not recorded.
@@ -140,9 +168,12 @@ impl JobContext {
         result: impl Serialize,
     ) -> Result<(), crate::StoreError> {
         let (store, lease) = self.fence.as_ref().ok_or_else(|| {
-            crate::StoreError::invalid("lease", "this context has no lease to complete under")
+            crate::StoreError::invalid(
+                "lease",
+                "this context has no lease to complete under (a JobContext::for_test context)",
+            )
         })?;
-        let result = serde_json::to_value(result).map_err(|e| {
+        let result = Payload::serialize(&result).map_err(|e| {
             crate::StoreError::invalid("result", format!("cannot be written as JSON: {e}"))
         })?;
         store.complete_in(&mut tx, lease, &result).await?;
@@ -410,5 +441,30 @@ impl HandlerRegistry {
 
     pub(crate) fn timeout(&self, kind: &str) -> Option<Duration> {
         self.timeouts.get(kind).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn greet(ctx: JobContext, name: String) -> Result<String, JobError> {
+        Ok(format!("hello {name}, attempt {}", ctx.attempt))
+    }
+
+    #[tokio::test]
+    async fn a_handler_runs_in_a_test_context_without_a_database() {
+        let mut ctx = JobContext::for_test("greet");
+        ctx.attempt = 2;
+        assert_eq!(ctx.queue, "default");
+        assert_eq!(
+            greet(ctx, "ada".into()).await.unwrap(),
+            "hello ada, attempt 2"
+        );
+
+        let ctx = JobContext::for_test("greet");
+        ctx.cancel_token().cancel();
+        // Resolves at once: the handler sees the stop it would see in a worker.
+        ctx.cancelled().await;
     }
 }

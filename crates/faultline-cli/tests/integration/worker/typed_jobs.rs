@@ -293,3 +293,42 @@ async fn a_worker_without_queues_serves_its_typed_handlers_queues_and_default() 
     }
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn run_job_runs_exactly_that_job_and_drain_kind_only_its_kind() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let mut registry = email_registry();
+    registry.register_job_fn(|_ctx: JobContext, _: Refresh| async { Ok(()) });
+    let mut mails = Vec::new();
+    for to in ["a@example.com", "b@example.com", "c@example.com"] {
+        mails.push(store.enqueue(email(to)).await.unwrap().into_job().id);
+    }
+    let refresh = store
+        .enqueue(Refresh { account: 7 })
+        .await
+        .unwrap()
+        .into_job()
+        .id;
+
+    // The last mail, not the first eligible one.
+    let ran = testing::run_job(&store, &registry, mails[2]).await.unwrap();
+    assert!(matches!(ran, RunResult::Succeeded(_)), "{ran:?}");
+    assert_eq!(store.get(mails[0]).await.unwrap().state, JobState::Queued);
+    // A finished job cannot be run again.
+    match testing::run_job(&store, &registry, mails[2]).await {
+        Err(faultline::StoreError::InvalidTransition { state, action, .. }) => {
+            assert_eq!((state, action), (JobState::Succeeded, "run"))
+        }
+        other => panic!("expected InvalidTransition, got {other:?}"),
+    }
+
+    // Every other mail, and nothing else.
+    let report = testing::drain_kind::<SendEmail>(&store, &registry)
+        .await
+        .unwrap();
+    let ran: Vec<_> = report.runs.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ran, mails[..2].to_vec());
+    assert_eq!(report.succeeded(), 2);
+    assert_eq!(store.get(refresh).await.unwrap().state, JobState::Queued);
+}
