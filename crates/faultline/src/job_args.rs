@@ -42,6 +42,14 @@ pub trait JobArgs: Serialize + DeserializeOwned + Send + 'static {
     fn options() -> JobOptions {
         JobOptions::default()
     }
+
+    /// The delay before attempt `attempt + 1` after attempt `attempt` (1-based) failed
+    /// retryably; `None` (the default) for the store's backoff. A handler's
+    /// [`JobError::retry_after`](crate::worker::JobError::retry_after) overrides it.
+    fn backoff(attempt: u32) -> Option<Duration> {
+        let _ = attempt;
+        None
+    }
 }
 
 /// Per-type defaults of a typed job ([`JobArgs::options`]); `None` keeps the queue's default.

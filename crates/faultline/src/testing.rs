@@ -57,6 +57,9 @@ pub enum RunResult {
     Retrying(String),
     /// The handler failed for good (permanent error, or attempts spent); the job is `failed`.
     Failed(String),
+    /// The handler snoozed ([`JobError::snooze`](crate::worker::JobError::snooze)): the job is
+    /// queued again after this delay, its attempt not spent (see [`make_due`]).
+    Snoozed(Duration),
 }
 
 /// What [`drain`] ran, in the order it ran it.
@@ -232,9 +235,14 @@ async fn run_claimed(
         Ok(Err(error)) => error,
         Err(e) => crate::worker::JobError::retryable(format!("handler panicked: {e}")),
     };
+    if error.is_snooze() {
+        let delay = error.delay().unwrap_or_default();
+        store.snooze(&lease, delay).await?;
+        return Ok(RunResult::Snoozed(delay));
+    }
     Ok(
         match store
-            .fail_attempt(&lease, error.message(), error.is_retryable())
+            .fail_attempt_after(&lease, error.message(), error.is_retryable(), error.delay())
             .await?
         {
             FailOutcome::Retrying(_) => RunResult::Retrying(error.message().to_owned()),

@@ -247,8 +247,24 @@ impl Store {
         error: &str,
         retryable: bool,
     ) -> Result<FailOutcome, StoreError> {
+        self.fail_attempt_after(lease, error, retryable, None).await
+    }
+
+    /// [`Store::fail_attempt`] with the retry's delay given (`None`: the store's backoff for
+    /// this attempt): a handler's `JobError::retry_after`, a type's own backoff. The delay is
+    /// capped like every interval the store writes (100 years).
+    ///
+    /// # Errors
+    /// As [`Store::fail_attempt`].
+    pub async fn fail_attempt_after(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retryable: bool,
+        delay: Option<Duration>,
+    ) -> Result<FailOutcome, StoreError> {
         let attempt = u32::try_from(lease.attempt).unwrap_or(1);
-        let delay = self.config.backoff.delay(attempt);
+        let delay = delay.unwrap_or_else(|| self.config.backoff.delay(attempt));
         // Handler errors are outside text: NUL would make Postgres refuse the whole report.
         let error = crate::text::storable(error);
         let error = crate::text::truncate(&error, MAX_ERROR_LEN);
@@ -264,6 +280,39 @@ impl Store {
         match job {
             Some(job) if job.state == JobState::Queued => Ok(FailOutcome::Retrying(job)),
             Some(job) => Ok(FailOutcome::Failed(job)),
+            None => Err(self.lease_lost(lease).await?),
+        }
+    }
+
+    /// Put the job of `lease` back to run again after `delay` without spending an attempt (a
+    /// handler's `JobError::snooze`): like [`Store::release`], but eligible only once the delay
+    /// has passed. Fenced like every report: a stale lease changes nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`] when the lease no longer holds (nothing changed);
+    /// [`StoreError::Database`].
+    pub async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<(), StoreError> {
+        // As release: attempts - 1 stays >= 0 (a running job was claimed); `eligible_at` no
+        // earlier than the statement's real clock, as every move back to queued writes it (the
+        // lanes' marks rely on it).
+        let snoozed: Option<(JobId,)> = sqlx::query_as(
+            "update faultline.jobs
+             set state = 'queued',
+                 attempts = attempts - 1,
+                 next_run_at = now() + $3 * interval '1 millisecond',
+                 eligible_at = greatest(now() + $3 * interval '1 millisecond', clock_timestamp()),
+                 lease_expires_at = null,
+                 updated_at = now()
+             where id = $1 and lease_token = $2 and lease_expires_at is not null
+             returning id",
+        )
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(millis(delay))
+        .optional_on(self)
+        .await?;
+        match snoozed {
+            Some(_) => Ok(()),
             None => Err(self.lease_lost(lease).await?),
         }
     }

@@ -184,14 +184,20 @@ impl JobContext {
     }
 }
 
-/// A failed attempt: retryable (re-queued with backoff while attempts remain) or permanent (the
-/// job fails at once).
+/// A failed attempt: retryable (re-queued with backoff while attempts remain, or after its own
+/// delay), permanent (the job fails at once), or a snooze (run again later without spending an
+/// attempt).
 ///
-/// Any `std::error::Error` converts into a retryable `JobError`, so handlers can use `?`.
+/// Any error that converts into `Box<dyn std::error::Error + Send + Sync>` — every
+/// `std::error::Error + Send + Sync`, `anyhow::Error`, a `String` — converts into a retryable
+/// `JobError` whose message is the error and its sources joined by `: `, so handlers can use `?`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobError {
     message: String,
     retryable: bool,
+    /// The retry's (or the snooze's) delay; `None`: the store's backoff.
+    delay: Option<Duration>,
+    snooze: bool,
 }
 
 impl JobError {
@@ -200,20 +206,61 @@ impl JobError {
         JobError {
             message: message.to_string(),
             retryable: true,
+            delay: None,
+            snooze: false,
         }
     }
 
     /// A failure no retry can fix (bad input, a 4xx): the job fails now.
     pub fn permanent(message: impl fmt::Display) -> Self {
         JobError {
-            message: message.to_string(),
             retryable: false,
+            ..JobError::retryable(message)
+        }
+    }
+
+    /// A retryable failure whose next attempt comes after `delay` rather than after the
+    /// backoff (a `Retry-After` from a rate-limited API). Attempts are still counted: the job
+    /// fails for good once they are spent.
+    pub fn retry_after(delay: Duration, message: impl fmt::Display) -> Self {
+        JobError {
+            delay: Some(delay),
+            ..JobError::retryable(message)
+        }
+    }
+
+    /// Not a failure: run the job again after `delay` without spending an attempt and without
+    /// an entry in its error history (River's `JobSnooze`, Oban's `{:snooze, n}`): waiting for
+    /// something outside to be ready.
+    pub fn snooze(delay: Duration) -> Self {
+        JobError {
+            message: format!("snoozed for {}", humantime::format_duration(delay)),
+            retryable: true,
+            delay: Some(delay),
+            snooze: true,
         }
     }
 
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         self.retryable
+    }
+
+    /// Whether this is a snooze ([`JobError::snooze`]).
+    pub fn is_snooze(&self) -> bool {
+        self.snooze
+    }
+
+    /// The delay before the next run, when the error sets one ([`JobError::retry_after`],
+    /// [`JobError::snooze`], a type's [`JobArgs::backoff`](crate::JobArgs::backoff)).
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// This error with `delay` before the next attempt, unless it has one already.
+    pub(crate) fn or_delay(mut self, delay: Option<Duration>) -> Self {
+        self.delay = self.delay.or(delay);
+        self
     }
 
     /// The error text recorded in the job's history.
@@ -228,9 +275,21 @@ impl fmt::Display for JobError {
     }
 }
 
-impl<E: std::error::Error> From<E> for JobError {
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for JobError {
     fn from(error: E) -> Self {
-        JobError::retryable(error)
+        let error: Box<dyn std::error::Error + Send + Sync> = error.into();
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            // Some errors repeat their source in their own text.
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = cause.source();
+        }
+        JobError::retryable(message)
     }
 }
 

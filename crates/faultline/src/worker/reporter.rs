@@ -160,9 +160,19 @@ async fn flush_completes(
 /// failure, `None` for a success or a release.
 async fn write_one(shared: &Shared, report: &Report) -> Result<Option<FailOutcome>, StoreError> {
     match &report.what {
+        ReportKind::Fail(error) if error.is_snooze() => shared
+            .store
+            .snooze(&report.lease, error.delay().unwrap_or_default())
+            .await
+            .map(|()| None),
         ReportKind::Fail(error) => shared
             .store
-            .fail_attempt(&report.lease, error.message(), error.is_retryable())
+            .fail_attempt_after(
+                &report.lease,
+                error.message(),
+                error.is_retryable(),
+                error.delay(),
+            )
             .await
             .map(Some),
         ReportKind::Release => shared.store.release(&report.lease).await.map(|()| None),

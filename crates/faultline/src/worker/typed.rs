@@ -49,7 +49,12 @@ where
                     "invalid payload for job type {name} (kind {kind:?}): {e}"
                 ))
             })?;
-            let output = self.0.handle(ctx, args).await?;
+            let attempt = u32::try_from(ctx.attempt).unwrap_or(1);
+            let output = self
+                .0
+                .handle(ctx, args)
+                .await
+                .map_err(|e| e.or_delay(<H::Payload as JobArgs>::backoff(attempt)))?;
             Payload::serialize(&output).map_err(|e| {
                 JobError::permanent(format!("the result of job type {name} is not JSON: {e}"))
             })

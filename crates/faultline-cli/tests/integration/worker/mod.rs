@@ -4,6 +4,7 @@
 mod hooks;
 mod prefetch;
 mod presence;
+mod retry_control;
 mod runtime;
 mod traces;
 mod typed_jobs;
