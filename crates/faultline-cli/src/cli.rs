@@ -9,6 +9,7 @@ use crate::drill::DrillArgs;
 use crate::jobs::JobsArgs;
 use crate::migrate::MigrateArgs;
 use crate::queues::QueuesArgs;
+use crate::schedules::SchedulesArgs;
 use crate::serve::ServeArgs;
 use crate::up::UpArgs;
 use crate::worker::WorkerArgs;
@@ -38,6 +39,8 @@ pub enum Command {
     Workers(Box<WorkersArgs>),
     /// List queues, pause and resume them, set their limits, through the API.
     Queues(Box<QueuesArgs>),
+    /// List, read, declare, delete, pause and resume cron schedules, through the API.
+    Schedules(Box<SchedulesArgs>),
     /// Failure drills: worker-crash, retries, lease-expiry, db-outage, duplicates, chaos, all.
     Drill(Box<DrillArgs>),
     /// The benchmark: enqueue, drain, latency, recovery, beside the raw-Postgres ceiling.

@@ -9,6 +9,7 @@ mod journal;
 mod metrics_server;
 mod migrate;
 mod queues;
+mod schedules;
 mod serve;
 mod signals;
 mod up;
@@ -34,6 +35,7 @@ async fn main() -> ExitCode {
         | Command::Jobs(_)
         | Command::Workers(_)
         | Command::Queues(_)
+        | Command::Schedules(_)
         | Command::Bench(_) => "error",
         _ => "info",
     };
@@ -78,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Jobs(args) => jobs::run(*args).await,
         Command::Workers(args) => workers::run(*args).await,
         Command::Queues(args) => queues::run(*args).await,
+        Command::Schedules(args) => schedules::run(*args).await,
         Command::Drill(args) => drill::run(*args).await,
         Command::Bench(args) => bench::run(*args).await,
     }

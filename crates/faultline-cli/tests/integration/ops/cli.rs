@@ -141,3 +141,76 @@ async fn jobs_get_shows_the_result_as_the_handler_sent_it() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn schedules_are_declared_read_paused_and_deleted_from_the_cli() {
+    let db = TestDb::new().await;
+    let (_api, base) = api(&db).await;
+    let put = faultline(
+        &[
+            "schedules",
+            "put",
+            "digest",
+            "--cron",
+            "0 9 * * 1-5",
+            "--kind",
+            "digest.send",
+            "--payload",
+            r#"{"team":"core","n":1.50}"#,
+            "--queue",
+            "mail",
+            "--timezone",
+            "Europe/Paris",
+            "--misfire",
+            "skip",
+        ],
+        &base,
+    );
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let stored = db.store().schedule("digest").await.unwrap();
+    assert_eq!(
+        (stored.queue.as_str(), stored.timezone.as_str()),
+        ("mail", "Europe/Paris")
+    );
+    assert_eq!(stored.payload.get(), r#"{"team":"core","n":1.50}"#);
+
+    let listed = faultline(&["schedules", "list"], &base);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("digest") && text.contains("0 9 * * 1-5"),
+        "{text}"
+    );
+    let shown = faultline(&["schedules", "get", "digest"], &base);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains(r#"payload       {"team":"core","n":1.50}"#),
+        "{text}"
+    );
+
+    assert!(faultline(&["schedules", "pause", "digest"], &base)
+        .status
+        .success());
+    assert!(db.store().schedule("digest").await.unwrap().paused);
+    assert!(faultline(&["schedules", "resume", "digest"], &base)
+        .status
+        .success());
+    assert!(!db.store().schedule("digest").await.unwrap().paused);
+
+    let bad = faultline(
+        &["schedules", "put", "x", "--cron", "nope", "--kind", "k"],
+        &base,
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cron"));
+
+    assert!(faultline(&["schedules", "delete", "digest"], &base)
+        .status
+        .success());
+    let gone = faultline(&["schedules", "get", "digest"], &base);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not_found"));
+}
