@@ -55,7 +55,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features --locked -- -D warnings
 	$(CARGO) clippy -p faultline-queue --lib --no-default-features --locked -- -D warnings
-	for feature in http webhook testing otel; do \
+	for feature in derive http webhook testing otel; do \
 		$(CARGO) clippy -p faultline-queue --lib --no-default-features --features $$feature --locked -- -D warnings || exit 1; \
 	done
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --locked -p faultline-queue --all-features
@@ -71,6 +71,7 @@ publish-check:
 	@# none of an earlier run's sources or artifacts.
 	rm -rf target/package $${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/faultline-queue-[0-9]* \
 		$${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/faultline-queue-pg-[0-9]* \
-		$${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/faultline-queue-cli-[0-9]*
-	$(CARGO) clean --quiet -p faultline-queue -p faultline-queue-pg
+		$${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/faultline-queue-cli-[0-9]* \
+		$${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/faultline-queue-macros-[0-9]*
+	$(CARGO) clean --quiet -p faultline-queue -p faultline-queue-pg -p faultline-queue-macros
 	$(CARGO) publish --workspace --dry-run --locked --allow-dirty

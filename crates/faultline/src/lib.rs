@@ -149,6 +149,10 @@ pub mod prelude {
 }
 
 pub use error::StoreError;
+/// `#[derive(JobArgs)]` with `#[job(kind = "...", queue = "...", max_attempts = N,
+/// priority = N, timeout = "30s", unique = "active")]` (feature `derive`, on by default).
+#[cfg(feature = "derive")]
+pub use faultline_macros::JobArgs;
 pub use job::{
     AttemptError, Dependency, Job, JobFilter, JobId, JobState, NewJob, Page, QueueStats, RateLimit,
     Unique, UniqueScope,

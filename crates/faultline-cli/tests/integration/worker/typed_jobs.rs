@@ -332,3 +332,45 @@ async fn run_job_runs_exactly_that_job_and_drain_kind_only_its_kind() {
     assert_eq!(report.succeeded(), 2);
     assert_eq!(store.get(refresh).await.unwrap().state, JobState::Queued);
 }
+
+/// Written with the derive instead of an `impl JobArgs`.
+#[derive(Debug, Serialize, Deserialize, faultline::JobArgs)]
+#[job(
+    kind = "report.build",
+    queue = "reports",
+    max_attempts = 4,
+    priority = -2,
+    timeout = "1m 30s",
+    unique = "active"
+)]
+struct BuildReport {
+    month: String,
+}
+
+#[tokio::test]
+async fn a_derived_job_type_carries_its_attributes() {
+    assert_eq!(<BuildReport as JobArgs>::KIND, "report.build");
+    assert_eq!(
+        <BuildReport as JobArgs>::options(),
+        JobOptions {
+            queue: Some("reports".into()),
+            priority: Some(-2),
+            max_attempts: Some(4),
+            timeout: Some(Duration::from_secs(90)),
+            unique: Some(UniqueScope::Active),
+        }
+    );
+    let db = TestDb::new().await;
+    let store = db.store();
+    let report = || BuildReport {
+        month: "2026-11".into(),
+    };
+    let job = store.enqueue(report()).await.unwrap().into_job();
+    assert_eq!(
+        (job.queue.as_str(), job.priority, job.max_attempts),
+        ("reports", -2, 4)
+    );
+    assert_eq!(job.timeout_ms, Some(90_000));
+    // Unique while live: the same arguments again are a duplicate.
+    assert!(store.enqueue(report()).await.unwrap().was_duplicate());
+}

@@ -1,0 +1,5 @@
+#[derive(faultline_macros::JobArgs)]
+#[job(kind = "email.send", max_attempts = 0)]
+struct SendEmail;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(faultline_macros::JobArgs)]
+#[job(kind = "email.send", timeout = "30 parsecs")]
+struct SendEmail;
+
+fn main() {}

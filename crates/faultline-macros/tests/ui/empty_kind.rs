@@ -1,0 +1,5 @@
+#[derive(faultline_macros::JobArgs)]
+#[job(kind = "")]
+struct SendEmail;
+
+fn main() {}

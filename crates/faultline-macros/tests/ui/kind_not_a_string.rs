@@ -1,0 +1,5 @@
+#[derive(faultline_macros::JobArgs)]
+#[job(kind = 42)]
+struct SendEmail;
+
+fn main() {}

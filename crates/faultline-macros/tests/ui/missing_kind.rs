@@ -1,0 +1,5 @@
+#[derive(faultline_macros::JobArgs)]
+#[job(queue = "mail")]
+struct SendEmail;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(faultline_macros::JobArgs)]
+#[job(kind = "email.send", quue = "mail")]
+struct SendEmail;
+
+fn main() {}
