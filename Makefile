@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: up test migrate lint drill bench check-deploy screenshots publish-check schema
+.PHONY: up test migrate lint drill bench check-deploy screenshots publish-check schema readme
 
 ## Run Faultline: API, workers and a private Postgres (unless DATABASE_URL is set).
 up:
@@ -27,6 +27,11 @@ screenshots:
 schema:
 	./scripts/ensure-postgres
 	FAULTLINE_WRITE_SCHEMA=1 $(CARGO) test --locked -p faultline-queue-cli --test integration -- ops::schema
+
+## Rewrite crates/faultline/examples/readme_tour.rs from README.md's tour (the test suite checks
+## that they agree, and compiles the example).
+readme:
+	FAULTLINE_WRITE_README=1 $(CARGO) test --locked -p faultline-queue --test readme_tour
 
 ## Apply the schema: to $$DATABASE_URL when set, else to the compose stack's Postgres.
 migrate:
