@@ -8,7 +8,12 @@ use faultline::prelude::*; // Store, JobArgs, Worker, HandlerRegistry, JobContex
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, JobArgs)]
-#[job(kind = "welcome.send", queue = "mail", max_attempts = 8, timeout = "30s")]
+#[job(
+    kind = "welcome.send",
+    queue = "mail",
+    max_attempts = 8,
+    timeout = "30s"
+)]
 struct SendWelcome {
     user_id: i64,
     email: String,
@@ -21,7 +26,13 @@ async fn sign_up(pool: &sqlx::PgPool, store: &Store, email: &str) -> anyhow::Res
         .fetch_one(&mut *tx)
         .await?;
     store
-        .enqueue_in(&mut tx, SendWelcome { user_id, email: email.into() })
+        .enqueue_in(
+            &mut tx,
+            SendWelcome {
+                user_id,
+                email: email.into(),
+            },
+        )
         .await?;
     tx.commit().await?; // the user and the welcome job commit together, or neither exists
     Ok(())
@@ -44,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
     db::migrate(&pool).await?; // idempotent; safe from many processes at once
     let store = Store::new(pool.clone());
     store
-        .enqueue(SendWelcome { user_id: 42, email: "ada@example.com".into() })
+        .enqueue(SendWelcome {
+            user_id: 42,
+            email: "ada@example.com".into(),
+        })
         .await?;
 
     let mut registry = HandlerRegistry::new();
@@ -78,7 +92,13 @@ mod tests {
         // What the code under test enqueued, seen inside its transaction…
         let mut tx = pool.begin().await?;
         store
-            .enqueue_in(&mut tx, SendWelcome { user_id: 7, email: "a@b.c".into() })
+            .enqueue_in(
+                &mut tx,
+                SendWelcome {
+                    user_id: 7,
+                    email: "a@b.c".into(),
+                },
+            )
             .await?;
         testing::assert_enqueued(&mut *tx, |w: &SendWelcome| w.user_id == 7).await?;
         tx.commit().await?;
@@ -93,7 +113,10 @@ mod tests {
 }
 
 async fn schedule_welcomes(store: &Store) -> anyhow::Result<()> {
-    let team = SendWelcome { user_id: 0, email: "team@example.com".into() };
+    let team = SendWelcome {
+        user_id: 0,
+        email: "team@example.com".into(),
+    };
     let spec = ScheduleSpec::for_job("0 9 * * 1-5", &team)?
         .timezone("Europe/Paris")
         .misfire(Misfire::Skip);

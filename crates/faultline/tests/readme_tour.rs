@@ -3,7 +3,8 @@
 //! `FAULTLINE_WRITE_README=1 cargo test -p faultline-queue --test readme_tour` (`make readme`)
 //! rewrites the example from the README.
 
-const HEADER: &str = "//! The README's tour, block by block, as written there (generated: `make readme`; the\n\
+const HEADER: &str =
+    "//! The README's tour, block by block, as written there (generated: `make readme`; the\n\
 //! test `readme_tour` checks that they agree). It compiles with the tests; run it with\n\
 //! `DATABASE_URL=postgres://… cargo run -p faultline-queue --example readme_tour`.\n\
 // The tour's other steps are functions that its `main` does not call.\n\
@@ -24,7 +25,11 @@ fn tour(readme: &str) -> String {
             blocks.push(block.join("\n"));
         }
     }
-    assert!(blocks.len() >= 4, "the tour's Rust blocks: {}", blocks.len());
+    assert!(
+        blocks.len() >= 4,
+        "the tour's Rust blocks: {}",
+        blocks.len()
+    );
     format!("{HEADER}{}\n", blocks.join("\n\n"))
 }
 
