@@ -316,3 +316,12 @@ pub fn flag_error(error: faultline::worker::ConfigError) -> anyhow::Error {
     };
     anyhow::anyhow!("invalid {flag}: {}", error.message)
 }
+
+/// `/v1/{collection}/{name}{tail}`, the name escaped (a queue or schedule name may hold `/`,
+/// `?` or spaces).
+pub fn resource_path(collection: &str, name: &str, tail: &str) -> String {
+    format!(
+        "/v1/{collection}/{}{tail}",
+        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+    )
+}

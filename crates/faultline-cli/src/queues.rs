@@ -152,10 +152,7 @@ async fn known(client: &Client, name: &str) -> anyhow::Result<()> {
 
 /// The queue's route, its name escaped, with `tail` after it.
 fn path(name: &str, tail: &str) -> String {
-    format!(
-        "/v1/queues/{}{tail}",
-        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-    )
+    crate::args::resource_path("queues", name, tail)
 }
 
 /// The PATCH body: only the limits given, `null` for those cleared.

@@ -67,8 +67,8 @@ pub struct PutArgs {
     #[arg(long)]
     timezone: Option<String>,
     /// Slots missed while nothing was up to fire them: `run_once` (default) or `skip`.
-    #[arg(long)]
-    misfire: Option<String>,
+    #[arg(long, value_parser = |text: &str| Misfire::try_from(text.to_owned()))]
+    misfire: Option<Misfire>,
     /// Declare it paused.
     #[arg(long)]
     paused: bool,
@@ -114,12 +114,6 @@ async fn send(
 fn spec(put: &PutArgs) -> anyhow::Result<String> {
     let payload = Payload::from_json(put.payload.as_str())
         .with_context(|| format!("--payload is not valid JSON: {}", put.payload))?;
-    let misfire = match put.misfire.as_deref() {
-        None => None,
-        Some("run_once") => Some(Misfire::RunOnce),
-        Some("skip") => Some(Misfire::Skip),
-        Some(other) => anyhow::bail!("--misfire must be run_once or skip, got {other:?}"),
-    };
     let spec = ScheduleSpec {
         cron: put.cron.clone(),
         kind: put.kind.clone(),
@@ -128,7 +122,7 @@ fn spec(put: &PutArgs) -> anyhow::Result<String> {
         priority: put.priority,
         max_attempts: put.max_attempts,
         timezone: put.timezone.clone(),
-        misfire,
+        misfire: put.misfire,
         paused: put.paused.then_some(true),
     };
     Ok(serde_json::to_string(&spec)?)
@@ -136,10 +130,7 @@ fn spec(put: &PutArgs) -> anyhow::Result<String> {
 
 /// The schedule's route, its name escaped, with `tail` after it.
 fn path(name: &str, tail: &str) -> String {
-    format!(
-        "/v1/schedules/{}{tail}",
-        url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
-    )
+    crate::args::resource_path("schedules", name, tail)
 }
 
 fn print_list(list: &SchedulesResponse) {
