@@ -722,7 +722,11 @@ CREATE TABLE faultline.queue_throughput (
     queue text NOT NULL,
     succeeded bigint NOT NULL,
     failed bigint NOT NULL,
-    cancelled bigint NOT NULL
+    cancelled bigint NOT NULL,
+    wait_p50_ms double precision,
+    wait_p95_ms double precision,
+    run_p50_ms double precision,
+    run_p95_ms double precision
 );
 
 CREATE TABLE faultline.scheduler_clock (

@@ -561,6 +561,12 @@ pub struct JobFilter {
     pub queue: Option<String>,
     /// Only jobs of this kind.
     pub kind: Option<String>,
+    /// Only the job with this idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Only jobs created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only jobs created before this time.
+    pub created_before: Option<DateTime<Utc>>,
 }
 
 /// One page of a listing, newest first.

@@ -176,6 +176,7 @@ pub async fn drain_kind<A: crate::JobArgs>(
                 .unwrap_or_else(|| crate::job::DEFAULT_QUEUE.to_owned()),
         ),
         kind: Some(A::KIND.to_owned()),
+        ..crate::job::JobFilter::default()
     };
     let mut report = DrainReport::default();
     loop {

@@ -1,5 +1,5 @@
-// Faultline's dashboard: a page per hash route (#/queues, #/jobs, #/job/ID, #/schedules,
-// #/workers), built from the JSON API with the same routes every client uses, refreshed every
+// Faultline's dashboard: a page per hash route (#/queues?span=hour|day, #/jobs?filters,
+// #/job/ID, #/schedules, #/workers), built from the JSON API with the same routes every client uses, refreshed every
 // two seconds. Every text from the API goes in through textContent, never as markup. The token
 // (when the server has one) is kept in this tab's session storage and sent as a bearer header.
 "use strict";
@@ -168,65 +168,112 @@ function action(label, run, attrs) {
 
 // --- pages -------------------------------------------------------------------------------------
 
-async function queuesPage() {
-  const [queues, throughput] = await Promise.all([get("/v1/queues"), get("/v1/throughput?minutes=60")]);
+const SPANS = { hour: { minutes: 60, label: "last hour" }, day: { minutes: 1440, label: "last day" } };
+
+async function queuesPage(params) {
+  const span = SPANS[params.get("span")] ? params.get("span") : "hour";
+  const minutes = SPANS[span].minutes;
+  const [queues, throughput] = await Promise.all([get("/v1/queues"), get("/v1/throughput?minutes=" + minutes)]);
   const byQueue = {};
   for (const m of throughput.minutes) (byQueue[m.queue] = byQueue[m.queue] || []).push(m);
-  const rows = queues.queues.map((q) => h("tr", { "data-queue": q.queue },
-    h("th", { scope: "row" }, q.queue),
-    STATES.map((s) => num(q[s] || 0, { "data-count": s })),
-    h("td", { class: "num", "data-oldest": "" }, age(q.oldest_eligible_age_seconds)),
-    h("td", {}, chart(byQueue[q.queue] || [])),
-    h("td", { "data-paused": String(q.paused) }, q.paused ? h("strong", { class: "error" }, "paused") : "running"),
-    h("td", { class: "limits" }, limitsForm(q)),
-    h("td", {}, q.paused
-      ? action("Resume", () => call("POST", "/v1/queues/" + encodeURIComponent(q.queue) + "/resume"), { "data-action": "resume" })
-      : action("Pause", () => call("POST", "/v1/queues/" + encodeURIComponent(q.queue) + "/pause"), { "data-action": "pause" }))));
+  const rows = queues.queues.map((q) => {
+    const buckets = bucketed(byQueue[q.queue] || [], minutes);
+    return h("tr", { "data-queue": q.queue },
+      h("th", { scope: "row" }, q.queue),
+      STATES.map((s) => num(q[s] || 0, { "data-count": s })),
+      h("td", { class: "num", "data-oldest": "" }, age(q.oldest_eligible_age_seconds)),
+      h("td", { "data-chart": "throughput" }, throughputChart(buckets, span)),
+      h("td", { "data-chart": "latency" }, latencyChart(buckets, span)),
+      h("td", { "data-paused": String(q.paused) }, q.paused ? h("strong", { class: "error" }, "paused") : "running"),
+      h("td", { class: "limits" }, limitsForm(q)),
+      h("td", {}, q.paused
+        ? action("Resume", () => call("POST", "/v1/queues/" + encodeURIComponent(q.queue) + "/resume"), { "data-action": "resume" })
+        : action("Pause", () => call("POST", "/v1/queues/" + encodeURIComponent(q.queue) + "/pause"), { "data-action": "pause" })));
+  });
+  const spans = h("div", { class: "toolbar", role: "group", "aria-label": "Chart span" },
+    Object.entries(SPANS).map(([key, s]) => h("a", {
+      href: "#/queues?span=" + key, class: "chip", "data-span": key,
+      "aria-current": key === span ? "true" : null,
+    }, s.label)));
   return [
-    h("h1", {}, "Queues"),
+    h("h1", {}, "Queues"), spans,
     queues.queues.length === 0 ? h("p", { class: "muted" }, "No queue has jobs or settings yet.") :
       table(["Queue", ...STATES.map((s) => h("th", { class: "num", scope: "col" }, s)),
-        h("th", { class: "num", scope: "col" }, "Oldest eligible"), "Finished / min, last hour", "State",
-        "Limits", ""], rows, { "data-table": "queues" }),
-    h("p", { class: "legend" }, "Chart: ", h("span", { class: "ok" }, "■ succeeded"), " ",
-      h("span", { class: "bad" }, "■ failed"), " per minute, counted once a minute by the maintainer."),
+        h("th", { class: "num", scope: "col" }, "Oldest eligible"), "Finished, " + SPANS[span].label,
+        "Latency p95, " + SPANS[span].label, "State", "Limits", ""], rows, { "data-table": "queues" }),
+    h("p", { class: "legend" }, "Finished: ", h("span", { class: "ok" }, "■ succeeded"), " up, ",
+      h("span", { class: "bad" }, "■ failed"), " down. Latency of the jobs that succeeded: ",
+      h("span", { class: "wait" }, "■ wait"), " (due → started) and ", h("span", { class: "run" }, "■ run"),
+      " (started → finished), the worst 95th percentile of each bar. Counted once a minute by the maintainer."),
   ];
 }
 
-/** 60 one-minute bars: succeeded up from the middle line, failed down from it. */
-function chart(minutes) {
-  const W = 180, H = 36, now = Date.now();
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("width", W); svg.setAttribute("height", H);
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  const total = minutes.reduce((a, m) => a + m.succeeded + m.failed, 0);
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `${total} jobs finished in the last hour`);
-  const max = Math.max(1, ...minutes.map((m) => Math.max(m.succeeded, m.failed)));
+/** The minutes of the last `span` minutes in 60 bars, newest right: counts summed, the worst
+ *  95th percentile kept (percentiles cannot be added up; the worst is the honest summary). */
+function bucketed(minutes, span) {
+  const per = span / 60, now = Date.now(), bars = [];
+  for (let i = 0; i < 60; i++) bars.push({ succeeded: 0, failed: 0, wait: null, run: null, from: null });
   for (const m of minutes) {
-    const slot = 59 - Math.floor((now - new Date(m.minute).getTime()) / 60000);
+    const ago = Math.floor((now - new Date(m.minute).getTime()) / 60000);
+    const slot = 59 - Math.floor(ago / per);
     if (slot < 0 || slot > 59) continue;
-    for (const [value, color, up] of [[m.succeeded, "#1a7f37", true], [m.failed, "#c62828", false]]) {
-      if (!value) continue;
-      const r = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-      const len = Math.max(1, (value / max) * (H / 2 - 1));
-      r.setAttribute("x", slot * 3); r.setAttribute("width", 2);
-      r.setAttribute("y", up ? H / 2 - len : H / 2); r.setAttribute("height", len);
-      r.setAttribute("fill", color);
-      const t = document.createElementNS("http://www.w3.org/2000/svg", "title");
-      t.textContent = `${new Date(m.minute).toLocaleTimeString()}: ${m.succeeded} succeeded, ${m.failed} failed`;
-      r.append(t);
-      svg.append(r);
-    }
+    const b = bars[slot];
+    b.succeeded += m.succeeded; b.failed += m.failed;
+    if (m.wait_p95_ms !== null && m.wait_p95_ms !== undefined) b.wait = Math.max(b.wait ?? 0, m.wait_p95_ms);
+    if (m.run_p95_ms !== null && m.run_p95_ms !== undefined) b.run = Math.max(b.run ?? 0, m.run_p95_ms);
+    if (!b.from || m.minute < b.from) b.from = m.minute;
   }
-  const line = document.createElementNS("http://www.w3.org/2000/svg", "line");
-  line.setAttribute("x1", 0); line.setAttribute("x2", W);
-  line.setAttribute("y1", H / 2); line.setAttribute("y2", H / 2);
-  line.setAttribute("stroke", "#d8dde2");
-  svg.append(line);
+  return bars;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  return el;
+}
+function chartFrame(label) {
+  const svg = svgEl("svg", { class: "chart", width: 180, height: 36, viewBox: "0 0 180 36", role: "img", "aria-label": label });
+  svg.append(svgEl("line", { x1: 0, x2: 180, y1: 18, y2: 18, stroke: "#d8dde2" }));
   return svg;
 }
+function bar(svg, slot, len, up, color, title) {
+  const r = svgEl("rect", { x: slot * 3, width: 2, y: up ? 18 - len : 18, height: len, fill: color });
+  const t = document.createElementNS(SVG, "title");
+  t.textContent = title;
+  r.append(t);
+  svg.append(r);
+}
+function when(b) { return b.from ? new Date(b.from).toLocaleString() : ""; }
+
+/** 60 bars: succeeded up from the middle line, failed down from it. */
+function throughputChart(bars, span) {
+  const total = bars.reduce((a, b) => a + b.succeeded + b.failed, 0);
+  const svg = chartFrame(`${total} jobs finished in the ${SPANS[span].label}`);
+  svg.dataset.total = total;
+  const max = Math.max(1, ...bars.map((b) => Math.max(b.succeeded, b.failed)));
+  bars.forEach((b, slot) => {
+    const title = `${when(b)}: ${b.succeeded} succeeded, ${b.failed} failed`;
+    if (b.succeeded) bar(svg, slot, Math.max(1, (b.succeeded / max) * 17), true, "#1a7f37", title);
+    if (b.failed) bar(svg, slot, Math.max(1, (b.failed / max) * 17), false, "#c62828", title);
+  });
+  return svg;
+}
+
+/** 60 bars: p95 wait up from the middle line, p95 run time down from it, on one scale. */
+function latencyChart(bars, span) {
+  const worst = Math.max(0, ...bars.map((b) => Math.max(b.wait ?? 0, b.run ?? 0)));
+  const svg = chartFrame(worst ? `worst p95 latency in the ${SPANS[span].label}: ${ms(worst)}` : "no latency measured");
+  svg.dataset.worst = worst;
+  const max = Math.max(1, worst);
+  bars.forEach((b, slot) => {
+    const title = `${when(b)}: p95 wait ${b.wait === null ? "—" : ms(b.wait)}, p95 run ${b.run === null ? "—" : ms(b.run)}`;
+    if (b.wait !== null) bar(svg, slot, Math.max(1, (b.wait / max) * 17), true, "#9a6700", title);
+    if (b.run !== null) bar(svg, slot, Math.max(1, (b.run / max) * 17), false, "#0b5cad", title);
+  });
+  return svg;
+}
+function ms(v) { return v < 1000 ? v.toFixed(v < 10 ? 1 : 0) + " ms" : (v / 1000).toFixed(1) + " s"; }
 
 function limitsForm(q) {
   const field = (name, label, value) => h("label", {}, label + " ",
@@ -262,32 +309,87 @@ function describeLimits(q) {
   return parts.length ? parts.join(", ") : "none";
 }
 
+const FILTERS = ["state", "queue", "kind", "key", "created_after", "created_before"];
+let pendingBulk = null; // {verb, filter (query text), matched, more}: a count awaiting confirmation
+
 function jobsFilter(params) {
-  return {
-    state: params.get("state") || "", queue: params.get("queue") || "",
-    kind: params.get("kind") || "", cursor: params.get("cursor") || "",
-  };
+  const f = { cursor: params.get("cursor") || "" };
+  for (const k of FILTERS) f[k] = params.get(k) || "";
+  return f;
 }
-async function jobsPage(params) {
-  const f = jobsFilter(params);
-  const query = new URLSearchParams({ limit: "50" });
-  for (const k of ["state", "queue", "kind", "cursor"]) if (f[k]) query.set(k, f[k]);
-  const page = await get("/v1/jobs?" + query);
-  const filters = h("form", {
+/** `datetime-local` text (the viewer's zone) as RFC 3339 UTC, and back. */
+const toUtc = (local) => (local ? new Date(local).toISOString() : "");
+function toLocal(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (isNaN(d)) return "";
+  const p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+const ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+function searchForm(f) {
+  return h("form", {
     class: "toolbar", "data-filters": "",
     onsubmit: (e) => {
       e.preventDefault();
       const d = new FormData(e.currentTarget), q = new URLSearchParams();
-      for (const k of ["state", "queue", "kind"]) if (d.get(k)) q.set(k, d.get(k));
+      const id = String(d.get("id") || "").trim();
+      if (id) {
+        if (!ID.test(id)) { showError(new Error(`"${id}" is not a job id (a UUID)`)); return; }
+        location.hash = "#/job/" + id.toLowerCase();
+        return;
+      }
+      for (const k of ["state", "queue", "kind", "key"]) if (d.get(k)) q.set(k, String(d.get(k)).trim());
+      for (const k of ["created_after", "created_before"]) if (d.get(k)) q.set(k, toUtc(d.get(k)));
       selected.clear();
+      pendingBulk = null;
       location.hash = "#/jobs" + (q.toString() ? "?" + q : "");
     },
   },
+  h("label", {}, "Id", h("input", { name: "id", size: 20, placeholder: "go to a job" })),
   h("label", {}, "State", h("select", { name: "state" }, h("option", { value: "" }, "any"),
     STATES.map((s) => h("option", { value: s, selected: s === f.state }, s)))),
-  h("label", {}, "Queue", h("input", { name: "queue", value: f.queue, size: 14 })),
-  h("label", {}, "Kind", h("input", { name: "kind", value: f.kind, size: 14 })),
-  h("button", { type: "submit" }, "Filter"));
+  h("label", {}, "Queue", h("input", { name: "queue", value: f.queue, size: 12 })),
+  h("label", {}, "Kind", h("input", { name: "kind", value: f.kind, size: 12 })),
+  h("label", {}, "Idempotency key", h("input", { name: "key", value: f.key, size: 14 })),
+  h("label", {}, "Created from", h("input", { name: "created_after", type: "datetime-local", value: toLocal(f.created_after) })),
+  h("label", {}, "to", h("input", { name: "created_before", type: "datetime-local", value: toLocal(f.created_before) })),
+  h("button", { type: "submit" }, "Search"),
+  h("a", { href: "#/jobs" }, "Clear"));
+}
+
+/** "Retry all matching" / "Cancel all matching": count first (a dry run), then ask. */
+function bulkByFilter(f) {
+  const filter = Object.fromEntries(FILTERS.filter((k) => f[k]).map((k) => [k, f[k]]));
+  const key = JSON.stringify(filter);
+  const ask = (label, verb) => action(label, async () => {
+    const outcome = (await call("POST", "/v1/jobs/bulk", { action: verb, filter, dry_run: true }))[0];
+    pendingBulk = { verb, key, matched: outcome.matched, more: outcome.more };
+  }, { "data-bulk-all": verb });
+  const bar = h("div", { class: "toolbar" }, ask("Retry all matching…", "retry"), ask("Cancel all matching…", "cancel"));
+  if (!pendingBulk || pendingBulk.key !== key) return [bar];
+  const p = pendingBulk;
+  const n = p.matched.toLocaleString() + (p.more ? "+" : "");
+  const confirm = h("div", { class: "confirm", role: "alertdialog", "aria-label": "Confirm", "data-confirm": p.verb, "data-matched": p.matched },
+    p.matched === 0 ? h("span", {}, `No job matching this search can be ${p.verb === "retry" ? "retried" : "cancelled"}.`)
+      : h("span", {}, `${p.verb === "retry" ? "Retry" : "Cancel"} ${n} job${p.matched === 1 ? "" : "s"} matching this search` +
+        (p.more ? " (10,000 now; run it again for the rest)" : "") + "?"),
+    p.matched === 0 ? null : action(`${p.verb === "retry" ? "Retry" : "Cancel"} ${n}`, async () => {
+      pendingBulk = null;
+      const outcome = (await call("POST", "/v1/jobs/bulk", { action: p.verb, filter }))[0];
+      notice(`${outcome.changed.toLocaleString()} of ${outcome.matched.toLocaleString()} job(s) ${p.verb === "retry" ? "retried" : "cancelled"}` +
+        (outcome.refused.length ? `; refused: ${outcome.refused.map((r) => r.id + " (" + r.error + ")").join(", ")}` : "") + ".");
+    }, { "data-action": "confirm", class: p.verb === "cancel" ? "danger" : null }),
+    h("button", { type: "button", "data-action": "dismiss", onclick: () => { pendingBulk = null; refresh(true); } }, "Never mind"));
+  return [bar, confirm];
+}
+
+async function jobsPage(params) {
+  const f = jobsFilter(params);
+  const query = new URLSearchParams({ limit: "50" });
+  for (const k of [...FILTERS, "cursor"]) if (f[k]) query.set(k, f[k]);
+  const page = await get("/v1/jobs?" + query);
   const visible = new Set(page.jobs.map((j) => j.id));
   for (const id of [...selected]) if (!visible.has(id)) selected.delete(id);
   const bulk = (label, verb, states) => action(label, async () => {
@@ -305,14 +407,15 @@ async function jobsPage(params) {
     h("td", {}, jobLink(j.id)), h("td", {}, j.kind), h("td", {}, j.queue), h("td", {}, state(j.state)),
     h("td", { class: "num" }, `${j.attempts}/${j.max_attempts}`), h("td", {}, time(j.created_at)),
     h("td", {}, time(j.finished_at)), h("td", { class: "wrap" }, j.last_error || "")));
+  const kept = Object.fromEntries(Object.entries(f).filter(([k, v]) => v && k !== "cursor"));
   const nav = h("div", { class: "toolbar" },
-    f.cursor ? h("a", { href: "#/jobs?" + new URLSearchParams(Object.entries(f).filter(([k, v]) => v && k !== "cursor")) }, "← First page") : null,
+    f.cursor ? h("a", { href: "#/jobs?" + new URLSearchParams(kept) }, "← First page") : null,
     page.next_cursor ? h("a", {
-      href: "#/jobs?" + new URLSearchParams({ ...Object.fromEntries(Object.entries(f).filter(([, v]) => v)), cursor: page.next_cursor }),
+      href: "#/jobs?" + new URLSearchParams({ ...kept, cursor: page.next_cursor }),
       "data-next": "",
     }, "Next page →") : null);
   return [
-    h("h1", {}, "Jobs"), filters,
+    h("h1", {}, "Jobs"), searchForm(f), ...bulkByFilter(f),
     h("div", { class: "toolbar" }, bulk("Retry selected", "retry", ["failed", "cancelled"]),
       bulk("Cancel selected", "cancel", ["waiting", "queued", "running"])),
     page.jobs.length === 0 ? h("p", { class: "muted" }, "No job matches.") :
@@ -326,6 +429,9 @@ async function jobPage(id) {
     call("GET", "/v1/jobs/" + encodeURIComponent(id)),
     get("/v1/jobs/" + encodeURIComponent(id) + "/dependents"),
   ]);
+  // The parents' states, for the dependency view (a pruned parent shows as gone).
+  const parents = await Promise.all(job.depends_on.slice(0, 50).map((p) =>
+    get("/v1/jobs/" + p).catch((e) => (e.status === 404 ? { id: p, state: null } : Promise.reject(e)))));
   const field = (name, value) => [h("dt", {}, name), h("dd", { "data-field": name }, value ?? h("span", { class: "muted" }, "—"))];
   const buttons = h("div", { class: "toolbar" },
     ["failed", "cancelled"].includes(job.state) ? action("Retry", () => call("POST", `/v1/jobs/${job.id}/retry`), { "data-action": "retry" }) : null,
@@ -347,10 +453,10 @@ async function jobPage(id) {
       field("lease expires", job.lease_expires_at ? time(job.lease_expires_at) : null),
       field("idempotency key", job.idempotency_key), field("concurrency key", job.concurrency_key),
       field("timeout", job.timeout_ms ? job.timeout_ms + " ms" : null),
-      field("depends on", job.depends_on.length ? h("span", {}, job.depends_on.map((d, i) => [i ? ", " : "", jobLink(d)])) : null),
-      field("waiting for", job.state === "waiting" ? `${job.pending_dependencies} of ${job.depends_on.length}` : null),
-      field("dependents", dependents.jobs.length ? h("span", {}, dependents.jobs.map((d, i) => [i ? ", " : "", jobLink(d.id), " (", state(d.state), ")"])) : null),
+      field("waiting for", job.state === "waiting" ? `${job.pending_dependencies} of ${job.depends_on.length} dependencies` : null),
       field("last error", job.last_error)),
+    h("h2", {}, "Timeline"), timeline(job),
+    h("h2", {}, "Dependencies"), dependencyView(job, parents, dependents.jobs),
     h("h2", {}, "Payload"), payload === null ? h("p", { class: "muted" }, "none") : jsonBlock("payload", payload),
     h("h2", {}, "Result"), result === null || result === "null" ? h("p", { class: "muted" }, "none") : jsonBlock("result", result),
     h("h2", {}, "Attempts that failed"),
@@ -358,6 +464,48 @@ async function jobPage(id) {
       : h("p", { class: "muted" }, "none"),
   ];
 }
+/** Every attempt in order: created, each failure (with its worker and reason), the current or
+ *  last attempt's start, and how it ended. A failed attempt's start is not kept, only its end. */
+function timeline(job) {
+  const events = [["created", job.created_at, "created" + (job.idempotency_key ? ` (key ${job.idempotency_key})` : "")]];
+  for (const e of job.errors) {
+    events.push(["failed", e.at, `attempt ${e.attempt} failed on ${e.worker || "a worker"}: ${reasonText(e.reason)}`, e.error,
+      e.retry_at ? "retry at " + new Date(e.retry_at).toLocaleString() : null]);
+  }
+  const lastFailed = job.errors.length && job.errors[job.errors.length - 1].attempt === job.attempts;
+  if (job.started_at && job.attempts > 0 && !lastFailed) {
+    events.push(["started", job.started_at, `attempt ${job.attempts} started` + (job.lease_owner ? ` on ${job.lease_owner}` : "") +
+      (job.lease_token ? ` (fencing token ${job.lease_token})` : "")]);
+  }
+  if (job.state === "succeeded") {
+    const took = job.started_at ? ` in ${ms(new Date(job.finished_at) - new Date(job.started_at))}` : "";
+    events.push(["succeeded", job.finished_at, `attempt ${job.attempts} succeeded${took}`]);
+  } else if (job.state === "cancelled") {
+    events.push(["cancelled", job.finished_at, "cancelled"]);
+  } else if (job.state === "failed" && !lastFailed) {
+    events.push(["failed", job.finished_at, "failed for good"]);
+  } else if (job.state === "running") {
+    events.push(["running", job.lease_expires_at, "running; lease until"]);
+  } else if (job.state === "queued" || job.state === "waiting") {
+    events.push([job.state, job.next_run_at, job.state === "queued" ? `attempt ${job.attempts + 1} due` : "waiting for dependencies"]);
+  }
+  events.sort((a, b) => (a[1] || "").localeCompare(b[1] || ""));
+  return h("ol", { class: "timeline", "data-timeline": "" }, events.map(([kind, at, text, detail, after]) =>
+    h("li", { "data-event": kind, class: "ev-" + kind }, time(at), " ", h("strong", {}, text),
+      detail ? h("div", { class: "wrap", "data-error": "" }, detail) : null, after ? h("div", { class: "muted" }, after) : null)));
+}
+
+/** Parents (what this job waits for) and children (what waits for it), with their states. */
+function dependencyView(job, parents, children) {
+  const list = (jobs, attr, empty) => jobs.length === 0 ? h("p", { class: "muted" }, empty) :
+    h("ul", { [attr]: "" }, jobs.map((d) => h("li", { "data-dep": d.id }, jobLink(d.id), " ",
+      d.state ? state(d.state) : h("span", { class: "muted" }, "pruned from history"), d.kind ? " " + d.kind : "")));
+  return h("div", { class: "deps" },
+    h("div", {}, h("h3", {}, `Waits for (${job.depends_on.length})`), list(parents, "data-parents", "nothing")),
+    h("div", { class: "dep-self" }, "→ ", h("code", {}, job.id.slice(0, 8)), " " , state(job.state), " →"),
+    h("div", {}, h("h3", {}, `Needed by (${children.length})`), list(children, "data-children", "nothing")));
+}
+
 function reasonText(reason) {
   return ({ error: "handler error", lease_expired: "lease expired (worker stopped heartbeating)",
     dependency: "a dependency failed or was cancelled" })[reason] || reason;
@@ -404,8 +552,16 @@ function route() {
     case "job": return ["jobs", () => jobPage(decodeURIComponent(parts[1] || ""))];
     case "schedules": return ["schedules", schedulesPage];
     case "workers": return ["workers", workersPage];
-    default: return ["queues", queuesPage];
+    default: return ["queues", () => queuesPage(params)];
   }
+}
+
+/** A message of success in the banner (it goes with the next refresh that is not an error). */
+function notice(text) {
+  const banner = document.getElementById("banner");
+  banner.textContent = text;
+  banner.hidden = false;
+  banner.dataset.kind = "notice";
 }
 
 function showError(err) {
@@ -470,6 +626,11 @@ document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("login").hidden = true;
     refresh(true);
   });
-  window.addEventListener("hashchange", () => { document.getElementById("main").focus(); refresh(true); });
+  window.addEventListener("hashchange", () => {
+    const banner = document.getElementById("banner");
+    if (banner.dataset.kind === "notice") { banner.hidden = true; banner.dataset.kind = ""; }
+    document.getElementById("main").focus();
+    refresh(true);
+  });
   refresh(true);
 });

@@ -112,6 +112,25 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectOnly<D> {
     }
 }
 
+/// `#[serde(deserialize_with = "object")]` for a struct field nested in a request: it must be
+/// an object too (the wrapper of the outer struct does not reach into a field's own type).
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(ObjectOnly(deserializer))
+}
+
+/// A struct read from an object only, as a field's type (`Option<Obj<T>>`).
+pub struct Obj<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(ObjectOnly(deserializer)).map(Obj)
+    }
+}
+
 /// `#[serde(deserialize_with = "objects")]` for a `Vec` of structs: each element must be an
 /// object. Element paths (`jobs[3].queue`) stay as serde_path_to_error reports them.
 pub fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>

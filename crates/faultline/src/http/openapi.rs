@@ -6,14 +6,19 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorDetail, ErrorResponse};
-use super::jobs::{BatchRequest, BatchResponse, BatchResult, DependentsResponse, EnqueueRequest};
+use super::jobs::{
+    BatchRequest, BatchResponse, BatchResult, BulkRequest, DependentsResponse, EnqueueRequest,
+    FilterParams,
+};
 use super::queues::{QueuePatch, QueuesResponse, ThroughputResponse};
 use super::schedules::SchedulesResponse;
 use super::workers::WorkersResponse;
 use super::{health, jobs, queues, schedules, workers};
 use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats, RateLimit};
 use crate::schedule::{Misfire, Schedule, ScheduleSpec};
-use crate::store::{LeaderInfo, ThroughputSample, WorkerInfo};
+use crate::store::{
+    BulkAction, BulkOutcome, BulkRefusal, LeaderInfo, ThroughputSample, WorkerInfo,
+};
 
 /// The document.
 #[derive(OpenApi)]
@@ -26,7 +31,7 @@ use crate::store::{LeaderInfo, ThroughputSample, WorkerInfo};
     ),
     paths(
         health::health, health::ready, health::metrics,
-        jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry,
+        jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry, jobs::bulk,
         jobs::dependents, queues::throughput, queues::list, queues::update, queues::pause, queues::resume, workers::list,
         schedules::put, schedules::list, schedules::get, schedules::delete, schedules::pause,
         schedules::resume, document,
@@ -36,6 +41,7 @@ use crate::store::{LeaderInfo, ThroughputSample, WorkerInfo};
         EnqueueRequest, BatchRequest, BatchResponse, BatchResult, ErrorResponse, ErrorDetail,
         WorkersResponse, WorkerInfo, LeaderInfo, QueuePatch, RateLimit, Schedule, ScheduleSpec,
         SchedulesResponse, Misfire, DependentsResponse, ThroughputResponse, ThroughputSample,
+        BulkRequest, BulkAction, BulkOutcome, BulkRefusal, FilterParams,
     )),
     modifiers(&BearerAuth),
     tags(

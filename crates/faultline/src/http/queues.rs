@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorResponse};
 use super::extract::{JsonBody, PathName, QueryParams};
+use super::object::Obj;
 use super::AppState;
 use crate::job::{QueueStats, RateLimit};
 use crate::store::{QueueSettingsPatch, ThroughputSample};
@@ -93,7 +94,7 @@ pub struct QueuePatch {
     #[schema(value_type = Option<i32>)]
     pub concurrency_limit: Option<Option<i32>>,
     /// At most `count` job starts per `period_ms` (`null`: none).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_object")]
     #[schema(value_type = Option<RateLimit>)]
     pub rate_limit: Option<Option<RateLimit>>,
     /// At most this many running jobs per `concurrency_key` (1 to 1,000,000; `null`: the
@@ -110,6 +111,15 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// [`present`] for a struct, which must be an object (see [`crate::http::object`]).
+fn present_object<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<Obj<T>>::deserialize(deserializer).map(|o| Some(o.map(|Obj(t)| t)))
 }
 
 /// Change a queue's settings (creating them for a queue that has none). Workers see the change

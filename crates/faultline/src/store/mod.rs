@@ -20,6 +20,7 @@
 //! transition outside the model, whoever issues it: on the live table only queued ⇄ running, and
 //! history refuses any change of state.
 
+mod bulk;
 mod claim;
 mod control;
 mod counts;
@@ -47,6 +48,7 @@ use sqlx::PgPool;
 use crate::job::{DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MAX_RESULT_BYTES};
 use crate::retry::Backoff;
 
+pub use bulk::{BulkAction, BulkOutcome, BulkRefusal, MAX_BULK};
 pub use claim::{ClaimOutcome, Claimed, Throttle};
 pub use enqueue::{BatchItem, Enqueued};
 #[doc(hidden)]

@@ -72,30 +72,25 @@ impl Store {
                 format!("must be between 1 and {MAX_PAGE_SIZE}, got {limit}"),
             ));
         }
-        let mut jobs: Vec<Job> = sqlx::query_as(
+        let sql = format!(
             "select id, queue, kind, priority, state, attempts, max_attempts, next_run_at,
                    timeout_ms, lease_owner, lease_expires_at, lease_token, idempotency_key,
                    last_error, created_at, started_at, finished_at, updated_at, concurrency_key,
                    depends_on, pending_dependencies, unique_key, unique_period_ms, traceparent,
-                   case when $6 then payload else 'null'::json end as payload,
-                   case when $6 then result end as result,
-                   case when $6 then errors else '[]'::jsonb end as errors
+                   case when $9 then payload else 'null'::json end as payload,
+                   case when $9 then result end as result,
+                   case when $9 then errors else '[]'::jsonb end as errors
             from faultline.all_jobs
-            where ($1::text is null or state = $1)
-              and ($2::text is null or queue = $2)
-              and ($3::text is null or kind = $3)
-              and ($4::uuid is null or id < $4)
+            where {FILTERED} and ($7::uuid is null or id < $7)
             order by id desc
-            limit $5",
-        )
-        .bind(filter.state)
-        .bind(filter.queue.as_deref())
-        .bind(filter.kind.as_deref())
-        .bind(cursor)
-        .bind(i64::from(limit) + 1)
-        .bind(bulk)
-        .all_on(self)
-        .await?;
+            limit $8"
+        );
+        let mut jobs: Vec<Job> = bind_filter(sqlx::query_as(&sql), filter)
+            .bind(cursor)
+            .bind(i64::from(limit) + 1)
+            .bind(bulk)
+            .all_on(self)
+            .await?;
         let next_cursor = if jobs.len() > limit as usize {
             jobs.truncate(limit as usize);
             jobs.last().map(|job| job.id)
@@ -127,6 +122,29 @@ impl Store {
         let rows: Vec<StatsRow> = sqlx::query_as(QUEUE_STATS).all_on(self).await?;
         Ok(rows.into_iter().map(StatsRow::into_stats).collect())
     }
+}
+
+/// The rows of `faultline.all_jobs` a [`JobFilter`] matches, as binds `$1` to `$6` (in the
+/// order [`bind_filter`] binds them); a filter left `None` matches everything.
+pub(super) const FILTERED: &str = "($1::text is null or state = $1)
+              and ($2::text is null or queue = $2)
+              and ($3::text is null or kind = $3)
+              and ($4::text is null or idempotency_key = $4)
+              and ($5::timestamptz is null or created_at >= $5)
+              and ($6::timestamptz is null or created_at < $6)";
+
+/// `query` with `filter` bound as `$1` to `$6` of [`FILTERED`].
+pub(super) fn bind_filter<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    filter: &'q JobFilter,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(filter.state)
+        .bind(filter.queue.as_deref())
+        .bind(filter.kind.as_deref())
+        .bind(filter.idempotency_key.as_deref())
+        .bind(filter.created_after)
+        .bind(filter.created_before)
 }
 
 /// The statement of [`Store::queue_stats`]: one row per queue with jobs or settings, by name.

@@ -13,7 +13,7 @@ use crate::StoreError;
 const KEEP_HOURS: i32 = 25;
 
 /// The jobs of one queue that finished in one minute, by outcome.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 #[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct ThroughputSample {
     /// The minute's start (UTC).
@@ -26,6 +26,15 @@ pub struct ThroughputSample {
     pub failed: i64,
     /// Jobs cancelled in it.
     pub cancelled: i64,
+    /// Of the jobs that succeeded in it: the median time their last attempt waited to start
+    /// once due, in milliseconds (`null` when none succeeded, or counted by an older release).
+    pub wait_p50_ms: Option<f64>,
+    /// The same, 95th percentile.
+    pub wait_p95_ms: Option<f64>,
+    /// Of the jobs that succeeded in it: the median run time of their last attempt, ms.
+    pub run_p50_ms: Option<f64>,
+    /// The same, 95th percentile.
+    pub run_p95_ms: Option<f64>,
 }
 
 impl Store {
@@ -55,14 +64,24 @@ impl Store {
                  returning minute
              ),
              counts as (
-                 insert into faultline.queue_throughput (minute, queue, succeeded, failed, cancelled)
+                 insert into faultline.queue_throughput (minute, queue, succeeded, failed, cancelled,
+                                                         wait_p50_ms, wait_p95_ms, run_p50_ms, run_p95_ms)
                  select c.minute, h.queue,
                         count(*) filter (where h.state = 'succeeded'),
                         count(*) filter (where h.state = 'failed'),
-                        count(*) filter (where h.state = 'cancelled')
+                        count(*) filter (where h.state = 'cancelled'),
+                        percentile_cont(0.5) within group (order by h.wait_ms) filter (where h.state = 'succeeded'),
+                        percentile_cont(0.95) within group (order by h.wait_ms) filter (where h.state = 'succeeded'),
+                        percentile_cont(0.5) within group (order by h.run_ms) filter (where h.state = 'succeeded'),
+                        percentile_cont(0.95) within group (order by h.run_ms) filter (where h.state = 'succeeded')
                  from claimed c
-                 join faultline.job_history h
-                   on h.finished_at >= c.minute and h.finished_at < c.minute + interval '1 minute'
+                 join lateral (
+                     select queue, state,
+                            greatest(0, extract(epoch from started_at - greatest(next_run_at, created_at)) * 1000) as wait_ms,
+                            greatest(0, extract(epoch from finished_at - started_at) * 1000) as run_ms
+                     from faultline.job_history
+                     where finished_at >= c.minute and finished_at < c.minute + interval '1 minute'
+                 ) h on true
                  group by c.minute, h.queue
                  on conflict do nothing
              ),
@@ -89,7 +108,9 @@ impl Store {
     /// [`StoreError::Database`].
     pub async fn throughput(&self, minutes: u32) -> Result<Vec<ThroughputSample>, StoreError> {
         Ok(sqlx::query_as(
-            "select minute, queue, succeeded, failed, cancelled from faultline.queue_throughput
+            "select minute, queue, succeeded, failed, cancelled,
+                    wait_p50_ms, wait_p95_ms, run_p50_ms, run_p95_ms
+             from faultline.queue_throughput
              where minute >= date_trunc('minute', now()) - make_interval(mins => $1)
              order by minute, queue",
         )

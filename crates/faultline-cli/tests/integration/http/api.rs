@@ -590,3 +590,108 @@ async fn a_configured_token_guards_every_route_but_health_ready_and_metrics() {
     let (status, _, _) = call(&open, Method::POST, "/v1/jobs", job, &[]).await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+/// The dashboard's search and bulk actions over the API: `GET /v1/jobs?key=&created_after=`,
+/// and `POST /v1/jobs/bulk` (a dry run counts, the action moves only the matching jobs in the
+/// states it applies to).
+#[tokio::test]
+async fn jobs_are_found_by_key_and_time_and_a_filtered_set_is_cancelled_and_retried_in_bulk() {
+    let db = TestDb::new().await;
+    let (api, _) = router(&db, ApiConfig::default());
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let body = json!({"kind": "mail", "queue": "bulk", "payload": {"i": i}, "idempotency_key": format!("order-{i}")});
+        let (status, _, job) = call(&api, Method::POST, "/v1/jobs", Some(body), &[]).await;
+        assert_eq!(status, StatusCode::CREATED, "{job}");
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let (_, _, other) = call(
+        &api,
+        Method::POST,
+        "/v1/jobs",
+        Some(json!({"kind": "mail", "queue": "elsewhere"})),
+        &[],
+    )
+    .await;
+
+    let (status, _, page) = call(&api, Method::GET, "/v1/jobs?key=order-1", None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(page["jobs"][0]["id"], ids[1].as_str());
+    let (_, _, page) = call(
+        &api,
+        Method::GET,
+        "/v1/jobs?queue=bulk&created_after=2000-01-01T00:00:00Z&created_before=2999-01-01T00:00:00%2B02:00",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3, "{page}");
+    let (_, _, page) = call(
+        &api,
+        Method::GET,
+        "/v1/jobs?created_after=2999-01-01T00:00:00Z",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page["jobs"], json!([]));
+
+    let filter = json!({"queue": "bulk", "kind": "mail"});
+    let (status, _, counted) = call(
+        &api,
+        Method::POST,
+        "/v1/jobs/bulk",
+        Some(json!({"action": "cancel", "filter": filter, "dry_run": true})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{counted}");
+    assert_eq!(
+        counted,
+        json!({"matched": 3, "changed": 0, "refused": [], "more": false})
+    );
+    let (_, _, done) = call(
+        &api,
+        Method::POST,
+        "/v1/jobs/bulk",
+        Some(json!({"action": "cancel", "filter": filter})),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (done["matched"].clone(), done["changed"].clone()),
+        (json!(3), json!(3))
+    );
+    for id in &ids {
+        let (_, _, job) = call(&api, Method::GET, &format!("/v1/jobs/{id}"), None, &[]).await;
+        assert_eq!(job["state"], "cancelled");
+    }
+    let (_, _, untouched) = call(
+        &api,
+        Method::GET,
+        &format!("/v1/jobs/{}", other["id"].as_str().unwrap()),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(untouched["state"], "queued");
+    let (_, _, done) = call(
+        &api,
+        Method::POST,
+        "/v1/jobs/bulk",
+        Some(json!({"action": "retry", "filter": {"state": "cancelled"}})),
+        &[],
+    )
+    .await;
+    assert_eq!(done["changed"], 3, "{done}");
+    let (_, _, page) = call(
+        &api,
+        Method::GET,
+        "/v1/jobs?queue=bulk&state=queued",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3);
+}

@@ -452,6 +452,7 @@ fn http_cases() -> Vec<Case> {
 
     // GET /v1/jobs: every query parameter.
     let long_fields = format!("fields={}", "x".repeat(10_000));
+    let long_key_query = format!("key={}", "k".repeat(LONG));
     for query in [
         "state=bogus",
         "state=%00",
@@ -478,9 +479,82 @@ fn http_cases() -> Vec<Case> {
         "fields=%FF",
         "fields=PAYLOAD",
         long_fields.as_str(),
+        "key=",
+        "key=%20%20",
+        "key=%00",
+        "key=a%0Ab",
+        long_key_query.as_str(),
+        "created_after=",
+        "created_after=yesterday",
+        "created_after=2026-13-01T00:00:00Z",
+        "created_after=2026-01-01",
+        "created_before=%00",
+        "created_before=99999-01-01T00:00:00Z",
+        "created_after=2026-01-02T00:00:00Z&created_before=2026-01-01T00:00:00Z",
+        "created_after=2026-01-01T00:00:00Z&created_before=2026-01-01T00:00:00Z",
     ] {
         cases.push(get(&format!("/v1/jobs?{query}"), Status(400)));
     }
+    // POST /v1/jobs/bulk: the action and every filter field.
+    for (body, expect) in [
+        (r#"{}"#, Field("action")),
+        (r#"{"action": "delete"}"#, Field("action")),
+        (r#"{"action": null}"#, Status(400)),
+        (r#"{"action": "retry", "dry_run": "yes"}"#, Field("dry_run")),
+        (r#"{"action": "retry", "extra": 1}"#, Field("extra")),
+        (r#"{"action": "retry", "filter": []}"#, Field("filter")),
+        (
+            r#"{"action": "retry", "filter": {"status": "failed"}}"#,
+            Field("filter.status"),
+        ),
+        (
+            r#"{"action": "retry", "filter": {"state": 3}}"#,
+            Field("filter.state"),
+        ),
+        (
+            r#"{"action": "retry", "filter": {"state": "broken"}}"#,
+            Field("filter.state"),
+        ),
+        (
+            r#"{"action": "retry", "filter": {"queue": ""}}"#,
+            Field("filter.queue"),
+        ),
+        (
+            r#"{"action": "retry", "filter": {"queue": "a b"}}"#,
+            Field("filter.queue"),
+        ),
+        (
+            r#"{"action": "cancel", "filter": {"kind": "nul\u0000"}}"#,
+            Field("filter.kind"),
+        ),
+        (
+            r#"{"action": "cancel", "filter": {"key": "   "}}"#,
+            Field("filter.key"),
+        ),
+        (
+            r#"{"action": "cancel", "filter": {"key": "nul\u0000"}}"#,
+            Field("filter.key"),
+        ),
+        (
+            r#"{"action": "cancel", "filter": {"created_after": "soon"}}"#,
+            Field("filter.created_after"),
+        ),
+        (
+            r#"{"action": "cancel", "filter": {"created_before": "0000-00-00T00:00:00Z"}}"#,
+            Field("filter.created_before"),
+        ),
+        (
+            r#"{"action": "cancel", "filter": {"created_after": "2026-01-02T00:00:00Z", "created_before": "2026-01-01T00:00:00Z"}}"#,
+            Field("filter.created_after"),
+        ),
+    ] {
+        cases.push(post("/v1/jobs/bulk", body, expect));
+    }
+    let long_bulk_key = format!(
+        r#"{{"action": "retry", "filter": {{"key": "{}"}}}}"#,
+        "k".repeat(LONG)
+    );
+    cases.push(post("/v1/jobs/bulk", long_bulk_key, Field("filter.key")));
     // Job ids in paths.
     let long_id = "a".repeat(10_000);
     for id in [
@@ -556,6 +630,7 @@ fn http_cases() -> Vec<Case> {
         ),
         (r#"10"#, "rate_limit"),
         (r#""10/1s""#, "rate_limit"),
+        (r#"[10, 1000]"#, "rate_limit"),
     ] {
         cases.push(patch(
             "/v1/queues/q",

@@ -541,6 +541,223 @@ async fn the_dashboard_shows_and_steers_the_queue_in_a_real_browser() {
     worker.kill().await;
 }
 
+/// The operator's view: a search by idempotency key, by id and by creation time; a bulk cancel
+/// and retry of a filtered set behind a count and a confirmation; a job's attempt timeline
+/// (failures and the success); its parents and children; latency and throughput charts over
+/// the last hour and day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_searches_acts_on_a_filtered_set_and_draws_each_jobs_history() {
+    let db = crate::harness::TestDb::new().await;
+    let store = db.store();
+    let enqueue = |job: NewJob| {
+        let store = store.clone();
+        async move { store.enqueue(job).await.unwrap().into_job().id }
+    };
+    // Served by the worker: one that succeeds (with a key), one that fails twice for good.
+    let keyed = enqueue(
+        NewJob::new("noop", json!({}))
+            .with_queue("t")
+            .with_idempotency_key("ui-key-7"),
+    )
+    .await;
+    let failing = enqueue(
+        NewJob::new("fail", json!({"times": 9, "message": "boom twice"}))
+            .with_queue("t")
+            .with_max_attempts(2),
+    )
+    .await;
+    // Not served: three held jobs, and a parent with a child waiting on it.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(enqueue(NewJob::new("noop", json!({ "i": i })).with_queue("held")).await);
+    }
+    let parent = enqueue(NewJob::new("dep", json!({})).with_queue("deps")).await;
+    let child = enqueue(
+        NewJob::new("dep", json!({}))
+            .with_queue("deps")
+            .with_dependency(parent),
+    )
+    .await;
+    // A minute the maintainer counted, with latency, for the charts.
+    sqlx::query(
+        "insert into faultline.queue_throughput
+             (minute, queue, succeeded, failed, cancelled, wait_p50_ms, wait_p95_ms, run_p50_ms, run_p95_ms)
+         values (date_trunc('minute', now()) - interval '5 minutes', 't', 40, 2, 0, 3, 120, 8, 15)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let worker = Proc::worker(
+        &db.url,
+        "ui-search-worker",
+        &[
+            "--queues",
+            "t",
+            "--retry-base",
+            "10ms",
+            "--retry-cap",
+            "10ms",
+        ],
+    );
+    let api = Proc::api(&db.url, "ui-search-api", &[]);
+    let base = format!("http://127.0.0.1:{}", api.port);
+    state_of(&store, keyed, JobState::Succeeded).await;
+    state_of(&store, failing, JobState::Failed).await;
+    wait_for("the API to be ready", Duration::from_secs(30), || async {
+        let r = reqwest::get(format!("{base}/ready")).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let browser = Browser::start().await;
+    let search = |fields: Value| {
+        format!(
+            "const f = document.querySelector('[data-filters]');
+             for (const [k, v] of Object.entries({fields})) f.elements[k].value = v;
+             f.requestSubmit(); return null;"
+        )
+    };
+
+    // By idempotency key: the one job.
+    browser.open(&base, "/jobs").await;
+    browser
+        .text_until("the jobs page", "h1", |t| t == "Jobs")
+        .await;
+    browser.js(&search(json!({"key": "ui-key-7"}))).await;
+    let rows = "return [...document.querySelectorAll('[data-table=jobs] tbody tr')].map(r => r.dataset.row)";
+    wait_for("the search by key", Duration::from_secs(30), || async {
+        (browser.js(rows).await == json!([keyed.to_string()])).then_some(())
+    })
+    .await;
+    // By creation time: a range in the future holds nothing.
+    browser
+        .js(&search(
+            json!({"key": "", "created_after": "2999-01-01T00:00"}),
+        ))
+        .await;
+    browser
+        .text_until("an empty result", "main p.muted", |t| {
+            t == "No job matches."
+        })
+        .await;
+    // By id: straight to the job page, with its timeline: created, started, succeeded.
+    browser.open(&base, "/jobs").await;
+    browser
+        .text_until("the jobs page", "h1", |t| t == "Jobs")
+        .await;
+    browser.js(&search(json!({"id": keyed.to_string()}))).await;
+    browser
+        .text_until("the job page", "[data-field=state]", |t| t == "succeeded")
+        .await;
+    let events = browser
+        .js("return [...document.querySelectorAll('[data-timeline] [data-event]')].map(e => e.dataset.event)")
+        .await;
+    assert_eq!(events, json!(["created", "started", "succeeded"]));
+
+    // The failed job's timeline: both failures, with the worker and the error.
+    browser.open(&base, &format!("/job/{failing}")).await;
+    let timeline = browser
+        .text_until("the failures", "[data-timeline]", |t| {
+            t.matches("boom twice").count() == 2
+        })
+        .await;
+    assert!(
+        timeline.contains("attempt 1 failed on ui-search-worker"),
+        "{timeline}"
+    );
+    assert!(timeline.contains("attempt 2 failed"), "{timeline}");
+    browser.screenshot("job-timeline").await;
+
+    // Dependencies: the child shows its parent and the parent its child, each with its state.
+    browser.open(&base, &format!("/job/{child}")).await;
+    browser
+        .text_until(
+            "the parent",
+            &format!("[data-parents] [data-dep=\"{parent}\"]"),
+            |t| t.contains("queued"),
+        )
+        .await;
+    browser.open(&base, &format!("/job/{parent}")).await;
+    browser
+        .text_until(
+            "the child",
+            &format!("[data-children] [data-dep=\"{child}\"]"),
+            |t| t.contains("waiting"),
+        )
+        .await;
+
+    // Bulk: cancel every job of `held`, after a count and a confirmation.
+    browser.open(&base, "/jobs?queue=held").await;
+    browser.click("[data-bulk-all=cancel]").await;
+    let asked = browser
+        .text_until("the confirmation", "[data-confirm=cancel]", |t| {
+            t.contains("Cancel 3 jobs matching")
+        })
+        .await;
+    assert!(asked.contains("?"), "{asked}");
+    // Nothing moved before the confirmation.
+    for id in &held {
+        assert_eq!(store.get(*id).await.unwrap().state, JobState::Queued);
+    }
+    browser.screenshot("bulk-confirm").await;
+    browser
+        .click("[data-confirm=cancel] [data-action=confirm]")
+        .await;
+    for id in &held {
+        state_of(&store, *id, JobState::Cancelled).await;
+    }
+    browser
+        .text_until("the outcome", "#banner", |t| {
+            t.contains("3 of 3 job(s) cancelled")
+        })
+        .await;
+    assert_eq!(
+        store.get(parent).await.unwrap().state,
+        JobState::Queued,
+        "another queue untouched"
+    );
+    // And retry them: the cancelled jobs of `held`, back to queued.
+    browser
+        .open(&base, "/jobs?queue=held&state=cancelled")
+        .await;
+    browser.click("[data-bulk-all=retry]").await;
+    browser
+        .text_until("the retry confirmation", "[data-confirm=retry]", |t| {
+            t.contains("Retry 3 jobs")
+        })
+        .await;
+    browser
+        .click("[data-confirm=retry] [data-action=confirm]")
+        .await;
+    for id in &held {
+        state_of(&store, *id, JobState::Queued).await;
+    }
+
+    // Charts: throughput and latency per queue, over the last hour and the last day.
+    for span in ["hour", "day"] {
+        browser.open(&base, &format!("/queues?span={span}")).await;
+        browser
+            .text_until(
+                "the span",
+                &format!("[data-span={span}][aria-current]"),
+                |t| !t.is_empty(),
+            )
+            .await;
+        let drawn = browser
+            .js(
+                "const c = (k) => document.querySelector(`[data-queue=t] [data-chart=${k}] svg`); \
+                 return [c('throughput').dataset.total, c('latency').dataset.worst, \
+                         c('latency').querySelectorAll('rect').length > 0]",
+            )
+            .await;
+        assert_eq!(drawn, json!(["42", "120", true]), "{span}");
+    }
+    browser.screenshot("queues-day").await;
+    browser.close().await;
+    api.kill().await;
+    worker.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_the_dashboard_shows_nothing_until_it_is_given() {
     let db = crate::harness::TestDb::new().await;

@@ -1,6 +1,7 @@
 //! The store's transitions and their SQL against a real Postgres: claims, fencing, retries,
 //! idempotency, uniqueness, limits, dependencies, schedules, history and counts.
 
+mod bulk;
 mod claim;
 mod concurrency_keys;
 mod counts;

@@ -171,6 +171,46 @@ async fn throughput_counts_each_finished_minute_once() {
     assert!(samples[0].minute < samples[1].minute);
 }
 
+/// Latency beside throughput: of the jobs that succeeded in a minute, the median and 95th
+/// percentile of how long their last attempt waited once due (`next_run_at`, or creation when
+/// later) and how long it ran; failed jobs are left out of both.
+#[tokio::test]
+async fn throughput_keeps_each_minutes_wait_and_run_percentiles() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    // Minute 3 ago: ten successes waiting 10, 20, …, 100 ms and running 1, 2, …, 10 s; one
+    // failure that waited an hour (not counted in the latency).
+    sqlx::raw_sql(
+        "insert into faultline.job_history (id, queue, kind, payload, state, priority, attempts,
+                 max_attempts, next_run_at, created_at, started_at, finished_at, updated_at)
+         select gen_random_uuid(), 'lat', 'k', '{}', s, 0, 1, 5,
+                t - make_interval(secs => run + wait / 1000.0),
+                t - interval '2 hours',
+                t - make_interval(secs => run),
+                t, now()
+         from (select date_trunc('minute', now()) - interval '3 minutes' + interval '30 seconds' as t) m,
+              (select 'succeeded' as s, i * 10 as wait, i as run from generate_series(1, 10) i
+               union all select 'failed', 3600000, 1) v",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    store.sample_throughput().await.unwrap();
+    let samples = store.throughput(60).await.unwrap();
+    let lat: Vec<_> = samples.iter().filter(|s| s.queue == "lat").collect();
+    assert_eq!(lat.len(), 1, "{samples:?}");
+    let m = lat[0];
+    assert_eq!((m.succeeded, m.failed), (10, 1));
+    let close = |got: Option<f64>, want: f64| {
+        let got = got.expect("a percentile");
+        assert!((got - want).abs() < 0.01, "got {got}, want {want}");
+    };
+    close(m.wait_p50_ms, 55.0);
+    close(m.wait_p95_ms, 95.5);
+    close(m.run_p50_ms, 5500.0);
+    close(m.run_p95_ms, 9550.0);
+}
+
 // The depth sampler's first pass decides from the planner's row count whether it may count the
 // live table at once (BENCHMARKS.md, issue 12: a count of 10M live jobs is a second of both
 // cores). A small table is counted at once and keeps the configured interval; the estimate it

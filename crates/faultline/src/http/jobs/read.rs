@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
@@ -11,7 +12,7 @@ use crate::http::error::{ApiError, ErrorResponse};
 use crate::http::extract::{PathJobId, QueryParams};
 use crate::http::AppState;
 use crate::job::{Job, JobFilter, JobId, JobState, Page};
-use crate::names::name_problem;
+use crate::names::{label_problem, name_problem};
 use crate::payload::Payload;
 
 /// A job with its error history.
@@ -75,6 +76,12 @@ pub struct ListParams {
     pub queue: Option<String>,
     /// Only this kind.
     pub kind: Option<String>,
+    /// Only the job with this idempotency key.
+    pub key: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    pub created_after: Option<String>,
+    /// Only jobs created before this time (RFC 3339).
+    pub created_before: Option<String>,
     /// Page size, 1 to 1,000 (default 50).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -134,12 +141,15 @@ pub async fn list(
     State(state): State<AppState>,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Json<Listing>, ApiError> {
-    let job_state = params
-        .state
-        .as_deref()
-        .map(str::parse::<JobState>)
-        .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_query", format!("state: {e}")))?;
+    let filter = job_filter(FilterParams {
+        state: params.state,
+        queue: params.queue,
+        kind: params.kind,
+        key: params.key,
+        created_after: params.created_after,
+        created_before: params.created_before,
+    })
+    .map_err(|(field, e)| ApiError::bad_request("invalid_query", format!("{field}: {e}")))?;
     let cursor = list_cursor(params.cursor.as_deref())?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
@@ -148,20 +158,7 @@ pub async fn list(
             format!("limit must be between 1 and 1000, got {limit}"),
         ));
     }
-    for (name, value) in [("queue", &params.queue), ("kind", &params.kind)] {
-        if let Some(problem) = value.as_deref().and_then(name_problem) {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("{name}: {problem}"),
-            ));
-        }
-    }
     let wanted = bulky_fields(params.fields.as_deref())?;
-    let filter = JobFilter {
-        state: job_state,
-        queue: params.queue,
-        kind: params.kind,
-    };
     let page = state.db(
         "list",
         state
@@ -179,6 +176,84 @@ pub async fn list(
         jobs,
         next_cursor: page.next_cursor,
     }))
+}
+
+/// Which jobs: the filters of a listing and of a bulk action, as given (text). `None`
+/// matches everything.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterParams {
+    /// waiting, queued, running, succeeded, failed or cancelled.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Only this queue.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Only this kind.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Only the job with this idempotency key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    #[serde(default)]
+    pub created_after: Option<String>,
+    /// Only jobs created before this time (RFC 3339).
+    #[serde(default)]
+    pub created_before: Option<String>,
+}
+
+/// `params` checked and parsed, or the field at fault and what is wrong with it.
+pub(crate) fn job_filter(params: FilterParams) -> Result<JobFilter, (&'static str, String)> {
+    let state = params
+        .state
+        .as_deref()
+        .map(str::parse::<JobState>)
+        .transpose()
+        .map_err(|e| ("state", e.to_string()))?;
+    for (name, value) in [("queue", &params.queue), ("kind", &params.kind)] {
+        if let Some(problem) = value.as_deref().and_then(name_problem) {
+            return Err((name, problem));
+        }
+    }
+    if let Some(problem) = params.key.as_deref().and_then(label_problem) {
+        return Err(("key", problem));
+    }
+    let created_after = rfc3339("created_after", params.created_after)?;
+    let created_before = rfc3339("created_before", params.created_before)?;
+    if let (Some(after), Some(before)) = (created_after, created_before) {
+        if after >= before {
+            return Err((
+                "created_after",
+                format!("{after:?} must be before created_before ({before:?})"),
+            ));
+        }
+    }
+    Ok(JobFilter {
+        state,
+        queue: params.queue,
+        kind: params.kind,
+        idempotency_key: params.key,
+        created_after,
+        created_before,
+    })
+}
+
+/// `value` read as an RFC 3339 time, or the problem naming `field`.
+fn rfc3339(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<DateTime<Utc>>, (&'static str, String)> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(&v)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    let shown = crate::text::storable(&v);
+                    (field, format!("{shown:?} is not an RFC 3339 time ({e})"))
+                })
+        })
+        .transpose()
 }
 
 /// The `cursor` query parameter as the id of the last job of the previous page.
