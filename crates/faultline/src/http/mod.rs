@@ -7,6 +7,7 @@
 
 mod auth;
 mod browser_guard;
+mod claims;
 mod error;
 mod extract;
 mod health;
@@ -33,10 +34,12 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use browser_guard::{allowed_host_problem, HostPolicy};
+pub use claims::{ClaimRequest, ClaimResponse, DEFAULT_LEASE_TTL_MS};
 pub use error::{ApiError, ErrorDetail, ErrorResponse};
 pub use jobs::{
-    BatchRequest, BatchResponse, BatchResult, DependentsResponse, EnqueueRequest, ListParams,
-    Listing, UniqueScopeName,
+    BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteRequest, DependentsResponse,
+    EnqueueRequest, FailRequest, FilterParams, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
+    ListParams, Listing, UniqueScopeName,
 };
 pub use openapi::ApiDoc;
 pub use queues::{QueuePatch, QueuesResponse, ThroughputParams, ThroughputResponse};
@@ -87,6 +90,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     config: Arc<ApiConfig>,
     token_digest: Option<[u8; 32]>,
+    claims: Arc<claims::ClaimWaker>,
 }
 
 impl AppState {
@@ -102,6 +106,7 @@ impl AppState {
             metrics,
             config: Arc::new(config),
             token_digest,
+            claims: Arc::default(),
         }
     }
 
@@ -189,6 +194,11 @@ fn job_routes(router: Router<AppState>, batch_body: usize) -> Router<AppState> {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/v1/jobs/{id}/dependents", get(jobs::dependents))
+        .route("/v1/jobs/{id}/heartbeat", post(jobs::heartbeat))
+        .route("/v1/jobs/{id}/complete", post(jobs::complete))
+        .route("/v1/jobs/{id}/fail", post(jobs::fail))
+        .route("/v1/jobs/{id}/release", post(jobs::release))
+        .route("/v1/claims", post(claims::claim))
 }
 
 /// `router` with the queue routes (`/v1/throughput`, `/v1/queues…`).

@@ -5,15 +5,16 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::claims::{ClaimRequest, ClaimResponse};
 use super::error::{ErrorDetail, ErrorResponse};
 use super::jobs::{
-    BatchRequest, BatchResponse, BatchResult, BulkRequest, DependentsResponse, EnqueueRequest,
-    FilterParams,
+    BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteRequest, DependentsResponse,
+    EnqueueRequest, FailRequest, FilterParams, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
 };
 use super::queues::{QueuePatch, QueuesResponse, ThroughputResponse};
 use super::schedules::SchedulesResponse;
 use super::workers::WorkersResponse;
-use super::{health, jobs, queues, schedules, workers};
+use super::{claims, health, jobs, queues, schedules, workers};
 use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats, RateLimit};
 use crate::schedule::{Misfire, Schedule, ScheduleSpec};
 use crate::store::{
@@ -32,6 +33,7 @@ use crate::store::{
     paths(
         health::health, health::ready, health::metrics,
         jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry, jobs::bulk,
+        claims::claim, jobs::heartbeat, jobs::complete, jobs::fail, jobs::release,
         jobs::dependents, queues::throughput, queues::list, queues::update, queues::pause, queues::resume, workers::list,
         schedules::put, schedules::list, schedules::get, schedules::delete, schedules::pause,
         schedules::resume, document,
@@ -41,14 +43,16 @@ use crate::store::{
         EnqueueRequest, BatchRequest, BatchResponse, BatchResult, ErrorResponse, ErrorDetail,
         WorkersResponse, WorkerInfo, LeaderInfo, QueuePatch, RateLimit, Schedule, ScheduleSpec,
         SchedulesResponse, Misfire, DependentsResponse, ThroughputResponse, ThroughputSample,
-        BulkRequest, BulkAction, BulkOutcome, BulkRefusal, FilterParams,
+        BulkRequest, BulkAction, BulkOutcome, BulkRefusal, FilterParams, ClaimRequest,
+        ClaimResponse, HeartbeatRequest, HeartbeatResponse, CompleteRequest, FailRequest,
+        LeaseRequest,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"),
         (name = "queues", description = "Queue statistics and settings (pause, limits)"),
         (name = "schedules", description = "Cron schedules: exactly one job per slot"),
-        (name = "workers", description = "Live worker processes and the elected maintainer"),
+        (name = "workers", description = "Live worker processes and the elected maintainer; the worker protocol (claim, heartbeat, complete, fail, release) for workers in any language"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

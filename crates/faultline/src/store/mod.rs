@@ -33,6 +33,7 @@ mod notifier;
 mod presence;
 mod read;
 mod reap;
+mod remote;
 mod retention;
 mod running;
 mod schedules;

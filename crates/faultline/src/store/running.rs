@@ -383,7 +383,7 @@ impl Store {
             .collect())
     }
 
-    async fn lease_lost(&self, lease: &Lease) -> Result<StoreError, StoreError> {
+    pub(super) async fn lease_lost(&self, lease: &Lease) -> Result<StoreError, StoreError> {
         let reasons = self.lost_reasons(&[lease]).await?;
         Ok(StoreError::LeaseLost {
             id: lease.job_id,

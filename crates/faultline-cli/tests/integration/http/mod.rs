@@ -6,3 +6,4 @@ mod bad_input;
 mod dashboard;
 mod live;
 mod transport;
+mod worker_protocol;

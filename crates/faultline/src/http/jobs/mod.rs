@@ -1,12 +1,15 @@
-//! `/v1/jobs`: enqueue (one or a batch), get, list, cancel, retry.
+//! `/v1/jobs`: enqueue (one or a batch), get, list, cancel, retry, bulk; a remote worker's
+//! reports (heartbeat, complete, fail, release).
 
 mod control;
 mod enqueue;
 mod read;
+mod reports;
 
 pub use control::*;
 pub use enqueue::*;
 pub use read::*;
+pub use reports::*;
 
 /// Header carrying the idempotency key (alternative to the body field).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

@@ -1,0 +1,261 @@
+//! A remote worker's reports on a job it claimed over HTTP (`POST /v1/claims`): heartbeat,
+//! complete, fail, release. Each carries the claim's `lease_token` and goes through the same
+//! fenced store transition as a Rust worker's report, so a token that no longer holds the job
+//! changes nothing and is answered 409 `lease_lost`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::http::claims::DEFAULT_LEASE_TTL_MS;
+use crate::http::error::{ApiError, ErrorResponse};
+use crate::http::extract::{JsonBody, PathJobId};
+use crate::http::AppState;
+use crate::job::{Job, JobId};
+use crate::lease::{Lease, LeaseLostReason};
+use crate::payload::Payload;
+use crate::StoreError;
+
+/// The longest `retry_after_ms`: a year.
+const MAX_RETRY_AFTER_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// A report that carries only the lease.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// The `lease_token` of the claim.
+    pub lease_token: i64,
+}
+
+/// A heartbeat.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// The `lease_token` of the claim.
+    pub lease_token: i64,
+    /// Extend the lease to this long from now, 1,000 to 3,600,000 ms (default 30,000): give
+    /// the claim's `lease_ttl_ms`.
+    #[serde(default)]
+    pub lease_ttl_ms: Option<u64>,
+}
+
+/// The lease after a heartbeat.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatResponse {
+    /// When the lease lapses unless extended again (database clock); for a cancelled job, now.
+    pub lease_expires_at: DateTime<Utc>,
+    /// The job was cancelled: stop working on it (its result would be refused).
+    pub cancel_requested: bool,
+}
+
+/// A success.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    /// The `lease_token` of the claim.
+    pub lease_token: i64,
+    /// The job's result, any JSON (kept as sent), bounded by `--max-result-bytes`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Payload>,
+}
+
+/// A failed attempt.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailRequest {
+    /// The `lease_token` of the claim.
+    pub lease_token: i64,
+    /// What went wrong (kept in the job's error history, cut to 4 KiB).
+    pub error: String,
+    /// Whether another attempt may succeed (default true): a retryable failure is queued
+    /// again while attempts remain; a permanent one fails the job at once.
+    #[serde(default)]
+    pub retryable: Option<bool>,
+    /// Run the retry after this long, 0 to a year in ms (default: the server's backoff).
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The lease `token` names on `id`, or why there is none.
+async fn lease(state: &AppState, id: JobId, token: i64) -> Result<Lease, ApiError> {
+    state.db("report", state.store.lease_of(id, token).await)
+}
+
+/// The job after a report.
+async fn job(state: &AppState, id: JobId) -> Result<Json<Job>, ApiError> {
+    state.db("get", state.store.get(id).await).map(Json)
+}
+
+/// Extend a claimed job's lease; says whether the job was cancelled.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/heartbeat", tag = "workers",
+    params(("id" = String, Path, description = "job id (UUID)")),
+    request_body(content = HeartbeatRequest, example = json!({"lease_token": 42, "lease_ttl_ms": 30000})),
+    responses(
+        (status = 200, body = HeartbeatResponse),
+        (status = 400, description = "malformed JSON or id", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "`lease_lost`: the token no longer holds the job", body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+        (status = 422, description = "a field out of bounds, named", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    JsonBody(request): JsonBody<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let ttl = request.lease_ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS);
+    if !(1_000..=3_600_000).contains(&ttl) {
+        return Err(ApiError::Invalid {
+            field: "lease_ttl_ms".into(),
+            message: format!("lease_ttl_ms must be 1000 to 3600000, got {ttl}"),
+        });
+    }
+    let ttl = Duration::from_millis(ttl);
+    let beat = async {
+        let lease = state.store.lease_of(id, request.lease_token).await?;
+        state.store.heartbeat(&lease, ttl).await
+    };
+    match beat.await {
+        Ok(lease_expires_at) => {
+            // Best effort: a worker listed a little less long is no reason to fail the beat.
+            let _ = state.store.touch_remote_worker(id, ttl).await;
+            Ok(Json(HeartbeatResponse {
+                lease_expires_at,
+                cancel_requested: false,
+            }))
+        }
+        // Cancelled under this very lease: the holder is told to stop, not that it lost.
+        Err(StoreError::LeaseLost {
+            reason: LeaseLostReason::Cancelled,
+            ..
+        }) => Ok(Json(HeartbeatResponse {
+            lease_expires_at: Utc::now(),
+            cancel_requested: true,
+        })),
+        Err(e) => state.db("heartbeat", Err(e)),
+    }
+}
+
+/// Mark a claimed job succeeded, with its result.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/complete", tag = "workers",
+    params(("id" = String, Path, description = "job id (UUID)")),
+    request_body(content = CompleteRequest, example = json!({"lease_token": 42, "result": {"sent": true}})),
+    responses(
+        (status = 200, description = "the job, succeeded", body = Job),
+        (status = 400, description = "malformed JSON or id", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "`lease_lost`: the token no longer holds the job; nothing recorded", body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+        (status = 422, description = "the result is over the limit", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn complete(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    JsonBody(request): JsonBody<CompleteRequest>,
+) -> Result<Json<Job>, ApiError> {
+    let lease = lease(&state, id, request.lease_token).await?;
+    let done = match request.result {
+        Some(result) => state.store.complete_with_result(&lease, result).await,
+        None => state.store.complete(&lease).await,
+    };
+    state.db("complete", done)?;
+    job(&state, id).await
+}
+
+/// Record a failed attempt of a claimed job: queued again (after `retry_after_ms` or the
+/// backoff) while attempts remain and the failure is retryable, else failed for good.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/fail", tag = "workers",
+    params(("id" = String, Path, description = "job id (UUID)")),
+    request_body(content = FailRequest, example = json!({"lease_token": 42, "error": "SMTP 451: try later", "retryable": true, "retry_after_ms": 60000})),
+    responses(
+        (status = 200, description = "the job: queued for a retry, or failed", body = Job),
+        (status = 400, description = "malformed JSON or id", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "`lease_lost`: the token no longer holds the job; nothing recorded", body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+        (status = 422, description = "a field out of bounds, named", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn fail(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    JsonBody(request): JsonBody<FailRequest>,
+) -> Result<Json<Job>, ApiError> {
+    if request.error.trim().is_empty() {
+        return Err(ApiError::Invalid {
+            field: "error".into(),
+            message: "error must not be empty: say what went wrong".into(),
+        });
+    }
+    let delay = match request.retry_after_ms {
+        Some(ms) if ms > MAX_RETRY_AFTER_MS => {
+            return Err(ApiError::Invalid {
+                field: "retry_after_ms".into(),
+                message: format!("retry_after_ms must be 0 to {MAX_RETRY_AFTER_MS}, got {ms}"),
+            })
+        }
+        other => other.map(Duration::from_millis),
+    };
+    let lease = lease(&state, id, request.lease_token).await?;
+    let retryable = request.retryable.unwrap_or(true);
+    let outcome = state
+        .store
+        .fail_attempt_after(&lease, &request.error, retryable, delay)
+        .await;
+    state.db("fail", outcome).map(|o| Json(o.job().clone()))
+}
+
+/// Hand a claimed job back unfinished (a worker shutting down): queued at once, the attempt
+/// not spent.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/release", tag = "workers",
+    params(("id" = String, Path, description = "job id (UUID)")),
+    request_body(content = LeaseRequest, example = json!({"lease_token": 42})),
+    responses(
+        (status = 200, description = "the job, queued", body = Job),
+        (status = 400, description = "malformed JSON or id", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "`lease_lost`: the token no longer holds the job", body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+        (status = 422, description = "a field out of bounds, named", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn release(
+    State(state): State<AppState>,
+    PathJobId(id): PathJobId,
+    JsonBody(request): JsonBody<LeaseRequest>,
+) -> Result<Json<Job>, ApiError> {
+    let lease = lease(&state, id, request.lease_token).await?;
+    state.db("release", state.store.release(&lease).await)?;
+    job(&state, id).await
+}
