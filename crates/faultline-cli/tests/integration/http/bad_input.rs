@@ -835,6 +835,147 @@ fn http_cases() -> Vec<Case> {
             )),
         ));
     }
+    // POST /v1/claims: every field.
+    let long_label = format!("\"{}\"", "w".repeat(LONG));
+    let many_queues = format!(
+        "[{}]",
+        (0..101)
+            .map(|i| format!("\"q{i}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for worker in [
+        r#""""#,
+        r#""   ""#,
+        r#""nul\u0000""#,
+        r#""new\nline""#,
+        "12",
+        "null",
+        long_label.as_str(),
+    ] {
+        cases.push(post(
+            "/v1/claims",
+            format!(r#"{{"worker_id": {worker}, "queues": ["q"]}}"#),
+            Field("worker_id"),
+        ));
+    }
+    cases.push(post(
+        "/v1/claims",
+        r#"{"queues": ["q"]}"#,
+        Field("worker_id"),
+    ));
+    for (queues, field) in [
+        ("[]", "queues"),
+        ("null", "queues"),
+        (r#""q""#, "queues"),
+        ("[1]", "queues[0]"),
+        (r#"[""]"#, "queues[0]"),
+        (r#"["ok", "a b"]"#, "queues[1]"),
+        (r#"["nul\u0000"]"#, "queues[0]"),
+        (many_queues.as_str(), "queues"),
+    ] {
+        cases.push(post(
+            "/v1/claims",
+            format!(r#"{{"worker_id": "w", "queues": {queues}}}"#),
+            Field(field),
+        ));
+    }
+    cases.push(post("/v1/claims", r#"{"worker_id": "w"}"#, Field("queues")));
+    for (field, values) in [
+        (
+            "max",
+            &["0", "1001", "-1", "1.5", "\"5\"", "99999999999"][..],
+        ),
+        ("wait_ms", &["60001", "-1", "1e20", "\"1s\""][..]),
+        (
+            "lease_ttl_ms",
+            &["0", "999", "3600001", "-5", "\"30s\""][..],
+        ),
+    ] {
+        for value in values {
+            cases.push(post(
+                "/v1/claims",
+                format!(r#"{{"worker_id": "w", "queues": ["q"], "{field}": {value}}}"#),
+                Field(field),
+            ));
+        }
+    }
+    cases.push(post(
+        "/v1/claims",
+        r#"{"worker_id": "w", "queues": ["q"], "extra": 1}"#,
+        Field("extra"),
+    ));
+    // A remote worker's reports: the token, each route's fields, an unknown job.
+    let job = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+    for route in ["heartbeat", "complete", "fail", "release"] {
+        let uri = format!("/v1/jobs/{job}/{route}");
+        let error = if route == "fail" {
+            r#", "error": "x""#
+        } else {
+            ""
+        };
+        for token in ["", r#""1""#, "1.5", "null", "99999999999999999999"] {
+            let body = if token.is_empty() {
+                format!("{{{}}}", error.trim_start_matches(", "))
+            } else {
+                format!(r#"{{"lease_token": {token}{error}}}"#)
+            };
+            cases.push(post(&uri, body, Field("lease_token")));
+        }
+        cases.push(post(
+            &uri,
+            format!(r#"{{"lease_token": 1{error}, "extra": 1}}"#),
+            Field("extra"),
+        ));
+        cases.push(post(
+            &uri,
+            format!(r#"{{"lease_token": 1{error}}}"#),
+            Status(404),
+        ));
+        cases.push(post(
+            &format!("/v1/jobs/not-a-uuid/{route}"),
+            format!(r#"{{"lease_token": 1{error}}}"#),
+            Status(400),
+        ));
+    }
+    let fail = format!("/v1/jobs/{job}/fail");
+    for (body, field) in [
+        (r#"{"lease_token": 1}"#, "error"),
+        (r#"{"lease_token": 1, "error": ""}"#, "error"),
+        (r#"{"lease_token": 1, "error": "   "}"#, "error"),
+        (r#"{"lease_token": 1, "error": 12}"#, "error"),
+        (
+            r#"{"lease_token": 1, "error": "x", "retryable": "yes"}"#,
+            "retryable",
+        ),
+        (
+            r#"{"lease_token": 1, "error": "x", "retry_after_ms": -1}"#,
+            "retry_after_ms",
+        ),
+        (
+            r#"{"lease_token": 1, "error": "x", "retry_after_ms": 1e30}"#,
+            "retry_after_ms",
+        ),
+        (
+            r#"{"lease_token": 1, "error": "x", "retry_after_ms": 31536000001}"#,
+            "retry_after_ms",
+        ),
+    ] {
+        cases.push(post(&fail, body, Field(field)));
+    }
+    let heartbeat = format!("/v1/jobs/{job}/heartbeat");
+    for ttl in ["0", "999", "3600001", "-1", "\"30s\""] {
+        cases.push(post(
+            &heartbeat,
+            format!(r#"{{"lease_token": 1, "lease_ttl_ms": {ttl}}}"#),
+            Field("lease_ttl_ms"),
+        ));
+    }
+    cases.push(post(
+        &format!("/v1/jobs/{job}/complete"),
+        r#"{"lease_token": 1, "result": "\ud800"}"#,
+        Status(400),
+    ));
     // CSRF (docs/http-api.md): a cross-site form post, and any change from another origin.
     for uri in [
         "/v1/queues/q3/pause",
@@ -844,6 +985,9 @@ fn http_cases() -> Vec<Case> {
         "/v1/schedules/s/pause",
         "/v1/schedules/s/resume",
         "/v1/jobs",
+        "/v1/jobs/bulk",
+        "/v1/claims",
+        "/v1/jobs/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/complete",
     ] {
         for content_type in [
             None,
@@ -950,6 +1094,11 @@ async fn every_bad_request_answers_4xx_json_naming_the_problem_and_writes_nothin
         .await
         .unwrap();
     assert_eq!(schedules, 0, "a refused request wrote a schedule");
+    let workers: i64 = sqlx::query_scalar("select count(*) from faultline.workers")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, 0, "a refused claim listed a worker");
 
     // The same router still takes a good request.
     let (status, _, _) = crate::harness::http::call(
