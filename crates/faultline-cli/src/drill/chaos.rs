@@ -164,12 +164,50 @@ async fn stop_and_settle(
         acked.len()
     ));
     let settled = settle(env, report, &acked).await?;
+    if !settled {
+        diagnose_unsettled(env, report).await;
+    }
     let settle_time = started.elapsed().saturating_sub(duration);
     report.event(format!(
         "settled {} after the faults stopped",
         seconds(settle_time)
     ));
     Ok((settled, settle_time))
+}
+
+/// What holds the jobs that never finished, for the report: per queue and priority, how many
+/// are queued, how many of those are eligible, below their lane's newest mark, locked by some
+/// session, or out of attempts; and how many wait on dependencies.
+async fn diagnose_unsettled(env: &Env, report: &mut Report) {
+    let rows: Result<Vec<(String, i16, i64, i64, i64, i64, i64, i64)>, _> = sqlx::query_as(
+        "select j.queue, j.priority, count(*),
+                count(*) filter (where j.next_run_at <= now()),
+                count(*) filter (where coalesce(j.eligible_at, j.next_run_at) < m.low),
+                count(*) filter (where l.queue is null),
+                count(*) filter (where j.attempts >= j.max_attempts),
+                (select count(*) from faultline.jobs w where w.state = 'waiting')
+         from faultline.jobs j
+         left join faultline.lanes l using (queue, priority)
+         left join lateral (
+             select k.low from faultline.lane_marks k
+             where k.queue = j.queue and k.priority = j.priority
+             order by k.id desc limit 1
+         ) m on true
+         where j.state = 'queued'
+         group by j.queue, j.priority",
+    )
+    .fetch_all(&env.pool)
+    .await;
+    match rows {
+        Ok(rows) => {
+            for (queue, priority, queued, due, below, unknown, spent, waiting) in rows {
+                report.event(format!(
+                    "unsettled: queue {queue} priority {priority}: {queued} queued, {due} due,                      {below} below the lane's mark, {unknown} in no known lane, {spent} out                      of attempts; {waiting} waiting in all"
+                ));
+            }
+        }
+        Err(e) => report.event(format!("unsettled: could not read why: {e}")),
+    }
 }
 
 /// The seed as a figure, and how to replay the run when a check failed.

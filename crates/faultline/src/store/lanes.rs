@@ -165,6 +165,39 @@ impl Store {
         Ok(appended.rows_affected())
     }
 
+    /// The backstop under the marks: append, for every lane whose newest mark has passed a
+    /// queued job, a mark at that job, so that the claims find it again. Returns how many
+    /// lanes it repaired — 0 unless something broke the marks' argument (the server's clock
+    /// stepped back during a pass, say, by more than the second the marks keep behind it). It
+    /// reads the entries below each mark, dead ones included, so it runs now and then, not per
+    /// claim. A lower mark is always safe: a mark is only a lower bound.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub async fn repair_marks(&self) -> Result<u64, StoreError> {
+        let repaired = sqlx::query(
+            "insert into faultline.lane_marks (queue, priority, low)
+             select l.queue, l.priority, s.e
+             from faultline.lanes l
+             join lateral (
+                 select k.low from faultline.lane_marks k
+                 where k.queue = l.queue and k.priority = l.priority
+                 order by k.id desc limit 1
+             ) m on true
+             join lateral (
+                 select coalesce(j.eligible_at, j.next_run_at) as e
+                 from faultline.jobs j
+                 where j.state = 'queued' and j.queue = l.queue and j.priority = l.priority
+                   and coalesce(j.eligible_at, j.next_run_at) < m.low
+                 order by coalesce(j.eligible_at, j.next_run_at)
+                 limit 1
+             ) s on true",
+        )
+        .execute_on(self)
+        .await?;
+        Ok(repaired.rows_affected())
+    }
+
     /// What in the server's settings works against the queue, one sentence each (empty when
     /// nothing does): autovacuum switched off, for the server or for the live table, leaves
     /// every dead row version of every finished job in the live table for good — claims stay

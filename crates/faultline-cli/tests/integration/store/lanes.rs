@@ -364,3 +364,51 @@ async fn sessions_that_only_hold_the_horizon_do_not_hold_the_marks_back() {
     reader.rollback().await.unwrap();
     idle.rollback().await.unwrap();
 }
+
+/// The backstop: a mark that passed a queued job (what a marker pass straddling a backward
+/// step of the server's clock would append) hides it from every claim until `repair_marks`
+/// sets the lane back to it; a lane whose marks are sound is left alone.
+#[tokio::test]
+async fn a_mark_that_passed_a_queued_job_is_set_back_by_the_repair() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    churn(&store, "strand", 3).await;
+    churn(&store, "sound", 3).await;
+    store.mark_lanes().await.unwrap();
+    assert_eq!(
+        store.repair_marks().await.unwrap(),
+        0,
+        "sound marks are left alone"
+    );
+
+    let stranded = store
+        .enqueue(NewJob::new("k", json!({})).with_queue("strand"))
+        .await
+        .unwrap()
+        .into_job()
+        .id;
+    sqlx::query(
+        "insert into faultline.lane_marks (queue, priority, low)
+         values ('strand', 0, clock_timestamp() + interval '1 hour')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        claim(&store, "strand").await.is_empty(),
+        "the mark hides the job"
+    );
+    store.mark_lanes().await.unwrap();
+    assert!(
+        claim(&store, "strand").await.is_empty(),
+        "and the marker does not see it"
+    );
+
+    assert_eq!(store.repair_marks().await.unwrap(), 1);
+    let claimed = claim(&store, "strand").await;
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        [stranded]
+    );
+    assert_eq!(store.repair_marks().await.unwrap(), 0);
+}
