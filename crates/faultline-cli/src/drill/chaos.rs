@@ -175,11 +175,15 @@ async fn stop_and_settle(
     Ok((settled, settle_time))
 }
 
+/// One lane's unsettled jobs: queue, priority, queued, due, below the mark, in no known lane,
+/// out of attempts, waiting (all lanes).
+type UnsettledLane = (String, i16, i64, i64, i64, i64, i64, i64);
+
 /// What holds the jobs that never finished, for the report: per queue and priority, how many
 /// are queued, how many of those are eligible, below their lane's newest mark, locked by some
 /// session, or out of attempts; and how many wait on dependencies.
 async fn diagnose_unsettled(env: &Env, report: &mut Report) {
-    let rows: Result<Vec<(String, i16, i64, i64, i64, i64, i64, i64)>, _> = sqlx::query_as(
+    let rows: Result<Vec<UnsettledLane>, _> = sqlx::query_as(
         "select j.queue, j.priority, count(*),
                 count(*) filter (where j.next_run_at <= now()),
                 count(*) filter (where coalesce(j.eligible_at, j.next_run_at) < m.low),
