@@ -9,12 +9,18 @@ up:
 	./scripts/ensure-postgres
 	$(CARGO) run --release -p faultline-queue-cli -- up
 
-## Run every test against a real Postgres (a private cluster unless DATABASE_URL is set).
+## Run every test against a real Postgres (a private cluster unless DATABASE_URL is set): the
+## Rust workspace, then the Python and TypeScript clients against the binary it built (each
+## installs its tools from its lock file), then their generated types against /openapi.json.
 test:
 	./scripts/ensure-postgres
 	./scripts/ensure-pgbouncer
 	./scripts/ensure-chromium
 	$(CARGO) test --workspace --locked
+	$(CARGO) build --locked -p faultline-queue-cli
+	./clients/python/run-tests -q
+	./clients/typescript/run-tests
+	./scripts/check-client-types
 
 ## Refresh the README's dashboard screenshots (docs/ui/*.png) from the browser test.
 screenshots:

@@ -250,7 +250,7 @@ pub struct Job {
     /// Which handler runs it.
     pub kind: String,
     /// The handler's input.
-    #[cfg_attr(feature = "http", schema(value_type = Object))]
+    #[cfg_attr(feature = "http", schema(value_type = serde_json::Value))]
     #[serde(default)]
     pub payload: Payload,
     /// Where it is in its life.
@@ -293,7 +293,7 @@ pub struct Job {
     /// What the handler returned on success (docs/library.md), exactly as it was sent; `None` before
     /// success, or when the handler returned nothing.
     #[serde(default)]
-    #[cfg_attr(feature = "http", schema(value_type = Option<Object>))]
+    #[cfg_attr(feature = "http", schema(value_type = Option<serde_json::Value>))]
     pub result: Option<Payload>,
     /// The jobs this one waits for (docs/library.md): it runs once every one has succeeded.
     #[serde(default)]

@@ -74,7 +74,7 @@ pub struct ScheduleSpec {
     pub kind: String,
     /// The job's payload (kept exactly as sent; `{}` when omitted).
     #[serde(default = "empty_object")]
-    #[cfg_attr(feature = "http", schema(value_type = Object))]
+    #[cfg_attr(feature = "http", schema(value_type = serde_json::Value))]
     pub payload: Payload,
     /// The job's queue (default `default`).
     #[serde(default)]
@@ -182,7 +182,7 @@ pub struct Schedule {
     /// The job's kind.
     pub kind: String,
     /// The job's payload.
-    #[cfg_attr(feature = "http", schema(value_type = Object))]
+    #[cfg_attr(feature = "http", schema(value_type = serde_json::Value))]
     pub payload: Payload,
     /// The job's queue.
     pub queue: String,

@@ -122,7 +122,7 @@ fn checked(request: &ClaimRequest) -> Result<Claim, ApiError> {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/claims", tag = "workers",
+    post, path = "/v1/claims", operation_id = "claim_jobs", tag = "workers",
     request_body(content = ClaimRequest, example = json!({"worker_id": "py-worker-1", "queues": ["mail"], "max": 10, "wait_ms": 5000, "lease_ttl_ms": 30000})),
     responses(
         (status = 200, description = "the jobs claimed (possibly none)", body = ClaimResponse),

@@ -8,7 +8,8 @@ use utoipa::{Modify, OpenApi};
 use super::claims::{ClaimRequest, ClaimResponse};
 use super::error::{ErrorDetail, ErrorResponse};
 use super::jobs::{
-    BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteRequest, DependentsResponse,
+    BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteRequest, DependencyRef,
+    DependentsResponse,
     EnqueueRequest, FailRequest, FilterParams, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
 };
 use super::queues::{QueuePatch, QueuesResponse, ThroughputResponse};
@@ -45,7 +46,7 @@ use crate::store::{
         SchedulesResponse, Misfire, DependentsResponse, ThroughputResponse, ThroughputSample,
         BulkRequest, BulkAction, BulkOutcome, BulkRefusal, FilterParams, ClaimRequest,
         ClaimResponse, HeartbeatRequest, HeartbeatResponse, CompleteRequest, FailRequest,
-        LeaseRequest,
+        LeaseRequest, DependencyRef,
     )),
     modifiers(&BearerAuth),
     tags(

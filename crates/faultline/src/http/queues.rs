@@ -25,7 +25,7 @@ pub struct QueuesResponse {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    get, path = "/v1/queues", tag = "queues",
+    get, path = "/v1/queues", operation_id = "list_queues", tag = "queues",
     responses((status = 200, body = QueuesResponse), (status = 503, body = ErrorResponse)),
     security((), ("bearer" = []))
 )]
@@ -57,7 +57,7 @@ pub struct ThroughputResponse {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    get, path = "/v1/throughput", tag = "queues",
+    get, path = "/v1/throughput", operation_id = "get_throughput", tag = "queues",
     params(ThroughputParams),
     responses(
         (status = 200, body = ThroughputResponse),
@@ -128,7 +128,7 @@ where
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    patch, path = "/v1/queues/{name}", tag = "queues",
+    patch, path = "/v1/queues/{name}", operation_id = "update_queue", tag = "queues",
     params(("name" = String, Path, description = "queue name")),
     request_body = QueuePatch,
     responses(
@@ -159,7 +159,7 @@ pub async fn update(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/queues/{name}/pause", tag = "queues",
+    post, path = "/v1/queues/{name}/pause", operation_id = "pause_queue", tag = "queues",
     params(("name" = String, Path, description = "queue name")),
     responses((status = 200, body = QueueStats), (status = 422, body = ErrorResponse),
               (status = 503, body = ErrorResponse)),
@@ -178,7 +178,7 @@ pub async fn pause(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/queues/{name}/resume", tag = "queues",
+    post, path = "/v1/queues/{name}/resume", operation_id = "resume_queue", tag = "queues",
     params(("name" = String, Path, description = "queue name")),
     responses((status = 200, body = QueueStats), (status = 422, body = ErrorResponse),
               (status = 503, body = ErrorResponse)),

@@ -24,7 +24,7 @@ pub struct SchedulesResponse {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    put, path = "/v1/schedules/{name}", tag = "schedules",
+    put, path = "/v1/schedules/{name}", operation_id = "put_schedule", tag = "schedules",
     params(("name" = String, Path, description = "schedule name (1–200 bytes)")),
     request_body = ScheduleSpec,
     responses(
@@ -54,7 +54,7 @@ pub async fn put(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    get, path = "/v1/schedules", tag = "schedules",
+    get, path = "/v1/schedules", operation_id = "list_schedules", tag = "schedules",
     responses((status = 200, body = SchedulesResponse), (status = 503, body = ErrorResponse)),
     security((), ("bearer" = []))
 )]
@@ -68,7 +68,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SchedulesRespons
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    get, path = "/v1/schedules/{name}", tag = "schedules",
+    get, path = "/v1/schedules/{name}", operation_id = "get_schedule", tag = "schedules",
     params(("name" = String, Path, description = "schedule name")),
     responses((status = 200, body = Schedule), (status = 404, body = ErrorResponse),
               (status = 503, body = ErrorResponse)),
@@ -88,7 +88,7 @@ pub async fn get(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    delete, path = "/v1/schedules/{name}", tag = "schedules",
+    delete, path = "/v1/schedules/{name}", operation_id = "delete_schedule", tag = "schedules",
     params(("name" = String, Path, description = "schedule name")),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorResponse),
               (status = 503, body = ErrorResponse)),
@@ -108,7 +108,7 @@ pub async fn delete(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/schedules/{name}/pause", tag = "schedules",
+    post, path = "/v1/schedules/{name}/pause", operation_id = "pause_schedule", tag = "schedules",
     params(("name" = String, Path, description = "schedule name")),
     responses((status = 200, body = Schedule), (status = 404, body = ErrorResponse),
               (status = 503, body = ErrorResponse)),
@@ -127,7 +127,7 @@ pub async fn pause(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/schedules/{name}/resume", tag = "schedules",
+    post, path = "/v1/schedules/{name}/resume", operation_id = "resume_schedule", tag = "schedules",
     params(("name" = String, Path, description = "schedule name")),
     responses((status = 200, body = Schedule), (status = 404, body = ErrorResponse),
               (status = 503, body = ErrorResponse)),

@@ -26,7 +26,7 @@ pub struct WorkersResponse {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    get, path = "/v1/workers", tag = "workers",
+    get, path = "/v1/workers", operation_id = "list_workers", tag = "workers",
     responses((status = 200, body = WorkersResponse), (status = 503, body = ErrorResponse)),
     security((), ("bearer" = []))
 )]

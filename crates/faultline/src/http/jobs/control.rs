@@ -19,7 +19,7 @@ use crate::store::{BulkAction, BulkOutcome};
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    post, path = "/v1/jobs/{id}/cancel", operation_id = "cancel_job", tag = "jobs",
     params(("id" = String, Path, description = "job id (UUID)")),
     responses(
         (status = 200, body = Job),
@@ -41,7 +41,7 @@ pub async fn cancel(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    post, path = "/v1/jobs/{id}/retry", operation_id = "retry_job", tag = "jobs",
     params(("id" = String, Path, description = "job id (UUID)")),
     responses(
         (status = 200, body = Job),
@@ -80,7 +80,7 @@ pub struct BulkRequest {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs/bulk", tag = "jobs",
+    post, path = "/v1/jobs/bulk", operation_id = "bulk_jobs", tag = "jobs",
     request_body(content = BulkRequest, example = json!({"action": "retry", "filter": {"state": "failed", "kind": "email.send"}, "dry_run": true})),
     responses(
         (status = 200, body = BulkOutcome),

@@ -26,7 +26,7 @@ pub struct EnqueueRequest {
     /// The handler's input (any JSON, kept exactly as sent; `{}` when omitted, `null` when
     /// `null`; at most 1 MiB by default).
     #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub payload: Payload,
     /// Queue (default `default`).
     #[serde(default)]
@@ -54,7 +54,7 @@ pub struct EnqueueRequest {
     /// earlier job of the batch. The job waits (`waiting`) until every one has succeeded and is
     /// cancelled as soon as one fails or is cancelled.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<DependencyRef>, max_items = 100)]
     pub depends_on: Vec<crate::job::Dependency>,
     /// Uniqueness key (1–255 bytes): at most one job per key in `unique_scope`; a duplicate
     /// returns the existing job (200, header `Unique-Duplicate: true`). Without it, a
@@ -68,6 +68,18 @@ pub struct EnqueueRequest {
     /// The period of a `period` scope, 1 ms to 366 days.
     #[serde(default)]
     pub unique_period_ms: Option<i64>,
+}
+
+/// A dependency as the enqueue body names it (the schema's view of
+/// [`crate::job::Dependency`]).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum DependencyRef {
+    /// A job's id.
+    Id(crate::job::JobId),
+    /// In a batch: the index of an earlier job of the batch (0 to 999).
+    Index(u32),
 }
 
 /// The scopes of uniqueness, as named in the enqueue body.
@@ -199,7 +211,7 @@ impl EnqueueRequest {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs", tag = "jobs",
+    post, path = "/v1/jobs", operation_id = "enqueue_job", tag = "jobs",
     request_body = EnqueueRequest,
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "idempotency key"),
@@ -354,7 +366,7 @@ pub struct BatchResponse {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs/batch", tag = "jobs",
+    post, path = "/v1/jobs/batch", operation_id = "enqueue_batch", tag = "jobs",
     request_body = BatchRequest,
     responses(
         (status = 200, description = "per-job results (created / replayed / duplicate / conflict)", body = BatchResponse),

@@ -20,7 +20,7 @@ use crate::payload::Payload;
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    get, path = "/v1/jobs/{id}", tag = "jobs",
+    get, path = "/v1/jobs/{id}", operation_id = "get_job", tag = "jobs",
     params(("id" = String, Path, description = "job id (UUID)")),
     responses(
         (status = 200, body = Job),
@@ -48,7 +48,7 @@ pub struct DependentsResponse {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    get, path = "/v1/jobs/{id}/dependents", tag = "jobs",
+    get, path = "/v1/jobs/{id}/dependents", operation_id = "list_dependents", tag = "jobs",
     params(("id" = String, Path, description = "job id (UUID)")),
     responses(
         (status = 200, body = DependentsResponse),
@@ -128,7 +128,7 @@ fn bulky_fields(fields: Option<&str>) -> Result<Vec<&'static str>, ApiError> {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    get, path = "/v1/jobs", tag = "jobs",
+    get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs",
     params(ListParams),
     responses(
         (status = 200, description = "a page of jobs; payload, result and errors only when asked for with `fields`", body = Page),

@@ -60,7 +60,7 @@ pub struct CompleteRequest {
     pub lease_token: i64,
     /// The job's result, any JSON (kept as sent), bounded by `--max-result-bytes`.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<Payload>,
 }
 
@@ -96,7 +96,7 @@ async fn job(state: &AppState, id: JobId) -> Result<Json<Job>, ApiError> {
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/heartbeat", tag = "workers",
+    post, path = "/v1/jobs/{id}/heartbeat", operation_id = "heartbeat_job", tag = "workers",
     params(("id" = String, Path, description = "job id (UUID)")),
     request_body(content = HeartbeatRequest, example = json!({"lease_token": 42, "lease_ttl_ms": 30000})),
     responses(
@@ -153,7 +153,7 @@ pub async fn heartbeat(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/complete", tag = "workers",
+    post, path = "/v1/jobs/{id}/complete", operation_id = "complete_job", tag = "workers",
     params(("id" = String, Path, description = "job id (UUID)")),
     request_body(content = CompleteRequest, example = json!({"lease_token": 42, "result": {"sent": true}})),
     responses(
@@ -187,7 +187,7 @@ pub async fn complete(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/fail", tag = "workers",
+    post, path = "/v1/jobs/{id}/fail", operation_id = "fail_job", tag = "workers",
     params(("id" = String, Path, description = "job id (UUID)")),
     request_body(content = FailRequest, example = json!({"lease_token": 42, "error": "SMTP 451: try later", "retryable": true, "retry_after_ms": 60000})),
     responses(
@@ -236,7 +236,7 @@ pub async fn fail(
 /// # Errors
 /// An [`ApiError`], answered with its status and JSON body.
 #[utoipa::path(
-    post, path = "/v1/jobs/{id}/release", tag = "workers",
+    post, path = "/v1/jobs/{id}/release", operation_id = "release_job", tag = "workers",
     params(("id" = String, Path, description = "job id (UUID)")),
     request_body(content = LeaseRequest, example = json!({"lease_token": 42})),
     responses(

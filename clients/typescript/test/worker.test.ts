@@ -1,0 +1,439 @@
+// The worker half, against a real server speaking the HTTP worker protocol (SPEC §15).
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { after, afterEach, before, beforeEach, describe, test } from "node:test";
+
+import {
+  JobStoppedError,
+  LeaseLostError,
+  NotFoundError,
+  PermanentError,
+  RetryableError,
+  Worker,
+  type Job,
+  type JobContext,
+  type Logger,
+  type StopReason,
+  type WorkerOptions,
+} from "../src/index.js";
+import { startServer, uniqueQueue, waitFor, type TestServer } from "./server.js";
+
+let server: TestServer;
+const running: Array<{ worker: Worker; done: Promise<void> }> = [];
+let protocolMissing: string | undefined;
+
+before(async () => {
+  server = await startServer();
+  // Fail each test at once, with a clear message, when the server does not speak the protocol.
+  try {
+    await server.client.claim({ worker_id: "ts-probe", queues: [uniqueQueue("probe")], max: 1, wait_ms: 0 });
+  } catch (error) {
+    if (error instanceof NotFoundError) {
+      protocolMissing = `this server has no POST /v1/claims (SPEC §15 worker protocol): ${error.message}`;
+    }
+  }
+});
+
+beforeEach(() => {
+  if (protocolMissing) throw new Error(protocolMissing);
+});
+
+afterEach(async () => {
+  // A test that failed midway must not leave a worker claiming.
+  await Promise.all(running.splice(0).map(({ worker, done }) => worker.stop({ graceMs: 0 }).then(() => done)));
+});
+
+after(async () => {
+  await server?.stop();
+});
+
+interface Logged {
+  level: string;
+  message: string;
+}
+
+function collectingLogger(into: Logged[]): Logger {
+  const add = (level: string) => (message: string) => void into.push({ level, message });
+  return { debug: add("debug"), info: add("info"), warn: add("warn"), error: add("error") };
+}
+
+function startWorker(options: Partial<WorkerOptions> & { queues: string[] }, logs: Logged[] = []): Worker {
+  const worker = new Worker({
+    client: server.client,
+    pollWaitMs: 1_000,
+    logger: collectingLogger(logs),
+    ...options,
+  });
+  return worker;
+}
+
+function run(worker: Worker): Promise<void> {
+  const done = worker.run();
+  running.push({ worker, done });
+  return done;
+}
+
+async function settled(id: string, timeoutMs = 10_000): Promise<Job> {
+  return waitFor(
+    `job ${id} to finish`,
+    async () => {
+      const job = await server.client.getJob(id);
+      return ["succeeded", "failed", "cancelled"].includes(job.state) ? job : undefined;
+    },
+    timeoutMs,
+  );
+}
+
+function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+function untilAborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
+}
+
+describe("worker", () => {
+  test("a handler's return value completes the job with that result", async () => {
+    const queue = uniqueQueue();
+    const worker = startWorker({ queues: [queue], concurrency: 2 });
+    const seen: JobContext[] = [];
+    worker.handle<{ email: string }>("welcome.send", async (job, ctx) => {
+      seen.push(ctx);
+      return { sent_to: job.payload.email, attempt: ctx.attempt };
+    });
+    worker.handle("nothing", async () => undefined);
+    run(worker);
+    const a = await server.client.enqueue("welcome.send", { user_id: 7, email: "a@b.c" }, { queue });
+    const b = await server.client.enqueue("nothing", {}, { queue });
+    const jobA = await settled(a.job.id);
+    assert.equal(jobA.state, "succeeded");
+    assert.deepEqual(jobA.result, { sent_to: "a@b.c", attempt: 1 });
+    assert.equal(jobA.attempts, 1);
+    const jobB = await settled(b.job.id);
+    assert.equal(jobB.state, "succeeded");
+    assert.equal(jobB.result ?? null, null);
+    assert.equal(seen[0]?.jobId, a.job.id);
+    assert.equal(typeof seen[0]?.leaseToken, "number");
+    assert.equal(seen[0]?.workerId, worker.workerId);
+    assert.equal(seen[0]?.signal.aborted, false);
+  });
+
+  test("RetryableError(afterMs) re-queues with next_run_at at least afterMs later, then succeeds", async () => {
+    const queue = uniqueQueue();
+    const worker = startWorker({ queues: [queue] });
+    const startedAt: number[] = [];
+    worker.handle("flaky", async (_job, ctx) => {
+      startedAt.push(Date.now());
+      if (ctx.attempt === 1) throw new RetryableError("try again later", { afterMs: 1_500 });
+      return "ok";
+    });
+    run(worker);
+    const { job } = await server.client.enqueue("flaky", {}, { queue, maxAttempts: 3 });
+    const retrying = await waitFor("the retry to be scheduled", async () => {
+      const j = await server.client.getJob(job.id);
+      return j.state === "queued" && j.attempts === 1 ? j : undefined;
+    });
+    assert.equal(retrying.last_error, "try again later");
+    const failedAt = new Date(retrying.errors?.at(-1)?.at ?? retrying.updated_at).getTime();
+    assert.ok(
+      new Date(retrying.next_run_at).getTime() >= failedAt + 1_500 - 5,
+      `next_run_at ${retrying.next_run_at} is not 1.5 s after the failure at ${retrying.errors?.at(-1)?.at}`,
+    );
+    const done = await settled(job.id);
+    assert.equal(done.state, "succeeded");
+    assert.equal(done.attempts, 2);
+    assert.ok(startedAt[1]! - startedAt[0]! >= 1_400, `second attempt ${startedAt[1]! - startedAt[0]!} ms after the first`);
+  });
+
+  test("PermanentError fails the job for good; other throws are retryable with their message; unknown kinds fail", async () => {
+    const queue = uniqueQueue();
+    const worker = startWorker({ queues: [queue], concurrency: 3 });
+    worker.handle("bad", async () => {
+      throw new PermanentError("no email address");
+    });
+    worker.handle("throws-string", () => {
+      throw "boom-string"; // eslint-disable-line no-throw-literal
+    });
+    let plainAttempts = 0;
+    worker.handle("throws-error", async () => {
+      plainAttempts += 1;
+      throw new Error("plain failure");
+    });
+    run(worker);
+    const bad = await server.client.enqueue("bad", {}, { queue, maxAttempts: 5 });
+    const str = await server.client.enqueue("throws-string", {}, { queue, maxAttempts: 1 });
+    const plain = await server.client.enqueue("throws-error", {}, { queue, maxAttempts: 2 });
+    const unknown = await server.client.enqueue("no-such-kind", {}, { queue, maxAttempts: 5 });
+
+    const badJob = await settled(bad.job.id);
+    assert.equal(badJob.state, "failed");
+    assert.equal(badJob.attempts, 1, "a permanent error spends no more attempts");
+    assert.equal(badJob.last_error, "no email address");
+
+    const strJob = await settled(str.job.id);
+    assert.equal(strJob.state, "failed");
+    assert.equal(strJob.last_error, "boom-string");
+
+    const unknownJob = await settled(unknown.job.id);
+    assert.equal(unknownJob.state, "failed");
+    assert.equal(unknownJob.attempts, 1);
+    assert.match(unknownJob.last_error ?? "", /no handler for kind "no-such-kind"/);
+
+    const plainJob = await settled(plain.job.id, 15_000);
+    assert.equal(plainJob.state, "failed");
+    assert.equal(plainJob.attempts, 2, "retried until its budget was spent");
+    assert.equal(plainAttempts, 2);
+    assert.equal(plainJob.last_error, "plain failure");
+  });
+
+  test("concurrency is honoured and reached", async () => {
+    const queue = uniqueQueue();
+    const worker = startWorker({ queues: [queue], concurrency: 3 });
+    let now = 0;
+    let most = 0;
+    worker.handle("slow", async () => {
+      now += 1;
+      most = Math.max(most, now);
+      await new Promise((r) => setTimeout(r, 300));
+      now -= 1;
+    });
+    const results = await server.client.enqueueBatch(Array.from({ length: 8 }, (_, i) => ({ kind: "slow", payload: { i }, queue })));
+    run(worker);
+    for (const r of results) {
+      assert.ok(r.status === "created");
+      assert.equal((await settled(r.job.id)).state, "succeeded");
+    }
+    assert.equal(most, 3);
+  });
+
+  test("cancelling a running job aborts its handler's signal with reason cancelled", async () => {
+    const queue = uniqueQueue();
+    const worker = startWorker({ queues: [queue], leaseTtlMs: 1_500 });
+    const started = deferred<JobContext>();
+    const stopped = deferred<{ reason: StopReason | undefined; signalReason: unknown }>();
+    worker.handle("long", async (_job, ctx) => {
+      started.resolve(ctx);
+      await untilAborted(ctx.signal);
+      stopped.resolve({ reason: ctx.stopReason, signalReason: ctx.signal.reason });
+      throw ctx.signal.reason;
+    });
+    run(worker);
+    const { job } = await server.client.enqueue("long", {}, { queue });
+    await started.promise;
+    await server.client.cancel(job.id);
+    const { reason, signalReason } = await stopped.promise;
+    assert.equal(reason, "cancelled");
+    assert.ok(signalReason instanceof JobStoppedError);
+    assert.equal(signalReason.reason, "cancelled");
+    const final = await server.client.getJob(job.id);
+    assert.equal(final.state, "cancelled");
+  });
+
+  test("a lease lost while the handler runs: signal aborted (lease_lost), stale report refused, the new holder's result stands", async () => {
+    const queue = uniqueQueue();
+    const logs: Logged[] = [];
+    let holdHeartbeats = true;
+    const worker = startWorker(
+      {
+        queues: [queue],
+        concurrency: 2,
+        leaseTtlMs: 1_000,
+        // Heartbeats of attempt 1 are held back until the job has been taken back, and self-fencing
+        // is off, so that the stale heartbeat reaches the server and is refused.
+        testHooks: { skipHeartbeat: (job) => job.attempts === 1 && holdHeartbeats, disableSelfFence: true },
+      },
+      logs,
+    );
+    const firstStopped = deferred<{ reason: StopReason | undefined; token: number }>();
+    worker.handle("guarded", async (_job, ctx) => {
+      if (ctx.attempt === 1) {
+        await untilAborted(ctx.signal);
+        firstStopped.resolve({ reason: ctx.stopReason, token: ctx.leaseToken });
+        return "stale result";
+      }
+      return "fresh result";
+    });
+    run(worker);
+    const { job } = await server.client.enqueue("guarded", {}, { queue, maxAttempts: 3 });
+    const first = await waitFor("attempt 1 to run", async () => {
+      const j = await server.client.getJob(job.id);
+      return j.state === "running" ? j : undefined;
+    });
+    // The lease expires; the reaper (or a claim) takes the job back and attempt 2 runs.
+    await waitFor(
+      "the job to be taken back",
+      async () => {
+        const j = await server.client.getJob(job.id);
+        return j.lease_token !== first.lease_token ? j : undefined;
+      },
+      15_000,
+    );
+    holdHeartbeats = false;
+    const { reason, token } = await firstStopped.promise;
+    assert.equal(reason, "lease_lost");
+    assert.equal(token, first.lease_token);
+    await assert.rejects(server.client.complete(job.id, first.lease_token!, "late"), LeaseLostError);
+    const final = await settled(job.id);
+    assert.equal(final.state, "succeeded");
+    assert.equal(final.result, "fresh result");
+    assert.equal(final.attempts, 2);
+    assert.ok(logs.some((l) => /lease lost/.test(l.message)), JSON.stringify(logs));
+  });
+
+  test("self-fencing: heartbeats that do not get through stop the handler before the lease expires, and the job is handed back", async () => {
+    const queue = uniqueQueue();
+    let firstToken: number | undefined;
+    const worker = startWorker({
+      queues: [queue],
+      leaseTtlMs: 1_000,
+      // Every heartbeat of the first claim is lost on the way.
+      testHooks: { skipHeartbeat: (job) => (firstToken ??= job.lease_token ?? undefined) === job.lease_token },
+    });
+    const firstStopped = deferred<{ reason: StopReason | undefined; afterMs: number; token: number }>();
+    worker.handle("fenced", async (_job, ctx) => {
+      const t0 = Date.now();
+      if (ctx.leaseToken === firstToken || firstToken === undefined) {
+        await untilAborted(ctx.signal);
+        firstStopped.resolve({ reason: ctx.stopReason, afterMs: Date.now() - t0, token: ctx.leaseToken });
+        throw ctx.signal.reason;
+      }
+      return "fresh";
+    });
+    run(worker);
+    const { job } = await server.client.enqueue("fenced", {}, { queue, maxAttempts: 3 });
+    const { reason, afterMs, token } = await firstStopped.promise;
+    assert.equal(reason, "lease_lost");
+    assert.ok(afterMs < 1_000, `stopped ${afterMs} ms after the start, the lease is 1,000 ms`);
+    const final = await settled(job.id, 15_000);
+    assert.equal(final.state, "succeeded");
+    assert.equal(final.result, "fresh");
+    assert.notEqual(final.lease_token, token);
+    await assert.rejects(server.client.complete(job.id, token, "late"), LeaseLostError);
+  });
+
+  test("a job's timeout_ms aborts the handler (reason timeout) and fails the attempt", async () => {
+    const queue = uniqueQueue();
+    const worker = startWorker({ queues: [queue] });
+    const reasons: Array<StopReason | undefined> = [];
+    worker.handle("hangs", async (_job, ctx) => {
+      await untilAborted(ctx.signal);
+      reasons.push(ctx.stopReason);
+      throw ctx.signal.reason;
+    });
+    run(worker);
+    const { job } = await server.client.enqueue("hangs", {}, { queue, maxAttempts: 1, timeoutMs: 300 });
+    const final = await settled(job.id);
+    assert.equal(final.state, "failed");
+    assert.equal(final.last_error, "timed out after 300 ms");
+    assert.deepEqual(reasons, ["timeout"]);
+  });
+
+  test("graceful stop: finished handlers report, the rest are aborted and released without spending an attempt", async () => {
+    const queue = uniqueQueue();
+    const worker = startWorker({ queues: [queue], concurrency: 2, graceMs: 700 });
+    const started = new Set<string>();
+    const reasons = new Map<string, StopReason | undefined>();
+    worker.handle("quick", async (job) => {
+      started.add(job.id);
+      await new Promise((r) => setTimeout(r, 200));
+      return "done in grace";
+    });
+    worker.handle("stubborn", async (job, ctx) => {
+      started.add(job.id);
+      await untilAborted(ctx.signal);
+      reasons.set(job.id, ctx.stopReason);
+      throw ctx.signal.reason;
+    });
+    const quick = await server.client.enqueue("quick", {}, { queue });
+    const stubborn = await server.client.enqueue("stubborn", {}, { queue, maxAttempts: 1 });
+    const done = run(worker);
+    await waitFor("both handlers to start", () => (started.size === 2 ? true : undefined));
+    const t0 = Date.now();
+    await worker.stop();
+    await done;
+    assert.ok(Date.now() - t0 < 5_000);
+    assert.equal(reasons.get(stubborn.job.id), "shutdown");
+    const q = await server.client.getJob(quick.job.id);
+    assert.equal(q.state, "succeeded");
+    assert.equal(q.result, "done in grace");
+    const s = await server.client.getJob(stubborn.job.id);
+    assert.equal(s.state, "queued", "handed back");
+    assert.equal(s.attempts, 0, "the release spent no attempt");
+  });
+
+  test("a claim answered after stop is released at once (its handlers never start)", async () => {
+    const queue = uniqueQueue();
+    const worker = startWorker({ queues: [queue], pollWaitMs: 3_000 });
+    let ran = 0;
+    worker.handle("k", async () => {
+      ran += 1;
+    });
+    const done = run(worker);
+    // Let the long-poll claim reach the server, then stop while it waits, then give it a job.
+    await new Promise((r) => setTimeout(r, 300));
+    const stopping = worker.stop();
+    const { job } = await server.client.enqueue("k", {}, { queue });
+    await stopping;
+    await done;
+    assert.equal(ran, 0);
+    const j = await server.client.getJob(job.id);
+    assert.equal(j.state, "queued");
+    assert.equal(j.attempts, 0);
+  });
+
+  test("SIGTERM in a worker process: installSignalHandlers stops it, the job is handed back, the process exits by itself", async () => {
+    const queue = uniqueQueue();
+    const { job } = await server.client.enqueue("waits", {}, { queue, maxAttempts: 1 });
+    const index = join(dirname(fileURLToPath(import.meta.url)), "..", "src", "index.js");
+    const program = `
+      const { Worker } = await import(${JSON.stringify(index)});
+      const worker = new Worker({ baseUrl: process.env.URL, token: process.env.TOKEN, queues: [process.env.QUEUE],
+                                  graceMs: 300, pollWaitMs: 500, logger: {} });
+      worker.handle("waits", async (job, ctx) => {
+        console.log("started " + job.id);
+        await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve));
+        console.log("stopped " + ctx.stopReason);
+        throw ctx.signal.reason;
+      });
+      worker.installSignalHandlers();
+      await worker.run();
+      console.log("done");
+    `;
+    const child = spawn(process.execPath, ["--input-type=module", "-e", program], {
+      env: { ...process.env, URL: server.baseUrl, TOKEN: server.token, QUEUE: queue },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let out = "";
+    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    try {
+      await waitFor("the handler to start", () => (out.includes(`started ${job.id}`) ? true : undefined));
+      child.kill("SIGTERM");
+      const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r("still running"), 10_000))]);
+      assert.equal(code, 0, `the worker process did not exit by itself: ${code}; output: ${out}`);
+    } finally {
+      child.kill("SIGKILL");
+    }
+    assert.match(out, /stopped shutdown\ndone/);
+    const j = await server.client.getJob(job.id);
+    assert.equal(j.state, "queued");
+    assert.equal(j.attempts, 0);
+  });
+
+  test("run({ signal }) stops when the signal is aborted", async () => {
+    const queue = uniqueQueue();
+    const worker = new Worker({ baseUrl: server.baseUrl, token: server.token, queues: [queue], pollWaitMs: 500, logger: {} });
+    const controller = new AbortController();
+    const done = worker.run({ signal: controller.signal });
+    setTimeout(() => controller.abort(), 200);
+    await done;
+    assert.equal(worker.activeCount, 0);
+  });
+});
