@@ -28,6 +28,21 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+impl Lease {
+    /// The lease `token` names on job `id`, as a remote worker's report carries it: enough
+    /// for the fenced transitions, which check only the id and the token (the attempt, owner
+    /// and expiry are left blank; [`crate::Store::lease_of`] reads them).
+    pub(crate) fn of(job_id: JobId, token: i64) -> Lease {
+        Lease {
+            job_id,
+            token,
+            attempt: 0,
+            owner: String::new(),
+            expires_at: Utc::now(),
+        }
+    }
+}
+
 /// Why a report under a lease was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

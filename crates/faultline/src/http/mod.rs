@@ -37,9 +37,10 @@ pub use browser_guard::{allowed_host_problem, HostPolicy};
 pub use claims::{ClaimRequest, ClaimResponse, DEFAULT_LEASE_TTL_MS};
 pub use error::{ApiError, ErrorDetail, ErrorResponse};
 pub use jobs::{
-    BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteRequest, DependentsResponse,
-    EnqueueRequest, FailRequest, FilterParams, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
-    ListParams, Listing, UniqueScopeName,
+    BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteBatchRequest,
+    CompleteBatchResponse, CompleteRequest, DependentsResponse, EnqueueRequest, FailRequest,
+    FilterParams, HeartbeatRequest, HeartbeatResponse, LeaseRequest, ListParams, Listing,
+    UniqueScopeName,
 };
 pub use openapi::ApiDoc;
 pub use queues::{QueuePatch, QueuesResponse, ThroughputParams, ThroughputResponse};
@@ -190,6 +191,10 @@ fn job_routes(router: Router<AppState>, batch_body: usize) -> Router<AppState> {
             post(jobs::enqueue_batch).layer(DefaultBodyLimit::max(batch_body)),
         )
         .route("/v1/jobs/bulk", post(jobs::bulk))
+        .route(
+            "/v1/jobs/complete",
+            post(jobs::complete_batch).layer(DefaultBodyLimit::max(batch_body)),
+        )
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))

@@ -8,9 +8,10 @@ use utoipa::{Modify, OpenApi};
 use super::claims::{ClaimRequest, ClaimResponse};
 use super::error::{ErrorDetail, ErrorResponse};
 use super::jobs::{
-    BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteRequest, DependencyRef,
-    DependentsResponse,
-    EnqueueRequest, FailRequest, FilterParams, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
+    BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteBatchRequest,
+    CompleteBatchResponse, CompleteItem, CompleteOutcome, CompleteRequest, DependencyRef,
+    DependentsResponse, EnqueueRequest, FailRequest, FilterParams, HeartbeatRequest,
+    HeartbeatResponse, LeaseRequest,
 };
 use super::queues::{QueuePatch, QueuesResponse, ThroughputResponse};
 use super::schedules::SchedulesResponse;
@@ -34,7 +35,7 @@ use crate::store::{
     paths(
         health::health, health::ready, health::metrics,
         jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry, jobs::bulk,
-        claims::claim, jobs::heartbeat, jobs::complete, jobs::fail, jobs::release,
+        claims::claim, jobs::heartbeat, jobs::complete, jobs::complete_batch, jobs::fail, jobs::release,
         jobs::dependents, queues::throughput, queues::list, queues::update, queues::pause, queues::resume, workers::list,
         schedules::put, schedules::list, schedules::get, schedules::delete, schedules::pause,
         schedules::resume, document,
@@ -46,7 +47,8 @@ use crate::store::{
         SchedulesResponse, Misfire, DependentsResponse, ThroughputResponse, ThroughputSample,
         BulkRequest, BulkAction, BulkOutcome, BulkRefusal, FilterParams, ClaimRequest,
         ClaimResponse, HeartbeatRequest, HeartbeatResponse, CompleteRequest, FailRequest,
-        LeaseRequest, DependencyRef,
+        LeaseRequest, DependencyRef, CompleteBatchRequest, CompleteItem, CompleteBatchResponse,
+        CompleteOutcome,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -32,13 +32,7 @@ impl Store {
         .bind(token)
         .optional_on(self)
         .await?;
-        let lease = Lease {
-            job_id: id,
-            token,
-            attempt: 0,
-            owner: String::new(),
-            expires_at: Utc::now(),
-        };
+        let lease = Lease::of(id, token);
         match row {
             Some((attempt, owner, expires_at)) => Ok(Lease {
                 attempt,

@@ -963,6 +963,33 @@ fn http_cases() -> Vec<Case> {
     ] {
         cases.push(post(&fail, body, Field(field)));
     }
+    for (body, field) in [
+        (r#"{}"#, "jobs"),
+        (r#"{"jobs": []}"#, "jobs"),
+        (r#"{"jobs": {}}"#, "jobs"),
+        (r#"{"jobs": [[]]}"#, "jobs[0]"),
+        (r#"{"jobs": [{"lease_token": 1}]}"#, "jobs[0].id"),
+        (r#"{"jobs": [{"id": "x", "lease_token": 1}]}"#, "jobs[0].id"),
+        (
+            r#"{"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}]}"#,
+            "jobs[0].lease_token",
+        ),
+        (
+            r#"{"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": "1"}]}"#,
+            "jobs[0].lease_token",
+        ),
+        (
+            r#"{"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": 1, "x": 1}]}"#,
+            "jobs[0].x",
+        ),
+    ] {
+        cases.push(post("/v1/jobs/complete", body, Field(field)));
+    }
+    let thousand_and_one = format!(
+        r#"{{"jobs": [{}]}}"#,
+        vec![r#"{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": 1}"#; 1001].join(",")
+    );
+    cases.push(post("/v1/jobs/complete", thousand_and_one, Field("jobs")));
     let heartbeat = format!("/v1/jobs/{job}/heartbeat");
     for ttl in ["0", "999", "3600001", "-1", "\"30s\""] {
         cases.push(post(

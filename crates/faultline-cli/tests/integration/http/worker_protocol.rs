@@ -336,3 +336,50 @@ async fn a_waiting_claim_is_woken_by_a_new_job_and_queue_settings_hold() {
         .await
         .is_empty());
 }
+
+/// Completions batched: one statement, each fenced by its own token — a stale token (or an
+/// unknown job) changes nothing for its job, and the others land.
+#[tokio::test]
+async fn a_batch_of_completions_lands_each_under_its_own_token() {
+    let db = TestDb::new().await;
+    let (api, _) = router(&db, ApiConfig::default());
+    let a = enqueue(&api, "py", json!({})).await;
+    let b = enqueue(&api, "py", json!({})).await;
+    let jobs = claim(&api, "py-1", "py", json!({"max": 2})).await;
+    let token = |id: &str| {
+        jobs.iter().find(|j| j["id"] == id).unwrap()["lease_token"]
+            .as_i64()
+            .unwrap()
+    };
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (status, answer) = post(
+        &api,
+        "/v1/jobs/complete",
+        json!({"jobs": [
+            {"id": a, "lease_token": token(&a), "result": {"n": 1}},
+            {"id": b, "lease_token": token(&b) + 1000},
+            {"id": unknown, "lease_token": 1},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let outcomes: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["completed", "lease_lost", "lease_lost"],
+        "{answer}"
+    );
+    assert_eq!(get(&api, &a).await["result"], json!({"n": 1}));
+    assert_eq!(
+        get(&api, &b).await["state"],
+        "running",
+        "the stale token changed nothing"
+    );
+    let (status, body) = post(&api, "/v1/jobs/complete", json!({"jobs": []})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}

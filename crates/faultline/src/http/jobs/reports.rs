@@ -259,3 +259,121 @@ pub async fn release(
     state.db("release", state.store.release(&lease).await)?;
     job(&state, id).await
 }
+
+/// Many successes in one call (a busy remote worker's completions, batched).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatchRequest {
+    /// 1 to 1,000 completions.
+    #[serde(deserialize_with = "crate::http::object::objects")]
+    pub jobs: Vec<CompleteItem>,
+}
+
+/// One completion of a batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteItem {
+    /// The job.
+    pub id: JobId,
+    /// The `lease_token` of its claim.
+    pub lease_token: i64,
+    /// Its result, any JSON (kept as sent), bounded by `--max-result-bytes`.
+    #[serde(default)]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub result: Option<Payload>,
+}
+
+/// What became of each completion, in request order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CompleteBatchResponse {
+    /// One per completion, in request order.
+    pub results: Vec<CompleteOutcome>,
+}
+
+/// What became of one completion.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CompleteOutcome {
+    /// The job.
+    pub id: JobId,
+    /// `completed`; `lease_lost` (the token no longer holds the job: nothing recorded); or
+    /// `invalid` (the result is over the limit: nothing recorded, the lease still holds).
+    pub outcome: String,
+    /// Why, for `lease_lost` and `invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Mark many claimed jobs succeeded in one statement, each fenced by its own lease token, as
+/// one `complete` each would: a stale token changes nothing for its job and the others go on.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
+#[utoipa::path(
+    post, path = "/v1/jobs/complete", operation_id = "complete_jobs", tag = "workers",
+    request_body(content = CompleteBatchRequest, example = json!({"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": 42, "result": {"sent": true}}]})),
+    responses(
+        (status = 200, description = "an outcome per completion", body = CompleteBatchResponse),
+        (status = 400, description = "malformed JSON", body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+        (status = 422, description = "a field out of bounds, named as jobs[i].field", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn complete_batch(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<CompleteBatchRequest>,
+) -> Result<Json<CompleteBatchResponse>, ApiError> {
+    if request.jobs.is_empty() || request.jobs.len() > 1000 {
+        return Err(ApiError::Invalid {
+            field: "jobs".into(),
+            message: format!(
+                "jobs must hold 1 to 1000 completions, got {}",
+                request.jobs.len()
+            ),
+        });
+    }
+    let mut outcomes: Vec<Option<CompleteOutcome>> = Vec::with_capacity(request.jobs.len());
+    let mut leases = Vec::new();
+    let mut texts = Vec::new();
+    for item in &request.jobs {
+        let text = match item.result.as_ref().map(|r| state.store.result_text(r)) {
+            Some(Err(e)) => {
+                outcomes.push(Some(outcome(item.id, "invalid", Some(e.to_string()))));
+                continue;
+            }
+            Some(Ok(text)) => text,
+            None => None,
+        };
+        outcomes.push(None);
+        leases.push(Lease::of(item.id, item.lease_token));
+        texts.push(text);
+    }
+    let items: Vec<(&Lease, Option<&str>)> = leases
+        .iter()
+        .zip(texts.iter().map(Option::as_deref))
+        .collect();
+    let mut done = state
+        .db("complete", state.store.complete_many(&items).await)?
+        .into_iter();
+    let results = outcomes
+        .into_iter()
+        .zip(&request.jobs)
+        .map(|(o, item)| {
+            o.unwrap_or_else(|| match done.next() {
+                Some(Ok(())) => outcome(item.id, "completed", None),
+                Some(Err(e)) => outcome(item.id, "lease_lost", Some(e.to_string())),
+                None => outcome(item.id, "lease_lost", None),
+            })
+        })
+        .collect();
+    Ok(Json(CompleteBatchResponse { results }))
+}
+
+fn outcome(id: JobId, outcome: &str, message: Option<String>) -> CompleteOutcome {
+    CompleteOutcome {
+        id,
+        outcome: outcome.to_owned(),
+        message,
+    }
+}
