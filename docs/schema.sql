@@ -510,6 +510,8 @@ CREATE TABLE faultline.jobs (
     unique_period_ms bigint,
     traceparent text,
     eligible_at timestamp with time zone,
+    waiting_signal text,
+    waiting_until timestamp with time zone,
     CONSTRAINT jobs_attempts_check CHECK (((attempts >= 0) AND (attempts <= max_attempts))),
     CONSTRAINT jobs_errors_check CHECK ((jsonb_typeof(errors) = 'array'::text)),
     CONSTRAINT jobs_finished_check CHECK ((finished_at IS NULL)),
@@ -523,7 +525,8 @@ CREATE TABLE faultline.jobs (
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'waiting'::text]))),
     CONSTRAINT jobs_timeout_check CHECK (((timeout_ms IS NULL) OR (timeout_ms > 0))),
     CONSTRAINT jobs_unique_period_ms_check CHECK (((unique_period_ms IS NULL) OR ((unique_period_ms > 0) AND (unique_key IS NOT NULL)))),
-    CONSTRAINT jobs_waiting_check CHECK (((state = 'waiting'::text) = (pending_dependencies > 0)))
+    CONSTRAINT jobs_waiting_check CHECK (((state = 'waiting'::text) = ((pending_dependencies > 0) OR (waiting_signal IS NOT NULL)))),
+    CONSTRAINT jobs_waiting_signal_check CHECK ((((waiting_signal IS NULL) = (waiting_until IS NULL)) AND ((waiting_signal IS NULL) OR (pending_dependencies = 0))))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.0', autovacuum_vacuum_threshold='10000', autovacuum_vacuum_insert_scale_factor='0.0', autovacuum_vacuum_insert_threshold='10000', autovacuum_vacuum_cost_delay='0', autovacuum_analyze_scale_factor='0.05');
 
@@ -636,6 +639,24 @@ CREATE TABLE faultline.job_history_default (
     traceparent text,
     CONSTRAINT job_history_lease_check CHECK ((lease_expires_at IS NULL)),
     CONSTRAINT job_history_state_check CHECK ((state = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])))
+);
+
+CREATE TABLE faultline.job_signals (
+    job_id uuid NOT NULL,
+    name text NOT NULL,
+    payload json,
+    sent_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT job_signals_name_check CHECK (((length(name) >= 1) AND (length(name) <= 255)))
+);
+
+CREATE TABLE faultline.job_steps (
+    job_id uuid NOT NULL,
+    name text NOT NULL,
+    result json,
+    attempt integer NOT NULL,
+    lease_token bigint NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT job_steps_name_check CHECK (((length(name) >= 1) AND (length(name) <= 255)))
 );
 
 CREATE TABLE faultline.lane_marks (
@@ -797,6 +818,12 @@ ALTER TABLE ONLY faultline.job_history
 ALTER TABLE ONLY faultline.job_history_default
     ADD CONSTRAINT job_history_default_pkey PRIMARY KEY (id, finished_at);
 
+ALTER TABLE ONLY faultline.job_signals
+    ADD CONSTRAINT job_signals_pkey PRIMARY KEY (job_id, name);
+
+ALTER TABLE ONLY faultline.job_steps
+    ADD CONSTRAINT job_steps_pkey PRIMARY KEY (job_id, name);
+
 ALTER TABLE ONLY faultline.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 
@@ -861,6 +888,8 @@ CREATE INDEX jobs_running_key_idx ON faultline.jobs USING btree (queue, concurre
 
 CREATE UNIQUE INDEX jobs_unique_active_idx ON faultline.jobs USING btree (unique_key) WHERE ((unique_key IS NOT NULL) AND (unique_period_ms IS NULL));
 
+CREATE INDEX jobs_waiting_until_idx ON faultline.jobs USING btree (waiting_until) WHERE (waiting_signal IS NOT NULL);
+
 CREATE INDEX lane_marks_newest_idx ON faultline.lane_marks USING btree (queue, priority, id DESC);
 
 CREATE INDEX queue_starts_queue_at_idx ON faultline.queue_starts USING btree (queue, at);
@@ -895,5 +924,5 @@ CREATE TRIGGER jobs_place_inserted BEFORE INSERT ON faultline.jobs FOR EACH ROW 
 
 CREATE TRIGGER jobs_place_requeued BEFORE UPDATE OF state ON faultline.jobs FOR EACH ROW WHEN (((new.state = 'queued'::text) AND (old.state IS DISTINCT FROM 'queued'::text) AND (NOT (new.eligible_at IS DISTINCT FROM old.eligible_at)))) EXECUTE FUNCTION faultline.place_in_lane();
 
-CREATE TRIGGER jobs_state_transition BEFORE UPDATE OF state ON faultline.jobs FOR EACH ROW WHEN (((old.state IS DISTINCT FROM new.state) AND ((((old.state <> 'queued'::text) OR (new.state <> 'running'::text)) AND ((old.state <> 'running'::text) OR (new.state <> 'queued'::text))) AND ((old.state <> 'waiting'::text) OR (new.state <> 'queued'::text))))) EXECUTE FUNCTION faultline.reject_illegal_transition();
+CREATE TRIGGER jobs_state_transition BEFORE UPDATE OF state ON faultline.jobs FOR EACH ROW WHEN (((old.state IS DISTINCT FROM new.state) AND (((((old.state <> 'queued'::text) OR (new.state <> 'running'::text)) AND ((old.state <> 'running'::text) OR (new.state <> 'queued'::text))) AND ((old.state <> 'waiting'::text) OR (new.state <> 'queued'::text))) AND ((old.state <> 'running'::text) OR (new.state <> 'waiting'::text))))) EXECUTE FUNCTION faultline.reject_illegal_transition();
 

@@ -42,6 +42,61 @@ pub fn register_credit(registry: &mut HandlerRegistry, store: Store) {
     });
 }
 
+/// The drills' durable kind, `drill_steps {"steps", "ms", "sleep_after", "sleep_ms",
+/// "hold_after", "hold_ms"}`: `steps` steps, each a `step_in` that writes one row to
+/// `faultline_drill.step_rows` (job, step, token) and waits `ms` inside its transaction (a window
+/// for stalls and kills); a durable sleep of `sleep_ms` after step `sleep_after`; a plain wait
+/// of `hold_ms` after step `hold_after` (a window between steps). The chaos drill and the tests
+/// check that every step's row is there exactly once, under the token that recorded the step.
+pub fn register_steps(registry: &mut HandlerRegistry, store: Store) {
+    #[derive(serde::Deserialize)]
+    struct Steps {
+        steps: u32,
+        #[serde(default)]
+        ms: u64,
+        #[serde(default)]
+        sleep_after: Option<u32>,
+        #[serde(default)]
+        sleep_ms: u64,
+        #[serde(default)]
+        hold_after: Option<u32>,
+        #[serde(default)]
+        hold_ms: u64,
+    }
+    registry.register_fn("drill_steps", move |ctx: JobContext, job: Steps| {
+        let store = store.clone();
+        async move {
+            let (id, token) = (ctx.job_id, ctx.lease_token);
+            let persistent = store.uses_prepared_statements();
+            for i in 1..=job.steps.min(100) {
+                let mut tx = store.pool().begin().await.map_err(JobError::retryable)?;
+                let step = async |conn: &mut sqlx::PgConnection| {
+                    sqlx::query(
+                        "insert into faultline_drill.step_rows (job_id, step, token) values ($1, $2, $3)",
+                    )
+                    .bind(id)
+                    .bind(i as i32)
+                    .bind(token)
+                    .persistent(persistent)
+                    .execute(&mut *conn)
+                    .await?;
+                    tokio::time::sleep(Duration::from_millis(job.ms)).await;
+                    Ok(i)
+                };
+                ctx.step_in(&mut tx, &format!("s{i}"), step).await?;
+                tx.commit().await.map_err(JobError::retryable)?;
+                if job.hold_after == Some(i) {
+                    tokio::time::sleep(Duration::from_millis(job.hold_ms)).await;
+                }
+                if job.sleep_after == Some(i) {
+                    ctx.sleep(Duration::from_millis(job.sleep_ms)).await?;
+                }
+            }
+            Ok(())
+        }
+    });
+}
+
 pub struct Journal {
     store: Store,
 }

@@ -194,6 +194,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let mut registry = builtin_registry(options.webhook_config()).context("--webhook-proxy")?;
     if options.drill_journal {
         crate::journal::register_credit(&mut registry, store.clone());
+        crate::journal::register_steps(&mut registry, store.clone());
     }
     let worker = Worker::new(
         store.clone(),

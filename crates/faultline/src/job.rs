@@ -311,6 +311,16 @@ pub struct Job {
     /// handler in a span whose parent it is (feature `otel`).
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The durable steps it recorded, oldest first (docs/durable.md): filled by
+    /// [`crate::Store::get`]; empty in listings and claims.
+    #[serde(default)]
+    #[sqlx(skip)]
+    pub steps: Vec<crate::store::Step>,
+    /// While parked for a signal (`waiting`): which, and until when. Filled by
+    /// [`crate::Store::get`].
+    #[serde(default)]
+    #[sqlx(skip)]
+    pub waiting_for: Option<crate::store::WaitingFor>,
 }
 
 /// A job to enqueue. Build one with [`NewJob::new`] and the `with_*` methods.

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// `faultline_jobs_enqueued_total{queue,kind}`
@@ -60,8 +60,13 @@ pub(crate) const SCHEDULE_ENQUEUED: &str = "faultline_schedule_enqueued_total";
 /// `faultline_schedule_misfires_total{schedule}` (slots missed while nothing was up to fire)
 pub(crate) const SCHEDULE_MISFIRES: &str = "faultline_schedule_misfires_total";
 
+/// `faultline_steps_recorded_total` (durable steps recorded, by workers and over HTTP)
+pub(crate) const STEPS_RECORDED: &str = "faultline_steps_recorded_total";
+/// `faultline_signals_received_total` (signals kept for jobs)
+pub(crate) const SIGNALS_RECEIVED: &str = "faultline_signals_received_total";
+
 /// Every metric name above, for tests and dashboards to check against.
-pub const ALL_NAMES: [&str; 23] = [
+pub const ALL_NAMES: [&str; 25] = [
     JOBS_ENQUEUED,
     JOBS_DEDUPLICATED,
     JOBS_CLAIMED,
@@ -85,6 +90,8 @@ pub const ALL_NAMES: [&str; 23] = [
     CLAIMS_THROTTLED,
     SCHEDULE_ENQUEUED,
     SCHEDULE_MISFIRES,
+    STEPS_RECORDED,
+    SIGNALS_RECEIVED,
 ];
 
 /// Every `op` label of `faultline_db_errors_total`, created at zero.
@@ -157,6 +164,10 @@ pub struct Metrics {
     pub schedule_enqueued: IntCounterVec,
     /// Schedule slots missed while nothing was up to fire them.
     pub schedule_misfires: IntCounterVec,
+    /// Durable steps recorded (docs/durable.md).
+    pub steps_recorded: IntCounter,
+    /// Signals kept for jobs (the first of a name; a duplicate is not counted).
+    pub signals_received: IntCounter,
     /// Handler run time.
     pub job_execution_seconds: HistogramVec,
     /// Time from eligible to started.
@@ -209,6 +220,14 @@ impl Metrics {
             claims_throttled: ops.claims_throttled,
             schedule_enqueued: ops.schedule_enqueued,
             schedule_misfires: ops.schedule_misfires,
+            steps_recorded: register(
+                &registry,
+                IntCounter::new(STEPS_RECORDED, "Durable steps recorded.").expect("valid counter"),
+            ),
+            signals_received: register(
+                &registry,
+                IntCounter::new(SIGNALS_RECEIVED, "Signals kept for jobs.").expect("valid counter"),
+            ),
             job_execution_seconds: timings.job_execution_seconds,
             job_wait_seconds: timings.job_wait_seconds,
             http_request_duration_seconds: timings.http_request_duration_seconds,

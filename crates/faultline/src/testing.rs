@@ -30,7 +30,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +59,9 @@ pub enum RunResult {
     /// The handler snoozed ([`JobError::snooze`](crate::worker::JobError::snooze)): the job is
     /// queued again after this delay, its attempt not spent (see [`make_due`]).
     Snoozed(Duration),
+    /// The handler slept or parked for a signal (docs/durable.md): the job is queued for
+    /// later or `waiting`, its attempt not spent; run it again once it is due or signalled.
+    Suspended,
 }
 
 /// What [`drain`] ran, in the order it ran it.
@@ -211,18 +213,22 @@ async fn run_claimed(
         store.fail_attempt(&lease, &message, false).await?;
         return Ok(RunResult::Failed(message));
     };
-    let committed = Arc::new(AtomicBool::new(false));
+    let settled = crate::worker::Settled::default();
     let ctx = JobContext::for_attempt(
         &job,
         &lease,
         Arc::from(TEST_WORKER),
         CancellationToken::new(),
         store.clone(),
-        committed.clone(),
+        &settled,
+        None,
     );
     // In a task of its own, as in a worker, so a panic is a failed attempt, not a failed test.
     let outcome = tokio::spawn(handler.call(ctx, job.payload.clone())).await;
-    if committed.load(Ordering::Acquire) {
+    if settled.suspended() {
+        return Ok(RunResult::Suspended);
+    }
+    if settled.committed() {
         let result = store.get(job.id).await?.result;
         return Ok(RunResult::Succeeded(
             result.map_or(serde_json::Value::Null, |r| r.to_value()),

@@ -27,7 +27,8 @@ const KEYS: usize = 4;
 
 /// A job of the mix: mostly no-ops, some sleeps that outlive a stall, some that fail first,
 /// poison (hostile error texts, misbehaving webhook receivers, payloads that must stay exact),
-/// short sleeps on the limited and the keyed queue, transactional credits, and jobs that depend
+/// short sleeps on the limited and the keyed queue, transactional credits, durable multi-step
+/// jobs (each step a transactional write, a durable sleep after the first), and jobs that depend
 /// on one to three of the `recent` jobs (which may still run, or fail, or be done already).
 fn job(rng: &mut StdRng, receiver: &str, recent: &[JobId]) -> Payload {
     let body = match rng.gen_range(0..16) {
@@ -47,7 +48,10 @@ fn job(rng: &mut StdRng, receiver: &str, recent: &[JobId]) -> Payload {
         13 => json!({"kind": "sleep", "queue": KEYED,
                      "concurrency_key": format!("k{}", rng.gen_range(0..KEYS)),
                      "payload": {"ms": rng.gen_range(50..300)}}),
-        0..=4 => json!({"kind": "noop"}),
+        0..=3 => json!({"kind": "noop"}),
+        4 => json!({"kind": "drill_steps", "payload": {
+                "steps": rng.gen_range(1..=4), "ms": rng.gen_range(0..200),
+                "sleep_after": 1, "sleep_ms": rng.gen_range(0..800)}}),
         5..=7 => json!({"kind": "sleep", "payload": {"ms": rng.gen_range(50..1500)}}),
         10 | 11 => return poison::job(rng, receiver),
         _ => {
@@ -504,6 +508,8 @@ struct Counts {
     credits_wrong: i64,
     credits_stale: i64,
     credit_jobs: i64,
+    steps_wrong: i64,
+    step_jobs: i64,
     waiting_on_finished: i64,
     ran_early: i64,
     wrong_outcome: i64,
@@ -535,6 +541,7 @@ impl Counts {
         c.read_jobs(env, acked).await;
         c.read_journal(env, acked).await;
         c.read_credits(env, acked).await;
+        c.read_steps(env, acked).await;
         c.read_dependencies(env, acked).await;
         c.by_state = states(
             env,
@@ -623,6 +630,34 @@ impl Counts {
             env,
             acked,
             "select count(*) from faultline.all_jobs where id = any($1) and kind = 'drill_credit'",
+        )
+        .await;
+    }
+
+    /// Durable steps: every step's row written exactly once, under the token that recorded
+    /// the step (a holder that lost its lease rolled its row back with its refused record);
+    /// a succeeded job has every step's row.
+    async fn read_steps(&mut self, env: &Env, acked: &[JobId]) {
+        self.steps_wrong = count(
+            env,
+            acked,
+            "select count(*) from faultline.all_jobs j
+             where j.id = any($1) and j.kind = 'drill_steps'
+               and (exists (select 1 from faultline_drill.step_rows r
+                            where r.job_id = j.id group by r.step having count(*) > 1)
+                    or exists (select 1 from faultline_drill.step_rows r
+                               left join faultline.job_steps s
+                                 on s.job_id = r.job_id and s.name = 's' || r.step
+                               where r.job_id = j.id and s.lease_token is distinct from r.token)
+                    or (j.state = 'succeeded'
+                        and (select count(*) from faultline_drill.step_rows r where r.job_id = j.id)
+                            <> (j.payload ->> 'steps')::int))",
+        )
+        .await;
+        self.step_jobs = count(
+            env,
+            acked,
+            "select count(*) from faultline.all_jobs where id = any($1) and kind = 'drill_steps'",
         )
         .await;
     }
@@ -724,6 +759,11 @@ impl Counts {
                 c.credits_wrong, c.credit_jobs, c.credits_stale
             ),
         );
+        report.check(
+            "every durable step's row written once, under the token that recorded it",
+            c.steps_wrong == 0,
+            format!("{} of {} multi-step jobs wrong", c.steps_wrong, c.step_jobs),
+        );
     }
 
     fn report_dependencies(&self, report: &mut Report) {
@@ -759,6 +799,7 @@ impl Counts {
             changed_payloads,
             self.credits_wrong,
             self.credits_stale,
+            self.steps_wrong,
             self.waiting_on_finished,
             self.ran_early,
             self.wrong_outcome,

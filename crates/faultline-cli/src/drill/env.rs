@@ -528,6 +528,9 @@ async fn create_journal(pool: &PgPool, options: &EnvOptions) -> anyhow::Result<(
         "create schema if not exists faultline_drill;
                  create table if not exists faultline_drill.credits (
                     job_id uuid not null, token bigint not null,
+                    at timestamptz not null default now());
+                 create table if not exists faultline_drill.step_rows (
+                    job_id uuid not null, step int not null, token bigint not null,
                     at timestamptz not null default now())",
     )
     .execute(pool)

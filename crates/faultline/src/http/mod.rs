@@ -28,7 +28,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::{middleware, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -203,6 +203,11 @@ fn job_routes(router: Router<AppState>, batch_body: usize) -> Router<AppState> {
         .route("/v1/jobs/{id}/complete", post(jobs::complete))
         .route("/v1/jobs/{id}/fail", post(jobs::fail))
         .route("/v1/jobs/{id}/release", post(jobs::release))
+        .route("/v1/jobs/{id}/steps", get(jobs::steps))
+        .route("/v1/jobs/{id}/steps/{name}", put(jobs::record_step))
+        .route("/v1/jobs/{id}/sleep", post(jobs::sleep))
+        .route("/v1/jobs/{id}/wait", post(jobs::wait))
+        .route("/v1/jobs/{id}/signals/{name}", post(jobs::signal))
         .route("/v1/claims", post(claims::claim))
 }
 

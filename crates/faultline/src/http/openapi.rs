@@ -13,6 +13,10 @@ use super::jobs::{
     DependentsResponse, EnqueueRequest, FailRequest, FilterParams, HeartbeatRequest,
     HeartbeatResponse, LeaseRequest,
 };
+use super::jobs::{
+    SignalRequest, SignalResponse, SleepRequest, SleepResponse, StepRequest, StepsResponse,
+    WaitRequest, WaitResponse,
+};
 use super::queues::{QueuePatch, QueuesResponse, ThroughputResponse};
 use super::schedules::SchedulesResponse;
 use super::workers::WorkersResponse;
@@ -20,7 +24,8 @@ use super::{claims, health, jobs, queues, schedules, workers};
 use crate::job::{AttemptError, Job, JobId, JobState, Page, QueueStats, RateLimit};
 use crate::schedule::{Misfire, Schedule, ScheduleSpec};
 use crate::store::{
-    BulkAction, BulkOutcome, BulkRefusal, LeaderInfo, ThroughputSample, WorkerInfo,
+    BulkAction, BulkOutcome, BulkRefusal, LeaderInfo, Step, ThroughputSample, WaitingFor,
+    WorkerInfo,
 };
 
 /// The document.
@@ -36,6 +41,7 @@ use crate::store::{
         health::health, health::ready, health::metrics,
         jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry, jobs::bulk,
         claims::claim, jobs::heartbeat, jobs::complete, jobs::complete_batch, jobs::fail, jobs::release,
+        jobs::steps, jobs::record_step, jobs::sleep, jobs::wait, jobs::signal,
         jobs::dependents, queues::throughput, queues::list, queues::update, queues::pause, queues::resume, workers::list,
         schedules::put, schedules::list, schedules::get, schedules::delete, schedules::pause,
         schedules::resume, document,
@@ -48,7 +54,8 @@ use crate::store::{
         BulkRequest, BulkAction, BulkOutcome, BulkRefusal, FilterParams, ClaimRequest,
         ClaimResponse, HeartbeatRequest, HeartbeatResponse, CompleteRequest, FailRequest,
         LeaseRequest, DependencyRef, CompleteBatchRequest, CompleteItem, CompleteBatchResponse,
-        CompleteOutcome,
+        CompleteOutcome, StepsResponse, StepRequest, SleepRequest, SleepResponse, WaitRequest,
+        WaitResponse, SignalRequest, SignalResponse, Step, WaitingFor,
     )),
     modifiers(&BearerAuth),
     tags(

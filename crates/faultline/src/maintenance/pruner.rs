@@ -61,9 +61,16 @@ impl Pruner {
     /// # Errors
     /// [`StoreError::Database`]; what was done before the error stays done.
     pub async fn run_once(&self) -> Result<HistoryOutcome, StoreError> {
-        self.store
+        let outcome = self
+            .store
             .maintain_history(self.config.retention, self.config.batch_size)
-            .await
+            .await?;
+        // The durable steps and signals of the jobs just pruned (docs/durable.md).
+        let orphans = self.store.forget_orphan_steps().await?;
+        if orphans > 0 {
+            tracing::debug!(rows = orphans, "steps and signals of pruned jobs deleted");
+        }
+        Ok(outcome)
     }
 
     /// Run a pass at once (so that partitions exist before the first job finishes), then every

@@ -59,7 +59,10 @@ impl Reaper {
     /// # Errors
     /// [`StoreError::Database`]; what was taken back before the error stays taken back.
     pub async fn run_once(&self) -> Result<ReapOutcome, StoreError> {
-        let mut total = ReapOutcome::default();
+        let mut total = ReapOutcome {
+            woken: self.store.wake_timed_out_waits().await?,
+            ..ReapOutcome::default()
+        };
         loop {
             let outcome = self.store.reap_expired(self.config.batch_size).await?;
             for job in outcome.requeued.iter().chain(&outcome.failed) {
@@ -105,14 +108,22 @@ impl Service for Reaper {
 
 impl Pass for ReapOutcome {
     fn is_empty(&self) -> bool {
-        self.total() == 0
+        self.total() == 0 && self.woken == 0
     }
 
     fn log(&self) {
-        tracing::info!(
-            requeued = self.requeued.len(),
-            failed = self.failed.len(),
-            "reaper took back expired leases"
-        );
+        if self.total() > 0 {
+            tracing::info!(
+                requeued = self.requeued.len(),
+                failed = self.failed.len(),
+                "reaper took back expired leases"
+            );
+        }
+        if self.woken > 0 {
+            tracing::info!(
+                woken = self.woken,
+                "waits for signals timed out; jobs queued"
+            );
+        }
     }
 }

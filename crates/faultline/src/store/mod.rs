@@ -39,6 +39,7 @@ mod running;
 mod schedules;
 mod settings;
 pub(crate) mod statement;
+mod steps;
 mod throughput;
 
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub use leader::{LeaderInfo, Term};
 pub use presence::{WorkerBeat, WorkerInfo};
 pub use schedules::{FireOutcome, UP_GAP};
 pub use settings::{QueueSettingsPatch, MAX_LIMIT, MAX_RATE_PERIOD_MS};
+pub use steps::{check_name, Signalled, Sleep, Step, Wait, WaitingFor, RESERVED_PREFIX};
 pub use throughput::ThroughputSample;
 
 /// The hot path's batch statements, for tests that check their plans.

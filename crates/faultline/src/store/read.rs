@@ -16,11 +16,16 @@ impl Store {
     pub async fn get(&self, id: JobId) -> Result<Job, StoreError> {
         // One statement, one snapshot: a job moving to history at this moment is seen in
         // exactly one of the two tables.
-        sqlx::query_as("select * from faultline.all_jobs where id = $1")
+        let mut job: Job = sqlx::query_as("select * from faultline.all_jobs where id = $1")
             .bind(id)
             .optional_on(self)
             .await?
-            .ok_or(StoreError::NotFound(id))
+            .ok_or(StoreError::NotFound(id))?;
+        job.steps = self.steps(id).await?;
+        if job.state == crate::job::JobState::Waiting {
+            job.waiting_for = self.waiting_for(id).await?;
+        }
+        Ok(job)
     }
 
     /// The jobs that depend on `id` (live or in history), oldest first, at most

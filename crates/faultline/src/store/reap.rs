@@ -26,6 +26,9 @@ pub struct ReapOutcome {
     pub requeued: Vec<ReapedJob>,
     /// Expired leases whose jobs had no attempt left and went to `failed`.
     pub failed: Vec<ReapedJob>,
+    /// Jobs parked for a signal whose wait timed out, queued to run again (the reaper's pass
+    /// runs [`Store::wake_timed_out_waits`] too).
+    pub woken: u64,
 }
 
 impl ReapOutcome {

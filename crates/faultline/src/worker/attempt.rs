@@ -2,14 +2,13 @@
 //! its timeout and its stop signal; then the outcome goes to the reporter.
 
 use std::any::Any;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::active::{Stop, StopReason};
-use super::handler::{JobContext, JobError, JobResult};
+use super::handler::{JobContext, JobError, JobResult, Settled};
 use super::hook::RunEnd;
 use super::shared::Shared;
 use super::shared::{Report, ReportKind};
@@ -25,6 +24,8 @@ enum Outcome {
     Succeeded(Option<String>),
     /// The handler completed the job in its own transaction (`complete_and_commit`).
     Committed,
+    /// The handler slept or parked for a signal: the job was moved already.
+    Suspended,
     Failed(JobError),
     Stopped(StopReason),
 }
@@ -65,14 +66,15 @@ async fn run_handler(
     // The handler's token is a child of the stop token: a stop cancels it, and a timeout can
     // cancel it alone.
     let cancel = stop.token.child_token();
-    let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let settled = Settled::default();
     let ctx = JobContext::for_attempt(
         job,
         lease,
         shared.worker_id.clone(),
         cancel.clone(),
         shared.store.clone(),
-        committed.clone(),
+        &settled,
+        Some(shared.metrics.clone()),
     );
     let timeout = job
         .timeout_ms
@@ -92,12 +94,12 @@ async fn run_handler(
         }
     }
     let outcome = supervise(shared, tokio::spawn(run), timeout, &cancel, stop).await;
-    let outcome = after_stop(outcome, stop, &committed);
+    let outcome = after_stop(outcome, stop, &settled);
     if let Some(hook_ctx) = &hook_ctx {
         let end = match &outcome {
             Outcome::Succeeded(_) | Outcome::Committed => RunEnd::Succeeded,
             Outcome::Failed(error) => RunEnd::Failed(error.message().to_owned()),
-            Outcome::Stopped(_) => RunEnd::Stopped,
+            Outcome::Stopped(_) | Outcome::Suspended => RunEnd::Stopped,
         };
         for hook in shared.hooks.iter().rev() {
             hook.finished(hook_ctx, &end).await;
@@ -156,14 +158,16 @@ async fn supervise(
 
 /// The outcome to report: [`Outcome::Committed`] when the handler committed the job itself,
 /// [`Outcome::Stopped`] for a failure once a stop has fired, else `outcome` as it is.
-fn after_stop(outcome: Outcome, stop: &Stop, committed: &AtomicBool) -> Outcome {
+fn after_stop(outcome: Outcome, stop: &Stop, settled: &Settled) -> Outcome {
     // Once a stop has fired, a failure is taken as its consequence (the handler saw its token
     // cancelled), whichever branch of `supervise` won the race: the job is handed back or the result
     // dropped, never charged as a failed attempt. A success still counts: it is reported under
     // the lease and the fence decides whether it lands.
     match (outcome, stop.reason()) {
         // Committed by the handler: the job succeeded, whatever happened after.
-        _ if committed.load(std::sync::atomic::Ordering::Acquire) => Outcome::Committed,
+        _ if settled.committed() => Outcome::Committed,
+        // Slept or parked: the job was moved under the lease; nothing to report.
+        _ if settled.suspended() => Outcome::Suspended,
         (Outcome::Failed(_), Some(reason)) => Outcome::Stopped(reason),
         (outcome, _) => outcome,
     }
@@ -179,6 +183,10 @@ fn report(shared: &Shared, claimed: Claimed, outcome: Outcome) {
                 .jobs_succeeded
                 .with_label_values(&[&job.queue, &job.kind])
                 .inc();
+            shared.active.remove(lease.token);
+            return;
+        }
+        Outcome::Suspended => {
             shared.active.remove(lease.token);
             return;
         }

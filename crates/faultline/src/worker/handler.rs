@@ -45,18 +45,48 @@ pub struct JobContext {
     /// Set once the handler completed the job in its own transaction: the worker then reports
     /// nothing more.
     pub(crate) committed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set once the handler slept or parked for a signal (docs/durable.md): the job was moved
+    /// already, and the worker reports nothing more.
+    pub(crate) suspended: Arc<std::sync::atomic::AtomicBool>,
+    /// How many durable sleeps this run has made: the n-th sleep's deadline is step
+    /// `faultline:sleep:n`.
+    pub(crate) sleeps: Arc<std::sync::atomic::AtomicU32>,
+    /// The worker's metrics (steps recorded), when run by a worker.
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+}
+
+/// Flags a handler's context sets for the worker: completed in the handler's own transaction
+/// (`.0`), suspended by a durable sleep or wait (`.1`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Settled(
+    pub(crate) Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) Arc<std::sync::atomic::AtomicBool>,
+);
+
+impl Settled {
+    /// Whether the handler completed the job itself.
+    pub(crate) fn committed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the handler suspended the job (it runs again later).
+    pub(crate) fn suspended(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 impl JobContext {
     /// The context of one attempt of `job` under `lease`, run by `worker_id`, stopped by
-    /// `cancel`; `committed` is set once the handler completed the job in its own transaction.
+    /// `cancel`; `settled` is set once the handler completed the job in its own transaction
+    /// (`.0`) or suspended it (`.1`).
     pub(crate) fn for_attempt(
         job: &crate::job::Job,
         lease: &crate::lease::Lease,
         worker_id: Arc<str>,
         cancel: CancellationToken,
         store: crate::store::Store,
-        committed: Arc<std::sync::atomic::AtomicBool>,
+        settled: &Settled,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
         JobContext {
             job_id: job.id,
@@ -70,7 +100,10 @@ impl JobContext {
             traceparent: job.traceparent.clone(),
             cancel,
             fence: Some((store, lease.clone())),
-            committed,
+            committed: settled.0.clone(),
+            suspended: settled.1.clone(),
+            sleeps: Arc::default(),
+            metrics,
         }
     }
 
@@ -92,7 +125,10 @@ impl JobContext {
             traceparent: None,
             cancel: CancellationToken::new(),
             fence: None,
-            committed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            committed: Arc::default(),
+            suspended: Arc::default(),
+            sleeps: Arc::default(),
+            metrics: None,
         }
     }
 

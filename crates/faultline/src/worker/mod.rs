@@ -22,6 +22,7 @@ mod attempt;
 #[cfg(feature = "webhook")]
 mod builtin;
 mod config;
+mod durable;
 mod handler;
 mod health;
 mod heartbeat;
@@ -40,6 +41,8 @@ pub mod webhook;
 pub use builtin::{builtin_registry, register_builtins};
 pub use config::{default_worker_id, ConfigError, Listen, WorkerConfig};
 pub use handler::RunFuture;
+#[cfg(feature = "testing")]
+pub(crate) use handler::Settled;
 pub use handler::{FnHandler, Handler, HandlerRegistry, JobContext, JobError, JobResult};
 pub use hook::{ExecutionHook, HookFuture, RunEnd};
 pub use runtime::Worker;

@@ -1,6 +1,7 @@
 //! The worker runtime: claims, heartbeats, self-fencing, shutdown, hooks, typed handlers,
 //! traces and presence.
 
+mod durable;
 mod hooks;
 mod prefetch;
 mod presence;

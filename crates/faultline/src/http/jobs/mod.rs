@@ -2,11 +2,13 @@
 //! reports (heartbeat, complete, fail, release).
 
 mod control;
+mod durable;
 mod enqueue;
 mod read;
 mod reports;
 
 pub use control::*;
+pub use durable::*;
 pub use enqueue::*;
 pub use read::*;
 pub use reports::*;
