@@ -102,8 +102,6 @@ impl HandlerRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::JobId;
-    use tokio_util::sync::CancellationToken;
 
     #[derive(serde::Serialize, serde::Deserialize)]
     struct Ping {
@@ -115,18 +113,9 @@ mod tests {
 
     fn context(kind: &str) -> JobContext {
         JobContext {
-            job_id: JobId::new(),
-            kind: kind.into(),
-            queue: "default".into(),
-            attempt: 1,
             max_attempts: 1,
-            lease_token: 1,
             worker_id: Arc::from("w"),
-            concurrency_key: None,
-            traceparent: None,
-            cancel: CancellationToken::new(),
-            fence: None,
-            committed: Default::default(),
+            ..JobContext::for_test(kind)
         }
     }
 
