@@ -46,7 +46,7 @@ pub fn register_credit(registry: &mut HandlerRegistry, store: Store) {
 /// "hold_after", "hold_ms"}`: `steps` steps, each a `step_in` that writes one row to
 /// `faultline_drill.step_rows` (job, step, token) and waits `ms` inside its transaction (a window
 /// for stalls and kills); a durable sleep of `sleep_ms` after step `sleep_after`; a plain wait
-/// of `hold_ms` after step `hold_after` (a window between steps). The chaos drill and the tests
+/// of `hold_ms` after step `hold_after` when this run ran it (a window between steps). The chaos drill and the tests
 /// check that every step's row is there exactly once, under the token that recorded the step.
 pub fn register_steps(registry: &mut HandlerRegistry, store: Store) {
     #[derive(serde::Deserialize)]
@@ -70,7 +70,10 @@ pub fn register_steps(registry: &mut HandlerRegistry, store: Store) {
             let persistent = store.uses_prepared_statements();
             for i in 1..=job.steps.min(100) {
                 let mut tx = store.pool().begin().await.map_err(JobError::retryable)?;
+                // Whether this run ran the step (a recorded step returns without running).
+                let ran = std::sync::atomic::AtomicBool::new(false);
                 let step = async |conn: &mut sqlx::PgConnection| {
+                    ran.store(true, std::sync::atomic::Ordering::Relaxed);
                     sqlx::query(
                         "insert into faultline_drill.step_rows (job_id, step, token) values ($1, $2, $3)",
                     )
@@ -85,7 +88,7 @@ pub fn register_steps(registry: &mut HandlerRegistry, store: Store) {
                 };
                 ctx.step_in(&mut tx, &format!("s{i}"), step).await?;
                 tx.commit().await.map_err(JobError::retryable)?;
-                if job.hold_after == Some(i) {
+                if job.hold_after == Some(i) && ran.load(std::sync::atomic::Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(job.hold_ms)).await;
                 }
                 if job.sleep_after == Some(i) {

@@ -2,6 +2,7 @@
 //! traces and presence.
 
 mod durable;
+mod durable_processes;
 mod hooks;
 mod prefetch;
 mod presence;
