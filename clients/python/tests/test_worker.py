@@ -111,6 +111,77 @@ async def test_async_handler_runs_on_the_loop(server: Server, aclient: AsyncClie
     assert seen[0][2] == job["id"]
 
 
+async def test_complete_batch_lands_the_good_ones_and_reports_the_stale_one(aclient: AsyncClient, queue: str) -> None:
+    ids = [(await aclient.enqueue("py.batch", {"n": n}, queue=queue)).id for n in range(3)]
+    claimed = {job["id"]: job for job in await aclient.claim("py-batcher", [queue], max=3)}
+    assert sorted(claimed) == sorted(ids)
+    token = {job_id: job["lease_token"] for job_id, job in claimed.items()}
+    outcomes = await aclient.complete_batch(
+        [
+            {"id": ids[0], "lease_token": token[ids[0]], "result": {"n": 0}},
+            {"id": ids[1], "lease_token": token[ids[1]] + 1000},  # stale
+            {"id": ids[2], "lease_token": token[ids[2]]},  # no result
+        ]
+    )
+    assert [(o["id"], o["outcome"]) for o in outcomes] == [
+        (ids[0], "completed"),
+        (ids[1], "lease_lost"),
+        (ids[2], "completed"),
+    ]
+    assert outcomes[1].get("message")
+    first, stale, third = [await aclient.get_job(i) for i in ids]
+    assert (first["state"], first["result"]) == ("succeeded", {"n": 0})
+    assert stale["state"] == "running"  # the stale token changed nothing
+    assert (third["state"], third.get("result")) == ("succeeded", None)
+    # The same through the blocking client: the stale job's real token still holds its lease.
+    with Client(aclient.base_url) as client:
+        again = client.complete_batch([{"id": ids[1], "lease_token": token[ids[1]]}, {"id": ids[0], "lease_token": token[ids[0]]}])
+    assert [o["outcome"] for o in again] == ["completed", "lease_lost"]
+
+
+class CountingClient(AsyncClient):
+    """Counts the completion requests a worker sends."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.singles = 0
+        self.batches: list[int] = []
+
+    async def complete(self, *args: Any, **kwargs: Any) -> Any:
+        self.singles += 1
+        return await super().complete(*args, **kwargs)
+
+    async def complete_batch(self, jobs: Any) -> Any:
+        self.batches.append(len(jobs))
+        return await super().complete_batch(jobs)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_completions_are_batched_unless_turned_off(
+    server: Server, aclient: AsyncClient, queue: str, batched: bool
+) -> None:
+    counting = CountingClient(server.url)
+    worker = Worker(counting, queues=[queue], concurrency=40, poll_wait=1.0, grace=5.0, batch_completions=batched)
+
+    @worker.handler("py.echo")
+    async def echo(job: dict[str, Any], ctx: JobContext) -> Any:
+        return {"n": job["payload"]["n"]}
+
+    results = await aclient.enqueue_batch([{"kind": "py.echo", "payload": {"n": n}, "queue": queue} for n in range(40)])
+    ids = [r["job"]["id"] for r in results]
+    try:
+        async with running(worker):
+            done = [await finished(aclient, i) for i in ids]
+    finally:
+        await counting.aclose()
+    assert [(j["state"], j["result"]) for j in done] == [("succeeded", {"n": n}) for n in range(40)]
+    if batched:
+        assert counting.singles == 0
+        assert sum(counting.batches) == 40 and len(counting.batches) < 40, counting.batches
+    else:
+        assert (counting.singles, counting.batches) == (40, [])
+
+
 async def test_retryable_after_requeues_the_job_no_sooner(server: Server, aclient: AsyncClient, queue: str) -> None:
     worker = make_worker(server, queue)
 

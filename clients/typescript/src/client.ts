@@ -10,6 +10,9 @@ import type {
   BatchResult,
   ClaimRequest,
   ClaimResponse,
+  CompleteBatchResponse,
+  CompleteItem,
+  CompleteOutcome,
   CompleteRequest,
   EnqueueRequest,
   FailRequest,
@@ -279,6 +282,20 @@ export class Client {
     const body: CompleteRequest = { lease_token: leaseToken };
     if (result !== undefined) (body as { result?: unknown }).result = result;
     return (await this.request<Job<unknown, R>>("POST", `/v1/jobs/${encodeURIComponent(id)}/complete`, { ...requestOptions, body })).data;
+  }
+
+  /**
+   * Report many successes in one request (`POST /v1/jobs/complete`, 1 to 1,000), each fenced by
+   * its own `lease_token`. One outcome per job, in order: `completed`, `lease_lost` (the token no
+   * longer holds the job: nothing changed, as a {@link LeaseLostError} on {@link complete}) or
+   * `invalid` (the result was refused: nothing changed, the lease still holds). A stale token does
+   * not stop the others.
+   */
+  async completeBatch(jobs: CompleteItem[], requestOptions?: RequestOptions): Promise<CompleteOutcome[]> {
+    const body = {
+      jobs: jobs.map(({ id, lease_token, result }) => (result === undefined ? { id, lease_token } : { id, lease_token, result })),
+    };
+    return (await this.request<CompleteBatchResponse>("POST", "/v1/jobs/complete", { ...requestOptions, body })).data.results;
   }
 
   /** Report a failed attempt: re-queued (retryable, attempts left) or failed. */

@@ -30,6 +30,8 @@ export type {
   HeartbeatRequest,
   HeartbeatResponse,
   CompleteRequest,
+  CompleteItem,
+  CompleteOutcome,
   FailRequest,
   ReleaseRequest,
 } from "./types.js";

@@ -116,3 +116,16 @@ export type CompleteRequest = RequestBody<"/v1/jobs/{id}/complete", Fallback.Com
 export type FailRequest = RequestBody<"/v1/jobs/{id}/fail", Fallback.FailRequest>;
 /** `POST /v1/jobs/{id}/release` body. */
 export type ReleaseRequest = RequestBody<"/v1/jobs/{id}/release", Fallback.LeaseRequest>;
+
+/** One completion of `POST /v1/jobs/complete`: `{id, lease_token, result?}`. */
+export type CompleteItem = Omit<Schemas["CompleteItem"], "result"> & { result?: unknown };
+/**
+ * What became of one completion of a batch: `completed`; `lease_lost` (the token no longer holds
+ * the job: nothing changed, as a 409 on a single complete); or `invalid` (the result was refused,
+ * e.g. too large: nothing changed, the lease still holds). `message` says why.
+ */
+export type CompleteOutcome = Omit<Schemas["CompleteOutcome"], "outcome"> & {
+  outcome: "completed" | "lease_lost" | "invalid";
+};
+/** `POST /v1/jobs/complete` answer. */
+export type CompleteBatchResponse = { results: CompleteOutcome[] };

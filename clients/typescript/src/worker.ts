@@ -13,7 +13,7 @@ import {
   RetryableError,
   UnavailableError,
 } from "./errors.js";
-import type { Job } from "./types.js";
+import type { CompleteItem, Job } from "./types.js";
 
 /**
  * Why a handler was told to stop: its lease was lost (or could not be renewed in time), its job
@@ -94,6 +94,16 @@ export interface WorkerOptions {
   pollWaitMs?: number;
   /** On stop, how long running handlers may finish before they are aborted and their jobs handed back (default 30,000 ms). */
   graceMs?: number;
+  /**
+   * Coalesce successful completions into `POST /v1/jobs/complete` batches (default true): a
+   * completion waits at most `completionLingerMs` (or until `completionBatchSize` are pending),
+   * each still fenced by its own lease token. False sends one `complete` per job.
+   */
+  batchCompletions?: boolean;
+  /** Longest a completion waits for others to go with it (default 3 ms). */
+  completionLingerMs?: number;
+  /** Most completions in one batch, 1 to 1,000 (default 500). */
+  completionBatchSize?: number;
   /** Default: warnings and errors to the console. */
   logger?: Logger;
   /** @internal */
@@ -139,6 +149,65 @@ type Outcome =
   | { type: "fail"; error: string; retryable: boolean; retryAfterMs?: number }
   | { type: "stopped" };
 
+/** What became of a completion sent in a batch; `error`: the batch got no usable answer. */
+type BatchOutcome = { outcome: "completed" | "lease_lost" | "invalid" | "error"; message?: string };
+
+/**
+ * Coalesces successful completions into `POST /v1/jobs/complete` batches. A batch goes out
+ * `lingerMs` after its first completion, or at once when `maxBatch` are pending; several may be
+ * in flight. A batch that gets no usable answer resolves each of its completions with `error`:
+ * the worker then reports that job on its own, with the single complete and its retries.
+ */
+class Completions {
+  enabled = true;
+  #pending: Array<{ item: CompleteItem; resolve: (outcome: BatchOutcome) => void }> = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(
+    private readonly client: Client,
+    private readonly lingerMs: number,
+    private readonly maxBatch: number,
+    private readonly log: Logger,
+  ) {}
+
+  submit(id: string, leaseToken: number, result: unknown): Promise<BatchOutcome> {
+    return new Promise((resolve) => {
+      const item: CompleteItem = result === undefined ? { id, lease_token: leaseToken } : { id, lease_token: leaseToken, result };
+      this.#pending.push({ item, resolve });
+      if (this.#pending.length >= this.maxBatch) this.#flush();
+      else this.#timer ??= setTimeout(() => this.#flush(), this.lingerMs);
+    });
+  }
+
+  #flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const batch = this.#pending;
+    this.#pending = [];
+    if (batch.length > 0) void this.#send(batch);
+  }
+
+  async #send(batch: Array<{ item: CompleteItem; resolve: (outcome: BatchOutcome) => void }>): Promise<void> {
+    try {
+      const outcomes = await this.client.completeBatch(batch.map((b) => b.item));
+      if (outcomes.length !== batch.length) throw new FaultlineError(`${outcomes.length} outcomes for ${batch.length} completions`);
+      batch.forEach((b, i) => {
+        const o = outcomes[i]!;
+        b.resolve(o.message == null ? { outcome: o.outcome } : { outcome: o.outcome, message: o.message });
+      });
+    } catch (error) {
+      if (error instanceof ApiError && (error.status === 404 || error.status === 405)) {
+        // A server without POST /v1/jobs/complete: one by one from now on.
+        this.enabled = false;
+        this.log.warn?.(`the server has no POST /v1/jobs/complete (${describe(error)}); completions go one by one`);
+      } else {
+        this.log.warn?.(`a batch of ${batch.length} completions failed (${describe(error)}); each is reported on its own`);
+      }
+      for (const b of batch) b.resolve({ outcome: "error", message: describe(error) });
+    }
+  }
+}
+
 /**
  * Runs handlers for the jobs it claims over HTTP, with the guarantees of a Rust worker: every
  * report is fenced by the lease token, leases are renewed at a third of the TTL, a handler is
@@ -154,7 +223,9 @@ export class Worker {
   readonly heartbeatIntervalMs: number;
   readonly pollWaitMs: number;
   readonly graceMs: number;
+  readonly batchCompletions: boolean;
 
+  readonly #completions: Completions | undefined;
   readonly #handlers = new Map<string, Handler>();
   readonly #active = new Set<Attempt>();
   readonly #log: Logger;
@@ -193,6 +264,11 @@ export class Worker {
     this.workerId = options.workerId ?? `${hostname()}-${process.pid}-${randomBytes(3).toString("hex")}`;
     this.#log = options.logger ?? consoleLogger;
     this.#hooks = options.testHooks ?? {};
+    this.batchCompletions = options.batchCompletions ?? true;
+    const lingerMs = nonNegativeInt("completionLingerMs", options.completionLingerMs ?? 3);
+    const batchSize = positiveInt("completionBatchSize", options.completionBatchSize ?? 500);
+    if (batchSize > 1000) throw new FaultlineError(`Worker: completionBatchSize must be 1 to 1,000, got ${batchSize}`);
+    this.#completions = this.batchCompletions ? new Completions(this.client, lingerMs, batchSize, this.#log) : undefined;
   }
 
   /** Register the handler of `kind` (replacing any earlier one). */
@@ -444,6 +520,22 @@ export class Worker {
         this.#log.info?.(`handler stopped (${a.stopReason}); nothing reported`, { jobId: a.id, leaseToken: a.token });
       }
       return;
+    }
+    if (outcome.type === "complete" && this.#completions?.enabled) {
+      const batched = await this.#completions.submit(a.id, a.token, outcome.result);
+      if (batched.outcome === "completed") return;
+      if (batched.outcome === "lease_lost") {
+        // As a 409 on a single complete: nothing changed; the handler is done.
+        this.#log[a.stopReason === "cancelled" ? "debug" : "warn"]?.(`complete refused, lease lost (the report changed nothing): ${batched.message ?? "lease_lost"}`, { jobId: a.id });
+        return;
+      }
+      if (batched.outcome === "invalid") {
+        await this.#withRetries("fail", a.id, () => a.leaseDeadline, () =>
+          this.client.fail(a.id, a.token, { error: `result refused by the server: ${batched.message ?? "invalid"}`, retryable: false }),
+        ).catch((e) => this.#log.error?.(`fail report refused: ${describe(e)}`, { jobId: a.id }));
+        return;
+      }
+      // The batch got no usable answer: this job is reported on its own, with retries.
     }
     const report =
       outcome.type === "complete"

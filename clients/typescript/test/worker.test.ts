@@ -6,6 +6,7 @@ import { fileURLToPath } from "node:url";
 import { after, afterEach, before, beforeEach, describe, test } from "node:test";
 
 import {
+  Client,
   JobStoppedError,
   LeaseLostError,
   NotFoundError,
@@ -124,6 +125,75 @@ describe("worker", () => {
     assert.equal(seen[0]?.workerId, worker.workerId);
     assert.equal(seen[0]?.signal.aborted, false);
   });
+
+  test("completeBatch lands the good completions and reports the stale one", async () => {
+    const queue = uniqueQueue();
+    const ids: string[] = [];
+    for (let n = 0; n < 3; n++) ids.push((await server.client.enqueue("batch", { n }, { queue })).job.id);
+    const claimed = await server.client.claim({ worker_id: "ts-batcher", queues: [queue], max: 3 });
+    assert.deepEqual(claimed.map((j) => j.id).sort(), [...ids].sort());
+    const token = (id: string) => claimed.find((j) => j.id === id)!.lease_token!;
+    const outcomes = await server.client.completeBatch([
+      { id: ids[0]!, lease_token: token(ids[0]!), result: { n: 0 } },
+      { id: ids[1]!, lease_token: token(ids[1]!) + 1000 }, // stale
+      { id: ids[2]!, lease_token: token(ids[2]!) }, // no result
+    ]);
+    assert.deepEqual(
+      outcomes.map((o) => [o.id, o.outcome]),
+      [
+        [ids[0], "completed"],
+        [ids[1], "lease_lost"],
+        [ids[2], "completed"],
+      ],
+    );
+    assert.ok(outcomes[1]?.message);
+    const [first, stale, third] = await Promise.all(ids.map((id) => server.client.getJob(id)));
+    assert.equal(first!.state, "succeeded");
+    assert.deepEqual(first!.result, { n: 0 });
+    assert.equal(stale!.state, "running", "the stale token changed nothing");
+    assert.equal(third!.state, "succeeded");
+    assert.equal(third!.result ?? null, null);
+    // The stale job's real token still holds its lease; a finished job's token no longer does.
+    const again = await server.client.completeBatch([
+      { id: ids[1]!, lease_token: token(ids[1]!) },
+      { id: ids[0]!, lease_token: token(ids[0]!) },
+    ]);
+    assert.deepEqual(again.map((o) => o.outcome), ["completed", "lease_lost"]);
+  });
+
+  for (const batched of [true, false]) {
+    test(`completions are ${batched ? "batched by default" : "sent one by one with batchCompletions: false"}`, async () => {
+      const queue = uniqueQueue();
+      const counts = { singles: 0, batches: [] as number[] };
+      class Counting extends Client {
+        override complete<R>(...args: Parameters<Client["complete"]>) {
+          counts.singles += 1;
+          return super.complete<R>(...(args as [string, number, R?]));
+        }
+        override completeBatch(...args: Parameters<Client["completeBatch"]>) {
+          counts.batches.push(args[0].length);
+          return super.completeBatch(...args);
+        }
+      }
+      const client = new Counting({ baseUrl: server.baseUrl, token: server.token });
+      const worker = startWorker({ queues: [queue], concurrency: 40, client, batchCompletions: batched });
+      worker.handle<{ n: number }>("echo", (job) => ({ n: job.payload.n }));
+      const results = await server.client.enqueueBatch(Array.from({ length: 40 }, (_, n) => ({ kind: "echo", payload: { n }, queue })));
+      run(worker);
+      const done = await Promise.all(results.map((r) => settled((r as { job: Job }).job.id)));
+      assert.deepEqual(
+        done.map((j) => [j.state, j.result]),
+        Array.from({ length: 40 }, (_, n) => ["succeeded", { n }]),
+      );
+      if (batched) {
+        assert.equal(counts.singles, 0);
+        assert.equal(counts.batches.reduce((a, b) => a + b, 0), 40);
+        assert.ok(counts.batches.length < 40, JSON.stringify(counts.batches));
+      } else {
+        assert.deepEqual(counts, { singles: 40, batches: [] });
+      }
+    });
+  }
 
   test("RetryableError(afterMs) re-queues with next_run_at at least afterMs later, then succeeds", async () => {
     const queue = uniqueQueue();

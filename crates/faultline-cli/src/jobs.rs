@@ -377,6 +377,26 @@ fn print_job(job: &Job) {
     if let Some(key) = &job.idempotency_key {
         println!("idempotency   {key}");
     }
+    if let Some(waiting) = &job.waiting_for {
+        println!(
+            "waiting for   signal {:?} until {}",
+            waiting.signal,
+            waiting.until.to_rfc3339()
+        );
+    }
+    if !job.steps.is_empty() {
+        println!("steps:");
+        for step in &job.steps {
+            println!(
+                "  {} {} (attempt {}, token {}): {}",
+                step.recorded_at.to_rfc3339(),
+                step.name,
+                step.attempt,
+                step.lease_token,
+                step.result.as_ref().map_or("null", |r| r.get())
+            );
+        }
+    }
     if !job.errors.is_empty() {
         println!("errors:");
         for e in &job.errors {

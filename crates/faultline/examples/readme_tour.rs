@@ -123,3 +123,50 @@ async fn schedule_welcomes(store: &Store) -> anyhow::Result<()> {
     store.put_schedule("weekday-welcome", &spec).await?; // fired by the elected maintainer
     Ok(())
 }
+
+#[derive(Debug, Serialize, Deserialize, JobArgs)]
+#[job(kind = "checkout", queue = "orders", max_attempts = 10)]
+struct Checkout {
+    order_id: i64,
+    cents: i64,
+}
+
+fn register_checkout(registry: &mut HandlerRegistry, pool: sqlx::PgPool) {
+    registry.register_job_fn(move |ctx, order: Checkout| checkout(pool.clone(), ctx, order));
+}
+
+async fn checkout(pool: sqlx::PgPool, ctx: JobContext, order: Checkout) -> Result<(), JobError> {
+    // Charged once, whatever happens after: the charge's row and its record commit together.
+    let mut tx = pool.begin().await?;
+    let charge: String = ctx
+        .step_in(&mut tx, "charge", async |conn: &mut sqlx::PgConnection| {
+            let id: String = sqlx::query_scalar(
+                "insert into charges (order_id, cents) values ($1, $2) returning id::text",
+            )
+            .bind(order.order_id)
+            .bind(order.cents)
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(id)
+        })
+        .await?;
+    tx.commit().await?;
+    // Mailed once: a retry after this point does not mail again.
+    ctx.step("receipt", async {
+        println!("receipt for order {} (charge {charge})", order.order_id);
+        Ok(())
+    })
+    .await?;
+    // Parked in `waiting` (no worker held) until POST /v1/jobs/{id}/signals/refund, or 30 days.
+    let refund = ctx
+        .wait_for_signal("refund", std::time::Duration::from_secs(30 * 86_400))
+        .await?;
+    if let Some(refund) = refund {
+        ctx.step("refund", async move {
+            println!("refund {refund} for charge {charge}");
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -453,7 +453,9 @@ async function jobPage(id) {
       field("lease expires", job.lease_expires_at ? time(job.lease_expires_at) : null),
       field("idempotency key", job.idempotency_key), field("concurrency key", job.concurrency_key),
       field("timeout", job.timeout_ms ? job.timeout_ms + " ms" : null),
-      field("waiting for", job.state === "waiting" ? `${job.pending_dependencies} of ${job.depends_on.length} dependencies` : null),
+      field("waiting for", job.waiting_for ? `signal "${job.waiting_for.signal}" until ${new Date(job.waiting_for.until).toLocaleString()}`
+        : job.state === "waiting" ? `${job.pending_dependencies} of ${job.depends_on.length} dependencies` : null),
+      field("steps", (job.steps || []).length ? `${job.steps.length} recorded` : null),
       field("last error", job.last_error)),
     h("h2", {}, "Timeline"), timeline(job),
     h("h2", {}, "Dependencies"), dependencyView(job, parents, dependents.jobs),
@@ -489,10 +491,21 @@ function timeline(job) {
   } else if (job.state === "queued" || job.state === "waiting") {
     events.push([job.state, job.next_run_at, job.state === "queued" ? `attempt ${job.attempts + 1} due` : "waiting for dependencies"]);
   }
+  for (const st of job.steps || []) {
+    const internal = st.name.startsWith("faultline:");
+    const label = internal ? st.name.slice("faultline:".length).replace(":", " ") : "step " + st.name;
+    events.push(["step", st.recorded_at, `${label} recorded by attempt ${st.attempt} (token ${st.lease_token})`,
+      st.result === null || st.result === undefined ? null : JSON.stringify(st.result).slice(0, 300)]);
+  }
+  if (job.waiting_for) {
+    events.push(["waiting", job.updated_at, `waiting for signal "${job.waiting_for.signal}"`, null,
+      "until " + new Date(job.waiting_for.until).toLocaleString()]);
+  }
   events.sort((a, b) => (a[1] || "").localeCompare(b[1] || ""));
   return h("ol", { class: "timeline", "data-timeline": "" }, events.map(([kind, at, text, detail, after]) =>
     h("li", { "data-event": kind, class: "ev-" + kind }, time(at), " ", h("strong", {}, text),
-      detail ? h("div", { class: "wrap", "data-error": "" }, detail) : null, after ? h("div", { class: "muted" }, after) : null)));
+      detail ? h("div", { class: "wrap", [kind === "step" ? "data-step-result" : "data-error"]: "" }, detail) : null,
+      after ? h("div", { class: "muted" }, after) : null)));
 }
 
 /** Parents (what this job waits for) and children (what waits for it), with their states. */

@@ -449,6 +449,37 @@ class BulkRequest(TypedDict):
     """
 
 
+class CompleteItem(TypedDict):
+    id: JobId
+    """
+    The job.
+    """
+    lease_token: int
+    """
+    The `lease_token` of its claim.
+    """
+    result: NotRequired[Any]
+    """
+    Its result, any JSON (kept as sent), bounded by `--max-result-bytes`.
+    """
+
+
+class CompleteOutcome(TypedDict):
+    id: JobId
+    """
+    The job.
+    """
+    message: NotRequired[str | None]
+    """
+    Why, for `lease_lost` and `invalid`.
+    """
+    outcome: str
+    """
+    `completed`; `lease_lost` (the token no longer holds the job: nothing recorded); or
+    `invalid` (the result is over the limit: nothing recorded, the lease still holds).
+    """
+
+
 DependencyRef: TypeAlias = JobId | int
 """
 A dependency as the enqueue body names it (the schema's view of
@@ -804,6 +835,20 @@ class ClaimResponse(TypedDict):
     Each job as `GET /v1/jobs/{id}` shows it (without its error history), `running`, with
     its `lease_token` and `lease_expires_at`: every report on it must carry the token.
     Empty when nothing was eligible within `wait_ms`.
+    """
+
+
+class CompleteBatchRequest(TypedDict):
+    jobs: list[CompleteItem]
+    """
+    1 to 1,000 completions.
+    """
+
+
+class CompleteBatchResponse(TypedDict):
+    results: list[CompleteOutcome]
+    """
+    One per completion, in request order.
     """
 
 

@@ -20,6 +20,9 @@ import httpx
 from ._generated import (
     BatchResult,
     ClaimRequest,
+    CompleteBatchRequest,
+    CompleteItem,
+    CompleteOutcome,
     CompleteRequest,
     FailRequest,
     HeartbeatRequest,
@@ -282,6 +285,19 @@ class _Calls:
             body["result"] = result
         return _Call("POST", _job_path(job_id, "/complete"), _json, body=body)
 
+    def _complete_batch(self, jobs: Sequence[Mapping[str, Any]]) -> _Call[list[CompleteOutcome]]:
+        items: list[CompleteItem] = []
+        for job in jobs:
+            item: CompleteItem = {"id": str(job["id"]), "lease_token": int(job["lease_token"])}
+            result = job.get("result", _UNSET)
+            if result is not _UNSET and result is not None:
+                item["result"] = result
+            items.append(item)
+        body: CompleteBatchRequest = {"jobs": items}
+        return _Call(
+            "POST", "/v1/jobs/complete", lambda r: cast("list[CompleteOutcome]", r.json()["results"]), body=body
+        )
+
     def _fail(
         self,
         job_id: str | uuid.UUID,
@@ -491,6 +507,15 @@ class Client(_Calls):
         """Report success, with an optional JSON ``result`` (fenced by ``lease_token``)."""
         return self._send(self._complete(job_id, lease_token, result))
 
+    def complete_batch(self, jobs: Sequence[Mapping[str, Any]]) -> list[CompleteOutcome]:
+        """Report many successes in one request (``POST /v1/jobs/complete``, 1 to 1,000), each
+        fenced by its own token: ``jobs`` holds ``{"id", "lease_token", "result"?}`` mappings.
+        Returns one ``{"id", "outcome", "message"?}`` per job, in order: ``outcome`` is
+        ``"completed"``, ``"lease_lost"`` (the token no longer holds the job: nothing changed,
+        as a 409 on :meth:`complete`) or ``"invalid"`` (the result was refused, e.g. too large:
+        nothing changed, the lease still holds). A stale token does not stop the others."""
+        return self._send(self._complete_batch(jobs))
+
     def fail(
         self,
         job_id: str | uuid.UUID,
@@ -661,6 +686,10 @@ class AsyncClient(_Calls):
     async def complete(self, job_id: str | uuid.UUID, lease_token: int, result: Any = _UNSET) -> Job:
         """See :meth:`Client.complete`."""
         return await self._send(self._complete(job_id, lease_token, result))
+
+    async def complete_batch(self, jobs: Sequence[Mapping[str, Any]]) -> list[CompleteOutcome]:
+        """See :meth:`Client.complete_batch`."""
+        return await self._send(self._complete_batch(jobs))
 
     async def fail(
         self,

@@ -11,7 +11,10 @@ One asyncio loop does everything that talks to the server (SPEC §15):
   two thirds of the TTL, the handler is told to stop too (self-fencing: another worker may be
   about to take the job);
 - when the handler returns, its result is **reported** (complete or fail), fenced by the lease
-  token. A report that fails on the network is retried with backoff until the lease would have
+  token. Successes are coalesced: a completion waits at most ``completion_linger`` (or until
+  ``completion_batch`` are pending) and goes out with the others in one ``POST /v1/jobs/complete``,
+  each still fenced by its own token (``batch_completions=False`` sends one complete per job).
+  A report that fails on the network is retried with backoff until the lease would have
   expired; after that the server hands the job to another worker, so giving up loses nothing;
 - on **shutdown** (SIGTERM/SIGINT under :meth:`Worker.run`, or the ``stop_event`` of
   :meth:`Worker.run_async`) claiming stops, running handlers get ``grace`` to finish, then are
@@ -157,6 +160,70 @@ class _Active:
         self.heartbeat_task: asyncio.Task[None] | None = None
 
 
+class _Completions:
+    """Coalesces the worker's successful completions into ``POST /v1/jobs/complete`` batches.
+
+    :meth:`submit` queues one completion and returns a future of its outcome: ``("completed",
+    None)``, ``("lease_lost", message)``, ``("invalid", message)``, or ``("error", message)`` when
+    the batch itself got no usable answer (the caller then reports that job on its own, with
+    the single ``complete`` and its retries). A batch goes out ``linger`` seconds after its first
+    completion, or at once when ``max_batch`` are pending; several may be in flight.
+    """
+
+    def __init__(self, client: AsyncClient, linger: float, max_batch: int) -> None:
+        self._client = client
+        self._linger = linger
+        self._max_batch = max_batch
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[tuple[str, str | None]]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+        #: False once the server showed it has no batch route (an older server).
+        self.enabled = True
+
+    def submit(self, job_id: str, lease_token: int, result: Any) -> asyncio.Future[tuple[str, str | None]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[str, str | None]] = loop.create_future()
+        item: dict[str, Any] = {"id": job_id, "lease_token": lease_token}
+        if result is not None:
+            item["result"] = result
+        self._pending.append((item, future))
+        if len(self._pending) >= self._max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._linger, self._flush)
+        return future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[tuple[str, str | None]]]]) -> None:
+        try:
+            outcomes = await self._client.complete_batch([item for item, _ in batch])
+            if len(outcomes) != len(batch):
+                raise ValueError(f"{len(outcomes)} outcomes for {len(batch)} completions")
+        except Exception as e:
+            if isinstance(e, ApiError) and e.status in (404, 405):
+                # A server without POST /v1/jobs/complete: report one by one from now on.
+                self.enabled = False
+                log.warning("the server has no POST /v1/jobs/complete (%s); completions go one by one", e)
+            else:
+                log.warning("a batch of %d completions failed (%s); each is reported on its own", len(batch), e)
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(("error", str(e)))
+            return
+        for (_, future), answer in zip(batch, outcomes):
+            if not future.done():
+                future.set_result((answer.get("outcome", "error"), answer.get("message")))
+
+
 class Worker:
     """Runs handlers for the jobs of ``queues``.
 
@@ -166,6 +233,11 @@ class Worker:
     renewed every ``heartbeat_interval`` (default a third of it); ``max_batch`` caps one claim
     (default ``concurrency``); ``poll_wait`` is the claim's long poll (the server answers at once
     when a job is there); ``grace`` is how long running handlers may finish at shutdown.
+
+    Successful completions are batched (``batch_completions``, on by default): each waits at most
+    ``completion_linger`` (default 3 ms) or until ``completion_batch`` (default 500) are pending,
+    and they go out in one ``POST /v1/jobs/complete``, each fenced by its own lease token.
+    ``batch_completions=False`` sends one ``complete`` per job.
 
     >>> worker = Worker("http://127.0.0.1:8000", queues=["mail"])
     >>> @worker.handler("welcome.send")
@@ -186,6 +258,9 @@ class Worker:
         grace: float | timedelta = 30.0,
         heartbeat_interval: float | timedelta | None = None,
         token: str | None = None,
+        batch_completions: bool = True,
+        completion_linger: float | timedelta = 0.003,
+        completion_batch: int = 500,
     ) -> None:
         if isinstance(queues, str):
             queues = [queues]
@@ -207,6 +282,14 @@ class Worker:
         if self.poll_wait > 60:
             raise ValueError("poll_wait must be at most 60 s")
         self.grace = _seconds(grace, "grace")
+        self.batch_completions = batch_completions
+        self.completion_linger = _seconds(completion_linger, "completion_linger")
+        if self.completion_linger > 1.0:
+            raise ValueError("completion_linger must be at most 1 s")
+        if not 1 <= completion_batch <= 1000:
+            raise ValueError("completion_batch must be between 1 and 1000")
+        self.completion_batch = completion_batch
+        self._completions: _Completions | None = None
         self._client_or_url = client_or_url
         self._token = token
         self._handlers: dict[str, tuple[Handler, bool]] = {}
@@ -298,6 +381,9 @@ class Worker:
             self._shutdown.set()
         watcher = asyncio.create_task(self._watch(stop_event)) if stop_event is not None else None
         client, owned = self._make_client()
+        self._completions = (
+            _Completions(client, self.completion_linger, self.completion_batch) if self.batch_completions else None
+        )
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="faultline-handler")
         log.info(
             "worker %s started: queues=%s concurrency=%d lease_ttl=%.1fs",
@@ -482,12 +568,31 @@ class Worker:
         if status == "ok":
             result = value
             try:
-                json.dumps(result, allow_nan=False)
+                if result is not None:
+                    json.dumps(result, allow_nan=False)
             except (TypeError, ValueError) as e:
                 message = f"the handler's result is not JSON: {type(e).__name__}: {e}"
                 log.error("job %s: %s", ctx.job_id, message)
                 await self._report(active, "fail", lambda: client.fail(ctx.job_id, ctx.lease_token, message))
                 return
+
+            completions = self._completions
+            if completions is not None and completions.enabled:
+                outcome_of_batch, why = await completions.submit(ctx.job_id, ctx.lease_token, result)
+                if outcome_of_batch == "completed":
+                    return
+                if outcome_of_batch == "lease_lost":
+                    # As a 409 on a single complete: nothing changed; the handler is done.
+                    active.lease_lost = True
+                    log.warning("job %s: complete refused, the lease is lost: %s", ctx.job_id, why)
+                    return
+                if outcome_of_batch == "invalid":
+                    log.error("job %s: result refused (%s); failing the attempt", ctx.job_id, why)
+                    await self._report(
+                        active, "fail", lambda: client.fail(ctx.job_id, ctx.lease_token, f"result refused by the server: {why}")
+                    )
+                    return
+                # The batch got no usable answer: this job is reported on its own, with retries.
 
             async def complete() -> Any:
                 try:

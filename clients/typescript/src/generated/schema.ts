@@ -162,6 +162,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/jobs/complete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Mark many claimed jobs succeeded in one statement, each fenced by its own lease token, as
+         *     one `complete` each would: a stale token changes nothing for its job and the others go on.
+         * @description # Errors
+         *     An [`ApiError`], answered with its status and JSON body.
+         */
+        post: operations["complete_jobs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/jobs/{id}": {
         parameters: {
             query?: never;
@@ -717,6 +739,40 @@ export interface components {
              *     Empty when nothing was eligible within `wait_ms`.
              */
             jobs: components["schemas"]["Job"][];
+        };
+        /** @description Many successes in one call (a busy remote worker's completions, batched). */
+        CompleteBatchRequest: {
+            /** @description 1 to 1,000 completions. */
+            jobs: components["schemas"]["CompleteItem"][];
+        };
+        /** @description What became of each completion, in request order. */
+        CompleteBatchResponse: {
+            /** @description One per completion, in request order. */
+            results: components["schemas"]["CompleteOutcome"][];
+        };
+        /** @description One completion of a batch. */
+        CompleteItem: {
+            /** @description The job. */
+            id: components["schemas"]["JobId"];
+            /**
+             * Format: int64
+             * @description The `lease_token` of its claim.
+             */
+            lease_token: number;
+            /** @description Its result, any JSON (kept as sent), bounded by `--max-result-bytes`. */
+            result?: unknown;
+        };
+        /** @description What became of one completion. */
+        CompleteOutcome: {
+            /** @description The job. */
+            id: components["schemas"]["JobId"];
+            /** @description Why, for `lease_lost` and `invalid`. */
+            message?: string | null;
+            /**
+             * @description `completed`; `lease_lost` (the token no longer holds the job: nothing recorded); or
+             *     `invalid` (the result is over the limit: nothing recorded, the lease still holds).
+             */
+            outcome: string;
         };
         /** @description A success. */
         CompleteRequest: {
@@ -1747,6 +1803,85 @@ export interface operations {
                 };
             };
             /** @description a filter field is invalid, named as filter.field */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    complete_jobs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "jobs": [
+                 *         {
+                 *           "id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                 *           "lease_token": 42,
+                 *           "result": {
+                 *             "sent": true
+                 *           }
+                 *         }
+                 *       ]
+                 *     }
+                 */
+                "application/json": components["schemas"]["CompleteBatchRequest"];
+            };
+        };
+        responses: {
+            /** @description an outcome per completion */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CompleteBatchResponse"];
+                };
+            };
+            /** @description malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description a field out of bounds, named as jobs[i].field */
             422: {
                 headers: {
                     [name: string]: unknown;

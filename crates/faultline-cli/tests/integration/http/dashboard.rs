@@ -654,6 +654,41 @@ async fn the_dashboard_searches_acts_on_a_filtered_set_and_draws_each_jobs_histo
         .await;
     assert_eq!(events, json!(["created", "started", "succeeded"]));
 
+    // A job with a recorded step and parked for a signal: its timeline shows both.
+    let durable = enqueue(NewJob::new("noop", json!({})).with_queue("parked")).await;
+    let claimed = store
+        .claim_batch(
+            &["parked".to_owned()],
+            "ui-durable",
+            1,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let charged = faultline::Payload::from_json(r#"{"charge":"ch_9"}"#).unwrap();
+    store
+        .record_step(&claimed.lease, "charge", &charged)
+        .await
+        .unwrap();
+    store
+        .wait_for_signal(&claimed.lease, "refund", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    browser.open(&base, &format!("/job/{durable}")).await;
+    let step = browser
+        .text_until("the step", "[data-timeline] [data-event=step]", |t| {
+            t.contains("step charge recorded by attempt 1")
+        })
+        .await;
+    assert!(step.contains("ch_9"), "{step}");
+    browser
+        .text_until("the wait", "[data-field=\"waiting for\"]", |t| {
+            t.contains("signal \"refund\"")
+        })
+        .await;
+
     // The failed job's timeline: both failures, with the worker and the error.
     browser.open(&base, &format!("/job/{failing}")).await;
     let timeline = browser

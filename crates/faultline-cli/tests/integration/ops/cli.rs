@@ -117,7 +117,7 @@ async fn a_url_that_is_not_a_faultline_api_is_named_as_such() {
 }
 
 #[tokio::test]
-async fn jobs_get_shows_the_result_as_the_handler_sent_it() {
+async fn jobs_get_shows_the_result_as_the_handler_sent_it_and_the_steps() {
     let db = TestDb::new().await;
     let store = db.store();
     let id = store
@@ -127,6 +127,11 @@ async fn jobs_get_shows_the_result_as_the_handler_sent_it() {
         .into_job()
         .id;
     let claimed = crate::harness::claim_one(&store, "w", Duration::from_secs(30)).await;
+    let charged = faultline::Payload::from_json(r#"{"charge":"ch_1"}"#).unwrap();
+    store
+        .record_step(&claimed.lease, "charge", &charged)
+        .await
+        .unwrap();
     let result = faultline::Payload::from_json(r#"{"rows":3,"total":1.50}"#).unwrap();
     store
         .complete_with_result(&claimed.lease, &result)
@@ -138,6 +143,14 @@ async fn jobs_get_shows_the_result_as_the_handler_sent_it() {
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(
         text.contains(r#"result        {"rows":3,"total":1.50}"#),
+        "{text}"
+    );
+    // Its durable steps, each with its attempt and token.
+    let token = claimed.lease.token;
+    assert!(
+        text.contains(&format!(
+            r#"charge (attempt 1, token {token}): {{"charge":"ch_1"}}"#
+        )),
         "{text}"
     );
 }
