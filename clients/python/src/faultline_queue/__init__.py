@@ -3,12 +3,13 @@
 - :class:`Client` / :class:`AsyncClient`: enqueue (one, or a batch), get, list, cancel, retry,
   and the worker protocol's calls (claim, heartbeat, complete, fail, release);
 - :class:`Worker`: runs handlers registered by kind, with heartbeats, stop signals, fenced
-  reports and a graceful shutdown;
+  reports and a graceful shutdown; its :class:`JobContext` has durable steps, sleeps and
+  signals (``ctx.step``, ``ctx.sleep``, ``ctx.wait_for_signal``; :class:`Suspended`);
 - typed errors (:mod:`faultline_queue.errors`) and the API's types as ``TypedDict``\\ s
   (:mod:`faultline_queue.types`, generated from the server's ``/openapi.json``).
 """
 
-from .client import DEFAULT_TIMEOUT, AsyncClient, Client, Enqueued, Heartbeat, __version__, job_request
+from .client import DEFAULT_TIMEOUT, AsyncClient, Client, Enqueued, Heartbeat, RecordedStep, __version__, job_request
 from .errors import (
     ApiError,
     Conflict,
@@ -23,7 +24,7 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
-from .worker import JobContext, Permanent, Retryable, StopReason, Worker
+from .worker import JobContext, Permanent, Retryable, StopReason, Suspended, Worker
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -43,8 +44,10 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "Permanent",
+    "RecordedStep",
     "Retryable",
     "StopReason",
+    "Suspended",
     "Unauthorized",
     "Unavailable",
     "Worker",

@@ -321,6 +321,91 @@ class SchedulesResponse(TypedDict):
     """
 
 
+class SignalRequest(TypedDict):
+    payload: NotRequired[Any]
+    """
+    Handed to the waiting handler (any JSON; absent: `null`).
+    """
+
+
+class SignalResponse(TypedDict):
+    kept: bool
+    """
+    Whether it was kept: `false` when a signal of that name had been sent already (the
+    first is kept).
+    """
+
+
+class SleepRequest(TypedDict):
+    lease_token: int
+    """
+    The `lease_token` of the claim.
+    """
+    seq: NotRequired[int | None]
+    """
+    Which sleep of the handler this is, counting from 1 (default 1): the n-th sleep's time
+    is recorded as step `faultline:sleep:n`.
+    """
+    until: str
+    """
+    Sleep until this time (RFC 3339). Kept from the first call: a handler that runs again
+    and asks again (with a later time) gets the first.
+    """
+
+
+class SleepResponse(TypedDict):
+    state: str
+    """
+    `sleeping`: the job was put back to run at `until`, its lease and slot given back and
+    its attempt handed back — stop working on it now. `over`: the time has come; go on.
+    """
+    until: str
+    """
+    The time recorded for this sleep.
+    """
+
+
+class Step(TypedDict):
+    attempt: int
+    """
+    The attempt that ran it.
+    """
+    lease_token: int
+    """
+    The lease token it was recorded under.
+    """
+    name: str
+    """
+    Its name, unique within the job.
+    """
+    recorded_at: str
+    """
+    When it was recorded.
+    """
+    result: NotRequired[Any]
+    """
+    What it returned (JSON, exactly as recorded; `null` for nothing).
+    """
+
+
+class StepRequest(TypedDict):
+    lease_token: int
+    """
+    The `lease_token` of the claim.
+    """
+    result: NotRequired[Any]
+    """
+    What the step returned (any JSON, kept as sent; bounded by `--max-result-bytes`).
+    """
+
+
+class StepsResponse(TypedDict):
+    steps: list[Step]
+    """
+    Oldest first.
+    """
+
+
 class ThroughputSample(TypedDict):
     cancelled: int
     """
@@ -365,6 +450,49 @@ UniqueScopeName: TypeAlias = Literal['active', 'period']
 """
 The scopes of uniqueness, as named in the enqueue body.
 """
+
+
+class WaitRequest(TypedDict):
+    lease_token: int
+    """
+    The `lease_token` of the claim.
+    """
+    signal: str
+    """
+    The signal's name (1–255 bytes, no control characters).
+    """
+    timeout_ms: int
+    """
+    Wait at most this long from the first call, 0 to 3,153,600,000,000 ms (100 years).
+    """
+
+
+class WaitResponse(TypedDict):
+    outcome: str
+    """
+    `signalled` (with `payload`), `timed_out`, or `parked`: the job waits in `waiting`
+    until the signal or `until`, its lease and slot given back and its attempt handed back
+    — stop working on it now; it runs again when either comes.
+    """
+    payload: NotRequired[Any]
+    """
+    The signal's payload (`signalled`).
+    """
+    until: NotRequired[str | None]
+    """
+    When the wait times out (`parked`).
+    """
+
+
+class WaitingFor(TypedDict):
+    signal: str
+    """
+    The signal's name.
+    """
+    until: str
+    """
+    When the wait times out (the job runs again, and the wait returns nothing).
+    """
 
 
 class WorkerInfo(TypedDict):
@@ -660,6 +788,11 @@ class Job(TypedDict):
     """
     Where it is in its life.
     """
+    steps: NotRequired[list[Step]]
+    """
+    The durable steps it recorded, oldest first (docs/durable.md): filled by
+    [`crate::Store::get`]; empty in listings and claims.
+    """
     timeout_ms: NotRequired[int | None]
     """
     Per-job execution timeout in milliseconds, if set.
@@ -681,6 +814,7 @@ class Job(TypedDict):
     """
     When the row last changed.
     """
+    waiting_for: NotRequired[WaitingFor | None]
 
 
 class Page(TypedDict):

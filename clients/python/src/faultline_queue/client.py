@@ -30,6 +30,12 @@ from ._generated import (
     LeaseRequest,
     Page,
     QueuesResponse,
+    SleepRequest,
+    SleepResponse,
+    Step,
+    StepRequest,
+    WaitRequest,
+    WaitResponse,
     WorkersResponse,
 )
 from .errors import ConnectionFailed, error_from_response
@@ -71,6 +77,20 @@ class Heartbeat:
 
     lease_expires_at: str | None
     cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    """The answer to :meth:`Client.record_step`: the step as the server holds it, and whether
+    this call recorded it (201) or found it recorded earlier (200: the first result stands)."""
+
+    step: Step
+    created: bool
+
+    @property
+    def result(self) -> Any:
+        """The step's recorded result (``None`` for ``null``)."""
+        return self.step.get("result")
 
 
 @dataclass
@@ -167,6 +187,10 @@ def _enqueued(response: httpx.Response) -> Enqueued:
         replayed=response.headers.get("idempotent-replayed", "").lower() == "true",
         duplicate=response.headers.get("unique-duplicate", "").lower() == "true",
     )
+
+
+def _recorded_step(response: httpx.Response) -> RecordedStep:
+    return RecordedStep(step=response.json(), created=response.status_code == 201)
 
 
 def _heartbeat(response: httpx.Response) -> Heartbeat:
@@ -317,6 +341,41 @@ class _Calls:
     def _release(self, job_id: str | uuid.UUID, lease_token: int) -> _Call[Job]:
         body: LeaseRequest = {"lease_token": lease_token}
         return _Call("POST", _job_path(job_id, "/release"), _json, body=body)
+
+    # Durable steps, sleeps and signals (docs/durable.md, "Over HTTP").
+
+    def _steps(self, job_id: str | uuid.UUID) -> _Call[list[Step]]:
+        return _Call("GET", _job_path(job_id, "/steps"), lambda r: cast("list[Step]", r.json()["steps"]))
+
+    def _record_step(self, job_id: str | uuid.UUID, lease_token: int, name: str, result: Any) -> _Call[RecordedStep]:
+        body: StepRequest = {"lease_token": lease_token}
+        if result is not _UNSET:
+            body["result"] = result
+        return _Call("PUT", _job_path(job_id, f"/steps/{quote(name, safe='')}"), _recorded_step, body=body)
+
+    def _sleep_job(
+        self, job_id: str | uuid.UUID, lease_token: int, until: datetime | str, seq: int | None
+    ) -> _Call[SleepResponse]:
+        body: SleepRequest = {"lease_token": lease_token, "until": cast(str, _rfc3339(until, "until"))}
+        if seq is not None:
+            body["seq"] = seq
+        return _Call("POST", _job_path(job_id, "/sleep"), _json, body=body)
+
+    def _wait_for_signal(
+        self, job_id: str | uuid.UUID, lease_token: int, signal: str, timeout_ms: int | timedelta
+    ) -> _Call[WaitResponse]:
+        ms = _ms(timeout_ms, "timeout_ms")
+        body: WaitRequest = {"lease_token": lease_token, "signal": signal, "timeout_ms": max(0, ms or 0)}
+        return _Call("POST", _job_path(job_id, "/wait"), _json, body=body)
+
+    def _send_signal(self, job_id: str | uuid.UUID, name: str, payload: Any) -> _Call[bool]:
+        body: dict[str, Any] = {} if payload is _UNSET else {"payload": payload}
+        return _Call(
+            "POST",
+            _job_path(job_id, f"/signals/{quote(name, safe='')}"),
+            lambda r: bool(r.json()["kept"]),
+            body=body,
+        )
 
     # Sending.
 
@@ -533,6 +592,41 @@ class Client(_Calls):
         """Hand a lease back: the job is queued again without spending an attempt."""
         return self._send(self._release(job_id, lease_token))
 
+    def steps(self, job_id: str | uuid.UUID) -> list[Step]:
+        """The steps the job recorded, oldest first (``GET /v1/jobs/{id}/steps``), the
+        library's own (named ``faultline:…``: sleeps, waits, signals) included."""
+        return self._send(self._steps(job_id))
+
+    def send_signal(self, job_id: str | uuid.UUID, name: str, payload: Any = _UNSET) -> bool:
+        """Send signal ``name`` to a job (``POST /v1/jobs/{id}/signals/{name}``), with an optional
+        JSON ``payload`` (``null`` when left out). Returns whether it was kept: ``False`` when a
+        signal of that name had been sent already (the first is kept). A signal sent before the
+        job waits for it is kept for that wait. Raises :class:`~faultline_queue.errors.NotFound`
+        for an unknown job, :class:`~faultline_queue.errors.Conflict` for a finished one."""
+        return self._send(self._send_signal(job_id, name, payload))
+
+    def record_step(self, job_id: str | uuid.UUID, lease_token: int, name: str, result: Any = _UNSET) -> RecordedStep:
+        """Record step ``name`` of a claimed job under its lease, once (``PUT
+        /v1/jobs/{id}/steps/{name}``). A worker's handler uses :meth:`JobContext.step` instead.
+        Raises :class:`~faultline_queue.errors.LeaseLost` when the token no longer holds the job."""
+        return self._send(self._record_step(job_id, lease_token, name, result))
+
+    def sleep_job(
+        self, job_id: str | uuid.UUID, lease_token: int, until: datetime | str, *, seq: int | None = None
+    ) -> SleepResponse:
+        """Sleep a claimed job durably until ``until`` (``POST /v1/jobs/{id}/sleep``; ``seq``: which
+        sleep of the handler, from 1). ``{"state": "sleeping"}``: the job was put back (stop, report
+        nothing); ``"over"``: go on. A handler uses :meth:`JobContext.sleep` instead."""
+        return self._send(self._sleep_job(job_id, lease_token, until, seq))
+
+    def wait_for_signal(
+        self, job_id: str | uuid.UUID, lease_token: int, signal: str, timeout_ms: int | timedelta
+    ) -> WaitResponse:
+        """Wait for signal ``signal`` (``POST /v1/jobs/{id}/wait``): ``{"outcome": "signalled",
+        "payload"}``, ``"timed_out"``, or ``"parked"`` (the job now waits in ``waiting``: stop,
+        report nothing). A handler uses :meth:`JobContext.wait_for_signal` instead."""
+        return self._send(self._wait_for_signal(job_id, lease_token, signal, timeout_ms))
+
 
 class AsyncClient(_Calls):
     """The asyncio twin of :class:`Client`: the same methods, awaited. Use ``async with`` or
@@ -707,5 +801,31 @@ class AsyncClient(_Calls):
         """See :meth:`Client.release`."""
         return await self._send(self._release(job_id, lease_token))
 
+    async def steps(self, job_id: str | uuid.UUID) -> list[Step]:
+        """See :meth:`Client.steps`."""
+        return await self._send(self._steps(job_id))
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client", "Enqueued", "Heartbeat", "job_request"]
+    async def send_signal(self, job_id: str | uuid.UUID, name: str, payload: Any = _UNSET) -> bool:
+        """See :meth:`Client.send_signal`."""
+        return await self._send(self._send_signal(job_id, name, payload))
+
+    async def record_step(
+        self, job_id: str | uuid.UUID, lease_token: int, name: str, result: Any = _UNSET
+    ) -> RecordedStep:
+        """See :meth:`Client.record_step`."""
+        return await self._send(self._record_step(job_id, lease_token, name, result))
+
+    async def sleep_job(
+        self, job_id: str | uuid.UUID, lease_token: int, until: datetime | str, *, seq: int | None = None
+    ) -> SleepResponse:
+        """See :meth:`Client.sleep_job`."""
+        return await self._send(self._sleep_job(job_id, lease_token, until, seq))
+
+    async def wait_for_signal(
+        self, job_id: str | uuid.UUID, lease_token: int, signal: str, timeout_ms: int | timedelta
+    ) -> WaitResponse:
+        """See :meth:`Client.wait_for_signal`."""
+        return await self._send(self._wait_for_signal(job_id, lease_token, signal, timeout_ms))
+
+
+__all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client", "Enqueued", "Heartbeat", "RecordedStep", "job_request"]

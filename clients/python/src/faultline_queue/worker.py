@@ -23,6 +23,12 @@ One asyncio loop does everything that talks to the server (SPEC §15):
   back at once.
 
 Async handlers run on the loop; plain functions run in a thread pool of ``concurrency`` threads.
+
+A handler may also use **durable steps, sleeps and signals** (docs/durable.md): ``ctx.step``
+records a step's result under the lease once (a later run of the job gets it back without running
+the step again), ``ctx.sleep`` / ``ctx.sleep_until`` and ``ctx.wait_for_signal`` hand the job back
+to the server until a time or a signal. A sleep or a wait that suspends the job raises
+:class:`Suspended`: the worker then reports nothing for this run (the server already moved the job).
 """
 
 from __future__ import annotations
@@ -42,18 +48,19 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypeVar, Union
 
 from ._generated import Job
 from .client import _UNSET, AsyncClient, Client
-from .errors import ApiError, ConnectionFailed, InvalidInput, LeaseLost, NotFound, PayloadTooLarge
+from .errors import ApiError, ConnectionFailed, FaultlineError, InvalidInput, LeaseLost, NotFound, PayloadTooLarge
 
 log = logging.getLogger("faultline_queue.worker")
 
 StopReason = Literal["lease_lost", "cancelled", "shutdown", "timeout"]
 Handler = Callable[[Job, "JobContext"], Union[Any, Awaitable[Any]]]
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class Retryable(Exception):
@@ -73,6 +80,34 @@ class Permanent(Exception):
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
         self.message = message
+
+
+class Suspended(BaseException):
+    """The job was handed back to the server by a durable sleep (``ctx.sleep``,
+    ``ctx.sleep_until``) or a wait for a signal (``ctx.wait_for_signal``): it runs again, from the
+    top, at that time or when the signal comes, its recorded steps returning at once. The worker
+    reports nothing for this run.
+
+    Let it propagate out of the handler. It derives from ``BaseException`` so that a handler's
+    ``except Exception`` does not swallow it (a handler that swallows it anyway still has
+    nothing reported: the worker knows the run was suspended).
+    """
+
+
+#: Step names starting with this are the server's own (sleeps, waits, signals).
+RESERVED_STEP_PREFIX = "faultline:"
+
+
+def _name_problem(name: Any, what: str) -> str | None:
+    if not isinstance(name, str):
+        return f"{what} must be a string, got {type(name).__name__}"
+    if not name.strip():
+        return f"{what} {name!r} must not be empty or blank"
+    if len(name.encode()) > 255:
+        return f"{what} {name[:40]!r}… is {len(name.encode())} bytes; at most 255 allowed"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
+        return f"{what} {name!r} contains a control character"
+    return None
 
 
 def _seconds(value: float | timedelta, name: str) -> float:
@@ -111,6 +146,16 @@ class JobContext:
         self.stop_reason: StopReason | None = None
         self._thread_event = threading.Event()
         self._async_event = asyncio.Event() if is_async else None
+        #: Set by the worker: what durable calls need (its client, its loop, this attempt).
+        self._runtime: _Runtime | None = None
+        #: Recorded results by step name: the claim's ``steps`` plus this run's records.
+        self._steps: dict[str, Any] | None = (
+            {step["name"]: step.get("result") for step in job["steps"]} if isinstance(job.get("steps"), list) else None
+        )
+        self._sleeps = 0
+        self._lock = threading.Lock()
+        #: This run handed the job back (a sleep or a wait): nothing is reported for it.
+        self.suspended = False
 
     @property
     def payload(self) -> Any:
@@ -135,6 +180,215 @@ class JobContext:
         if self._async_event is not None:
             self._async_event.set()
         return True
+
+    # Durable steps, sleeps and signals (docs/durable.md). In an async handler each of these
+    # returns an awaitable; in a plain (thread) handler it blocks and returns the value.
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` as the durable step ``name`` of this job, once.
+
+        If the job recorded a step of that name (in this run or an earlier one), its recorded
+        result is returned and ``fn`` is not called. Otherwise ``fn()`` runs (a plain function,
+        or one returning an awaitable) and its result (JSON: ``None``, bool, number, str, list,
+        dict) is recorded under this attempt's lease; the recorded result is returned (the first
+        one, should the same name have been recorded meanwhile). A step that raises records
+        nothing. Names are 1–255 bytes without control characters; ``faultline:…`` is reserved.
+
+        ``await ctx.step(...)`` in an async handler; ``ctx.step(...)`` in a plain one.
+
+        Raises :class:`~faultline_queue.errors.LeaseLost` when the lease was lost (nothing was
+        recorded; the handler is told to stop and its outcome is not reported) and
+        :class:`Permanent` for a bad name or a result that is not JSON (or over the server's
+        limit).
+        """
+        if self._async_event is not None:
+            return self._step_async(name, fn)
+        return self._step_blocking(name, fn)
+
+    def sleep(self, duration: float | timedelta) -> Any:
+        """Sleep durably for ``duration`` (seconds or a ``timedelta``) from the first run that
+        asked: see :meth:`sleep_until`."""
+        seconds = _seconds(duration, "duration")
+        until = datetime.now(timezone.utc) + timedelta(seconds=min(seconds, 36_500 * 86_400))
+        return self.sleep_until(until)
+
+    def sleep_until(self, until: datetime) -> Any:
+        """Sleep durably until ``until`` (timezone-aware): the job gives back its worker slot and
+        its lease, and is claimed again at that time without spending an attempt. Until then this
+        raises :class:`Suspended` (let it propagate: the worker reports nothing for this run);
+        when the job runs again, the same call (the handler's n-th sleep) returns, keeping the
+        time recorded the first time. A time already past returns at once.
+
+        ``await ctx.sleep_until(...)`` in an async handler; ``ctx.sleep_until(...)`` in a plain one.
+        """
+        if not isinstance(until, datetime) or until.tzinfo is None:
+            raise ValueError("until must be a timezone-aware datetime (e.g. datetime.now(timezone.utc))")
+        with self._lock:
+            self._sleeps += 1
+            seq = self._sleeps
+        if self._async_event is not None:
+            return self._sleep_async(until, seq)
+        self._runtime_or_raise().run(self._sleep_async(until, seq))
+        return None
+
+    def wait_for_signal(self, name: str, timeout: float | timedelta, default: Any = None) -> Any:
+        """Wait for the signal ``name`` (``POST /v1/jobs/{id}/signals/{name}``, or
+        :meth:`Client.send_signal`), at most ``timeout`` (seconds or a ``timedelta``) from the
+        first call: its payload once it came (a signal sent before the wait counts; ``None`` for
+        a signal sent without one), ``default`` once the timeout passed without it. Until then
+        the job parks in ``waiting`` and this raises :class:`Suspended` (let it propagate); the
+        signal or the timeout runs the job again from the top, and this same call then answers.
+
+        ``await ctx.wait_for_signal(...)`` in an async handler; ``ctx.wait_for_signal(...)`` in a
+        plain one.
+        """
+        problem = _name_problem(name, "signal name")
+        if problem:
+            raise Permanent(problem)
+        timeout_ms = int(_seconds(timeout, "timeout") * 1000)
+        if self._async_event is not None:
+            return self._wait_async(name, timeout_ms, default)
+        return self._runtime_or_raise().run(self._wait_async(name, timeout_ms, default))
+
+    def _runtime_or_raise(self) -> _Runtime:
+        if self._runtime is None:
+            raise FaultlineError("durable steps, sleeps and signals need a context made by a running Worker")
+        return self._runtime
+
+    @staticmethod
+    def _check_step(name: str) -> None:
+        problem = _name_problem(name, "step name")
+        if problem is None and name.startswith(RESERVED_STEP_PREFIX):
+            problem = f"step name {name!r}: names starting with {RESERVED_STEP_PREFIX!r} are the library's own"
+        if problem:
+            raise Permanent(problem)
+
+    async def _recorded(self, name: str) -> tuple[bool, Any]:
+        """Whether step ``name`` is recorded, and its result."""
+        runtime = self._runtime_or_raise()
+        if self._steps is None:
+            steps = await runtime.call("steps", lambda c: c.steps(self.job_id))
+            with self._lock:
+                if self._steps is None:
+                    self._steps = {step["name"]: step.get("result") for step in steps}
+        with self._lock:
+            assert self._steps is not None
+            if name in self._steps:
+                return True, self._steps[name]
+        return False, None
+
+    async def _record(self, name: str, result: Any) -> Any:
+        runtime = self._runtime_or_raise()
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise Permanent(f"step {name!r}: the result is not JSON: {type(e).__name__}: {e}") from e
+        recorded = await runtime.call(
+            f"step {name!r}", lambda c: c.record_step(self.job_id, self.lease_token, name, result)
+        )
+        with self._lock:
+            assert self._steps is not None
+            self._steps.setdefault(name, recorded.result)
+            return self._steps[name]
+
+    async def _step_async(self, name: str, fn: Callable[[], Any]) -> Any:
+        self._check_step(name)
+        found, value = await self._recorded(name)
+        if found:
+            return value
+        result = fn()
+        if inspect.isawaitable(result):
+            result = await result
+        return await self._record(name, result)
+
+    def _step_blocking(self, name: str, fn: Callable[[], Any]) -> Any:
+        self._check_step(name)
+        runtime = self._runtime_or_raise()
+        found, value = runtime.run(self._recorded(name))
+        if found:
+            return value
+        result = fn()  # in the handler's thread
+        if inspect.isawaitable(result):
+            result = runtime.run(_awaited(result))
+        return runtime.run(self._record(name, result))
+
+    async def _sleep_async(self, until: datetime, seq: int) -> None:
+        runtime = self._runtime_or_raise()
+        answer = await runtime.call("sleep", lambda c: c.sleep_job(self.job_id, self.lease_token, until, seq=seq))
+        if answer.get("state") == "over":
+            return
+        runtime.suspended(f"sleeping until {answer.get('until')}")
+        raise Suspended(f"job {self.job_id} sleeps until {answer.get('until')}")
+
+    async def _wait_async(self, name: str, timeout_ms: int, default: Any) -> Any:
+        runtime = self._runtime_or_raise()
+        answer = await runtime.call(
+            f"wait for {name!r}", lambda c: c.wait_for_signal(self.job_id, self.lease_token, name, timeout_ms)
+        )
+        outcome = answer.get("outcome")
+        if outcome == "signalled":
+            return answer.get("payload")
+        if outcome == "timed_out":
+            return default
+        runtime.suspended(f"waiting for signal {name!r} until {answer.get('until')}")
+        raise Suspended(f"job {self.job_id} waits for signal {name!r} until {answer.get('until')}")
+
+
+async def _awaited(value: Awaitable[T]) -> T:
+    return await value
+
+
+class _Runtime:
+    """What a context's durable calls need: the worker's client and loop, and the attempt."""
+
+    def __init__(self, worker: Worker, client: AsyncClient, active: _Active) -> None:
+        self.worker = worker
+        self.client = client
+        self.active = active
+        self.loop = asyncio.get_running_loop()
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` on the worker's loop from a handler's thread, and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
+
+    def suspended(self, why: str) -> None:
+        """The server took the job back (a sleep or a wait): stop its heartbeats; nothing is
+        reported for this run. On the loop."""
+        active = self.active
+        active.ctx.suspended = True
+        if active.heartbeat_task is not None:
+            active.heartbeat_task.cancel()
+        log.info("job %s: %s; the job is handed back, nothing reported for this run", active.ctx.job_id, why)
+
+    async def call(self, what: str, send: Callable[[AsyncClient], Awaitable[T]]) -> T:
+        """A durable call, fenced by the lease. Network failures and 5xx are retried with backoff
+        until the lease would have expired (each call is idempotent: a step records once, a
+        sleep keeps its first time, a wait its first answer). A lost lease stops the handler
+        like any lease loss and raises :class:`LeaseLost`; a refused name or result raises
+        :class:`Permanent`."""
+        active = self.active
+        ctx = active.ctx
+        delay = 0.1
+        while True:
+            try:
+                return await send(self.client)
+            except (LeaseLost, NotFound) as e:
+                active.lease_lost = True
+                if ctx._stop("lease_lost"):
+                    log.warning("job %s: %s refused, the lease is lost (%s); stopping its handler", ctx.job_id, what, e.message)
+                if isinstance(e, LeaseLost):
+                    raise
+                raise LeaseLost(e.status, "lease_lost", e.message, job_id=ctx.job_id, body=e.body) from e
+            except (InvalidInput, PayloadTooLarge) as e:
+                raise Permanent(f"{what} refused by the server: {e.message}") from e
+            except (ConnectionFailed, ApiError) as e:
+                if isinstance(e, ApiError) and not _transient(e):
+                    raise
+                if time.monotonic() + delay >= active.lease_deadline:
+                    raise
+                log.warning("job %s: %s failed (%s); retrying in %.1f s", ctx.job_id, what, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 class _Active:
@@ -464,6 +718,7 @@ class Worker:
         ctx = JobContext(job, self.worker_id, entry[1] if entry else True)
         active = _Active(job, ctx, claimed_at + self.lease_ttl)
         self._active[job["id"]] = active
+        ctx._runtime = _Runtime(self, client, active)
         if self._shutdown.is_set():
             # Claimed after shutdown began (the claim was in flight): hand it back unstarted.
             active.task = asyncio.create_task(self._hand_back(client, active))
@@ -514,6 +769,8 @@ class Worker:
             finally:
                 if timer is not None:
                     timer.cancel()
+            if ctx.suspended:
+                return  # a sleep or a wait handed the job back: nothing to report
             if active.released:
                 return  # handed back at shutdown: the lease is no longer ours
             active.phase = "reporting"
@@ -559,6 +816,8 @@ class Worker:
             if not active.handler_cancelled:
                 raise  # the worker itself is being cancelled
             return ("error", TimeoutError(f"stopped: {ctx.stop_reason or 'cancelled'}"))
+        except Suspended as e:
+            return ("suspended", e)
         except Exception as e:
             return ("error", e)
 
@@ -786,4 +1045,4 @@ async def _first(*aws: Awaitable[Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-__all__ = ["JobContext", "Permanent", "Retryable", "StopReason", "Worker", "default_worker_id"]
+__all__ = ["JobContext", "Permanent", "Retryable", "StopReason", "Suspended", "Worker", "default_worker_id"]

@@ -354,6 +354,118 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/jobs/{id}/signals/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send signal `{name}` to a job: kept for its wait (sent before the wait too), the job run
+         *     again at once if it is parked waiting for it. The first signal of a name is kept.
+         * @description # Errors
+         *     An [`ApiError`], answered with its status and JSON body.
+         */
+        post: operations["send_signal"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/jobs/{id}/sleep": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sleep durably: the job is claimed again at `until` (recorded once per `seq`), its attempt
+         *     not spent, or — when that time has come — the handler goes on.
+         * @description # Errors
+         *     An [`ApiError`], answered with its status and JSON body.
+         */
+        post: operations["sleep_job"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/jobs/{id}/steps": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The steps a job recorded, oldest first (the library's own records, named `faultline:…`,
+         *     included).
+         * @description # Errors
+         *     An [`ApiError`], answered with its status and JSON body.
+         */
+        get: operations["list_steps"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/jobs/{id}/steps/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Record step `{name}` of a claimed job under its lease, once: 201 with the step when this
+         *     call recorded it, 200 with the step recorded earlier when there was one (a name is
+         *     recorded once; the first result stands).
+         * @description # Errors
+         *     An [`ApiError`], answered with its status and JSON body.
+         */
+        put: operations["record_step"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/jobs/{id}/wait": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Wait for a signal: its payload if it came (before the wait too), `timed_out` once the
+         *     deadline passed, else the job parks in `waiting`. The answer is recorded: the same call in
+         *     a later run gets the same.
+         * @description # Errors
+         *     An [`ApiError`], answered with its status and JSON body.
+         */
+        post: operations["wait_for_signal"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/queues": {
         parameters: {
             query?: never;
@@ -1012,6 +1124,11 @@ export interface components {
             /** @description Where it is in its life. */
             state: components["schemas"]["JobState"];
             /**
+             * @description The durable steps it recorded, oldest first (docs/durable.md): filled by
+             *     [`crate::Store::get`]; empty in listings and claims.
+             */
+            steps?: components["schemas"]["Step"][];
+            /**
              * Format: int32
              * @description Per-job execution timeout in milliseconds, if set.
              */
@@ -1033,6 +1150,7 @@ export interface components {
              * @description When the row last changed.
              */
             updated_at: string;
+            waiting_for?: null | components["schemas"]["WaitingFor"];
         };
         /**
          * Format: uuid
@@ -1265,6 +1383,89 @@ export interface components {
             /** @description Sorted by name. */
             schedules: components["schemas"]["Schedule"][];
         };
+        /** @description A signal. */
+        SignalRequest: {
+            /** @description Handed to the waiting handler (any JSON; absent: `null`). */
+            payload?: unknown;
+        };
+        /** @description What a signal did. */
+        SignalResponse: {
+            /**
+             * @description Whether it was kept: `false` when a signal of that name had been sent already (the
+             *     first is kept).
+             */
+            kept: boolean;
+        };
+        /** @description A durable sleep. */
+        SleepRequest: {
+            /**
+             * Format: int64
+             * @description The `lease_token` of the claim.
+             */
+            lease_token: number;
+            /**
+             * Format: int32
+             * @description Which sleep of the handler this is, counting from 1 (default 1): the n-th sleep's time
+             *     is recorded as step `faultline:sleep:n`.
+             */
+            seq?: number | null;
+            /**
+             * Format: date-time
+             * @description Sleep until this time (RFC 3339). Kept from the first call: a handler that runs again
+             *     and asks again (with a later time) gets the first.
+             */
+            until: string;
+        };
+        /** @description What became of a sleep. */
+        SleepResponse: {
+            /**
+             * @description `sleeping`: the job was put back to run at `until`, its lease and slot given back and
+             *     its attempt handed back — stop working on it now. `over`: the time has come; go on.
+             */
+            state: string;
+            /**
+             * Format: date-time
+             * @description The time recorded for this sleep.
+             */
+            until: string;
+        };
+        /** @description A recorded step. */
+        Step: {
+            /**
+             * Format: int32
+             * @description The attempt that ran it.
+             */
+            attempt: number;
+            /**
+             * Format: int64
+             * @description The lease token it was recorded under.
+             */
+            lease_token: number;
+            /** @description Its name, unique within the job. */
+            name: string;
+            /**
+             * Format: date-time
+             * @description When it was recorded.
+             */
+            recorded_at: string;
+            /** @description What it returned (JSON, exactly as recorded; `null` for nothing). */
+            result?: unknown;
+        };
+        /** @description A step's result, to record. */
+        StepRequest: {
+            /**
+             * Format: int64
+             * @description The `lease_token` of the claim.
+             */
+            lease_token: number;
+            /** @description What the step returned (any JSON, kept as sent; bounded by `--max-result-bytes`). */
+            result?: unknown;
+        };
+        /** @description A job's steps. */
+        StepsResponse: {
+            /** @description Oldest first. */
+            steps: components["schemas"]["Step"][];
+        };
         /** @description Jobs finished per queue and minute. */
         ThroughputResponse: {
             /**
@@ -1324,6 +1525,47 @@ export interface components {
          * @enum {string}
          */
         UniqueScopeName: "active" | "period";
+        /** @description A wait for a signal. */
+        WaitRequest: {
+            /**
+             * Format: int64
+             * @description The `lease_token` of the claim.
+             */
+            lease_token: number;
+            /** @description The signal's name (1–255 bytes, no control characters). */
+            signal: string;
+            /**
+             * Format: int64
+             * @description Wait at most this long from the first call, 0 to 3,153,600,000,000 ms (100 years).
+             */
+            timeout_ms: number;
+        };
+        /** @description What became of a wait. */
+        WaitResponse: {
+            /**
+             * @description `signalled` (with `payload`), `timed_out`, or `parked`: the job waits in `waiting`
+             *     until the signal or `until`, its lease and slot given back and its attempt handed back
+             *     — stop working on it now; it runs again when either comes.
+             */
+            outcome: string;
+            /** @description The signal's payload (`signalled`). */
+            payload?: unknown;
+            /**
+             * Format: date-time
+             * @description When the wait times out (`parked`).
+             */
+            until?: string | null;
+        };
+        /** @description What a job parked in `waiting` waits for. */
+        WaitingFor: {
+            /** @description The signal's name. */
+            signal: string;
+            /**
+             * Format: date-time
+             * @description When the wait times out (the job runs again, and the wait returns nothing).
+             */
+            until: string;
+        };
         /** @description A live worker process, as `GET /v1/workers` lists it. */
         WorkerInfo: {
             /**
@@ -2433,6 +2675,436 @@ export interface operations {
             };
             /** @description not failed or cancelled */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    send_signal: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description job id (UUID) */
+                id: string;
+                /** @description signal name: 1–255 bytes, no control characters */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "payload": {
+                 *         "amount_cents": 1200
+                 *       }
+                 *     }
+                 */
+                "application/json": components["schemas"]["SignalRequest"];
+            };
+        };
+        responses: {
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignalResponse"];
+                };
+            };
+            /** @description malformed JSON or path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description no such job */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `invalid_state`: the job has finished */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description a bad name */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    sleep_job: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description job id (UUID) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "lease_token": 42,
+                 *       "until": "2026-12-08T09:00:00Z"
+                 *     }
+                 */
+                "application/json": components["schemas"]["SleepRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SleepResponse"];
+                };
+            };
+            /** @description malformed JSON or id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `lease_lost`: nothing changed */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description a field out of bounds, named */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    list_steps: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description job id (UUID) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StepsResponse"];
+                };
+            };
+            /** @description not a UUID */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    record_step: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description job id (UUID) */
+                id: string;
+                /** @description step name: 1–255 bytes, no control characters, not starting with `faultline:` */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "lease_token": 42,
+                 *       "result": {
+                 *         "charge_id": "ch_1"
+                 *       }
+                 *     }
+                 */
+                "application/json": components["schemas"]["StepRequest"];
+            };
+        };
+        responses: {
+            /** @description recorded earlier: the first result */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Step"];
+                };
+            };
+            /** @description recorded now */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Step"];
+                };
+            };
+            /** @description malformed JSON or path */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `lease_lost`: nothing recorded */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description a bad name, or a result over the limit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    wait_for_signal: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description job id (UUID) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "lease_token": 42,
+                 *       "signal": "refund",
+                 *       "timeout_ms": 86400000
+                 *     }
+                 */
+                "application/json": components["schemas"]["WaitRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WaitResponse"];
+                };
+            };
+            /** @description malformed JSON or id */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description `lease_lost`: nothing changed */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description a field out of bounds, named */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -174,7 +174,24 @@ fn refusal(policy: &HostPolicy, method: &Method, headers: &HeaderMap) -> Result<
             ));
         }
     }
-    require_json(headers)
+    Ok(())
+}
+
+/// A route layer (it runs only for a route and method that exist, so an unknown method is
+/// answered 405, not 415): a change must say `Content-Type: application/json`, a body-less one
+/// included — a cross-site form cannot, so without a token no other site's page changes
+/// anything.
+pub async fn require_json_on_changes(request: Request, next: Next) -> Response {
+    let mutating = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    if mutating {
+        if let Err(refused) = require_json(request.headers()) {
+            return refused.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod json_errors;
 mod object;
 mod observe;
 mod openapi;
+mod openapi_rules;
 mod queues;
 mod schedules;
 mod server;
@@ -158,6 +159,7 @@ pub fn app(state: AppState) -> Router {
         ));
     let open = open_routes();
     open.merge(protected)
+        .route_layer(middleware::from_fn(browser_guard::require_json_on_changes))
         // After routing, so the matched route template is known; wraps auth, so 401s count.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

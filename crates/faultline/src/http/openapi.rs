@@ -35,7 +35,10 @@ use crate::store::{
         title = "Faultline",
         description = "A PostgreSQL-backed job queue built for correctness under failure. \
                        When FAULTLINE_API_TOKEN is set, every route but /health, /ready and \
-                       /metrics needs `Authorization: Bearer <token>`."
+                       /metrics needs `Authorization: Bearer <token>` (401 otherwise). Every \
+                       change needs `Content-Type: application/json` (415 otherwise). Integers \
+                       are JSON integers: `63`, not `63.0` (422 naming the field). Lengths are \
+                       counted in bytes."
     ),
     paths(
         health::health, health::ready, health::metrics,
@@ -84,6 +87,17 @@ impl Modify for BearerAuth {
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3 document")),
     security((), ("bearer" = [])))]
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document() -> Json<serde_json::Value> {
+    Json(exact().clone())
+}
+
+/// The derived document with the rules the derive cannot express
+/// ([`super::openapi_rules`]), made once.
+pub fn exact() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        super::openapi_rules::apply(&mut doc);
+        doc
+    })
 }
