@@ -22,6 +22,11 @@ import type {
   JobState,
   Page,
   ReleaseRequest,
+  SignalResponse,
+  SleepResponse,
+  Step,
+  StepsResponse,
+  WaitResponse,
 } from "./types.js";
 
 /** How to reach the server. */
@@ -98,6 +103,13 @@ export interface ListJobsOptions {
 export interface RequestOptions {
   signal?: AbortSignal;
   timeoutMs?: number;
+}
+
+/** What {@link Client.recordStep} returns: the step as recorded, and whether this call recorded it. */
+export interface RecordedStep<R = unknown> {
+  step: Step<R>;
+  /** `true`: recorded now (201); `false`: recorded earlier, and its first result stands (200). */
+  created: boolean;
 }
 
 /** How a handler's attempt failed, for {@link Client.fail}. */
@@ -310,6 +322,59 @@ export class Client {
   async release(id: string, leaseToken: number, requestOptions?: RequestOptions): Promise<Job> {
     const body: ReleaseRequest = { lease_token: leaseToken };
     return (await this.request<Job>("POST", `/v1/jobs/${encodeURIComponent(id)}/release`, { ...requestOptions, body })).data;
+  }
+
+  // ---- durable steps, sleeps and signals (docs/durable.md) ----------------------------------
+
+  /** The steps the job recorded, oldest first (the server's own, named `faultline:…`, included). */
+  async steps(id: string, requestOptions?: RequestOptions): Promise<Step[]> {
+    return (await this.request<StepsResponse>("GET", `/v1/jobs/${encodeURIComponent(id)}/steps`, requestOptions)).data.steps;
+  }
+
+  /**
+   * Send signal `name` to a job, with an optional JSON `payload` (`null` when left out). Resolves
+   * to whether it was kept: `false` when a signal of that name had been sent already (the first
+   * is kept). A signal sent before the job waits for it is kept for that wait. Throws
+   * {@link NotFoundError} for an unknown job, {@link ConflictError} for a finished one.
+   */
+  async sendSignal(id: string, name: string, payload?: unknown, requestOptions?: RequestOptions): Promise<boolean> {
+    const body = payload === undefined ? {} : { payload };
+    const path = `/v1/jobs/${encodeURIComponent(id)}/signals/${encodeURIComponent(name)}`;
+    return (await this.request<SignalResponse>("POST", path, { ...requestOptions, body })).data.kept;
+  }
+
+  /**
+   * Record step `name` of a claimed job under its lease, once (a handler uses `ctx.step`).
+   * Throws {@link LeaseLostError} when the token no longer holds the job: nothing was recorded.
+   */
+  async recordStep<R = unknown>(id: string, leaseToken: number, name: string, result?: R, requestOptions?: RequestOptions): Promise<RecordedStep<R>> {
+    const body = result === undefined ? { lease_token: leaseToken } : { lease_token: leaseToken, result };
+    const path = `/v1/jobs/${encodeURIComponent(id)}/steps/${encodeURIComponent(name)}`;
+    const answer = await this.request<Step<R>>("PUT", path, { ...requestOptions, body });
+    return { step: answer.data, created: answer.status === 201 };
+  }
+
+  /**
+   * Sleep a claimed job durably until `until` (`seq`: which sleep of the handler, from 1).
+   * `sleeping`: the job was put back (stop, report nothing); `over`: go on. A handler uses `ctx.sleep`.
+   */
+  async sleepJob(id: string, leaseToken: number, until: Date | string, seq?: number, requestOptions?: RequestOptions): Promise<SleepResponse> {
+    const body: { lease_token: number; until: string; seq?: number } = {
+      lease_token: leaseToken,
+      until: until instanceof Date ? until.toISOString() : until,
+    };
+    if (seq !== undefined) body.seq = seq;
+    return (await this.request<SleepResponse>("POST", `/v1/jobs/${encodeURIComponent(id)}/sleep`, { ...requestOptions, body })).data;
+  }
+
+  /**
+   * Wait for signal `signal`, at most `timeoutMs` from the first call: `signalled` (with its
+   * `payload`), `timed_out`, or `parked` (the job now waits in `waiting`: stop, report nothing).
+   * A handler uses `ctx.waitForSignal`.
+   */
+  async waitForSignal<P = unknown>(id: string, leaseToken: number, signal: string, timeoutMs: number, requestOptions?: RequestOptions): Promise<WaitResponse<P>> {
+    const body = { lease_token: leaseToken, signal, timeout_ms: Math.max(0, Math.round(timeoutMs)) };
+    return (await this.request<WaitResponse<P>>("POST", `/v1/jobs/${encodeURIComponent(id)}/wait`, { ...requestOptions, body })).data;
   }
 
   // ---- transport ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 export { Client, enqueueBody } from "./client.js";
-export type { ClientOptions, EnqueueOptions, EnqueueResult, BatchJob, ListJobsOptions, RequestOptions, FailOptions } from "./client.js";
-export { Worker, JobStoppedError } from "./worker.js";
+export type { ClientOptions, EnqueueOptions, EnqueueResult, BatchJob, ListJobsOptions, RequestOptions, FailOptions, RecordedStep } from "./client.js";
+export { Worker, JobStoppedError, JobSuspendedError } from "./worker.js";
 export type { WorkerOptions, Handler, JobContext, StopReason, Logger, WorkerTestHooks } from "./worker.js";
 export {
   FaultlineError,
@@ -34,5 +34,10 @@ export type {
   CompleteOutcome,
   FailRequest,
   ReleaseRequest,
+  Step,
+  StepsResponse,
+  SleepResponse,
+  WaitResponse,
+  SignalResponse,
 } from "./types.js";
 export type { components, paths } from "./generated/schema.js";

@@ -129,3 +129,20 @@ export type CompleteOutcome = Omit<Schemas["CompleteOutcome"], "outcome"> & {
 };
 /** `POST /v1/jobs/complete` answer. */
 export type CompleteBatchResponse = { results: CompleteOutcome[] };
+
+// ---------------------------------------------------------------------------------------------
+// Durable steps, sleeps and signals (docs/durable.md, "Over HTTP").
+
+/** A recorded step: `{name, result, recorded_at, attempt, lease_token}` (`faultline:…` names are the server's own). */
+export type Step<R = unknown> = Omit<Schemas["Step"], "result"> & { result?: R | null };
+/** `GET /v1/jobs/{id}/steps` answer. */
+export type StepsResponse = { steps: Step[] };
+/** `POST /v1/jobs/{id}/sleep` answer: `sleeping` (the job was put back: stop, report nothing) or `over` (go on). */
+export type SleepResponse = Omit<Schemas["SleepResponse"], "state"> & { state: "sleeping" | "over" };
+/** `POST /v1/jobs/{id}/wait` answer: `signalled` (with `payload`), `timed_out`, or `parked` (the job now waits: stop, report nothing). */
+export type WaitResponse<P = unknown> = Omit<Schemas["WaitResponse"], "outcome" | "payload"> & {
+  outcome: "signalled" | "timed_out" | "parked";
+  payload?: P | null;
+};
+/** `POST /v1/jobs/{id}/signals/{name}` answer: `kept` is false when a signal of that name had been sent already. */
+export type SignalResponse = Schemas["SignalResponse"];

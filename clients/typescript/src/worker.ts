@@ -30,6 +30,27 @@ export class JobStoppedError extends FaultlineError {
   }
 }
 
+/**
+ * Thrown by `ctx.sleep`, `ctx.sleepUntil` and `ctx.waitForSignal` when the server took the job
+ * back until a time or a signal: let it propagate out of the handler. The worker reports nothing
+ * for this run (even if the handler swallows it); the job runs again from the top at that time or
+ * when the signal comes, its recorded steps returning at once, and its attempt is not spent.
+ */
+export class JobSuspendedError extends FaultlineError {
+  /** `sleeping` (until a time) or `waiting` (for a signal, at most until a time). */
+  readonly state: "sleeping" | "waiting";
+  /** When the job runs again (a sleep), or when its wait times out. */
+  readonly until: string | undefined;
+  /** The signal waited for (`waiting`). */
+  readonly signalName: string | undefined;
+  constructor(state: "sleeping" | "waiting", message: string, until?: string, signalName?: string) {
+    super(message);
+    this.state = state;
+    this.until = until;
+    this.signalName = signalName;
+  }
+}
+
 /** What a handler knows about its attempt. */
 export interface JobContext {
   readonly jobId: string;
@@ -53,6 +74,35 @@ export interface JobContext {
   readonly signal: AbortSignal;
   /** Set when {@link signal} is aborted. */
   readonly stopReason: StopReason | undefined;
+
+  /**
+   * Run `fn` as the durable step `name` of this job, once (docs/durable.md). If the job recorded a
+   * step of that name (in this run or an earlier one), its recorded result is returned and `fn`
+   * does not run; otherwise `fn` runs and its result (JSON; `undefined` records `null`) is
+   * recorded under this attempt's lease, and the recorded result is returned (the first, should
+   * the name have been recorded meanwhile). A step that throws records nothing. Names are 1–255
+   * bytes without control characters; `faultline:…` is reserved. Throws {@link LeaseLostError}
+   * when the lease was lost (nothing recorded; the handler is stopped like any lease loss) and
+   * {@link PermanentError} for a bad name or a result that is not JSON (or over the server's limit).
+   */
+  step<T>(name: string, fn: () => T | Promise<T>): Promise<T>;
+  /** {@link sleepUntil} `ms` from now (from the first run that asked: see there). */
+  sleep(ms: number): Promise<void>;
+  /**
+   * Sleep durably until `until`: the job gives back its worker slot and lease and is claimed again
+   * then, without spending an attempt. Until then this throws {@link JobSuspendedError} (let it
+   * propagate: nothing is reported for this run); when the job runs again, the same call (the
+   * handler's n-th sleep) resolves, keeping the time recorded the first time.
+   */
+  sleepUntil(until: Date | string): Promise<void>;
+  /**
+   * Wait for the signal `name` (`client.sendSignal(jobId, name, payload)`), at most `timeoutMs`
+   * from the first call: its payload once it came (a signal sent before the wait counts; `null`
+   * for one sent without a payload), `undefined` once the timeout passed. Until then the job parks
+   * in `waiting` and this throws {@link JobSuspendedError} (let it propagate); the signal or the
+   * timeout runs the job again from the top, and this same call then answers.
+   */
+  waitForSignal<P = unknown>(name: string, timeoutMs: number): Promise<P | null | undefined>;
 }
 
 /** A handler: its return value is the job's result (any JSON; `undefined` for none). */
@@ -139,6 +189,12 @@ interface Attempt {
   fenceTimer: ReturnType<typeof setTimeout> | undefined;
   /** Settles when everything for this attempt (handler, report or release) is over. */
   finished: Promise<void>;
+  /** A sleep or a wait handed the job back: nothing is reported for this run. */
+  suspended: boolean;
+  /** Recorded step results by name (read at the first step of the run), plus this run's records. */
+  steps: Map<string, unknown> | undefined;
+  /** Sleeps asked for so far in this run (the n-th sleep is `seq` n). */
+  sleeps: number;
 }
 
 /** How long a handler has to return once told to stop (as the Rust worker). */
@@ -458,6 +514,9 @@ export class Worker {
       heartbeatTimer: undefined,
       fenceTimer: undefined,
       finished: Promise.resolve(),
+      suspended: false,
+      steps: undefined,
+      sleeps: 0,
     };
     this.#active.add(attempt);
     this.#scheduleHeartbeat(attempt, this.heartbeatIntervalMs);
@@ -507,6 +566,7 @@ export class Worker {
     }
     a.decided = true;
     clearTimeout(a.fenceTimer);
+    if (a.suspended) return; // a sleep or a wait handed the job back: nothing to report
 
     // Once stopped, a failure is the stop's consequence: nothing is charged to the job. A result
     // is still reported under the lease, and the token decides whether it lands.
@@ -611,7 +671,100 @@ export class Worker {
       get stopReason() {
         return a.stopReason;
       },
+      step: (name, fn) => this.#step(a, name, fn),
+      sleep: (ms) => {
+        if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) throw new FaultlineError(`sleep: ms must be a non-negative number, got ${ms}`);
+        return this.#sleepUntil(a, new Date(Date.now() + Math.min(ms, 36_500 * 86_400_000)));
+      },
+      sleepUntil: (until) => this.#sleepUntil(a, until instanceof Date ? until : new Date(until)),
+      waitForSignal: <P>(name: string, timeoutMs: number) => this.#waitForSignal<P>(a, name, timeoutMs),
     };
+  }
+
+  // ---- durable steps, sleeps and signals -----------------------------------------------------
+
+  async #step<T>(a: Attempt, name: string, fn: () => T | Promise<T>): Promise<T> {
+    const problem = nameProblem(name, "step name") ?? (name.startsWith(RESERVED_PREFIX) ? `step name ${JSON.stringify(name)}: names starting with "${RESERVED_PREFIX}" are the library's own` : undefined);
+    if (problem) throw new PermanentError(problem);
+    if (a.steps === undefined) {
+      // A claim's answer leaves the steps out: read them once. While this lease holds, no one
+      // else can record a step of this job, so this and our own records are the whole truth.
+      const steps = await this.#durable(a, "steps", () => this.client.steps(a.id));
+      a.steps ??= new Map(steps.map((st) => [st.name, st.result ?? null]));
+    }
+    if (a.steps.has(name)) return a.steps.get(name) as T;
+    const value = await fn();
+    let result: unknown;
+    try {
+      const text = JSON.stringify(value);
+      result = text === undefined ? undefined : JSON.parse(text);
+    } catch (error) {
+      throw new PermanentError(`step ${JSON.stringify(name)}: the result is not JSON: ${describe(error)}`);
+    }
+    const recorded = await this.#durable(a, `step ${JSON.stringify(name)}`, () => this.client.recordStep(a.id, a.token, name, result));
+    if (!a.steps.has(name)) a.steps.set(name, recorded.step.result ?? null);
+    return a.steps.get(name) as T;
+  }
+
+  async #sleepUntil(a: Attempt, until: Date): Promise<void> {
+    if (Number.isNaN(until.getTime())) throw new FaultlineError("sleepUntil: not a valid time");
+    const seq = ++a.sleeps;
+    const answer = await this.#durable(a, "sleep", () => this.client.sleepJob(a.id, a.token, until, seq));
+    if (answer.state === "over") return;
+    this.#suspend(a, `sleeping until ${answer.until}`);
+    throw new JobSuspendedError("sleeping", `job ${a.id} sleeps until ${answer.until}`, answer.until);
+  }
+
+  async #waitForSignal<P>(a: Attempt, name: string, timeoutMs: number): Promise<P | null | undefined> {
+    const problem = nameProblem(name, "signal name");
+    if (problem) throw new PermanentError(problem);
+    if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs < 0) {
+      throw new FaultlineError(`waitForSignal: timeoutMs must be a non-negative number, got ${timeoutMs}`);
+    }
+    const answer = await this.#durable(a, `wait for ${JSON.stringify(name)}`, () => this.client.waitForSignal<P>(a.id, a.token, name, timeoutMs));
+    if (answer.outcome === "signalled") return answer.payload ?? null;
+    if (answer.outcome === "timed_out") return undefined;
+    const until = answer.until ?? undefined;
+    this.#suspend(a, `waiting for signal ${JSON.stringify(name)} until ${until}`);
+    throw new JobSuspendedError("waiting", `job ${a.id} waits for signal ${JSON.stringify(name)} until ${until}`, until, name);
+  }
+
+  /** The server took the job back (a sleep or a wait): no more heartbeats, nothing reported. */
+  #suspend(a: Attempt, why: string): void {
+    a.suspended = true;
+    this.#stopHeartbeats(a);
+    clearTimeout(a.fenceTimer);
+    this.#log.info?.(`${why}: the job is handed back, nothing reported for this run`, { jobId: a.id, leaseToken: a.token });
+  }
+
+  /**
+   * A durable call, fenced by the lease. Network failures and 5xx are retried with backoff until
+   * the lease would have expired (each call is idempotent: a step records once, a sleep keeps its
+   * first time, a wait its first answer). A lost lease stops the handler like any lease loss and
+   * throws {@link LeaseLostError}; a refused name or result throws {@link PermanentError}.
+   */
+  async #durable<T>(a: Attempt, what: string, send: () => Promise<T>): Promise<T> {
+    let delay = 100;
+    for (;;) {
+      try {
+        return await send();
+      } catch (error) {
+        if (error instanceof LeaseLostError || error instanceof NotFoundError) {
+          this.#stopHeartbeats(a);
+          clearTimeout(a.fenceTimer);
+          this.#log.warn?.(`${what} refused, lease lost; handler told to stop: ${error.message}`, { jobId: a.id, leaseToken: a.token });
+          this.#abort(a, "lease_lost", `the lease was lost: ${error.message}`);
+          throw error;
+        }
+        if (error instanceof InvalidInputError) throw new PermanentError(`${what} refused by the server: ${error.message}`, { cause: error });
+        const transient = error instanceof FaultlineConnectionError || error instanceof UnavailableError || (error instanceof ApiError && error.status === 408);
+        const wait = Math.min(delay, 5_000) * (0.5 + Math.random() / 2);
+        if (!transient || Date.now() + wait >= a.leaseDeadline) throw error;
+        this.#log.warn?.(`${what} failed, retrying in ${Math.round(wait)} ms: ${describe(error)}`, { jobId: a.id });
+        await sleep(wait);
+        delay *= 2;
+      }
+    }
   }
 
   #abort(a: Attempt, reason: StopReason, message: string): void {
@@ -738,6 +891,20 @@ function messageOf(error: unknown): string {
     }
   }
   return text.trim() === "" ? "the handler failed without a message" : text;
+}
+
+/** Step names starting with this are the server's own (sleeps, waits, signals). */
+const RESERVED_PREFIX = "faultline:";
+
+/** Why `name` cannot be a step's or a signal's name (1–255 bytes, not blank, no control characters). */
+function nameProblem(name: unknown, what: string): string | undefined {
+  if (typeof name !== "string") return `${what} must be a string, got ${typeof name}`;
+  if (name.trim() === "") return `${what} ${JSON.stringify(name)} must not be empty or blank`;
+  const bytes = Buffer.byteLength(name, "utf8");
+  if (bytes > 255) return `${what} ${JSON.stringify(name.slice(0, 40))}… is ${bytes} bytes; at most 255 allowed`;
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) return `${what} ${JSON.stringify(name)} contains a control character`;
+  return undefined;
 }
 
 function describe(error: unknown): string {

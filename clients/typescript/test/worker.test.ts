@@ -7,7 +7,9 @@ import { after, afterEach, before, beforeEach, describe, test } from "node:test"
 
 import {
   Client,
+  InvalidInputError,
   JobStoppedError,
+  JobSuspendedError,
   LeaseLostError,
   NotFoundError,
   PermanentError,
@@ -505,5 +507,198 @@ describe("worker", () => {
     setTimeout(() => controller.abort(), 200);
     await done;
     assert.equal(worker.activeCount, 0);
+  });
+});
+
+// Durable steps, sleeps and signals (docs/durable.md, "Over HTTP"). Each test has its own queue
+// and its own worker, stopped by the test itself: they run at the same time.
+describe("durable steps, sleeps and signals", { concurrency: true }, () => {
+  async function withWorker(worker: Worker, body: () => Promise<void>): Promise<void> {
+    const done = worker.run();
+    try {
+      await body();
+    } finally {
+      await worker.stop({ graceMs: 0 });
+      await done;
+    }
+  }
+
+  async function inState(id: string, states: string[], timeoutMs = 15_000): Promise<Job> {
+    return waitFor(
+      `job ${id} to be ${states.join("/")}`,
+      async () => {
+        const job = await server.client.getJob(id);
+        return states.includes(job.state) ? job : undefined;
+      },
+      timeoutMs,
+    );
+  }
+
+  const durableWorker = (queue: string, options: Partial<WorkerOptions> = {}) =>
+    new Worker({ client: server.client, queues: [queue], pollWaitMs: 500, logger: {}, ...options });
+
+  test("recorded steps do not run again: a third step failing on attempt 1 is the only one retried", async () => {
+    const queue = uniqueQueue();
+    const worker = durableWorker(queue);
+    const runs = { one: 0, two: 0, three: 0, again: 0 };
+    worker.handle("three", async (_job, ctx) => {
+      const a = await ctx.step("one", () => (runs.one++, { charge: "ch_1" }));
+      const b = await ctx.step("two", async () => (runs.two++, [1, 2]));
+      const c = await ctx.step("three", () => {
+        runs.three++;
+        if (ctx.attempt === 1) throw new RetryableError("the mail server is down", { afterMs: 0 });
+        return "sent";
+      });
+      assert.deepEqual(await ctx.step("one", () => (runs.again++, "other")), a, "a name is recorded once");
+      return { a, b, c };
+    });
+    const { job } = await server.client.enqueue("three", {}, { queue });
+    await withWorker(worker, async () => {
+      const done = await inState(job.id, ["succeeded", "failed"]);
+      assert.equal(done.state, "succeeded");
+      assert.deepEqual(done.result, { a: { charge: "ch_1" }, b: [1, 2], c: "sent" });
+      assert.equal(done.attempts, 2);
+    });
+    assert.deepEqual(runs, { one: 1, two: 1, three: 2, again: 0 });
+    const steps = await server.client.steps(job.id);
+    assert.deepEqual(steps.map((st) => [st.name, st.attempt]), [["one", 1], ["two", 1], ["three", 2]]);
+  });
+
+  test("a sleep hands the job back (queued, attempt not spent, next_run_at = until) and is not repeated", async () => {
+    const queue = uniqueQueue();
+    const worker = durableWorker(queue);
+    const tokens: number[] = [];
+    const asked: number[] = [];
+    const suspended = deferred<JobSuspendedError>();
+    worker.handle("sleepy", async (_job, ctx) => {
+      tokens.push(ctx.leaseToken);
+      const before = await ctx.step("before", () => tokens.length);
+      asked.push(Date.now() + 1_500);
+      try {
+        await ctx.sleep(1_500);
+      } catch (error) {
+        if (error instanceof JobSuspendedError) suspended.resolve(error);
+        throw error;
+      }
+      return { before, runs: tokens.length };
+    });
+    const { job } = await server.client.enqueue("sleepy", {}, { queue });
+    await withWorker(worker, async () => {
+      const error = await suspended.promise;
+      assert.equal(error.state, "sleeping");
+      const parked = await server.client.getJob(job.id);
+      assert.equal(parked.state, "queued");
+      assert.equal(parked.attempts, 0, "the attempt was handed back");
+      assert.ok(Math.abs(Date.parse(parked.next_run_at) - asked[0]!) < 1_000, `${parked.next_run_at} vs ${new Date(asked[0]!).toISOString()}`);
+      const done = await inState(job.id, ["succeeded", "failed"]);
+      assert.equal(done.state, "succeeded");
+      assert.deepEqual(done.result, { before: 1, runs: 2 }, "the first run's step; the sleep not repeated");
+      assert.equal(done.attempts, 1);
+    });
+    assert.equal(tokens.length, 2);
+    assert.ok(tokens[1]! > tokens[0]!);
+    const names = (await server.client.steps(job.id)).map((st) => st.name);
+    assert.deepEqual(names.filter((n) => n.startsWith("faultline:sleep:")), ["faultline:sleep:1"]);
+  });
+
+  test("a wait parks the job in waiting until its signal; a second signal of the name is not kept", async () => {
+    const queue = uniqueQueue();
+    const worker = durableWorker(queue);
+    let runs = 0;
+    worker.handle("refund", async (_job, ctx) => {
+      runs++;
+      const charge = await ctx.step("charge", () => "ch_9");
+      const refund = await ctx.waitForSignal<{ cents: number }>("refund", 600_000);
+      return { charge, refund, runs };
+    });
+    const { job } = await server.client.enqueue("refund", {}, { queue });
+    await withWorker(worker, async () => {
+      const waiting = await inState(job.id, ["waiting"]);
+      const waitingFor = (waiting as Job & { waiting_for?: { signal: string; until: string } | null }).waiting_for;
+      assert.equal(waitingFor?.signal, "refund");
+      assert.ok(Date.parse(waitingFor!.until) > Date.now() + 500_000);
+      assert.equal(waiting.attempts, 0);
+      assert.equal(await server.client.sendSignal(job.id, "refund", { cents: 1200 }), true);
+      assert.equal(await server.client.sendSignal(job.id, "refund", { cents: 1 }), false);
+      const done = await inState(job.id, ["succeeded", "failed"]);
+      assert.equal(done.state, "succeeded");
+      assert.deepEqual(done.result, { charge: "ch_9", refund: { cents: 1200 }, runs: 2 });
+    });
+  });
+
+  test("a signal sent before the wait is there at once; a wait that timed out answers undefined", async () => {
+    const queue = uniqueQueue();
+    const worker = durableWorker(queue);
+    let runs = 0;
+    worker.handle("early", async (_job, ctx) => {
+      runs++;
+      const got = await ctx.waitForSignal("go", 600_000);
+      const late = await ctx.waitForSignal("late", 0);
+      return { got, late: late === undefined ? "timed out" : late };
+    });
+    const { job } = await server.client.enqueue("early", {}, { queue });
+    assert.equal(await server.client.sendSignal(job.id, "go", ["early"]), true);
+    assert.equal(await server.client.sendSignal(job.id, "go"), false);
+    await withWorker(worker, async () => {
+      const done = await inState(job.id, ["succeeded", "failed"]);
+      assert.deepEqual([done.state, done.result], ["succeeded", { got: ["early"], late: "timed out" }]);
+    });
+    assert.equal(runs, 1);
+  });
+
+  test("a stale lease records no step: the handler is stopped (lease_lost), the next attempt records it", async () => {
+    const queue = uniqueQueue();
+    let holdHeartbeats = true;
+    const worker = durableWorker(queue, {
+      concurrency: 1,
+      leaseTtlMs: 1_000,
+      testHooks: { skipHeartbeat: (job) => job.attempts === 1 && holdHeartbeats, disableSelfFence: true },
+    });
+    const ran: number[] = [];
+    const stale: Array<[number, StopReason | undefined, string]> = [];
+    worker.handle("stale", async (_job, ctx) => {
+      if (ctx.attempt === 1) {
+        await inState(ctx.jobId, ["queued"]); // reaped: the lease is gone
+        holdHeartbeats = false;
+        try {
+          await ctx.step("s", () => (ran.push(ctx.leaseToken), ctx.leaseToken));
+        } catch (error) {
+          stale.push([ctx.leaseToken, ctx.stopReason, error instanceof LeaseLostError ? "LeaseLostError" : String(error)]);
+          throw error;
+        }
+        throw new Error("the stale step was recorded");
+      }
+      return ctx.step("s", () => (ran.push(ctx.leaseToken), ctx.leaseToken));
+    });
+    const { job } = await server.client.enqueue("stale", {}, { queue });
+    await withWorker(worker, async () => {
+      const done = await inState(job.id, ["succeeded", "failed"], 20_000);
+      assert.equal(done.state, "succeeded");
+      const first = stale[0]![0];
+      assert.deepEqual(stale, [[first, "lease_lost", "LeaseLostError"]]);
+      assert.ok((done.result as number) > first);
+      assert.deepEqual(ran, [first, done.result], "the stale run's step ran and was not recorded");
+      const steps = await server.client.steps(job.id);
+      assert.deepEqual(steps.map((st) => [st.name, st.lease_token]), [["s", done.result]]);
+      assert.equal(done.errors?.length, 1, "the expired lease; no report from the stale run");
+    });
+  });
+
+  test("the durable routes from the client", async () => {
+    const queue = uniqueQueue();
+    const { job } = await server.client.enqueue("raw", {}, { queue });
+    const [claimed] = await server.client.claim({ worker_id: "ts-raw", queues: [queue], lease_ttl_ms: 5_000 });
+    const token = claimed!.lease_token!;
+    const first = await server.client.recordStep(job.id, token, "a b/c", { n: 1 });
+    const again = await server.client.recordStep(job.id, token, "a b/c", { n: 2 });
+    assert.deepEqual([first.created, first.step.result, again.created, again.step.result], [true, { n: 1 }, false, { n: 1 }]);
+    await assert.rejects(server.client.recordStep(job.id, token + 1000, "other", 1), LeaseLostError);
+    await assert.rejects(server.client.recordStep(job.id, token, "faultline:mine", 1), InvalidInputError);
+    assert.equal((await server.client.sleepJob(job.id, token, new Date("2000-01-01T00:00:00Z"), 1)).state, "over");
+    assert.equal((await server.client.waitForSignal(job.id, token, "never", 0)).outcome, "timed_out");
+    const sleeping = await server.client.sleepJob(job.id, token, new Date(Date.now() + 3_600_000), 2);
+    assert.equal(sleeping.state, "sleeping");
+    await assert.rejects(server.client.heartbeat(job.id, token), LeaseLostError, "the sleep gave the lease back");
+    await server.client.cancel(job.id);
   });
 });

@@ -148,10 +148,10 @@ class JobContext:
         self._async_event = asyncio.Event() if is_async else None
         #: Set by the worker: what durable calls need (its client, its loop, this attempt).
         self._runtime: _Runtime | None = None
-        #: Recorded results by step name: the claim's ``steps`` plus this run's records.
-        self._steps: dict[str, Any] | None = (
-            {step["name"]: step.get("result") for step in job["steps"]} if isinstance(job.get("steps"), list) else None
-        )
+        #: Recorded results by step name: the job's steps (read at the first ``step`` call of the
+        #: run: a claim's answer leaves them out) plus this run's records. While this lease holds,
+        #: no one else can record a step of this job.
+        self._steps: dict[str, Any] | None = None
         self._sleeps = 0
         self._lock = threading.Lock()
         #: This run handed the job back (a sleep or a wait): nothing is reported for it.

@@ -17,20 +17,17 @@ use crate::names::NAME_PUNCTUATION;
 /// Characters a free-text label may not hold (`char::is_control`).
 const CONTROL_FREE: &str = r"[^\x00-\x1F\x7F-\x9F]";
 /// A character that is neither a control character nor whitespace (`char::is_whitespace`).
-const VISIBLE: &str =
-    r"[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+const VISIBLE: &str = r"[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
 /// Whitespace as Rust's `char::is_whitespace` has it.
-const WHITESPACE: &str = r"[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+const WHITESPACE: &str =
+    r"[\t\n\x0B\x0C\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
 /// `run_at` within years 1 to 9999 once in UTC (what a `timestamptz` and chrono both take).
 const RUN_AT: &str = r"^(?!0000-)(?!0001-01-01[^+]*\+(?!00:00))(?!9999-12-31[^-]*-(?!00:00))";
 const I32_MAX: i64 = i32::MAX as i64;
 
 /// A queue or kind name's pattern.
 fn name_pattern() -> String {
-    let punctuation: String = NAME_PUNCTUATION
-        .chars()
-        .filter(|c| *c != '-')
-        .collect();
+    let punctuation: String = NAME_PUNCTUATION.chars().filter(|c| *c != '-').collect();
     // `-` last, so that it is not a range.
     format!("^[A-Za-z0-9{}-]+$", regex_escape(&punctuation))
 }
@@ -108,7 +105,11 @@ fn request_bodies(doc: &mut Value) {
         name(at(doc, &format!("{e}/{field}"), &mut dummy), MAX_NAME_LEN);
     }
     range(at(doc, &format!("{e}/priority"), &mut dummy), -32768, 32767);
-    range(at(doc, &format!("{e}/max_attempts"), &mut dummy), 1, I32_MAX);
+    range(
+        at(doc, &format!("{e}/max_attempts"), &mut dummy),
+        1,
+        I32_MAX,
+    );
     range(at(doc, &format!("{e}/timeout_ms"), &mut dummy), 1, I32_MAX);
     for field in ["concurrency_key", "unique_key"] {
         label(at(doc, &format!("{e}/{field}"), &mut dummy));
@@ -119,8 +120,15 @@ fn request_bodies(doc: &mut Value) {
         json!({"pattern": format!("^(?!schedule:){}", &label_pattern()[1..]),
                "description": "At most one job exists per key (also as header `Idempotency-Key`; both given, they must be equal): 1–255 bytes without control characters; keys starting with `schedule:` are the scheduler's."}),
     );
-    range(at(doc, &format!("{e}/unique_period_ms"), &mut dummy), 1, 31_622_400_000);
-    set(at(doc, &format!("{e}/run_at"), &mut dummy), json!({"pattern": RUN_AT}));
+    range(
+        at(doc, &format!("{e}/unique_period_ms"), &mut dummy),
+        1,
+        31_622_400_000,
+    );
+    set(
+        at(doc, &format!("{e}/run_at"), &mut dummy),
+        json!({"pattern": RUN_AT}),
+    );
     // A period needs the scope `period`, and the scope `period` needs a period.
     let pairs = json!([
         {"if": {"required": ["unique_period_ms"], "properties": {"unique_period_ms": {"type": "integer"}}},
@@ -146,7 +154,10 @@ fn request_bodies(doc: &mut Value) {
         at(&mut batch, "/properties/depends_on", &mut dummy),
         json!({"items": {"$ref": "#/components/schemas/DependencyRef"}}),
     );
-    if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
         schemas.insert("BatchJob".into(), batch);
     }
     set(
@@ -154,7 +165,11 @@ fn request_bodies(doc: &mut Value) {
         json!({"maximum": 998}),
     );
     set(
-        at(doc, "/components/schemas/BatchRequest/properties/jobs", &mut dummy),
+        at(
+            doc,
+            "/components/schemas/BatchRequest/properties/jobs",
+            &mut dummy,
+        ),
         json!({"minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/BatchJob"}}),
     );
     let f = "/components/schemas/FilterParams/properties";
@@ -167,7 +182,10 @@ fn request_bodies(doc: &mut Value) {
     name(at(doc, &format!("{f}/kind"), &mut dummy), MAX_NAME_LEN);
     label(at(doc, &format!("{f}/key"), &mut dummy));
     for field in ["created_after", "created_before"] {
-        set(at(doc, &format!("{f}/{field}"), &mut dummy), json!({"format": "date-time"}));
+        set(
+            at(doc, &format!("{f}/{field}"), &mut dummy),
+            json!({"format": "date-time"}),
+        );
     }
 }
 
@@ -189,26 +207,60 @@ fn worker_protocol(doc: &mut Value) {
         at(doc, &format!("{c}/queues"), &mut dummy),
         json!({"minItems": 1, "maxItems": 100}),
     );
-    name(at(doc, &format!("{c}/queues/items"), &mut dummy), MAX_NAME_LEN);
+    name(
+        at(doc, &format!("{c}/queues/items"), &mut dummy),
+        MAX_NAME_LEN,
+    );
     range(at(doc, &format!("{c}/max"), &mut dummy), 1, 1000);
     range(at(doc, &format!("{c}/wait_ms"), &mut dummy), 0, 60_000);
-    range(at(doc, &format!("{c}/lease_ttl_ms"), &mut dummy), 1000, 3_600_000);
     range(
-        at(doc, "/components/schemas/HeartbeatRequest/properties/lease_ttl_ms", &mut dummy),
+        at(doc, &format!("{c}/lease_ttl_ms"), &mut dummy),
+        1000,
+        3_600_000,
+    );
+    range(
+        at(
+            doc,
+            "/components/schemas/HeartbeatRequest/properties/lease_ttl_ms",
+            &mut dummy,
+        ),
         1000,
         3_600_000,
     );
     let fail = "/components/schemas/FailRequest/properties";
-    set(at(doc, &format!("{fail}/error"), &mut dummy), json!({"pattern": VISIBLE}));
-    range(at(doc, &format!("{fail}/retry_after_ms"), &mut dummy), 0, 31_536_000_000);
     set(
-        at(doc, "/components/schemas/CompleteBatchRequest/properties/jobs", &mut dummy),
+        at(doc, &format!("{fail}/error"), &mut dummy),
+        json!({"pattern": VISIBLE}),
+    );
+    range(
+        at(doc, &format!("{fail}/retry_after_ms"), &mut dummy),
+        0,
+        31_536_000_000,
+    );
+    set(
+        at(
+            doc,
+            "/components/schemas/CompleteBatchRequest/properties/jobs",
+            &mut dummy,
+        ),
         json!({"minItems": 1, "maxItems": 1000}),
     );
     let wait = "/components/schemas/WaitRequest/properties";
     label(at(doc, &format!("{wait}/signal"), &mut dummy));
-    range(at(doc, &format!("{wait}/timeout_ms"), &mut dummy), 0, 3_153_600_000_000);
-    range(at(doc, "/components/schemas/SleepRequest/properties/seq", &mut dummy), 1, I32_MAX);
+    range(
+        at(doc, &format!("{wait}/timeout_ms"), &mut dummy),
+        0,
+        3_153_600_000_000,
+    );
+    range(
+        at(
+            doc,
+            "/components/schemas/SleepRequest/properties/seq",
+            &mut dummy,
+        ),
+        1,
+        I32_MAX,
+    );
 }
 
 /// Queue settings and schedules.
@@ -220,13 +272,21 @@ fn settings(doc: &mut Value) {
     }
     let r = "/components/schemas/RateLimit/properties";
     range(at(doc, &format!("{r}/count"), &mut dummy), 1, 1_000_000);
-    range(at(doc, &format!("{r}/period_ms"), &mut dummy), 1, 86_400_000);
+    range(
+        at(doc, &format!("{r}/period_ms"), &mut dummy),
+        1,
+        86_400_000,
+    );
     let s = "/components/schemas/ScheduleSpec/properties";
     for field in ["kind", "queue"] {
         name(at(doc, &format!("{s}/{field}"), &mut dummy), MAX_NAME_LEN);
     }
     range(at(doc, &format!("{s}/priority"), &mut dummy), -32768, 32767);
-    range(at(doc, &format!("{s}/max_attempts"), &mut dummy), 1, I32_MAX);
+    range(
+        at(doc, &format!("{s}/max_attempts"), &mut dummy),
+        1,
+        I32_MAX,
+    );
     set(
         at(doc, &format!("{s}/cron"), &mut dummy),
         json!({"minLength": 1, "maxLength": 1024}),
@@ -236,7 +296,10 @@ fn settings(doc: &mut Value) {
         .map(|tz| Value::from(tz.name()))
         .collect();
     zones.push(Value::Null);
-    set(at(doc, &format!("{s}/timezone"), &mut dummy), json!({"enum": zones}));
+    set(
+        at(doc, &format!("{s}/timezone"), &mut dummy),
+        json!({"enum": zones}),
+    );
 }
 
 /// Path and query parameters: ids are UUIDs, names are names, the listing's filters.
@@ -249,7 +312,9 @@ fn parameters(doc: &mut Value) {
             continue;
         };
         for operation in operations.values_mut() {
-            let Some(params) = operation.get_mut("parameters").and_then(Value::as_array_mut)
+            let Some(params) = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
             else {
                 continue;
             };

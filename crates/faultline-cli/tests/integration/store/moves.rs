@@ -12,7 +12,7 @@ use crate::harness::TestDb;
 
 /// The columns a transition may change; every other column (a new one included) must survive
 /// every move unchanged.
-const CHANGING: [&str; 15] = [
+const CHANGING: [&str; 17] = [
     "eligible_at",
     "state",
     "attempts",
@@ -28,6 +28,9 @@ const CHANGING: [&str; 15] = [
     "updated_at",
     "result",
     "pending_dependencies",
+    // What a parked job waits for (durable waits): set by the park, cleared by the wake.
+    "waiting_signal",
+    "waiting_until",
 ];
 
 /// The job's row, from whichever table holds it, without the columns a transition may change.
