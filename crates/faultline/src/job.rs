@@ -315,12 +315,12 @@ pub struct Job {
     /// [`crate::Store::get`]; empty in listings and claims.
     #[serde(default)]
     #[sqlx(skip)]
-    pub steps: Vec<crate::store::Step>,
+    pub steps: Vec<crate::step::Step>,
     /// While parked for a signal (`waiting`): which, and until when. Filled by
     /// [`crate::Store::get`].
     #[serde(default)]
     #[sqlx(skip)]
-    pub waiting_for: Option<crate::store::WaitingFor>,
+    pub waiting_for: Option<crate::step::WaitingFor>,
 }
 
 /// A job to enqueue. Build one with [`NewJob::new`] and the `with_*` methods.

@@ -119,6 +119,7 @@ pub mod otel;
 mod payload;
 mod retry;
 pub mod schedule;
+mod step;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

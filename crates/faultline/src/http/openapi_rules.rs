@@ -99,6 +99,13 @@ pub fn apply(doc: &mut Value) {
 
 /// The enqueue request (and a batch's version of it), the listing's filters.
 fn request_bodies(doc: &mut Value) {
+    enqueue_request(doc);
+    batch_job(doc);
+    filter_params(doc);
+}
+
+/// The enqueue request's fields.
+fn enqueue_request(doc: &mut Value) {
     let mut dummy = Value::Null;
     let e = "/components/schemas/EnqueueRequest/properties";
     for field in ["kind", "queue"] {
@@ -140,7 +147,13 @@ fn request_bodies(doc: &mut Value) {
         at(doc, "/components/schemas/EnqueueRequest", &mut dummy),
         json!({"allOf": pairs}),
     );
-    // A single enqueue's dependencies are job ids; a batch's may also be indexes.
+}
+
+/// A batch's job: the enqueue request whose dependencies may also be indexes; a single
+/// enqueue's are job ids.
+fn batch_job(doc: &mut Value) {
+    let mut dummy = Value::Null;
+    let e = "/components/schemas/EnqueueRequest/properties";
     let mut batch = doc
         .pointer("/components/schemas/EnqueueRequest")
         .cloned()
@@ -172,6 +185,11 @@ fn request_bodies(doc: &mut Value) {
         ),
         json!({"minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/BatchJob"}}),
     );
+}
+
+/// The filters of a listing and of a bulk action.
+fn filter_params(doc: &mut Value) {
+    let mut dummy = Value::Null;
     let f = "/components/schemas/FilterParams/properties";
     set(
         at(doc, &format!("{f}/state"), &mut dummy),
@@ -200,6 +218,12 @@ fn strip_type(schema: &mut Value) {
 
 /// Claims and reports.
 fn worker_protocol(doc: &mut Value) {
+    claims(doc);
+    reports(doc);
+}
+
+/// A claim's fields.
+fn claims(doc: &mut Value) {
     let mut dummy = Value::Null;
     let c = "/components/schemas/ClaimRequest/properties";
     label(at(doc, &format!("{c}/worker_id"), &mut dummy));
@@ -218,6 +242,11 @@ fn worker_protocol(doc: &mut Value) {
         1000,
         3_600_000,
     );
+}
+
+/// The reports' fields, and the durable routes'.
+fn reports(doc: &mut Value) {
+    let mut dummy = Value::Null;
     range(
         at(
             doc,

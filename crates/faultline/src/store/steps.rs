@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::statement::{ExecuteOnStore, OnStore};
 use super::{Store, JOB_CHANNEL};
@@ -15,36 +14,10 @@ use crate::error::StoreError;
 use crate::job::{JobId, JobState};
 use crate::lease::Lease;
 use crate::payload::Payload;
+pub use crate::step::{Step, WaitingFor};
 
 /// Step names the library keeps for its own records (a sleep's deadline, a wait's outcome).
 pub const RESERVED_PREFIX: &str = "faultline:";
-
-/// A recorded step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
-#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
-pub struct Step {
-    /// Its name, unique within the job.
-    pub name: String,
-    /// What it returned (JSON, exactly as recorded; `null` for nothing).
-    #[cfg_attr(feature = "http", schema(value_type = Option<serde_json::Value>))]
-    pub result: Option<Payload>,
-    /// When it was recorded.
-    pub recorded_at: DateTime<Utc>,
-    /// The attempt that ran it.
-    pub attempt: i32,
-    /// The lease token it was recorded under.
-    pub lease_token: i64,
-}
-
-/// What a job parked in `waiting` waits for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
-pub struct WaitingFor {
-    /// The signal's name.
-    pub signal: String,
-    /// When the wait times out (the job runs again, and the wait returns nothing).
-    pub until: DateTime<Utc>,
-}
 
 /// Where a durable sleep stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
