@@ -21,6 +21,8 @@ use super::report::{seconds, Report};
 /// concurrency keys (key concurrency 1): under every fault, the journal must show no more
 /// running at once.
 const LIMITED: &str = "chaos-limited";
+/// The Python workers' queue (`--python-workers`).
+const PYTHON: &str = "chaos-python";
 const KEYED: &str = "chaos-keyed";
 const LIMIT: usize = 3;
 const KEYS: usize = 4;
@@ -69,6 +71,7 @@ pub async fn run(
     db: Option<&str>,
     duration: Duration,
     seed: Option<u64>,
+    python_workers: usize,
 ) -> anyhow::Result<()> {
     let seed = seed.unwrap_or_else(rand::random);
     report.event(format!(
@@ -76,8 +79,8 @@ pub async fn run(
         humantime::format_duration(duration)
     ));
     let ttl = Duration::from_secs(2);
-    let (mut env, receiver) = start(report, db, ttl).await?;
-    let enqueuer = start_stream(&env, seed, receiver);
+    let (mut env, receiver) = start(report, db, ttl, python_workers).await?;
+    let enqueuer = start_stream(&env, seed, receiver, python_workers > 0);
     let started = Instant::now();
     let faults = inject_holding_horizon(&mut env, report, seed, duration, ttl).await?;
     let flow = enqueuer.stop().await;
@@ -89,14 +92,18 @@ pub async fn run(
 }
 
 /// Three workers journaling every run, on the default, the limited and the keyed queue (their
-/// limits set), and the hostile webhook receiver: the environment and the receiver's URL.
+/// limits set), `python` Python workers on a queue of their own, and the hostile webhook
+/// receiver: the environment and the receiver's URL.
 async fn start(
     report: &mut Report,
     db: Option<&str>,
     ttl: Duration,
+    python: usize,
 ) -> anyhow::Result<(Env, String)> {
     let options = EnvOptions {
         workers: 3,
+        python_workers: python,
+        python_queues: Some(vec![PYTHON.into()]),
         lease_ttl: ttl,
         journal: true,
         allow_private_webhooks: true,
@@ -110,17 +117,38 @@ async fn start(
     Ok((env, receiver))
 }
 
-/// The seeded mix of [`job`]s through the API, one every 15 ms.
-fn start_stream(env: &Env, seed: u64, receiver: String) -> Enqueuer {
+/// The seeded mix of [`job`]s through the API, one every 15 ms; with `python`, about one in
+/// seven goes to the Python workers' queue instead ([`python_job`], from a second generator, so
+/// that the rest of the mix is the same as without).
+fn start_stream(env: &Env, seed: u64, receiver: String, python: bool) -> Enqueuer {
     // The flow: enqueue through the API with idempotency keys; a 503 or a dropped connection
     // is retried with the same key (safe by construction), so a job is acknowledged once.
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_f10e);
+    let mut python_rng = StdRng::seed_from_u64(seed ^ 0x00b7_0a11);
     Enqueuer::start(env, Duration::from_millis(15), move |n, recent| {
-        (
-            format!("chaos-{seed}-{n}"),
-            job(&mut rng, &receiver, recent),
-        )
+        let body = if python && python_rng.gen_bool(0.15) {
+            python_job(&mut python_rng)
+        } else {
+            job(&mut rng, &receiver, recent)
+        };
+        (format!("chaos-{seed}-{n}"), body)
     })
+}
+
+/// A job for the Python workers' queue: the kinds they serve (`noop`, `sleep`, `fail`).
+fn python_job(rng: &mut StdRng) -> Payload {
+    let body = match rng.gen_range(0..4) {
+        0 => json!({"kind": "noop", "queue": PYTHON}),
+        1 | 2 => {
+            json!({"kind": "sleep", "queue": PYTHON, "payload": {"ms": rng.gen_range(50..1500)}})
+        }
+        _ => {
+            let max = rng.gen_range(2..=5);
+            json!({"kind": "fail", "queue": PYTHON, "payload": {"times": rng.gen_range(0..=max)},
+                   "max_attempts": max})
+        }
+    };
+    body.into()
 }
 
 /// [`inject`] the faults while [`hold_horizon`] pins the MVCC horizon for the middle half of

@@ -25,9 +25,12 @@ use super::report::Report;
 pub struct Proc {
     pub name: String,
     pub child: Child,
+    /// Its metrics port (0 for a Python worker, which has none).
     pub port: u16,
     pub log: PathBuf,
     args: Vec<String>,
+    /// What it runs: the binary, or the Python interpreter of a Python worker.
+    program: PathBuf,
 }
 
 impl Proc {
@@ -72,6 +75,11 @@ pub struct EnvOptions {
     pub poll_interval: Duration,
     /// The workers' `--queues`.
     pub queues: Vec<String>,
+    /// Python workers (`clients/python/drill/worker.py`, claiming over the API with the
+    /// worker protocol), `py-worker-1` onwards, after the binary's workers.
+    pub python_workers: usize,
+    /// The Python workers' queues (default: the binary's workers' `queues`).
+    pub python_queues: Option<Vec<String>>,
 }
 
 impl Default for EnvOptions {
@@ -88,6 +96,8 @@ impl Default for EnvOptions {
             leader_ttl: Duration::from_secs(2),
             poll_interval: Duration::from_millis(250),
             queues: vec!["default".to_owned()],
+            python_workers: 0,
+            python_queues: None,
         }
     }
 }
@@ -176,7 +186,45 @@ impl Env {
             ));
             self.workers.push(worker);
         }
+        for index in 1..=self.options.python_workers {
+            let worker = self.spawn_python_worker(index)?;
+            report.event(format!(
+                "started {} (pid {}), a Python worker claiming over {}",
+                worker.name,
+                worker.pid(),
+                self.api_url
+            ));
+            self.workers.push(worker);
+        }
         Ok(())
+    }
+
+    /// Start Python worker `index` (`py-worker-<index>`): `clients/python/drill/worker.py` in
+    /// the package's venv (made by `clients/python/run-tests`), serving `noop`, `sleep` and
+    /// `fail` over the worker protocol, with the binary's workers' lease TTL and concurrency.
+    pub fn spawn_python_worker(&self, index: usize) -> anyhow::Result<Proc> {
+        let (python, script) = python_worker()?;
+        let name = format!("py-worker-{index}");
+        let o = &self.options;
+        let queues = o.python_queues.as_ref().unwrap_or(&o.queues).join(",");
+        let args = vec![
+            script.display().to_string(),
+            "--url".to_owned(),
+            self.api_url.clone(),
+            "--queues".to_owned(),
+            queues,
+            "--worker-id".to_owned(),
+            name.clone(),
+            "--concurrency".to_owned(),
+            o.concurrency.to_string(),
+            "--lease-ttl-ms".to_owned(),
+            o.lease_ttl.as_millis().to_string(),
+            "--grace-ms".to_owned(),
+            "2000".to_owned(),
+            "--poll-wait-ms".to_owned(),
+            "500".to_owned(),
+        ];
+        spawn(&python, &self.dir, &name, args, &self.process_url, 0)
     }
 
     /// Wait until the API's `/ready` and every worker's `/metrics` answer with a success.
@@ -186,6 +234,7 @@ impl Env {
             .chain(
                 self.workers
                     .iter()
+                    .filter(|w| w.port != 0)
                     .map(|w| format!("http://127.0.0.1:{}/metrics", w.port)),
             )
             .collect();
@@ -283,7 +332,9 @@ impl Env {
         if let Some(i) = args.iter().position(|a| a == "--metrics-listen") {
             args[i + 1] = format!("127.0.0.1:{port}");
         }
-        let fresh = spawn(&self.exe, &self.dir, &name, args, &self.process_url, port)?;
+        let program = old.program.clone();
+        let port = if old.port == 0 { 0 } else { port };
+        let fresh = spawn(&program, &self.dir, &name, args, &self.process_url, port)?;
         let pid = fresh.pid();
         self.workers[slot] = fresh;
         Ok(pid)
@@ -601,7 +652,28 @@ fn spawn(
         port,
         log,
         args,
+        program: exe.clone(),
     })
+}
+
+/// The Python interpreter of `clients/python`'s venv and the drill worker's script, or what is
+/// missing.
+fn python_worker() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let package = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../clients/python");
+    let python = package.join(".venv/bin/python");
+    let script = package.join("drill/worker.py");
+    anyhow::ensure!(
+        script.is_file(),
+        "no Python drill worker at {} (run the drills from the repository)",
+        script.display()
+    );
+    anyhow::ensure!(
+        python.is_file(),
+        "no Python environment at {}: run clients/python/run-tests once (make test does), \
+         which makes it from the package's lock file",
+        python.display()
+    );
+    Ok((python, script))
 }
 
 /// The sum of every sample of `metric` in a text exposition (all label sets).

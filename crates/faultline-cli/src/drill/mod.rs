@@ -11,6 +11,7 @@ mod env;
 mod failover;
 mod lease_expiry;
 mod poison;
+mod python;
 mod report;
 mod retries;
 mod waits;
@@ -43,6 +44,11 @@ pub struct DrillArgs {
     #[arg(long, env = "FAULTLINE_DRILL_SEED")]
     pub seed: Option<u64>,
 
+    /// Python workers the chaos drill runs beside the binary's (on a queue of their own, with
+    /// the same faults).
+    #[arg(long, env = "FAULTLINE_DRILL_PYTHON_WORKERS", default_value_t = 0)]
+    pub python_workers: usize,
+
     /// The failover drill with asynchronous replication: it reports what was lost or ran twice
     /// instead of failing on it.
     #[arg(long = "async")]
@@ -57,8 +63,12 @@ pub struct DrillArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DrillName {
     WorkerCrash,
+    /// worker-crash with Python workers (the HTTP worker protocol).
+    WorkerCrashPython,
     Retries,
     LeaseExpiry,
+    /// lease-expiry with Python workers (the HTTP worker protocol).
+    LeaseExpiryPython,
     DbOutage,
     Duplicates,
     Chaos,
@@ -67,10 +77,12 @@ pub enum DrillName {
 }
 
 impl DrillName {
-    const EACH: [DrillName; 7] = [
+    const EACH: [DrillName; 9] = [
         DrillName::WorkerCrash,
+        DrillName::WorkerCrashPython,
         DrillName::Retries,
         DrillName::LeaseExpiry,
+        DrillName::LeaseExpiryPython,
         DrillName::DbOutage,
         DrillName::Duplicates,
         DrillName::Chaos,
@@ -80,6 +92,8 @@ impl DrillName {
     fn label(self) -> &'static str {
         match self {
             DrillName::WorkerCrash => "worker-crash",
+            DrillName::WorkerCrashPython => "worker-crash-python",
+            DrillName::LeaseExpiryPython => "lease-expiry-python",
             DrillName::Retries => "retries",
             DrillName::LeaseExpiry => "lease-expiry",
             DrillName::DbOutage => "db-outage",
@@ -187,12 +201,16 @@ async fn run_one(drill: DrillName, report: &mut Report, args: &DrillArgs) -> any
     let db = args.database_url.as_deref();
     match drill {
         DrillName::WorkerCrash => worker_crash::run(report, db).await,
+        DrillName::WorkerCrashPython => python::worker_crash(report, db).await,
+        DrillName::LeaseExpiryPython => python::lease_expiry(report, db).await,
         DrillName::Retries => retries::run(report, db).await,
         DrillName::LeaseExpiry => lease_expiry::run(report, db).await,
         DrillName::DbOutage => db_outage::run(report, db).await,
         DrillName::Duplicates => duplicates::run(report, db).await,
         DrillName::Failover => failover::run(report, db, args.asynchronous).await,
-        DrillName::Chaos => chaos::run(report, db, args.duration, args.seed).await,
+        DrillName::Chaos => {
+            chaos::run(report, db, args.duration, args.seed, args.python_workers).await
+        }
         DrillName::All => unreachable!("expanded above"),
     }
 }
