@@ -124,27 +124,24 @@ impl Store {
         let text = self
             .result_text(result)
             .map_err(|e| rename_result_error(e, name))?;
-        let (held, _inserted): (bool, bool) = sqlx::query_as(RECORD_STEP)
+        let recorded: Option<StepRow> = sqlx::query_as(RECORD_STEP)
             .bind(lease.job_id)
             .bind(lease.token)
             .bind(name)
             .bind(text.as_deref())
             .persistent(self.uses_prepared_statements())
-            .fetch_one(&mut *conn)
+            .fetch_optional(&mut *conn)
             .await?;
-        if !held {
-            return Err(self.lost_or_unknown(lease).await?);
+        match recorded {
+            Some(StepRow { held: true, step }) => Ok(step),
+            Some(StepRow { held: false, .. }) => Err(self.lost_or_unknown(lease).await?),
+            // Held, and the name recorded by a statement that committed after this one's
+            // snapshot (two calls of one name at once): read it now.
+            None => match self.step(lease.job_id, name).await? {
+                Some(step) => Ok(step),
+                None => Err(self.lost_or_unknown(lease).await?),
+            },
         }
-        let step: Step = sqlx::query_as(
-            "select name, result, recorded_at, attempt, lease_token
-             from faultline.job_steps where job_id = $1 and name = $2",
-        )
-        .bind(lease.job_id)
-        .bind(name)
-        .persistent(self.uses_prepared_statements())
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok(step)
     }
 
     /// A durable sleep under `lease`, named `key` (the n-th sleep of a handler): the first
@@ -429,8 +426,18 @@ fn recorded_wait(step: &Step) -> Wait {
     }
 }
 
+/// What [`RECORD_STEP`] answers: whether the lease holds, and the step as recorded.
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    held: bool,
+    #[sqlx(flatten)]
+    step: Step,
+}
+
 /// Record a step: `$1` job, `$2` token, `$3` name, `$4` result text (null for none). Answers
-/// whether the lease holds and whether this call inserted the step.
+/// one row — whether the lease holds, and the step as recorded now or earlier (a name is
+/// recorded once) — or none when the lease does not hold and no step of the name exists. One
+/// statement: the inserted row comes from `returning`, an earlier one from the snapshot.
 const RECORD_STEP: &str = "with holder as (
         select id, attempts, lease_token from faultline.jobs
         where id = $1 and lease_token = $2 and lease_expires_at is not null
@@ -440,9 +447,15 @@ const RECORD_STEP: &str = "with holder as (
         insert into faultline.job_steps (job_id, name, result, attempt, lease_token)
         select id, $3, $4::json, attempts, lease_token from holder
         on conflict (job_id, name) do nothing
-        returning 1
+        returning name, result, recorded_at, attempt, lease_token
     )
-    select exists (select 1 from holder), exists (select 1 from inserted)";
+    select exists (select 1 from holder) as held, s.*
+    from (
+        select name, result, recorded_at, attempt, lease_token from inserted
+        union all
+        select name, result, recorded_at, attempt, lease_token from faultline.job_steps
+        where job_id = $1 and name = $3 and not exists (select 1 from inserted)
+    ) s";
 
 /// Park: `$1` job, `$2` token, `$3` signal, `$4` until, `$5` channel. `waiting` unless the
 /// signal is there already (then `queued`, eligible now, as every move back to queued writes

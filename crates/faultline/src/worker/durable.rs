@@ -52,7 +52,7 @@ impl JobContext {
     {
         check_user_name(name)?;
         let (store, lease) = self.durable()?;
-        if let Some(recorded) = store.step(lease.job_id, name).await? {
+        if let Some(recorded) = self.recorded(store, lease, name).await? {
             return read(&recorded);
         }
         let value = step.await?;
@@ -61,7 +61,7 @@ impl JobContext {
             .record_step(lease, name, &result)
             .await
             .map_err(step_error)?;
-        self.count_step();
+        self.remember(&recorded);
         read(&recorded)
     }
 
@@ -106,7 +106,7 @@ impl JobContext {
     {
         check_user_name(name)?;
         let (store, lease) = self.durable()?;
-        if let Some(recorded) = store.step(lease.job_id, name).await? {
+        if let Some(recorded) = self.recorded(store, lease, name).await? {
             return read(&recorded);
         }
         let value = step(&mut *tx).await?;
@@ -115,6 +115,7 @@ impl JobContext {
             .record_step_in(tx, lease, name, &result)
             .await
             .map_err(step_error)?;
+        // Not remembered: the caller's transaction may still roll back.
         self.count_step();
         read(&recorded)
     }
@@ -184,6 +185,33 @@ impl JobContext {
                 Err(self.suspend(format!("waiting for signal {name:?} until {until}")))
             }
         }
+    }
+
+    /// Step `name` if this job recorded it: the job's steps are read once per run.
+    async fn recorded(
+        &self,
+        store: &Store,
+        lease: &Lease,
+        name: &str,
+    ) -> Result<Option<Step>, JobError> {
+        let loaded = self.seen().is_some();
+        if !loaded {
+            let all = store.steps(lease.job_id).await?;
+            *self.seen() = Some(all.into_iter().map(|s| (s.name.clone(), s)).collect());
+        }
+        Ok(self.seen().as_ref().and_then(|seen| seen.get(name).cloned()))
+    }
+
+    /// Keep `step`, just recorded (and committed), for this run's next lookups; count it.
+    fn remember(&self, step: &Step) {
+        if let Some(seen) = self.seen().as_mut() {
+            seen.insert(step.name.clone(), step.clone());
+        }
+        self.count_step();
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Option<super::handler::StepsSeen>> {
+        self.steps_seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn count_step(&self) {

@@ -53,7 +53,13 @@ pub struct JobContext {
     pub(crate) sleeps: Arc<std::sync::atomic::AtomicU32>,
     /// The worker's metrics (steps recorded), when run by a worker.
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The job's recorded steps, read once per run at its first step (then kept up to date by
+    /// its own records: only this run's lease can record more).
+    pub(crate) steps_seen: Arc<std::sync::Mutex<Option<StepsSeen>>>,
 }
+
+/// Recorded steps by name.
+pub(crate) type StepsSeen = std::collections::HashMap<String, crate::step::Step>;
 
 /// Flags a handler's context sets for the worker: completed in the handler's own transaction
 /// (`.0`), suspended by a durable sleep or wait (`.1`).
@@ -104,6 +110,7 @@ impl JobContext {
             suspended: settled.1.clone(),
             sleeps: Arc::default(),
             metrics,
+            steps_seen: Arc::default(),
         }
     }
 
@@ -129,6 +136,7 @@ impl JobContext {
             suspended: Arc::default(),
             sleeps: Arc::default(),
             metrics: None,
+            steps_seen: Arc::default(),
         }
     }
 
