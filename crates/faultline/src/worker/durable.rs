@@ -199,7 +199,10 @@ impl JobContext {
             let all = store.steps(lease.job_id).await?;
             *self.seen() = Some(all.into_iter().map(|s| (s.name.clone(), s)).collect());
         }
-        Ok(self.seen().as_ref().and_then(|seen| seen.get(name).cloned()))
+        Ok(self
+            .seen()
+            .as_ref()
+            .and_then(|seen| seen.get(name).cloned()))
     }
 
     /// Keep `step`, just recorded (and committed), for this run's next lookups; count it.
