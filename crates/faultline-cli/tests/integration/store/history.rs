@@ -617,3 +617,73 @@ async fn an_upgrade_to_edges_lanes_and_marks_keeps_every_job_lease_dependency_an
     // The clock row has no tenure yet: its next tick is judged by the gap, as before.
     store.fire_schedules().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_upgrade_to_latency_and_durable_steps_keeps_every_job_lease_and_minute() {
+    // The schema before this session's migrations (20261207000001 on).
+    let db = schema_before(20261207000001).await;
+    sqlx::raw_sql(
+        "insert into faultline.jobs (id, kind, queue, state, attempts, lease_owner, lease_token,
+                                     lease_expires_at, started_at, payload, priority, has_dependents)
+         values ('00000000-0000-7000-8000-0000000000e1', 'k', 'default', 'queued', 0, null, null,
+                 null, null, '{\"n\": 1.50}', 0, true),
+                ('00000000-0000-7000-8000-0000000000e2', 'k', 'default', 'running', 1, 'w', 81,
+                 now() + interval '1 hour', now(), '{}', 0, false);
+         insert into faultline.jobs (id, kind, queue, state, depends_on, pending_dependencies)
+         values ('00000000-0000-7000-8000-0000000000e3', 'k', 'default', 'waiting',
+                 '{00000000-0000-7000-8000-0000000000e1}', 1);
+         insert into faultline.job_edges (parent, child)
+         values ('00000000-0000-7000-8000-0000000000e1', '00000000-0000-7000-8000-0000000000e3');
+         insert into faultline.queue_throughput (minute, queue, succeeded, failed, cancelled)
+         values (date_trunc('minute', now()) - interval '5 minutes', 'default', 7, 1, 0);",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    faultline::db::migrate(&db.pool).await.unwrap();
+    assert!(faultline::db::schema_is_current(&db.pool).await.unwrap());
+
+    let store = db.store();
+    let id = |n: &str| -> faultline::JobId {
+        format!("00000000-0000-7000-8000-0000000000{n}")
+            .parse()
+            .unwrap()
+    };
+    // The dependency-waiting job is still `waiting` (the rewritten constraint admits it), with
+    // nothing parked.
+    let waiting = store.get(id("e3")).await.unwrap();
+    assert_eq!(
+        (waiting.state, waiting.waiting_for),
+        (JobState::Waiting, None)
+    );
+    // The running job's lease holds across the upgrade, and records a step under it.
+    let running = store.get(id("e2")).await.unwrap();
+    let lease = faultline::Lease {
+        job_id: running.id,
+        token: 81,
+        attempt: 1,
+        owner: "w".into(),
+        expires_at: running.lease_expires_at.unwrap(),
+    };
+    let step = store
+        .record_step(&lease, "first", &faultline::Payload::null())
+        .await
+        .unwrap();
+    assert_eq!(step.lease_token, 81);
+    store.complete(&lease).await.unwrap();
+    // The old queued job runs, and its dependent is promoted when it succeeds.
+    let claimed = store
+        .claim_batch(&["default".into()], "w2", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        [id("e1")]
+    );
+    store.complete(&claimed[0].lease).await.unwrap();
+    assert_eq!(store.get(id("e3")).await.unwrap().state, JobState::Queued);
+    // A minute counted before the upgrade keeps its counts, without latency.
+    let minutes = store.throughput(60).await.unwrap();
+    assert_eq!(minutes.len(), 1);
+    assert_eq!((minutes[0].succeeded, minutes[0].wait_p95_ms), (7, None));
+}

@@ -347,7 +347,7 @@ async fn a_wait_times_out_and_a_parked_job_can_be_cancelled() {
 async fn over_http_a_remote_worker_records_steps_sleeps_and_waits_under_its_lease() {
     let db = TestDb::new().await;
     let store = db.store();
-    let (api, _) = router(&db, ApiConfig::default());
+    let (api, metrics) = router(&db, ApiConfig::default());
     let id = enqueue(&store, "remote").await;
     let lease = claim(&store).await.lease;
     let token = lease.token;
@@ -446,6 +446,14 @@ async fn over_http_a_remote_worker_records_steps_sleeps_and_waits_under_its_leas
     assert_eq!(
         (waited["outcome"].clone(), waited["payload"].clone()),
         (json!("signalled"), json!({"ok": true}))
+    );
+
+    // Counted: the one step recorded and the one signal kept (the duplicate is not).
+    let text = metrics.render();
+    assert!(text.contains("faultline_steps_recorded_total 1"), "{text}");
+    assert!(
+        text.contains("faultline_signals_received_total 1"),
+        "{text}"
     );
 
     // Sleep: the job is put back until then; the attempt is not spent.
