@@ -167,6 +167,17 @@ class LeaderInfo(TypedDict):
     """
 
 
+class LeaseItem(TypedDict):
+    id: JobId
+    """
+    The job.
+    """
+    lease_token: int
+    """
+    The `lease_token` of its claim.
+    """
+
+
 class LeaseRequest(TypedDict):
     lease_token: int
     """
@@ -1284,6 +1295,33 @@ class FilterParams(TypedDict):
     """
 
 
+class HeartbeatBatchRequest(TypedDict):
+    jobs: list[LeaseItem]
+    """
+    1 to 1,000 leases.
+    """
+    lease_ttl_ms: NotRequired[int | None]
+    """
+    Extend each lease to this long from now, 1,000 to 3,600,000 ms (default 30,000).
+    """
+
+
+class HeartbeatOutcome(TypedDict):
+    id: JobId
+    """
+    The job.
+    """
+    lease_expires_at: NotRequired[str | None]
+    """
+    The new expiry (`extended`).
+    """
+    outcome: str
+    """
+    `extended`; `cancelled` (the job was cancelled: stop); `lease_lost` (the token no longer
+    holds the job: stop, and report nothing).
+    """
+
+
 class Job(TypedDict):
     attempts: int
     """
@@ -1650,6 +1688,13 @@ class DependentsResponse(TypedDict):
     jobs: list[Job]
     """
     Oldest first, at most 1,000; empty for an unknown id.
+    """
+
+
+class HeartbeatBatchResponse(TypedDict):
+    results: list[HeartbeatOutcome]
+    """
+    One per lease, in request order.
     """
 
 

@@ -184,6 +184,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/jobs/heartbeat": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Extend many leases in one statement, each fenced by its own token, as one heartbeat each
+         *     would.
+         * @description # Errors
+         *     An [`ApiError`], answered with its status and JSON body.
+         */
+        post: operations["heartbeat_jobs"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/jobs/{id}": {
         parameters: {
             query?: never;
@@ -1079,6 +1101,36 @@ export interface components {
             /** @description waiting, queued, running, succeeded, failed or cancelled. */
             state?: null | components["schemas"]["JobState"];
         };
+        /** @description Many heartbeats in one call (a busy remote worker's leases, renewed together). */
+        HeartbeatBatchRequest: {
+            /** @description 1 to 1,000 leases. */
+            jobs: components["schemas"]["LeaseItem"][];
+            /**
+             * Format: int64
+             * @description Extend each lease to this long from now, 1,000 to 3,600,000 ms (default 30,000).
+             */
+            lease_ttl_ms?: number | null;
+        };
+        /** @description What became of each heartbeat, in request order. */
+        HeartbeatBatchResponse: {
+            /** @description One per lease, in request order. */
+            results: components["schemas"]["HeartbeatOutcome"][];
+        };
+        /** @description What became of one heartbeat. */
+        HeartbeatOutcome: {
+            /** @description The job. */
+            id: components["schemas"]["JobId"];
+            /**
+             * Format: date-time
+             * @description The new expiry (`extended`).
+             */
+            lease_expires_at?: string | null;
+            /**
+             * @description `extended`; `cancelled` (the job was cancelled: stop); `lease_lost` (the token no longer
+             *     holds the job: stop, and report nothing).
+             */
+            outcome: string;
+        };
         /** @description A heartbeat. */
         HeartbeatRequest: {
             /**
@@ -1248,6 +1300,16 @@ export interface components {
              * @description The term's fencing token.
              */
             token: number;
+        };
+        /** @description One lease of a batch. */
+        LeaseItem: {
+            /** @description The job. */
+            id: components["schemas"]["JobId"];
+            /**
+             * Format: int64
+             * @description The `lease_token` of its claim.
+             */
+            lease_token: number;
         };
         /** @description A report that carries only the lease. */
         LeaseRequest: {
@@ -2186,6 +2248,83 @@ export interface operations {
                 };
             };
             /** @description a field out of bounds, named as jobs[i].field */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    heartbeat_jobs: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "jobs": [
+                 *         {
+                 *           "id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                 *           "lease_token": 42
+                 *         }
+                 *       ],
+                 *       "lease_ttl_ms": 30000
+                 *     }
+                 */
+                "application/json": components["schemas"]["HeartbeatBatchRequest"];
+            };
+        };
+        responses: {
+            /** @description an outcome per lease */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HeartbeatBatchResponse"];
+                };
+            };
+            /** @description malformed JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description a field out of bounds, named */
             422: {
                 headers: {
                     [name: string]: unknown;

@@ -197,6 +197,7 @@ fn job_routes(router: Router<AppState>, batch_body: usize) -> Router<AppState> {
             "/v1/jobs/complete",
             post(jobs::complete_batch).layer(DefaultBodyLimit::max(batch_body)),
         )
+        .route("/v1/jobs/heartbeat", post(jobs::heartbeat_batch))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))

@@ -10,8 +10,9 @@ use super::error::{ErrorDetail, ErrorResponse};
 use super::jobs::{
     BatchRequest, BatchResponse, BatchResult, BulkRequest, CompleteBatchRequest,
     CompleteBatchResponse, CompleteItem, CompleteOutcome, CompleteRequest, DependencyRef,
-    DependentsResponse, EnqueueRequest, FailRequest, FilterParams, HeartbeatRequest,
-    HeartbeatResponse, LeaseRequest,
+    DependentsResponse, EnqueueRequest, FailRequest, FilterParams, HeartbeatBatchRequest,
+    HeartbeatBatchResponse, HeartbeatOutcome, HeartbeatRequest, HeartbeatResponse, LeaseItem,
+    LeaseRequest,
 };
 use super::jobs::{
     SignalRequest, SignalResponse, SleepRequest, SleepResponse, StepRequest, StepsResponse,
@@ -43,7 +44,7 @@ use crate::store::{
     paths(
         health::health, health::ready, health::metrics,
         jobs::enqueue, jobs::enqueue_batch, jobs::get, jobs::list, jobs::cancel, jobs::retry, jobs::bulk,
-        claims::claim, jobs::heartbeat, jobs::complete, jobs::complete_batch, jobs::fail, jobs::release,
+        claims::claim, jobs::heartbeat, jobs::complete, jobs::complete_batch, jobs::heartbeat_batch, jobs::fail, jobs::release,
         jobs::steps, jobs::record_step, jobs::sleep, jobs::wait, jobs::signal,
         jobs::dependents, queues::throughput, queues::list, queues::update, queues::pause, queues::resume, workers::list,
         schedules::put, schedules::list, schedules::get, schedules::delete, schedules::pause,
@@ -57,7 +58,8 @@ use crate::store::{
         BulkRequest, BulkAction, BulkOutcome, BulkRefusal, FilterParams, ClaimRequest,
         ClaimResponse, HeartbeatRequest, HeartbeatResponse, CompleteRequest, FailRequest,
         LeaseRequest, DependencyRef, CompleteBatchRequest, CompleteItem, CompleteBatchResponse,
-        CompleteOutcome, StepsResponse, StepRequest, SleepRequest, SleepResponse, WaitRequest,
+        CompleteOutcome, HeartbeatBatchRequest, LeaseItem, HeartbeatBatchResponse, HeartbeatOutcome,
+        StepsResponse, StepRequest, SleepRequest, SleepResponse, WaitRequest,
         WaitResponse, SignalRequest, SignalResponse, Step, WaitingFor,
     )),
     modifiers(&BearerAuth),

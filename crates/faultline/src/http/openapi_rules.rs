@@ -247,6 +247,16 @@ fn claims(doc: &mut Value) {
 /// The reports' fields, and the durable routes'.
 fn reports(doc: &mut Value) {
     let mut dummy = Value::Null;
+    let beats = "/components/schemas/HeartbeatBatchRequest/properties";
+    set(
+        at(doc, &format!("{beats}/jobs"), &mut dummy),
+        json!({"minItems": 1, "maxItems": 1000}),
+    );
+    range(
+        at(doc, &format!("{beats}/lease_ttl_ms"), &mut dummy),
+        1000,
+        3_600_000,
+    );
     range(
         at(
             doc,

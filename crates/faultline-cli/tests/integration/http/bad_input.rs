@@ -990,6 +990,30 @@ fn http_cases() -> Vec<Case> {
         vec![r#"{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": 1}"#; 1001].join(",")
     );
     cases.push(post("/v1/jobs/complete", thousand_and_one, Field("jobs")));
+    for (body, field) in [
+        (r#"{}"#, "jobs"),
+        (r#"{"jobs": []}"#, "jobs"),
+        (r#"{"jobs": [[]]}"#, "jobs[0]"),
+        (r#"{"jobs": [{"lease_token": 1}]}"#, "jobs[0].id"),
+        (
+            r#"{"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}]}"#,
+            "jobs[0].lease_token",
+        ),
+        (
+            r#"{"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": 1, "x": 1}]}"#,
+            "jobs[0].x",
+        ),
+        (
+            r#"{"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": 1}], "lease_ttl_ms": 999}"#,
+            "lease_ttl_ms",
+        ),
+        (
+            r#"{"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": 1}], "lease_ttl_ms": -1}"#,
+            "lease_ttl_ms",
+        ),
+    ] {
+        cases.push(post("/v1/jobs/heartbeat", body, Field(field)));
+    }
     let heartbeat = format!("/v1/jobs/{job}/heartbeat");
     for ttl in ["0", "999", "3600001", "-1", "\"30s\""] {
         cases.push(post(

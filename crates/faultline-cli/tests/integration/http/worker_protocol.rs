@@ -383,3 +383,55 @@ async fn a_batch_of_completions_lands_each_under_its_own_token() {
     let (status, body) = post(&api, "/v1/jobs/complete", json!({"jobs": []})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }
+
+/// Heartbeats batched: one statement, each lease fenced by its own token — extended, or told
+/// it was cancelled, or lost.
+#[tokio::test]
+async fn a_batch_of_heartbeats_extends_each_lease_under_its_own_token() {
+    let db = TestDb::new().await;
+    let (api, _) = router(&db, ApiConfig::default());
+    let a = enqueue(&api, "py", json!({})).await;
+    let b = enqueue(&api, "py", json!({})).await;
+    let c = enqueue(&api, "py", json!({})).await;
+    let jobs = claim(&api, "py-1", "py", json!({"max": 3, "lease_ttl_ms": 5000})).await;
+    let token = |id: &str| {
+        jobs.iter().find(|j| j["id"] == id).unwrap()["lease_token"]
+            .as_i64()
+            .unwrap()
+    };
+    let (status, _) = post(&api, &format!("/v1/jobs/{b}/cancel"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = post(
+        &api,
+        "/v1/jobs/heartbeat",
+        json!({"lease_ttl_ms": 60000, "jobs": [
+            {"id": a, "lease_token": token(&a)},
+            {"id": b, "lease_token": token(&b)},
+            {"id": c, "lease_token": token(&c) + 1000},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let outcomes: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["extended", "cancelled", "lease_lost"],
+        "{answer}"
+    );
+    let extended: chrono::DateTime<chrono::Utc> = answer["results"][0]["lease_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(extended > chrono::Utc::now() + chrono::Duration::seconds(50));
+    assert_eq!(
+        get(&api, &c).await["state"],
+        "running",
+        "the stale token changed nothing"
+    );
+}

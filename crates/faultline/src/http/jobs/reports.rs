@@ -377,3 +377,113 @@ fn outcome(id: JobId, outcome: &str, message: Option<String>) -> CompleteOutcome
         message,
     }
 }
+
+/// Many heartbeats in one call (a busy remote worker's leases, renewed together).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBatchRequest {
+    /// 1 to 1,000 leases.
+    #[serde(deserialize_with = "crate::http::object::objects")]
+    pub jobs: Vec<LeaseItem>,
+    /// Extend each lease to this long from now, 1,000 to 3,600,000 ms (default 30,000).
+    #[serde(default)]
+    pub lease_ttl_ms: Option<u64>,
+}
+
+/// One lease of a batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseItem {
+    /// The job.
+    pub id: JobId,
+    /// The `lease_token` of its claim.
+    pub lease_token: i64,
+}
+
+/// What became of each heartbeat, in request order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatBatchResponse {
+    /// One per lease, in request order.
+    pub results: Vec<HeartbeatOutcome>,
+}
+
+/// What became of one heartbeat.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatOutcome {
+    /// The job.
+    pub id: JobId,
+    /// `extended`; `cancelled` (the job was cancelled: stop); `lease_lost` (the token no longer
+    /// holds the job: stop, and report nothing).
+    pub outcome: String,
+    /// The new expiry (`extended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// Extend many leases in one statement, each fenced by its own token, as one heartbeat each
+/// would.
+///
+/// # Errors
+/// An [`ApiError`], answered with its status and JSON body.
+#[utoipa::path(
+    post, path = "/v1/jobs/heartbeat", operation_id = "heartbeat_jobs", tag = "workers",
+    request_body(content = HeartbeatBatchRequest, example = json!({"jobs": [{"id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "lease_token": 42}], "lease_ttl_ms": 30000})),
+    responses(
+        (status = 200, description = "an outcome per lease", body = HeartbeatBatchResponse),
+        (status = 400, description = "malformed JSON", body = ErrorResponse),
+        (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse),
+        (status = 422, description = "a field out of bounds, named", body = ErrorResponse),
+        (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn heartbeat_batch(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<HeartbeatBatchRequest>,
+) -> Result<Json<HeartbeatBatchResponse>, ApiError> {
+    if request.jobs.is_empty() || request.jobs.len() > 1000 {
+        return Err(ApiError::Invalid {
+            field: "jobs".into(),
+            message: format!(
+                "jobs must hold 1 to 1000 leases, got {}",
+                request.jobs.len()
+            ),
+        });
+    }
+    let ttl = request.lease_ttl_ms.unwrap_or(DEFAULT_LEASE_TTL_MS);
+    if !(1_000..=3_600_000).contains(&ttl) {
+        return Err(ApiError::Invalid {
+            field: "lease_ttl_ms".into(),
+            message: format!("lease_ttl_ms must be 1000 to 3600000, got {ttl}"),
+        });
+    }
+    let ttl = Duration::from_millis(ttl);
+    let leases: Vec<Lease> = request
+        .jobs
+        .iter()
+        .map(|j| Lease::of(j.id, j.lease_token))
+        .collect();
+    let beats = state.db("heartbeat", state.store.heartbeat_batch(&leases, ttl).await)?;
+    let results: Vec<HeartbeatOutcome> = leases
+        .iter()
+        .zip(beats)
+        .map(|(lease, beat)| match beat {
+            Ok(at) => (lease.job_id, "extended", Some(at)),
+            Err(StoreError::LeaseLost {
+                reason: LeaseLostReason::Cancelled,
+                ..
+            }) => (lease.job_id, "cancelled", None),
+            Err(_) => (lease.job_id, "lease_lost", None),
+        })
+        .map(|(id, outcome, lease_expires_at)| HeartbeatOutcome {
+            id,
+            outcome: outcome.to_owned(),
+            lease_expires_at,
+        })
+        .collect();
+    // The worker holding them is listed a while longer (best effort: one of its jobs says who).
+    if let Some(held) = results.iter().find(|r| r.lease_expires_at.is_some()) {
+        let _ = state.store.touch_remote_worker(held.id, ttl).await;
+    }
+    Ok(Json(HeartbeatBatchResponse { results }))
+}
