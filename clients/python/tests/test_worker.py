@@ -20,6 +20,7 @@ import pytest
 from conftest import Server, eventually, eventually_async
 
 from faultline_queue import (
+    ApiError,
     AsyncClient,
     Client,
     JobContext,
@@ -180,6 +181,97 @@ async def test_completions_are_batched_unless_turned_off(
         assert sum(counting.batches) == 40 and len(counting.batches) < 40, counting.batches
     else:
         assert (counting.singles, counting.batches) == (40, [])
+
+
+async def test_heartbeat_batch_extends_and_reports_the_cancelled_and_the_stale(aclient: AsyncClient, queue: str) -> None:
+    ids = [(await aclient.enqueue("py.hb-batch", {"n": n}, queue=queue)).id for n in range(3)]
+    claimed = {job["id"]: job for job in await aclient.claim("py-beater", [queue], max=3, lease_ttl_ms=5_000)}
+    assert sorted(claimed) == sorted(ids)
+    token = {job_id: job["lease_token"] for job_id, job in claimed.items()}
+    await aclient.cancel(ids[1])
+    outcomes = await aclient.heartbeat_batch(
+        [
+            {"id": ids[0], "lease_token": token[ids[0]]},
+            {"id": ids[1], "lease_token": token[ids[1]]},  # cancelled
+            {"id": ids[2], "lease_token": token[ids[2]] + 1000},  # stale
+        ],
+        lease_ttl_ms=60_000,
+    )
+    assert [(o["id"], o["outcome"]) for o in outcomes] == [
+        (ids[0], "extended"),
+        (ids[1], "cancelled"),
+        (ids[2], "lease_lost"),
+    ]
+    extended_to = parse_time(outcomes[0]["lease_expires_at"])
+    assert extended_to - parse_time(claimed[ids[0]]["lease_expires_at"]) > timedelta(seconds=30)
+    assert not outcomes[1].get("lease_expires_at") and not outcomes[2].get("lease_expires_at")
+    # The blocking client: the stale job's real token still holds its lease.
+    with Client(aclient.base_url) as client:
+        again = client.heartbeat_batch([{"id": ids[2], "lease_token": token[ids[2]]}])
+    assert [o["outcome"] for o in again] == ["extended"]
+
+
+class HeartbeatCountingClient(AsyncClient):
+    """Counts the heartbeat requests a worker sends; ``old_server`` answers the batch route 404."""
+
+    def __init__(self, url: str, old_server: bool = False) -> None:
+        super().__init__(url)
+        self.old_server = old_server
+        self.singles = 0
+        self.batches: list[int] = []
+
+    async def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        self.singles += 1
+        return await super().heartbeat(*args, **kwargs)
+
+    async def heartbeat_batch(self, jobs: Any, **kwargs: Any) -> Any:
+        self.batches.append(len(jobs))
+        if self.old_server:
+            raise ApiError(404, "not_found", "no such route")
+        return await super().heartbeat_batch(jobs, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["batched", "single", "old-server"])
+async def test_heartbeats_are_batched_and_a_cancel_reaches_its_job(
+    server: Server, aclient: AsyncClient, queue: str, mode: str
+) -> None:
+    counting = HeartbeatCountingClient(server.url, old_server=mode == "old-server")
+    worker = Worker(
+        counting, queues=[queue], concurrency=4, lease_ttl=1.0, poll_wait=1.0, grace=5.0, batch_heartbeats=mode != "single"
+    )
+    started: set[int] = set()
+    reasons: dict[int, Any] = {}
+
+    @worker.handler("py.beating")
+    async def beating(job: dict[str, Any], ctx: JobContext) -> Any:
+        n = job["payload"]["n"]
+        started.add(n)
+        if n == 0:
+            await asyncio.wait_for(ctx.stopped.wait(), 15)  # until cancelled
+            reasons[n] = ctx.stop_reason
+            return "late"
+        await asyncio.sleep(1.5)  # outlives the TTL: only renewed leases let it complete
+        reasons[n] = ctx.stop_reason
+        return n
+
+    results = await aclient.enqueue_batch([{"kind": "py.beating", "payload": {"n": n}, "queue": queue} for n in range(4)])
+    ids = [r["job"]["id"] for r in results]
+    try:
+        async with running(worker):
+            await eventually_async(lambda: len(started) == 4, what="all handlers to start")
+            await aclient.cancel(ids[0])
+            done = [await finished(aclient, i) for i in ids]
+    finally:
+        await counting.aclose()
+    assert reasons == {0: "cancelled", 1: None, 2: None, 3: None}
+    assert [j["state"] for j in done] == ["cancelled", "succeeded", "succeeded", "succeeded"]
+    assert [j["result"] for j in done[1:]] == [1, 2, 3]
+    if mode == "batched":
+        assert counting.singles == 0 and counting.batches and max(counting.batches) > 1, counting.batches
+    elif mode == "single":
+        assert counting.batches == [] and counting.singles >= 4
+    else:
+        assert len(counting.batches) == 1 and counting.singles >= 4, (counting.batches, counting.singles)
 
 
 async def test_retryable_after_requeues_the_job_no_sooner(server: Server, aclient: AsyncClient, queue: str) -> None:

@@ -16,9 +16,12 @@ import type {
   CompleteRequest,
   EnqueueRequest,
   FailRequest,
+  HeartbeatBatchResponse,
+  HeartbeatOutcome,
   HeartbeatRequest,
   HeartbeatResponse,
   Job,
+  LeaseItem,
   JobState,
   Page,
   ReleaseRequest,
@@ -287,6 +290,19 @@ export class Client {
     const body: HeartbeatRequest = { lease_token: leaseToken };
     if (leaseTtlMs !== undefined) (body as { lease_ttl_ms?: number }).lease_ttl_ms = leaseTtlMs;
     return (await this.request<HeartbeatResponse>("POST", `/v1/jobs/${encodeURIComponent(id)}/heartbeat`, { ...requestOptions, body })).data;
+  }
+
+  /**
+   * Extend many leases in one request (`POST /v1/jobs/heartbeat`, 1 to 1,000), each to
+   * `leaseTtlMs` from now and fenced by its own `lease_token`. One outcome per job, in order:
+   * `extended` (with the new `lease_expires_at`), `cancelled` (the job was cancelled: stop it) or
+   * `lease_lost` (the token no longer holds the job: stop, and report nothing). A stale token does
+   * not stop the others.
+   */
+  async heartbeatBatch(jobs: LeaseItem[], leaseTtlMs?: number, requestOptions?: RequestOptions): Promise<HeartbeatOutcome[]> {
+    const body: { jobs: LeaseItem[]; lease_ttl_ms?: number } = { jobs: jobs.map(({ id, lease_token }) => ({ id, lease_token })) };
+    if (leaseTtlMs !== undefined) body.lease_ttl_ms = leaseTtlMs;
+    return (await this.request<HeartbeatBatchResponse>("POST", "/v1/jobs/heartbeat", { ...requestOptions, body })).data.results;
   }
 
   /** Mark the job succeeded with `result` (omitted when undefined). */

@@ -32,6 +32,8 @@ export type {
   CompleteRequest,
   CompleteItem,
   CompleteOutcome,
+  LeaseItem,
+  HeartbeatOutcome,
   FailRequest,
   ReleaseRequest,
   Step,

@@ -130,6 +130,19 @@ export type CompleteOutcome = Omit<Schemas["CompleteOutcome"], "outcome"> & {
 /** `POST /v1/jobs/complete` answer. */
 export type CompleteBatchResponse = { results: CompleteOutcome[] };
 
+/** One lease of `POST /v1/jobs/heartbeat`: `{id, lease_token}`. */
+export type LeaseItem = Schemas["LeaseItem"];
+/**
+ * What became of one heartbeat of a batch: `extended` (with the new `lease_expires_at`);
+ * `cancelled` (the job was cancelled: stop it); or `lease_lost` (the token no longer holds the
+ * job: stop, and report nothing).
+ */
+export type HeartbeatOutcome = Omit<Schemas["HeartbeatOutcome"], "outcome"> & {
+  outcome: "extended" | "cancelled" | "lease_lost";
+};
+/** `POST /v1/jobs/heartbeat` answer. */
+export type HeartbeatBatchResponse = { results: HeartbeatOutcome[] };
+
 // ---------------------------------------------------------------------------------------------
 // Durable steps, sleeps and signals (docs/durable.md, "Over HTTP").
 

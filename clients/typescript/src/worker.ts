@@ -154,6 +154,12 @@ export interface WorkerOptions {
   completionLingerMs?: number;
   /** Most completions in one batch, 1 to 1,000 (default 500). */
   completionBatchSize?: number;
+  /**
+   * Renew the leases of all running jobs together (default true): every `heartbeatIntervalMs`, one
+   * `POST /v1/jobs/heartbeat` per 1,000 jobs, each fenced by its own lease token. False (or a
+   * server without that route) sends one heartbeat per job.
+   */
+  batchHeartbeats?: boolean;
   /** Default: warnings and errors to the console. */
   logger?: Logger;
   /** @internal */
@@ -280,7 +286,11 @@ export class Worker {
   readonly pollWaitMs: number;
   readonly graceMs: number;
   readonly batchCompletions: boolean;
+  readonly batchHeartbeats: boolean;
 
+  /** The batched heartbeats are in use (false once the server showed it has no batch route). */
+  #heartbeatBatches = false;
+  #batchTimer: ReturnType<typeof setTimeout> | undefined;
   readonly #completions: Completions | undefined;
   readonly #handlers = new Map<string, Handler>();
   readonly #active = new Set<Attempt>();
@@ -321,6 +331,7 @@ export class Worker {
     this.#log = options.logger ?? consoleLogger;
     this.#hooks = options.testHooks ?? {};
     this.batchCompletions = options.batchCompletions ?? true;
+    this.batchHeartbeats = options.batchHeartbeats ?? true;
     const lingerMs = nonNegativeInt("completionLingerMs", options.completionLingerMs ?? 3);
     const batchSize = positiveInt("completionBatchSize", options.completionBatchSize ?? 500);
     if (batchSize > 1000) throw new FaultlineError(`Worker: completionBatchSize must be 1 to 1,000, got ${batchSize}`);
@@ -402,6 +413,20 @@ export class Worker {
 
   async #loop(): Promise<void> {
     this.#log.info?.("worker started", { workerId: this.workerId, queues: this.queues, concurrency: this.concurrency });
+    this.#heartbeatBatches = this.batchHeartbeats;
+    if (this.#heartbeatBatches) this.#scheduleBatch(this.heartbeatIntervalMs);
+    try {
+      await this.#claimLoop();
+      await this.#drain();
+    } finally {
+      this.#heartbeatBatches = false;
+      clearTimeout(this.#batchTimer);
+      this.#batchTimer = undefined;
+    }
+    this.#log.info?.("worker stopped", { workerId: this.workerId });
+  }
+
+  async #claimLoop(): Promise<void> {
     let failures = 0;
     while (!this.#stopping) {
       const free = this.concurrency - this.#active.size;
@@ -436,8 +461,6 @@ export class Worker {
       }
       for (const job of jobs) this.#start(job, receivedAt);
     }
-    await this.#drain();
-    this.#log.info?.("worker stopped", { workerId: this.workerId });
   }
 
   #waitForSlotOrStop(): Promise<void> {
@@ -519,7 +542,8 @@ export class Worker {
       sleeps: 0,
     };
     this.#active.add(attempt);
-    this.#scheduleHeartbeat(attempt, this.heartbeatIntervalMs);
+    // With batched heartbeats, the worker's batch renews this lease along with the others.
+    if (!this.#heartbeatBatches) this.#scheduleHeartbeat(attempt, this.heartbeatIntervalMs);
     this.#armFence(attempt);
     attempt.finished = this.#execute(attempt)
       .catch((error) => this.#log.error?.(`unexpected worker error: ${describe(error)}`, { jobId: attempt.id }))
@@ -821,6 +845,70 @@ export class Worker {
       this.#log.warn?.(`heartbeat failed: ${describe(error)}`, { jobId: a.id });
       this.#scheduleHeartbeat(a, Math.min(this.heartbeatIntervalMs, 1_000));
     }
+  }
+
+  // Batched: one timer for the worker renews every running job's lease.
+
+  #scheduleBatch(delay: number): void {
+    if (!this.#heartbeatBatches) return;
+    this.#batchTimer = setTimeout(() => void this.#beatAll(), delay);
+  }
+
+  async #beatAll(): Promise<void> {
+    if (!this.#heartbeatBatches) return;
+    const beating = [...this.#active].filter((a) => a.heartbeating && !this.#hooks.skipHeartbeat?.(a.job));
+    const chunks: Attempt[][] = [];
+    for (let i = 0; i < beating.length; i += 1000) chunks.push(beating.slice(i, i + 1000));
+    const answered = await Promise.all(chunks.map((chunk) => this.#beatChunk(chunk)));
+    if (!this.#heartbeatBatches) return;
+    this.#scheduleBatch(answered.every(Boolean) ? this.heartbeatIntervalMs : Math.min(this.heartbeatIntervalMs, 1_000));
+  }
+
+  /** One batch of heartbeats, each outcome applied as a single heartbeat's answer; false when it got no usable answer. */
+  async #beatChunk(chunk: Attempt[]): Promise<boolean> {
+    const sentAt = Date.now();
+    let outcomes: Awaited<ReturnType<Client["heartbeatBatch"]>>;
+    try {
+      outcomes = await this.client.heartbeatBatch(
+        chunk.map((a) => ({ id: a.id, lease_token: a.token })),
+        this.leaseTtlMs,
+        { timeoutMs: Math.max(1_000, this.heartbeatIntervalMs) },
+      );
+      if (outcomes.length !== chunk.length) throw new FaultlineError(`${outcomes.length} outcomes for ${chunk.length} heartbeats`);
+    } catch (error) {
+      if (error instanceof ApiError && (error.status === 404 || error.status === 405)) {
+        if (this.#heartbeatBatches) {
+          // A server without POST /v1/jobs/heartbeat: each job heartbeats on its own from now on.
+          this.#heartbeatBatches = false;
+          clearTimeout(this.#batchTimer);
+          this.#log.warn?.(`the server has no POST /v1/jobs/heartbeat (${describe(error)}); heartbeats go one by one`);
+          for (const a of this.#active) this.#scheduleHeartbeat(a, 0);
+        }
+        return false;
+      }
+      // Each job's self-fencing timer stops its handler if this goes on for too long.
+      this.#log.warn?.(`a batch of ${chunk.length} heartbeats failed: ${describe(error)}`);
+      return false;
+    }
+    chunk.forEach((a, i) => {
+      if (!a.heartbeating) return; // reported, handed back or suspended meanwhile
+      const outcome = outcomes[i]!.outcome;
+      if (outcome === "extended") {
+        a.renewedAt = sentAt;
+        a.leaseDeadline = sentAt + this.leaseTtlMs;
+        this.#armFence(a);
+      } else if (outcome === "cancelled") {
+        this.#stopHeartbeats(a);
+        clearTimeout(a.fenceTimer);
+        this.#abort(a, "cancelled", "the job was cancelled");
+      } else {
+        this.#stopHeartbeats(a);
+        clearTimeout(a.fenceTimer);
+        this.#log.warn?.(`lease lost on heartbeat${a.decided ? "" : "; handler told to stop"}: ${outcome}`, { jobId: a.id, leaseToken: a.token });
+        this.#abort(a, "lease_lost", `the lease was lost: heartbeat answered ${outcome}`);
+      }
+    });
+    return true;
   }
 
   /** A refused heartbeat: cancelled (the job is cancelled under our token) or lost. */

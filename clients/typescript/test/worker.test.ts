@@ -197,6 +197,97 @@ describe("worker", () => {
     });
   }
 
+  test("heartbeatBatch extends the live lease and reports the cancelled job and the stale token", async () => {
+    const queue = uniqueQueue();
+    const ids: string[] = [];
+    for (let n = 0; n < 3; n++) ids.push((await server.client.enqueue("hb-batch", { n }, { queue })).job.id);
+    const claimed = await server.client.claim({ worker_id: "ts-beater", queues: [queue], max: 3, lease_ttl_ms: 5_000 });
+    assert.deepEqual(claimed.map((j) => j.id).sort(), [...ids].sort());
+    const job = (id: string) => claimed.find((j) => j.id === id)!;
+    await server.client.cancel(ids[1]!);
+    const outcomes = await server.client.heartbeatBatch(
+      [
+        { id: ids[0]!, lease_token: job(ids[0]!).lease_token! },
+        { id: ids[1]!, lease_token: job(ids[1]!).lease_token! }, // cancelled
+        { id: ids[2]!, lease_token: job(ids[2]!).lease_token! + 1000 }, // stale
+      ],
+      60_000,
+    );
+    assert.deepEqual(
+      outcomes.map((o) => [o.id, o.outcome]),
+      [
+        [ids[0], "extended"],
+        [ids[1], "cancelled"],
+        [ids[2], "lease_lost"],
+      ],
+    );
+    const extendedBy = Date.parse(outcomes[0]!.lease_expires_at!) - Date.parse(job(ids[0]!).lease_expires_at!);
+    assert.ok(extendedBy > 30_000, `extended by ${extendedBy} ms`);
+    assert.equal(outcomes[1]!.lease_expires_at ?? null, null);
+    assert.equal(outcomes[2]!.lease_expires_at ?? null, null);
+    // The stale job's real token still holds its lease.
+    const again = await server.client.heartbeatBatch([{ id: ids[2]!, lease_token: job(ids[2]!).lease_token! }]);
+    assert.deepEqual(again.map((o) => o.outcome), ["extended"]);
+  });
+
+  for (const mode of ["batched", "single", "old server"] as const) {
+    test(`heartbeats (${mode}) keep leases alive and carry a cancel to its job`, async () => {
+      const queue = uniqueQueue();
+      const counts = { singles: 0, batches: [] as number[] };
+      class Counting extends Client {
+        override heartbeat(...args: Parameters<Client["heartbeat"]>) {
+          counts.singles += 1;
+          return super.heartbeat(...args);
+        }
+        override heartbeatBatch(...args: Parameters<Client["heartbeatBatch"]>) {
+          counts.batches.push(args[0].length);
+          if (mode === "old server") return Promise.reject(new NotFoundError(404, { code: "not_found", message: "no such route" }));
+          return super.heartbeatBatch(...args);
+        }
+      }
+      const client = new Counting({ baseUrl: server.baseUrl, token: server.token });
+      const worker = startWorker({ queues: [queue], concurrency: 4, leaseTtlMs: 1_000, client, batchHeartbeats: mode !== "single" });
+      const started = new Set<number>();
+      const reasons = new Map<number, StopReason | undefined>();
+      worker.handle<{ n: number }>("beating", async (job, ctx) => {
+        const n = job.payload.n;
+        started.add(n);
+        if (n === 0) {
+          await untilAborted(ctx.signal); // until cancelled
+          reasons.set(n, ctx.stopReason);
+          throw ctx.signal.reason;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 1_500)); // outlives the TTL: only renewed leases let it complete
+        reasons.set(n, ctx.stopReason);
+        return n;
+      });
+      const results = await server.client.enqueueBatch(Array.from({ length: 4 }, (_, n) => ({ kind: "beating", payload: { n }, queue })));
+      const ids = results.map((r) => (r as { job: Job }).job.id);
+      run(worker);
+      await waitFor("all handlers to start", async () => (started.size === 4 ? true : undefined));
+      await server.client.cancel(ids[0]!);
+      const done = await Promise.all(ids.map((id) => settled(id)));
+      assert.deepEqual([...reasons.entries()].sort(), [
+        [0, "cancelled"],
+        [1, undefined],
+        [2, undefined],
+        [3, undefined],
+      ]);
+      assert.deepEqual(done.map((j) => j.state), ["cancelled", "succeeded", "succeeded", "succeeded"]);
+      assert.deepEqual(done.slice(1).map((j) => j.result), [1, 2, 3]);
+      if (mode === "batched") {
+        assert.equal(counts.singles, 0);
+        assert.ok(counts.batches.length > 0 && Math.max(...counts.batches) > 1, JSON.stringify(counts.batches));
+      } else if (mode === "single") {
+        assert.deepEqual(counts.batches, []);
+        assert.ok(counts.singles >= 4, String(counts.singles));
+      } else {
+        assert.equal(counts.batches.length, 1, JSON.stringify(counts.batches));
+        assert.ok(counts.singles >= 4, String(counts.singles));
+      }
+    });
+  }
+
   test("RetryableError(afterMs) re-queues with next_run_at at least afterMs later, then succeeds", async () => {
     const queue = uniqueQueue();
     const worker = startWorker({ queues: [queue] });

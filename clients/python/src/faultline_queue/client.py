@@ -25,8 +25,11 @@ from ._generated import (
     CompleteOutcome,
     CompleteRequest,
     FailRequest,
+    HeartbeatBatchRequest,
+    HeartbeatOutcome,
     HeartbeatRequest,
     Job,
+    LeaseItem,
     LeaseRequest,
     Page,
     QueuesResponse,
@@ -303,6 +306,17 @@ class _Calls:
             body["lease_ttl_ms"] = lease_ttl_ms
         return _Call("POST", _job_path(job_id, "/heartbeat"), _heartbeat, body=body)
 
+    def _heartbeat_batch(
+        self, jobs: Sequence[Mapping[str, Any]], lease_ttl_ms: int | None
+    ) -> _Call[list[HeartbeatOutcome]]:
+        items: list[LeaseItem] = [{"id": str(job["id"]), "lease_token": int(job["lease_token"])} for job in jobs]
+        body: HeartbeatBatchRequest = {"jobs": items}
+        if lease_ttl_ms is not None:
+            body["lease_ttl_ms"] = lease_ttl_ms
+        return _Call(
+            "POST", "/v1/jobs/heartbeat", lambda r: cast("list[HeartbeatOutcome]", r.json()["results"]), body=body
+        )
+
     def _complete(self, job_id: str | uuid.UUID, lease_token: int, result: Any) -> _Call[Job]:
         body: CompleteRequest = {"lease_token": lease_token}
         if result is not _UNSET and result is not None:
@@ -562,6 +576,17 @@ class Client(_Calls):
         Raises :class:`~faultline_queue.errors.LeaseLost` when it is gone."""
         return self._send(self._heartbeat(job_id, lease_token, lease_ttl_ms))
 
+    def heartbeat_batch(
+        self, jobs: Sequence[Mapping[str, Any]], *, lease_ttl_ms: int | None = None
+    ) -> list[HeartbeatOutcome]:
+        """Extend many leases in one request (``POST /v1/jobs/heartbeat``, 1 to 1,000), each by
+        ``lease_ttl_ms`` and fenced by its own token: ``jobs`` holds ``{"id", "lease_token"}``
+        mappings. Returns one ``{"id", "outcome", "lease_expires_at"?}`` per job, in order:
+        ``outcome`` is ``"extended"`` (with the new expiry), ``"cancelled"`` (the job was
+        cancelled: stop it) or ``"lease_lost"`` (the token no longer holds the job: stop, report
+        nothing). A stale token does not stop the others."""
+        return self._send(self._heartbeat_batch(jobs, lease_ttl_ms))
+
     def complete(self, job_id: str | uuid.UUID, lease_token: int, result: Any = _UNSET) -> Job:
         """Report success, with an optional JSON ``result`` (fenced by ``lease_token``)."""
         return self._send(self._complete(job_id, lease_token, result))
@@ -776,6 +801,12 @@ class AsyncClient(_Calls):
     ) -> Heartbeat:
         """See :meth:`Client.heartbeat`."""
         return await self._send(self._heartbeat(job_id, lease_token, lease_ttl_ms))
+
+    async def heartbeat_batch(
+        self, jobs: Sequence[Mapping[str, Any]], *, lease_ttl_ms: int | None = None
+    ) -> list[HeartbeatOutcome]:
+        """See :meth:`Client.heartbeat_batch`."""
+        return await self._send(self._heartbeat_batch(jobs, lease_ttl_ms))
 
     async def complete(self, job_id: str | uuid.UUID, lease_token: int, result: Any = _UNSET) -> Job:
         """See :meth:`Client.complete`."""

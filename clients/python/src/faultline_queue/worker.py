@@ -4,7 +4,9 @@ One asyncio loop does everything that talks to the server (SPEC §15):
 
 - the **claim loop** long-polls ``POST /v1/claims`` for as many jobs as there are free slots
   (``concurrency`` minus the jobs in flight), and starts each job it gets;
-- each job has a **heartbeat** task that renews its lease every third of the TTL. A refusal
+- one **heartbeat** task renews the leases of all running jobs every third of the TTL, in one
+  ``POST /v1/jobs/heartbeat`` per 1,000 jobs (``batch_heartbeats=False``, or a server without
+  that route, gives each job a heartbeat task of its own, as described next). A refusal
   (409 ``lease_lost``) sets the handler's stop signal (reason ``lease_lost``, or ``cancelled``
   when the job was cancelled) and its result is never reported; an answer with
   ``cancel_requested`` sets it with reason ``cancelled``. When heartbeats cannot get through for
@@ -356,8 +358,7 @@ class _Runtime:
         reported for this run. On the loop."""
         active = self.active
         active.ctx.suspended = True
-        if active.heartbeat_task is not None:
-            active.heartbeat_task.cancel()
+        active.stop_heartbeats()
         log.info("job %s: %s; the job is handed back, nothing reported for this run", active.ctx.job_id, why)
 
     async def call(self, what: str, send: Callable[[AsyncClient], Awaitable[T]]) -> T:
@@ -412,6 +413,13 @@ class _Active:
         #: The worker cancelled the handler (timeout, or still running after a shutdown).
         self.handler_cancelled = False
         self.heartbeat_task: asyncio.Task[None] | None = None
+        #: Its lease is renewed (by the worker's batched heartbeats, or by ``heartbeat_task``).
+        self.heartbeating = False
+
+    def stop_heartbeats(self) -> None:
+        self.heartbeating = False
+        if self.heartbeat_task is not None:
+            self.heartbeat_task.cancel()
 
 
 class _Completions:
@@ -493,6 +501,11 @@ class Worker:
     and they go out in one ``POST /v1/jobs/complete``, each fenced by its own lease token.
     ``batch_completions=False`` sends one ``complete`` per job.
 
+    Heartbeats are batched too (``batch_heartbeats``, on by default): one task renews the leases of
+    all running jobs every ``heartbeat_interval`` in one ``POST /v1/jobs/heartbeat`` per 1,000
+    jobs, each fenced by its own token; ``batch_heartbeats=False`` (or a server without that
+    route) sends one heartbeat per job.
+
     >>> worker = Worker("http://127.0.0.1:8000", queues=["mail"])
     >>> @worker.handler("welcome.send")
     ... def send_welcome(job, ctx): ...
@@ -515,6 +528,7 @@ class Worker:
         batch_completions: bool = True,
         completion_linger: float | timedelta = 0.003,
         completion_batch: int = 500,
+        batch_heartbeats: bool = True,
     ) -> None:
         if isinstance(queues, str):
             queues = [queues]
@@ -543,6 +557,9 @@ class Worker:
         if not 1 <= completion_batch <= 1000:
             raise ValueError("completion_batch must be between 1 and 1000")
         self.completion_batch = completion_batch
+        self.batch_heartbeats = batch_heartbeats
+        #: The batched heartbeats are in use (False once the server showed it has no batch route).
+        self._heartbeat_batches = False
         self._completions: _Completions | None = None
         self._client_or_url = client_or_url
         self._token = token
@@ -639,6 +656,8 @@ class Worker:
             _Completions(client, self.completion_linger, self.completion_batch) if self.batch_completions else None
         )
         self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="faultline-handler")
+        self._heartbeat_batches = self.batch_heartbeats
+        beater = asyncio.create_task(self._batched_heartbeats(client)) if self.batch_heartbeats else None
         log.info(
             "worker %s started: queues=%s concurrency=%d lease_ttl=%.1fs",
             self.worker_id,
@@ -654,6 +673,9 @@ class Worker:
             finally:
                 if watcher is not None:
                     watcher.cancel()
+                if beater is not None:
+                    beater.cancel()
+                    await asyncio.gather(beater, return_exceptions=True)
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 if owned:
                     await client.aclose()
@@ -757,7 +779,9 @@ class Worker:
                 )
                 return
             fn, is_async = entry
-            active.heartbeat_task = asyncio.create_task(self._heartbeats(client, active))
+            active.heartbeating = True
+            if not self._heartbeat_batches:
+                active.heartbeat_task = asyncio.create_task(self._heartbeats(client, active))
             timeout_ms = active.job.get("timeout_ms")
             timer = (
                 asyncio.get_running_loop().call_later(timeout_ms / 1000, self._time_out, active)
@@ -774,8 +798,8 @@ class Worker:
             if active.released:
                 return  # handed back at shutdown: the lease is no longer ours
             active.phase = "reporting"
+            active.stop_heartbeats()
             if active.heartbeat_task is not None:
-                active.heartbeat_task.cancel()
                 await asyncio.gather(active.heartbeat_task, return_exceptions=True)
             if active.lease_lost:
                 if ctx.stop_reason == "cancelled":
@@ -787,8 +811,7 @@ class Worker:
         except Exception:  # never let one job take the loop down
             log.exception("job %s: unexpected error in the worker", ctx.job_id)
         finally:
-            if active.heartbeat_task is not None:
-                active.heartbeat_task.cancel()
+            active.stop_heartbeats()
             self._finished(active)
 
     def _time_out(self, active: _Active) -> None:
@@ -921,11 +944,91 @@ class Worker:
 
     # Heartbeats.
 
-    async def _heartbeats(self, client: AsyncClient, active: _Active) -> None:
+    async def _batched_heartbeats(self, client: AsyncClient) -> None:
+        """Renew the leases of all running jobs every ``heartbeat_interval``: one
+        ``POST /v1/jobs/heartbeat`` per 1,000 jobs, each outcome applied to its job as a single
+        heartbeat's answer would be. Falls back to one heartbeat task per job on a server without
+        the batch route."""
+        interval = self.heartbeat_interval
+        wait = interval
+        while True:
+            await asyncio.sleep(wait)
+            if self._heartbeats_paused.is_set():
+                wait = min(interval, 0.05)
+                continue
+            beating = [a for a in self._active.values() if a.heartbeating and a.heartbeat_task is None]
+            if not beating:
+                wait = interval
+                continue
+            chunks = [beating[i : i + 1000] for i in range(0, len(beating), 1000)]
+            answers = await asyncio.gather(*(self._heartbeat_chunk(client, chunk) for chunk in chunks))
+            if not self._heartbeat_batches:
+                # An older server: each running job gets a heartbeat task of its own, from now.
+                for active in self._active.values():
+                    if active.heartbeating and active.heartbeat_task is None:
+                        active.heartbeat_task = asyncio.create_task(self._heartbeats(client, active, first_wait=0.0))
+                return
+            wait = interval if all(answers) else min(interval, 1.0)
+
+    async def _heartbeat_chunk(self, client: AsyncClient, chunk: list[_Active]) -> bool:
+        """One batch of heartbeats; False when it got no usable answer."""
+        interval = self.heartbeat_interval
+        sent = time.monotonic()
+        try:
+            outcomes = await asyncio.wait_for(
+                client.heartbeat_batch(
+                    [{"id": a.ctx.job_id, "lease_token": a.ctx.lease_token} for a in chunk],
+                    lease_ttl_ms=int(self.lease_ttl * 1000),
+                ),
+                timeout=max(interval, 1.0),
+            )
+            if len(outcomes) != len(chunk):
+                raise ApiError(200, "bad_answer", f"{len(outcomes)} outcomes for {len(chunk)} heartbeats")
+        except (ConnectionFailed, ApiError, asyncio.TimeoutError) as e:
+            if isinstance(e, ApiError) and e.status in (404, 405):
+                if self._heartbeat_batches:
+                    self._heartbeat_batches = False
+                    log.warning("the server has no POST /v1/jobs/heartbeat (%s); heartbeats go one by one", e)
+                return False
+            log.warning("a batch of %d heartbeats failed: %s", len(chunk), e)
+            fence_after = self.lease_ttl * 2 / 3
+            now = time.monotonic()
+            for active in chunk:
+                if active.heartbeating and now - active.last_renewed >= fence_after and active.ctx._stop("lease_lost"):
+                    # The lease may be about to expire: stop before another worker starts.
+                    # The outcome is still reported (fenced) if the server answers in time.
+                    log.warning(
+                        "job %s: heartbeats failing for %.1f s (%s); stopping its handler",
+                        active.ctx.job_id,
+                        now - active.last_renewed,
+                        e,
+                    )
+            return False
+        for active, answer in zip(chunk, outcomes):
+            if not active.heartbeating:
+                continue  # reported, handed back or suspended meanwhile
+            ctx = active.ctx
+            outcome = answer.get("outcome")
+            if outcome == "extended":
+                active.last_renewed = sent
+                active.lease_deadline = sent + self.lease_ttl
+                if answer.get("lease_expires_at"):
+                    ctx.lease_expires_at = answer["lease_expires_at"]
+            elif outcome == "cancelled":
+                if ctx._stop("cancelled"):
+                    log.info("job %s: cancelled; stopping its handler", ctx.job_id)
+            else:  # lease_lost (or an outcome this client does not know: the lease is not renewed)
+                active.lease_lost = True
+                active.heartbeating = False
+                if ctx._stop("lease_lost"):
+                    log.warning("job %s: lease lost (heartbeat: %s); stopping its handler", ctx.job_id, outcome)
+        return True
+
+    async def _heartbeats(self, client: AsyncClient, active: _Active, first_wait: float | None = None) -> None:
         ctx = active.ctx
         fence_after = self.lease_ttl * 2 / 3
         interval = self.heartbeat_interval
-        wait = interval
+        wait = interval if first_wait is None else first_wait
         while True:
             await asyncio.sleep(wait)
             if self._heartbeats_paused.is_set():
@@ -998,8 +1101,7 @@ class Worker:
         for active in running:
             active.released = True
             active.ctx._stop("shutdown")
-            if active.heartbeat_task is not None:
-                active.heartbeat_task.cancel()
+            active.stop_heartbeats()
         await asyncio.gather(*(self._release_running(client, a) for a in running))
         # Reports already under way finish (bounded by their lease); handlers told to stop get
         # a moment to return before their tasks are cancelled.
