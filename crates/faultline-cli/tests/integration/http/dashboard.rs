@@ -132,14 +132,19 @@ impl Browser {
         .await
     }
 
+    /// Click the first element matching `css` once it shows. The page re-renders every 2 s,
+    /// so an element found may be replaced before the click lands (a stale reference): then
+    /// find it again.
     async fn click(&self, css: &str) {
-        let element = wait_for(
-            &format!("{css} to show"),
+        wait_for(
+            &format!("{css} to show and take a click"),
             Duration::from_secs(30),
-            || async { self.client.find(Locator::Css(css)).await.ok() },
+            || async {
+                let element = self.client.find(Locator::Css(css)).await.ok()?;
+                element.click().await.ok()
+            },
         )
         .await;
-        element.click().await.unwrap();
     }
 
     async fn open(&self, base: &str, route: &str) {
