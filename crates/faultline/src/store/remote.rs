@@ -60,7 +60,8 @@ impl Store {
 
     /// List (or keep listing) a remote worker in `GET /v1/workers` for `ttl` from now: called
     /// on each of its claims. Its start is its first claim; `concurrency` is the most jobs it
-    /// asked for at once.
+    /// asked for at once; what it holds (`inflight`) is what its last batched heartbeat renewed
+    /// (counting its leases here would read the live table on every claim).
     ///
     /// # Errors
     /// [`StoreError::Database`].
@@ -75,14 +76,12 @@ impl Store {
             "insert into faultline.workers as w
                 (id, instance, queues, concurrency, prefetch, inflight, started_at, last_seen_at,
                  expires_at)
-             values ($1, '00000000-0000-0000-0000-000000000000', $2, $3, 0,
-                     (select count(*) from faultline.jobs
-                      where lease_owner = $1 and lease_expires_at is not null),
+             values ($1, '00000000-0000-0000-0000-000000000000', $2, $3, 0, 0,
                      now(), now(), now() + $4 * interval '1 millisecond')
              on conflict (id) do update
                 set queues = excluded.queues,
                     concurrency = greatest(w.concurrency, excluded.concurrency),
-                    inflight = excluded.inflight, last_seen_at = now(),
+                    last_seen_at = now(),
                     expires_at = greatest(w.expires_at, excluded.expires_at)",
         )
         .bind(id)
@@ -95,22 +94,30 @@ impl Store {
     }
 
     /// Keep the worker that holds job `id` listed for `ttl` from now: called on its heartbeats
-    /// (a worker whose slots are all busy claims nothing, but heartbeats). A worker not listed
-    /// (a Rust worker, which lists itself) is left alone.
+    /// (a worker whose slots are all busy claims nothing, but heartbeats), with how many jobs
+    /// it holds when a batched heartbeat says. A worker not listed (a Rust worker, which lists
+    /// itself) is left alone.
     ///
     /// # Errors
     /// [`StoreError::Database`].
-    pub async fn touch_remote_worker(&self, id: JobId, ttl: Duration) -> Result<(), StoreError> {
+    pub async fn touch_remote_worker(
+        &self,
+        id: JobId,
+        ttl: Duration,
+        inflight: Option<usize>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "update faultline.workers w
              set last_seen_at = now(),
-                 expires_at = greatest(w.expires_at, now() + $2 * interval '1 millisecond')
+                 expires_at = greatest(w.expires_at, now() + $2 * interval '1 millisecond'),
+                 inflight = coalesce($3, w.inflight)
              from faultline.jobs j
              where j.id = $1 and w.id = j.lease_owner
                and w.instance = '00000000-0000-0000-0000-000000000000'",
         )
         .bind(id)
         .bind(millis(ttl))
+        .bind(inflight.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
         .execute_on(self)
         .await?;
         Ok(())

@@ -1014,6 +1014,104 @@ fn http_cases() -> Vec<Case> {
     ] {
         cases.push(post("/v1/jobs/heartbeat", body, Field(field)));
     }
+    // Durable steps, sleeps, waits and signals: every field and path segment.
+    let long_name = "n".repeat(LONG);
+    let step = |name: &str| format!("/v1/jobs/{job}/steps/{name}");
+    for name in ["%00", "a%0Ab", "%20%20", long_name.as_str()] {
+        let mut case = post(&step(name), r#"{"lease_token": 1}"#, Field("name"));
+        case.method = Method::PUT;
+        cases.push(case);
+        cases.push(post(
+            &format!("/v1/jobs/{job}/signals/{name}"),
+            "{}",
+            Field("name"),
+        ));
+    }
+    let mut reserved = post(&step("faultline:x"), r#"{"lease_token": 1}"#, Field("name"));
+    reserved.method = Method::PUT;
+    cases.push(reserved);
+    for (body, expect) in [
+        (r#"{}"#, Field("lease_token")),
+        (r#"{"lease_token": "1"}"#, Field("lease_token")),
+        (r#"{"lease_token": 1, "result": "\ud800"}"#, Status(400)),
+        (r#"{"lease_token": 1, "x": 1}"#, Field("x")),
+    ] {
+        let mut case = post(&step("charge"), body, expect);
+        case.method = Method::PUT;
+        cases.push(case);
+    }
+    let sleep = format!("/v1/jobs/{job}/sleep");
+    for (body, field) in [
+        (r#"{"lease_token": 1}"#, "until"),
+        (r#"{"lease_token": 1, "until": "soon"}"#, "until"),
+        (
+            r#"{"lease_token": 1, "until": "99999-01-01T00:00:00Z"}"#,
+            "until",
+        ),
+        (r#"{"lease_token": 1, "until": ""}"#, "until"),
+        (
+            r#"{"lease_token": 1, "until": "2026-01-01T00:00:00Z", "seq": 0}"#,
+            "seq",
+        ),
+        (
+            r#"{"lease_token": 1, "until": "2026-01-01T00:00:00Z", "seq": -1}"#,
+            "seq",
+        ),
+        (
+            r#"{"lease_token": 1, "until": "2026-01-01T00:00:00Z", "seq": 99999999999}"#,
+            "seq",
+        ),
+        (r#"{"until": "2026-01-01T00:00:00Z"}"#, "lease_token"),
+    ] {
+        cases.push(post(&sleep, body, Field(field)));
+    }
+    let wait = format!("/v1/jobs/{job}/wait");
+    for (body, field) in [
+        (r#"{"lease_token": 1, "timeout_ms": 1000}"#, "signal"),
+        (
+            r#"{"lease_token": 1, "signal": "", "timeout_ms": 1000}"#,
+            "signal",
+        ),
+        (
+            r#"{"lease_token": 1, "signal": "   ", "timeout_ms": 1000}"#,
+            "signal",
+        ),
+        (
+            r#"{"lease_token": 1, "signal": "nul\u0000", "timeout_ms": 1000}"#,
+            "signal",
+        ),
+        (r#"{"lease_token": 1, "signal": "go"}"#, "timeout_ms"),
+        (
+            r#"{"lease_token": 1, "signal": "go", "timeout_ms": -1}"#,
+            "timeout_ms",
+        ),
+        (
+            r#"{"lease_token": 1, "signal": "go", "timeout_ms": 1.5}"#,
+            "timeout_ms",
+        ),
+        (
+            r#"{"lease_token": 1, "signal": "go", "timeout_ms": 3153600000001}"#,
+            "timeout_ms",
+        ),
+        (
+            r#"{"lease_token": 1, "signal": "go", "timeout_ms": 1e30}"#,
+            "timeout_ms",
+        ),
+    ] {
+        cases.push(post(&wait, body, Field(field)));
+    }
+    let long_signal = format!(
+        r#"{{"lease_token": 1, "signal": "{}", "timeout_ms": 1}}"#,
+        "s".repeat(LONG)
+    );
+    cases.push(post(&wait, long_signal, Field("signal")));
+    for (body, expect) in [
+        (r#"{"payload": "\ud800"}"#, Status(400)),
+        (r#"{"payload": 1, "x": 1}"#, Field("x")),
+    ] {
+        cases.push(post(&format!("/v1/jobs/{job}/signals/go"), body, expect));
+    }
+    cases.push(get("/v1/jobs/not-a-uuid/steps", Status(400)));
     let heartbeat = format!("/v1/jobs/{job}/heartbeat");
     for ttl in ["0", "999", "3600001", "-1", "\"30s\""] {
         cases.push(post(

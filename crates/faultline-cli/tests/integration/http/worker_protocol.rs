@@ -434,4 +434,12 @@ async fn a_batch_of_heartbeats_extends_each_lease_under_its_own_token() {
         "running",
         "the stale token changed nothing"
     );
+    // The worker is listed holding what its batch renewed.
+    let (_, _, workers) = call(&api, Method::GET, "/v1/workers", None, &[]).await;
+    let listed = workers["workers"].as_array().unwrap();
+    let py = listed
+        .iter()
+        .find(|w| w["id"] == "py-1")
+        .expect("py-1 listed");
+    assert_eq!(py["inflight"], 1, "{workers}");
 }

@@ -130,7 +130,7 @@ pub async fn heartbeat(
     match beat.await {
         Ok(lease_expires_at) => {
             // Best effort: a worker listed a little less long is no reason to fail the beat.
-            let _ = state.store.touch_remote_worker(id, ttl).await;
+            let _ = state.store.touch_remote_worker(id, ttl, None).await;
             Ok(Json(HeartbeatResponse {
                 lease_expires_at,
                 cancel_requested: false,
@@ -482,8 +482,12 @@ pub async fn heartbeat_batch(
         })
         .collect();
     // The worker holding them is listed a while longer (best effort: one of its jobs says who).
-    if let Some(held) = results.iter().find(|r| r.lease_expires_at.is_some()) {
-        let _ = state.store.touch_remote_worker(held.id, ttl).await;
+    let held = results.iter().filter(|r| r.lease_expires_at.is_some());
+    if let Some(first) = held.clone().next() {
+        let _ = state
+            .store
+            .touch_remote_worker(first.id, ttl, Some(held.count()))
+            .await;
     }
     Ok(Json(HeartbeatBatchResponse { results }))
 }
